@@ -1,0 +1,1 @@
+"""Benchmarks run by `mpo-ray bench ...`: they print figures and ratios, never assert timings."""
