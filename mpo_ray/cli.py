@@ -15,6 +15,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reweight(args: argparse.Namespace) -> int:
+    from mpo_ray.config import load_config
+    from mpo_ray.reweight import reweight
+
+    config = load_config(args.config)
+    reweight(config, output=args.output, progress=not args.quiet)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "solver":
         from mpo_ray.benchmarks.solver import main
@@ -36,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output", default=None, help="directory for the demo's artifacts (default: print only)")
     demo.add_argument("--quick", action="store_true", help="smallest settings, for a smoke test")
     demo.set_defaults(func=_cmd_demo)
+
+    rw = sub.add_parser("reweight", help="sample, score and solve for the mixing weights λ")
+    rw.add_argument("config", help="YAML config with a `reweight:` section (see workflows/configs/)")
+    rw.add_argument("--output", default=None, help="output URI (local dir or fsspec URL); overrides reweight.output")
+    rw.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
+    rw.set_defaults(func=_cmd_reweight)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
     bench.add_argument("what", choices=["solver", "decode"])

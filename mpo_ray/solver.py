@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["WeightsResult", "SolverHistory", "solve_weights", "normalize_rewards", "evaluate_weights"]
+__all__ = ["WeightsResult", "SolverHistory", "StreamingBSMD", "solve_weights", "normalize_rewards", "evaluate_weights"]
 
 OBJECTIVES = ("maxmin", "fixed")
 METHODS = ("full", "bsmd")
@@ -257,6 +257,51 @@ def _solve_bsmd(table: _Table, lam, steps, step_size, batch_prompts, seed):
         lam = np.exp(logits - logits.max())
         lam /= lam.sum()
     return iterates.mean(axis=0), SolverHistory(iterates, gaps)
+
+
+class StreamingBSMD:
+    """BSMD over prompts that arrive batch by batch and are never revisited.
+
+    One mirror-descent step per prompt (the paper's Algorithm 2 with a batch of
+    one), step ``c/√T`` for a planned total of ``total_steps`` prompts; the
+    answer is the average iterate. Feeding the same batches in the same order
+    reproduces the same λ, which is what makes a resumed run match.
+    """
+
+    def __init__(self, num_objectives: int, total_steps: int, step_size: float | None = None, init=None):
+        self.K = _positive_int("num_objectives", num_objectives, 1)
+        self.total_steps = _positive_int("total_steps", total_steps, 1)
+        if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}.")
+        self.step_size = step_size
+        self.weights = np.full(self.K, 1.0 / self.K) if init is None else _check_simplex("init", init, self.K)
+        self._sum = np.zeros(self.K)
+        self.steps = 0
+
+    @property
+    def average(self) -> np.ndarray:
+        return self._sum / self.steps if self.steps else self.weights.copy()
+
+    def update(self, log_ratios, *, mask=None, log_importance=None) -> np.ndarray:
+        """Take one step per prompt of this batch, in order; returns the current average iterate."""
+        table = _build_table(log_ratios, mask, log_importance)
+        if table.K != self.K:
+            raise ValueError(f"log_ratios has K={table.K} objectives, this stream was started with {self.K}.")
+        if self.K == 1:
+            self.steps += table.N
+            self._sum += table.N
+            return self.average
+        if self.step_size is None:  # set once, from the first batch
+            self.step_size = _default_step_size(table, self.weights)
+        eta = self.step_size / math.sqrt(self.total_steps)
+        for i in range(table.N):
+            _, g, _, _ = table.subset(np.array([i])).evaluate(self.weights)
+            self._sum += self.weights
+            logits = np.log(np.maximum(self.weights, 1e-300)) - eta * (g - g.min())
+            self.weights = np.exp(logits - logits.max())
+            self.weights /= self.weights.sum()
+            self.steps += 1
+        return self.average
 
 
 # --------------------------------------------------------------------------- #

@@ -356,3 +356,21 @@ def test_normalize_rewards_rejects_bad_rewards():
         normalize_rewards(np.zeros((2, 2)), 1.0)
     with pytest.raises(ValueError, match="rewards has a NaN"):
         normalize_rewards(np.full((1, 2, 1), np.nan), 1.0)
+
+
+def test_streaming_bsmd_matches_batch_bsmd_walk_and_is_order_deterministic():
+    from mpo_ray.solver import StreamingBSMD
+
+    rng = np.random.default_rng(3)
+    L = rng.normal(size=(60, 6, 3)) + np.array([0.3, 0.0, -0.3])
+    a, b = StreamingBSMD(3, total_steps=60, step_size=2.0), StreamingBSMD(3, total_steps=60, step_size=2.0)
+    for chunk in np.array_split(L, 4):
+        a.update(chunk)
+    for chunk in np.array_split(L, 7):  # other batch boundaries, same prompt order
+        b.update(chunk)
+    np.testing.assert_array_equal(a.average, b.average)
+    assert a.steps == 60
+    full = solve_weights(L)
+    assert np.abs(a.average - full.weights).sum() < np.abs(np.full(3, 1 / 3) - full.weights).sum()
+    with pytest.raises(ValueError, match="K=2 objectives"):
+        a.update(L[..., :2])

@@ -1,0 +1,294 @@
+"""Typed, validated configuration: one YAML file describes one mixture.
+
+A config names the reference model, the K policies (one per objective), any
+reward sources, β, and one section per workflow. Each command reads the
+sections it needs. Unknown keys and wrong types are errors that name the key
+path and the file, so a typo never silently falls back to a default.
+
+    beta: 0.1
+    reference: {name: ref, model: HuggingFaceTB/SmolLM2-135M-Instruct}
+    policies:
+      - {name: helpful, model: ..., adapter: ./adapters/helpful}
+      - {name: harmless, model: ..., system_prompt: "Be careful."}
+    reweight:
+      prompts: s3://bucket/prompts.parquet
+      samples_per_prompt: 8
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Literal
+
+import yaml
+
+from mpo_ray.policies import PolicySpec
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """A reward source for one objective: a HF sequence-classification model or a Python function.
+
+    ``function`` is ``"module:function"``, called as ``fn(prompts, responses) -> list[float]``.
+    ``objective`` names the policy whose objective this reward measures; it is
+    needed when rewards drive the solver (``estimate: rewards``).
+    """
+
+    name: str
+    function: str | None = None
+    model: str | None = None
+    objective: str | None = None
+    revision: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    batch_size: int = 16
+    trust_remote_code: bool = False
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """How model actors use the cluster. ``None`` means: decide from what the cluster has."""
+
+    gpus_per_model: float | None = None  # 1 when the cluster has GPUs, else 0
+    cpus_per_model: float = 1.0
+    replicas: int | None = None  # per model; default: spare GPUs spread over the models, else 1
+    max_restarts: int = 3
+    max_task_retries: int = 3
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    method: Literal["full", "bsmd"] = "full"
+    tol: float = 1e-9
+    steps: int | None = None
+    step_size: float | None = None
+    batch_prompts: int = 1  # BSMD prompts per step (the paper: 1)
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How responses are drawn for the score table. Untempered by default: the estimator assumes y ~ π_ref."""
+
+    samples_per_prompt: int = 8
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    proposal: Literal["reference", "mixture"] = "reference"
+
+
+@dataclass(frozen=True)
+class ReweightConfig:
+    prompts: str
+    prompt_column: str = "prompt"
+    id_column: str = "prompt_id"
+    max_prompts: int | None = None
+    batch_prompts: int = 16
+    output: str | None = None
+    estimate: Literal["implicit", "rewards"] = "implicit"
+    stream_bsmd: bool = True  # run BSMD as batches arrive (the paper's way) before the full solve
+    min_median_ess: float = 2.0  # warn below this
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+
+
+@dataclass(frozen=True)
+class Config:
+    reference: PolicySpec
+    policies: list[PolicySpec]
+    beta: float = 0.1
+    rewards: list[RewardSpec] = field(default_factory=list)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    reweight: ReweightConfig | None = None
+    source: str = "<dict>"  # where it came from, for error messages
+
+    @property
+    def policy_names(self) -> list[str]:
+        return [p.name for p in self.policies]
+
+    def section(self, name: str):
+        """The workflow section ``name``, or a clear error when the file has none."""
+        value = getattr(self, name)
+        if value is None:
+            raise ValueError(f"{self.source} has no `{name}:` section; add one to run `mpo-ray {name}`.")
+        return value
+
+
+# --------------------------------------------------------------------------- #
+# Loading
+# --------------------------------------------------------------------------- #
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str, overrides: dict | None = None) -> Config:
+    """Read and validate a YAML config file. Relative local paths resolve against the file's directory."""
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path!r} does not exist.") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{path} is empty; see workflows/configs/tiny.yaml for an example.")
+    return config_from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)), overrides=overrides)
+
+
+def config_from_dict(data, *, source: str = "<dict>", base_dir: str | None = None, overrides: dict | None = None) -> Config:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}.")
+    data = dict(data)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    data.pop("source", None)
+    config = _build(Config, data, "", source)
+    config = dataclasses.replace(config, source=source)
+    _check_semantics(config)
+    return _resolve_paths(config, base_dir) if base_dir else config
+
+
+def _build(tp, value, key: str, source: str):
+    """Convert ``value`` into type ``tp`` or raise ConfigError naming ``key`` and ``source``."""
+    where = f"{source}: `{key or '<top level>'}`"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}.")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} must be a list, got {type(value).__name__}.")
+        return [_build(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}.")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.name != "source"}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            prefix = f"{key}." if key else ""
+            raise ConfigError(f"{source}: unknown key `{prefix}{unknown[0]}`; allowed here: {sorted(fields)}.")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = _build(hints[name], value[name], f"{key}.{name}" if key else name, source)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{source}: `{key + '.' if key else ''}{name}` is required.")
+        try:
+            return tp(**kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}.")
+        return float(value)
+    if tp in (int, bool, str):
+        if type(value) is not tp:
+            raise ConfigError(f"{where} must be {tp.__name__}, got {value!r} ({type(value).__name__}).")
+        return value
+    raise TypeError(f"config type {tp!r} is not supported")  # a bug in this module, not in the file
+
+
+def _check_semantics(c: Config) -> None:
+    src = c.source
+    if not c.policies:
+        raise ConfigError(f"{src}: `policies` is empty; list at least one policy (one per objective).")
+    names = [c.reference.name, *c.policy_names]
+    for n in names + [r.name for r in c.rewards]:
+        if not _NAME.match(n):
+            raise ConfigError(f"{src}: name {n!r} must start with a letter and use only letters, digits, '_' or '-' (it becomes a column name).")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"{src}: names must be unique across reference and policies; {dupes} repeats.")
+    if not (c.beta > 0):
+        raise ConfigError(f"{src}: `beta` must be > 0 (the KL strength the policies were aligned with), got {c.beta}.")
+    for i, r in enumerate(c.rewards):
+        if (r.function is None) == (r.model is None):
+            raise ConfigError(f"{src}: `rewards[{i}]` ({r.name}) needs exactly one of `function` (module:function) or `model`.")
+        if r.function is not None and not re.match(r"^[\w.]+:[\w.]+$", r.function):
+            raise ConfigError(f"{src}: `rewards[{i}].function` must look like 'package.module:function', got {r.function!r}.")
+        if r.objective is not None and r.objective not in c.policy_names:
+            raise ConfigError(f"{src}: `rewards[{i}].objective` is {r.objective!r}, not one of the policies {c.policy_names}.")
+    rw = c.reweight
+    if rw is not None:
+        s = rw.sampling
+        _positive(src, "reweight.batch_prompts", rw.batch_prompts)
+        _positive(src, "reweight.sampling.samples_per_prompt", s.samples_per_prompt)
+        _positive(src, "reweight.sampling.max_new_tokens", s.max_new_tokens)
+        if rw.max_prompts is not None:
+            _positive(src, "reweight.max_prompts", rw.max_prompts)
+        if not s.temperature > 0:
+            raise ConfigError(f"{src}: `reweight.sampling.temperature` must be > 0, got {s.temperature}.")
+        if s.top_p is not None and not 0 < s.top_p <= 1:
+            raise ConfigError(f"{src}: `reweight.sampling.top_p` must be in (0, 1], got {s.top_p}.")
+        if s.top_k is not None:
+            _positive(src, "reweight.sampling.top_k", s.top_k)
+        if s.proposal == "mixture" and (s.temperature != 1.0 or s.top_k or s.top_p):
+            raise ConfigError(f"{src}: `reweight.sampling.proposal: mixture` needs untempered sampling (temperature 1, no top_k/top_p).")
+        if rw.estimate == "rewards":
+            covered = {r.objective for r in c.rewards}
+            missing = [p for p in c.policy_names if p not in covered]
+            if missing or len(c.rewards) != len(c.policies):
+                raise ConfigError(
+                    f"{src}: `reweight.estimate: rewards` needs exactly one reward source per policy (set `objective:` on each); "
+                    f"policies without one: {missing}."
+                )
+    res = c.resources
+    if res.replicas is not None:
+        _positive(src, "resources.replicas", res.replicas)
+    if res.max_restarts < 0 or res.max_task_retries < 0:
+        raise ConfigError(f"{src}: `resources.max_restarts` and `max_task_retries` must be >= 0.")
+
+
+def _positive(src: str, key: str, value) -> None:
+    if value < 1:
+        raise ConfigError(f"{src}: `{key}` must be >= 1, got {value}.")
+
+
+def _local_output(p: str | None) -> str | None:
+    """Outputs are where you run the command: relative local paths resolve against the working directory."""
+    if p is None or "://" in p:
+        return p
+    return os.path.abspath(os.path.expanduser(p))
+
+
+def _resolve_paths(c: Config, base_dir: str) -> Config:
+    """Make relative local model/adapter/data paths relative to the config file, not the working directory."""
+
+    def fix(p: str | None, must_look_local: bool) -> str | None:
+        if p is None or "://" in p or os.path.isabs(p) or p.startswith(("default", "tiny:")):
+            return p
+        if must_look_local and not p.startswith((".", "~")):
+            return p  # a hub id such as org/model
+        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(p)))
+
+    def spec(s: PolicySpec) -> PolicySpec:
+        return dataclasses.replace(s, model=fix(s.model, True), adapter=fix(s.adapter, False))
+
+    rewards = [dataclasses.replace(r, model=fix(r.model, True)) for r in c.rewards]
+    rw = c.reweight
+    if rw is not None:
+        rw = dataclasses.replace(rw, prompts=fix(rw.prompts, False), output=_local_output(rw.output))
+    return dataclasses.replace(
+        c, reference=spec(c.reference), policies=[spec(p) for p in c.policies], rewards=rewards, reweight=rw
+    )

@@ -1,0 +1,108 @@
+"""Prompt corpora: read from any fsspec URL, validate, give every prompt a stable id.
+
+Ids matter because seeds and resume both key on them: a prompt keeps its id
+(and so its samples) however the corpus is split or reordered. A corpus with
+no id column gets ``sha256(prompt)[:16]``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from mpo_ray.storage import filesystem
+
+FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
+
+
+def prompt_id(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def derive_seed(seed: int, key: str, *extra: int) -> int:
+    """A 63-bit seed from the run seed and a stable key (a prompt id), independent of order and batching."""
+    h = hashlib.sha256(f"{seed}:{key}:{':'.join(map(str, extra))}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & (2**63 - 1)
+
+
+def corpus_format(uri: str) -> str:
+    """'parquet' | 'json' | 'csv' | 'datasets' (a saved HF `datasets` directory), or ValueError."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        raise ValueError(f"prompt corpus {uri!r} does not exist (or cannot be reached); check the path / URL and credentials.")
+    if fs.isdir(path):
+        if fs.exists(f"{path.rstrip('/')}/dataset_info.json") or fs.exists(f"{path.rstrip('/')}/dataset_dict.json"):
+            return "datasets"
+        if any(p.endswith(".parquet") for p in fs.ls(path, detail=False)):
+            return "parquet"
+        raise ValueError(f"prompt corpus directory {uri!r} holds neither Parquet files nor a saved `datasets` dataset.")
+    for suffix, fmt in FORMATS.items():
+        if path.endswith(suffix):
+            return fmt
+    raise ValueError(f"prompt corpus {uri!r}: unknown file type; use .parquet, .jsonl, .csv or a `datasets` directory.")
+
+
+def _read_table(uri: str) -> pa.Table:
+    fmt = corpus_format(uri)
+    fs, path = filesystem(uri)
+    try:
+        if fmt == "datasets":
+            import datasets
+
+            ds = datasets.load_from_disk(uri)
+            if isinstance(ds, datasets.DatasetDict):
+                ds = ds[next(iter(ds))]
+            return ds.data.table
+        if fmt == "parquet":
+            return pq.read_table(path, filesystem=fs)
+        with fs.open(path, "rb") as f:
+            raw = f.read()
+        if not raw.strip():
+            return pa.table({})
+        if fmt == "csv":
+            return pacsv.read_csv(io.BytesIO(raw))
+        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"prompt corpus {uri!r} could not be read as {fmt}: {exc}") from None
+
+
+def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "prompt_id", limit: int | None = None):
+    """(ids, prompts) as two lists of str, validated; the whole corpus must fit the driver (reweighting sizes do)."""
+    table = _read_table(uri)
+    if table.num_rows == 0:
+        raise ValueError(f"prompt corpus {uri!r} is empty; it needs at least one row with a `{prompt_column}` column.")
+    if prompt_column not in table.column_names:
+        raise ValueError(
+            f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {table.column_names}. "
+            "Set `prompt_column` in the config."
+        )
+    prompts = table.column(prompt_column).to_pylist()
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+    if bad:
+        raise ValueError(
+            f"prompt corpus {uri!r}: column {prompt_column!r} must hold non-empty strings; row {bad[0]} is {prompts[bad[0]]!r} "
+            f"({len(bad)} bad row(s) in all)."
+        )
+    if id_column in table.column_names:
+        ids = [str(x) if x is not None else None for x in table.column(id_column).to_pylist()]
+        if any(i is None or not i for i in ids):
+            raise ValueError(f"prompt corpus {uri!r}: column {id_column!r} has empty ids; fill them or drop the column.")
+    else:
+        ids = [prompt_id(p) for p in prompts]
+    seen: dict[str, int] = {}
+    for row, i in enumerate(ids):
+        if i in seen:
+            raise ValueError(
+                f"prompt corpus {uri!r}: prompt id {i!r} appears at rows {seen[i]} and {row}; "
+                "ids must be unique (duplicate prompts get the same hashed id: drop duplicates)."
+            )
+        seen[i] = row
+    if limit is not None:
+        ids, prompts = ids[:limit], prompts[:limit]
+    return ids, prompts

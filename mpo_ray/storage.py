@@ -1,0 +1,112 @@
+"""Files on any fsspec URL, written so that a reader never sees half a file.
+
+Every artifact is written to a temporary sibling and then moved into place.
+On local and POSIX-like filesystems the move is an atomic rename; on object
+stores (s3, gcs) the upload itself is atomic, so the final key appears whole.
+Temporary names start with ``_tmp-`` and are ignored by every reader here.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TMP_PREFIX = "_tmp-"
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path) for a URL or local path; raises ValueError on an unknown protocol."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ValueError, ImportError) as exc:
+        raise ValueError(f"cannot open {uri!r}: {exc}. Use a local path or an fsspec URL such as s3://bucket/dir.") from None
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+def _write_atomic(uri: str, data: bytes) -> None:
+    fs, path = filesystem(uri)
+    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}" if parent else f"{TMP_PREFIX}{uuid.uuid4().hex}"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    try:
+        fs.mv(tmp, path)
+    except Exception:
+        fs.rm(tmp)
+        raise
+
+
+def write_text(uri: str, text: str) -> None:
+    _write_atomic(uri, text.encode("utf-8"))
+
+
+def write_json(uri: str, obj) -> None:
+    write_text(uri, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_text(uri: str) -> str:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read().decode("utf-8")
+
+
+def read_json(uri: str):
+    return json.loads(read_text(uri))
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def write_parquet(uri: str, table: pa.Table) -> None:
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    _write_atomic(uri, buf.getvalue())
+
+
+def list_files(uri: str, suffix: str = ".parquet") -> list[str]:
+    """Finished files directly under ``uri`` (temporaries skipped), sorted, as full URLs."""
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return []
+    protocol = uri.split("://", 1)[0] + "://" if "://" in uri else ""
+    names = []
+    for p in fs.ls(path, detail=False):
+        base = p.rstrip("/").rsplit("/", 1)[-1]
+        if base.endswith(suffix) and not base.startswith(TMP_PREFIX):
+            names.append(join(uri, base) if protocol else p)
+    return sorted(names)
+
+
+def read_parquet(uri: str) -> pa.Table:
+    fs, path = filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f)
+
+
+def check_writable(uri: str) -> None:
+    """Fail early (ValueError) when ``uri`` cannot be written, leaving nothing behind."""
+    fs, path = filesystem(uri)
+    probe = f"{path.rstrip('/')}/{TMP_PREFIX}probe-{uuid.uuid4().hex}"
+    try:
+        existed = fs.exists(path)
+        fs.makedirs(path, exist_ok=True)
+        with fs.open(probe, "wb") as f:
+            f.write(b"")
+        fs.rm(probe)
+        if not existed and not fs.ls(path, detail=False):
+            fs.rmdir(path)  # leave no trace: the pipeline creates it when it has something to write
+    except Exception as exc:  # permissions, read-only buckets, a file in the way...
+        raise ValueError(f"output location {uri!r} is not writable ({type(exc).__name__}: {exc}); choose another --output.") from None
