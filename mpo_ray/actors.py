@@ -1,0 +1,226 @@
+"""Ray actors, one model each, and the worker groups the driver talks to.
+
+* ``PolicyActor`` hosts one policy (or the reference). It *samples* responses
+  (as the reference sampler, or as one component of a mixture proposal) and
+  *scores* token ids teacher-forced. Sampling and scoring live in one class
+  because the reference does both and every policy may be asked to sample.
+* ``RewardActor`` hosts a reward source: a `transformers` sequence-classifier
+  or a Python function ``module:function``.
+* ``ModelGroup`` is the driver's handle on the replicas of one model: it splits
+  a batch's rows over them and gathers the results in order (veRL-style single
+  controller, worker groups).
+
+Each actor asks for one GPU when the cluster has GPUs and a CPU share
+otherwise; actors restart on failure (``max_restarts``) and their calls are
+retried (``max_task_retries``), so killing one mid-run costs a reload, not the run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+import ray
+
+from mpo_ray.config import ResourcesConfig, RewardSpec
+from mpo_ray.policies import PolicySpec
+
+
+def import_function(path: str):
+    """``"package.module:function"`` → the callable, or ValueError saying what failed."""
+    module_name, _, attr = path.partition(":")
+    try:
+        obj = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"reward function {path!r} does not import ({type(exc).__name__}: {exc}); check the module is installed or on the job's working dir.") from None
+    if not callable(obj):
+        raise ValueError(f"reward function {path!r} is not callable.")
+    return obj
+
+
+def _set_threads(num_cpus: float) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(num_cpus)))
+
+
+@ray.remote
+class PolicyActor:
+    """One policy on one device: samples and teacher-forced scores."""
+
+    def __init__(self, spec: PolicySpec, num_cpus: float = 1.0):
+        from mpo_ray.decoding import MixedPolicy
+        from mpo_ray.policies import load_policies
+
+        _set_threads(num_cpus)
+        self.policy = load_policies([spec])[0]
+        self.sampler = MixedPolicy([self.policy], [1.0])
+
+    def info(self) -> dict:
+        return {
+            "name": self.policy.name,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "device": str(self.policy.device),
+            "vocabulary_hash": self.policy.vocabulary_hash,
+        }
+
+    def sample(self, prompts: list[str], seeds: list[int], params: dict) -> dict:
+        """One response per row (repeat a prompt for m samples); each row seeded on its own."""
+        gens = self.sampler.generate(prompts, seed=seeds, **params)
+        return {
+            "token_ids": [g.token_ids for g in gens],
+            "text": [g.text for g in gens],
+            "logp_proposal": np.array([g.proposal_logprob for g in gens], dtype=np.float64),
+        }
+
+    def score(self, prompts: list[str], token_ids: list[list[int]]) -> np.ndarray:
+        from mpo_ray.scoring import score_sequences
+
+        return score_sequences(self.policy, prompts, token_ids)
+
+
+@ray.remote
+class RewardActor:
+    """One reward source: ``score(prompts, responses) -> (n,) float64``."""
+
+    def __init__(self, spec: RewardSpec, num_cpus: float = 1.0):
+        _set_threads(num_cpus)
+        self.spec = spec
+        if spec.function is not None:
+            self.fn = import_function(spec.function)
+            return
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from mpo_ray.policies import resolve_device, resolve_dtype
+
+        self.device = resolve_device(spec.device)
+        kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+        self.tokenizer = AutoTokenizer.from_pretrained(spec.model, **kwargs)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForSequenceClassification.from_pretrained(
+            spec.model, dtype=resolve_dtype(spec.dtype, self.device), use_safetensors=True, **kwargs
+        ).to(self.device).eval()
+        self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self._no_grad = torch.inference_mode
+
+    def info(self) -> dict:
+        return {"name": self.spec.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        if self.spec.function is not None:
+            out = np.asarray(self.fn(list(prompts), list(responses)), dtype=np.float64)
+            if out.shape != (len(prompts),) or not np.all(np.isfinite(out)):
+                raise ValueError(f"reward function {self.spec.function} must return {len(prompts)} finite numbers, got shape {out.shape}.")
+            return out
+        texts = self._texts(prompts, responses)
+        scores = []
+        with self._no_grad():
+            for start in range(0, len(texts), self.spec.batch_size):
+                enc = self.tokenizer(texts[start : start + self.spec.batch_size], return_tensors="pt", padding=True, truncation=True)
+                logits = self.model(**enc.to(self.device)).logits
+                scores.append(logits[:, 0].float().cpu().numpy())
+        return np.concatenate(scores).astype(np.float64)
+
+    def _texts(self, prompts, responses) -> list[str]:
+        if getattr(self.tokenizer, "chat_template", None):
+            return [
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
+                )
+                for p, r in zip(prompts, responses)
+            ]
+        return [f"{p}\n{r}" for p, r in zip(prompts, responses)]
+
+
+# --------------------------------------------------------------------------- #
+# Placement and worker groups
+# --------------------------------------------------------------------------- #
+
+
+def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
+    """Per-actor resources and replicas per model, from the config and what the cluster has.
+
+    With GPUs: one GPU per actor, and spare GPUs become replicas. Without:
+    a CPU share each, so that K+1 models fit even a two-core machine.
+    """
+    cluster = ray.cluster_resources()
+    gpus = cluster.get("GPU", 0.0)
+    cpus = cluster.get("CPU", 1.0)
+    num_gpus = resources.gpus_per_model if resources.gpus_per_model is not None else (1.0 if gpus >= 1 else 0.0)
+    if num_gpus > 0:
+        replicas = resources.replicas or max(1, int(gpus // (num_gpus * num_models)))
+        num_cpus = min(resources.cpus_per_model, max(cpus / (replicas * num_models), 0.1))
+    else:
+        replicas = resources.replicas or 1
+        num_cpus = min(resources.cpus_per_model, max(round(cpus / (replicas * num_models), 2), 0.1))
+    if num_gpus > gpus:
+        raise ValueError(f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
+    return {"num_gpus": num_gpus, "num_cpus": num_cpus, "replicas": replicas}
+
+
+class ModelGroup:
+    """The replicas of one model; rows of a call are split evenly over them."""
+
+    def __init__(self, name: str, actor_cls, payload, plan: dict, resources: ResourcesConfig):
+        self.name = name
+        self.actors = [
+            actor_cls.options(
+                num_gpus=plan["num_gpus"],
+                num_cpus=plan["num_cpus"],
+                max_restarts=resources.max_restarts,
+                max_task_retries=resources.max_task_retries,
+                scheduling_strategy="SPREAD",  # spread the K models over nodes
+            ).remote(payload, plan["num_cpus"])
+            for _ in range(plan["replicas"])
+        ]
+
+    def submit(self, method: str, *columns, **constants) -> list:
+        """Start ``method`` on contiguous row chunks (constants go to every chunk); returns the refs, in row order."""
+        n = len(columns[0])
+        parts = min(len(self.actors), max(n, 1))
+        bounds = [round(i * n / parts) for i in range(parts + 1)]
+        return [
+            getattr(actor, method).remote(*(c[lo:hi] for c in columns), **constants)
+            for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:])
+        ]
+
+    def info(self) -> list[dict]:
+        return ray.get([a.info.remote() for a in self.actors])
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+def gather_arrays(refs: list) -> np.ndarray:
+    return np.concatenate(ray.get(refs)) if refs else np.zeros(0)
+
+
+def gather_samples(refs: list) -> dict:
+    parts = ray.get(refs)
+    return {
+        "token_ids": [t for p in parts for t in p["token_ids"]],
+        "text": [t for p in parts for t in p["text"]],
+        "logp_proposal": np.concatenate([p["logp_proposal"] for p in parts]),
+    }
+
+
+def split_counts(total: int, parts: int) -> list[int]:
+    """``total`` samples over ``parts`` samplers as evenly as possible (the first ones take the remainder)."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def log_mixture(logps: np.ndarray, counts: list[int]) -> np.ndarray:
+    """Balance-heuristic proposal log q = log Σ_c (n_c/m) π_c(y|x), from (n, C) log-probs."""
+    logw = np.log(np.asarray(counts, dtype=np.float64) / sum(counts))
+    a = logps + logw
+    top = a.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
+
