@@ -66,7 +66,7 @@ def build_tiny_model(
     hidden_size: int = 32,
     num_layers: int = 2,
     max_positions: int = 256,
-    init_scale: float = 0.2,
+    init_scale: float = 0.5,
     eos_boost: float = 1.0,
     chat_template: bool = True,
 ) -> Path:
@@ -124,8 +124,9 @@ def build_lora_adapter(base: str | Path, path: str | Path, *, seed: int, rank: i
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(base)
-    target = ["q_proj", "v_proj", "o_proj"] if model.config.model_type == "llama" else ["c_attn", "c_proj"]
-    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=target, init_lora_weights=False)
+    gpt2 = model.config.model_type == "gpt2"  # GPT-2 uses Conv1D, i.e. transposed weights
+    target = ["c_attn", "c_proj"] if gpt2 else ["q_proj", "v_proj", "o_proj"]
+    config = LoraConfig(r=rank, lora_alpha=rank, target_modules=target, fan_in_fan_out=gpt2, init_lora_weights=False)
     peft_model = get_peft_model(model, config)
     torch.manual_seed(seed)
     with torch.no_grad():

@@ -1,0 +1,54 @@
+"""Tiny policy families built once per test session (shared by the model-layer tests)."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from mpo_ray.policies import load_policies
+from mpo_ray.testing import build_tiny_family, build_tiny_model, token_by_token_logprobs
+
+_ROOT = Path(tempfile.mkdtemp(prefix="mpo-ray-tiny-"))
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+# Prompts of very different lengths, so batches are padded.
+PROMPTS = [
+    "hello there",
+    "What is the capital of France? Tell me about the sea, the mountains and the rivers.",
+    "x",
+    "How do I bake bread?",
+]
+
+
+@cache
+def tiny_family(kind: str, k: int, arch: str = "llama", eos_boost: float = 2.0) -> tuple:
+    """K loaded tiny policies with one vocabulary (built and loaded once per session)."""
+    root = _ROOT / f"{kind}-{k}-{arch}-{eos_boost}"
+    specs = build_tiny_family(root, k, kind=kind, arch=arch, eos_boost=eos_boost)
+    return tuple(load_policies(specs))
+
+
+@cache
+def tiny_model_path(name: str, **kwargs) -> str:
+    return str(build_tiny_model(_ROOT / name, **kwargs))
+
+
+def reference_logprobs(policy, prompt: str, response: list[int]) -> torch.Tensor:
+    """[len(response), V] log-softmax rows from unpadded, uncached, one-prefix-at-a-time forwards."""
+    [prompt_ids] = policy.encode_prompts([prompt])
+    return token_by_token_logprobs(policy.model, prompt_ids, response, **policy.forward_kwargs(1))
+
+
+def reference_mixture(policies, weights, prompt: str, response: list[int]) -> tuple[float, float]:
+    """(logprob, log_normalizer) of a response under Σ_k λ_k log π_k, token by token."""
+    if not response:
+        return 0.0, 0.0
+    s = sum(w * reference_logprobs(p, prompt, response) for p, w in zip(policies, weights) if w != 0)
+    log_z = torch.logsumexp(s, dim=-1)
+    target = s.gather(-1, torch.tensor(response)[:, None]).squeeze(1)
+    return float((target - log_z).sum()), float(log_z.sum())
