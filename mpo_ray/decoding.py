@@ -27,6 +27,7 @@ separate models run one forward each, one KV cache each. Rows that finish
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +38,7 @@ from mpo_ray.scoring import (
     check_context,
     check_prompts,
     check_responses,
+    forward_setup,
     length_sorted_batches,
     pad_left,
     position_ids,
@@ -53,6 +55,7 @@ class Generation:
     logprob: float  # Σ_t s_t(y_t) − log z_t: log-prob under the untempered token-level mixture
     log_normalizer: float  # Σ_t log z_t (≤ 0 for weights on the simplex)
     num_tokens: int
+    proposal_logprob: float = 0.0  # log-prob under the distribution actually sampled (tempered / top-k / top-p)
 
 
 class _Group:
@@ -63,17 +66,16 @@ class _Group:
         self.weights = torch.tensor(weights, dtype=torch.float32)
         self.device = policies[0].device
 
-    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray) -> torch.Tensor:
-        """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V]."""
+    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, stack: ExitStack) -> torch.Tensor:
+        """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V].
+        `stack` holds the adapter activation (if any) until the decode ends."""
         from transformers import DynamicCache
 
         ids, self.mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
         pos = position_ids(self.mask)
         self.pos = pos[:, -1]
-        self.kwargs = {}
-        for policy in self.policies:
-            for key, value in policy.forward_kwargs(len(rows)).items():
-                self.kwargs.setdefault(key, []).extend(value)
+        context, self.kwargs = forward_setup(self.policies, len(rows))
+        stack.enter_context(context)
         self.cache = DynamicCache(config=self.model.config)
         return self._forward(ids, pos)
 
@@ -169,47 +171,65 @@ class MixedPolicy:
     @torch.no_grad()
     def generate(
         self, prompts, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        top_p: float | None = None, seed: int | None = None, stop=None, num_candidates: int = 1,
+        top_p: float | None = None, seed=None, stop=None, num_candidates: int = 1,
         ignore_eos: bool = False,
     ) -> list[Generation]:
         """Sample one response per prompt from the mixture; temperature=0 is greedy.
 
-        With num_candidates=n > 1, n responses are drawn per prompt and one is
-        kept with probability ∝ target/proposal (= exp(log_normalizer) at
-        temperature 1 without top-k/top-p): a sequence-level sample of the
-        mixture. `stop` strings end a row (the text is cut before them);
-        `ignore_eos` decodes max_new_tokens for every row (for benchmarks).
+        ``seed`` is an int, one int per prompt (rows then do not depend on the
+        rest of the batch), or None. With num_candidates=n > 1, n responses are
+        drawn per prompt (`sample_candidates`) and one is kept with probability
+        ∝ target/proposal (= exp(log_normalizer) at temperature 1 without
+        top-k/top-p): a sequence-level sample of the mixture. `stop` strings end
+        a row (the text is cut before them); `ignore_eos` decodes
+        max_new_tokens for every row (for benchmarks).
         """
+        seeds = _prompt_seeds(seed, len(check_prompts(prompts)))
+        groups = self.sample_candidates(
+            prompts, num_candidates, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+            top_p=top_p, seed=seeds, stop=stop, ignore_eos=ignore_eos,
+        )
+        if num_candidates == 1:
+            return [g[0] for g in groups]
+        log_w = torch.tensor([[c.logprob + c.log_normalizer - c.proposal_logprob for c in g] for g in groups],
+                             dtype=torch.float64)
+        u = torch.tensor([np.random.default_rng([s]).random() for s in seeds], dtype=torch.float64)
+        pick = _inverse_cdf(torch.softmax(log_w, -1), u).tolist()
+        return [g[i] for g, i in zip(groups, pick)]
+
+    @torch.no_grad()
+    def sample_candidates(
+        self, prompts, num_candidates: int, *, max_new_tokens: int, temperature: float = 1.0,
+        top_k: int | None = None, top_p: float | None = None, seed=None, stop=None, ignore_eos: bool = False,
+    ) -> list[list[Generation]]:
+        """``num_candidates`` token-level samples per prompt, all decoded as one batch (best-of-n, resampling)."""
         prompts = check_prompts(prompts)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         _check_sampling(max_new_tokens, temperature, top_k, top_p, stop, num_candidates)
         encoded = self._encode(prompts, [max_new_tokens] * len(prompts), "new tokens (max_new_tokens)")
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(seed) if seed is not None else gen.seed()
+        seeds = _prompt_seeds(seed, len(prompts))
+        # One random stream per (prompt, candidate): a row's tokens depend on its own seed only,
+        # never on which other prompts share the batch (what per-prompt seeds in bulk jobs rely on).
+        uniforms = torch.from_numpy(np.stack([
+            np.random.default_rng([s, c + 1]).random(max_new_tokens) for s in seeds for c in range(num_candidates)
+        ])).to(self.device)
         rows = np.repeat(np.arange(len(prompts)), num_candidates)
-        tokens, lengths, stopped, scores = self._decode(
-            encoded, rows, max_new_tokens, temperature, top_k, top_p, gen, stop, ignore_eos
+        tokens, lengths, stopped, (logprob, log_norm, proposal) = self._decode(
+            encoded, rows, max_new_tokens, temperature, top_k, top_p, uniforms, stop, ignore_eos
         )
-        logprob, log_norm, proposal = scores
-        if num_candidates > 1:
-            log_w = (logprob + log_norm - proposal).view(len(prompts), num_candidates)
-            pick = torch.multinomial(torch.softmax(log_w.float(), -1).to(self.device), 1, generator=gen).squeeze(1)
-            rows = (torch.arange(len(prompts)) * num_candidates + pick.cpu()).numpy()
-        else:
-            rows = np.arange(len(prompts))
         out = []
-        for r in rows:
+        for r in range(len(rows)):
             ids = tokens[r, : lengths[r]].tolist()
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             cut = [text.find(s) for s in stop if s in text]
             out.append(Generation(
                 text=text[: min(cut)] if cut else text, token_ids=ids,
                 finish_reason="stop" if stopped[r] else "length", logprob=float(logprob[r]),
-                log_normalizer=float(log_norm[r]), num_tokens=len(ids),
+                log_normalizer=float(log_norm[r]), num_tokens=len(ids), proposal_logprob=float(proposal[r]),
             ))
-        return out
+        return [out[i : i + num_candidates] for i in range(0, len(out), num_candidates)]
 
-    def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, gen, stop, ignore_eos):
+    def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos):
         """The token loop over all rows at once; returns tokens, lengths, stopped, (logprob, log z, log q)."""
         n = len(rows)
         tokens = torch.full((n, max_new), self.policies[0].pad_token_id, dtype=torch.long)
@@ -220,28 +240,29 @@ class MixedPolicy:
         stop_window = max((len(s.encode()) for s in stop), default=0) + 1  # every token holds >= 1 byte
         alive = torch.arange(n)
         groups = self._groups()
-        logits = [g.prefill(ids, rows) for g, ids in zip(groups, encoded)]
-        for t in range(max_new):
-            s = self._mix(groups, logits)
-            log_z = torch.logsumexp(s, dim=-1)
-            tok, log_q = _choose(s, temperature, top_k, top_p, gen)
-            step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q])
-            scores[:, alive] += step.double().cpu()
-            tokens[alive, t] = tok.cpu()
-            lengths[alive] += 1
-            done = torch.zeros(len(alive), dtype=torch.bool) if ignore_eos else torch.isin(tok, eos).cpu()
-            if stop:
-                tails = self.tokenizer.batch_decode(tokens[alive, max(0, t + 1 - stop_window) : t + 1])
-                done |= torch.tensor([any(x in tail for x in stop) for tail in tails])
-            stopped[alive] |= done
-            if t == max_new - 1 or done.all():
-                break
-            if done.any():
-                keep = ~done
-                alive, tok = alive[keep], tok[keep.to(tok.device)]
-                for g in groups:
-                    g.keep(keep)
-            logits = [g.step(tok) for g in groups]
+        with ExitStack() as stack:  # adapter activations last for the whole decode
+            logits = [g.prefill(ids, rows, stack) for g, ids in zip(groups, encoded)]
+            for t in range(max_new):
+                s = self._mix(groups, logits)
+                log_z = torch.logsumexp(s, dim=-1)
+                tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[alive.to(uniforms.device), t])
+                step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q])
+                scores[:, alive] += step.double().cpu()
+                tokens[alive, t] = tok.cpu()
+                lengths[alive] += 1
+                done = torch.zeros(len(alive), dtype=torch.bool) if ignore_eos else torch.isin(tok, eos).cpu()
+                if stop:
+                    tails = self.tokenizer.batch_decode(tokens[alive, max(0, t + 1 - stop_window) : t + 1])
+                    done |= torch.tensor([any(x in tail for x in stop) for tail in tails])
+                stopped[alive] |= done
+                if t == max_new - 1 or done.all():
+                    break
+                if done.any():
+                    keep = ~done
+                    alive, tok = alive[keep], tok[keep.to(tok.device)]
+                    for g in groups:
+                        g.keep(keep)
+                logits = [g.step(tok) for g in groups]
         return tokens, lengths, stopped, scores
 
     @torch.no_grad()
@@ -286,8 +307,29 @@ def _check_sampling(max_new_tokens, temperature, top_k, top_p, stop, num_candida
         raise ValueError("num_candidates > 1 needs sampling: greedy candidates are identical; set temperature > 0")
 
 
-def _choose(s: torch.Tensor, temperature, top_k, top_p, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """Next token per row from mixed scores s [R, V], and its log-prob under the sampler."""
+def _prompt_seeds(seed, n: int) -> list[int]:
+    """None → fresh entropy; an int → one seed per prompt derived from it; a list → one per prompt, as given."""
+    if seed is None:
+        seed = int(np.random.SeedSequence().generate_state(1)[0])
+    if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}.")
+        return [int(x) for x in np.random.SeedSequence(int(seed)).generate_state(n, dtype=np.uint64) >> np.uint64(1)]
+    seeds = list(seed)
+    if len(seeds) != n or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0 for x in seeds):
+        raise ValueError(f"seed must be an int or a list of {n} non-negative ints (one per prompt), got {seed!r:.80}.")
+    return [int(x) for x in seeds]
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Row-wise categorical draw from probs [R, V] with given uniforms u [R] (exact inverse-CDF sampling)."""
+    cdf = probs.double().cumsum(-1)
+    idx = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(1)  # never a 0-prob token
+    return idx.clamp_(max=probs.shape[-1] - 1)
+
+
+def _choose(s: torch.Tensor, temperature, top_k, top_p, u) -> tuple[torch.Tensor, torch.Tensor]:
+    """Next token per row from mixed scores s [R, V] and one uniform per row, and its log-prob under the sampler."""
     if temperature == 0:
         return s.argmax(-1), torch.zeros(len(s), device=s.device)
     z = s / temperature
@@ -300,5 +342,5 @@ def _choose(s: torch.Tensor, temperature, top_k, top_p, gen) -> tuple[torch.Tens
         drop = probs.cumsum(-1) - probs >= top_p  # mass before this token already reaches top_p
         z = z.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     log_q = torch.log_softmax(z, dim=-1)
-    tok = torch.multinomial(log_q.exp(), 1, generator=gen).squeeze(1)
+    tok = _inverse_cdf(log_q.exp(), u)
     return tok, log_q.gather(-1, tok[:, None]).squeeze(1)

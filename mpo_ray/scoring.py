@@ -15,6 +15,7 @@ tokens only, so a padded row computes exactly what the unpadded one would.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -88,6 +89,19 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def forward_setup(policies: list[Policy], rows_per_policy: int):
+    """(context, forward kwargs) for one forward over the rows of `policies`, which
+    share one module, policy-major: one policy activates itself for the stretch;
+    several select their adapters per row."""
+    if len(policies) == 1:
+        return policies[0].activated(), {}
+    kwargs = {}
+    for policy in policies:
+        for key, value in policy.forward_kwargs(rows_per_policy).items():
+            kwargs.setdefault(key, []).extend(value)
+    return nullcontext(), kwargs
+
+
 @torch.no_grad()
 def response_logprobs(policies: list[Policy], prompt_ids: list[list[list[int]]], responses: list[list[int]]):
     """log-softmax rows predicting each response token, for G policies sharing one model.
@@ -101,14 +115,12 @@ def response_logprobs(policies: list[Policy], prompt_ids: list[list[list[int]]],
     width = max(len(r) for r in responses)
     rows = [p + r for ids in prompt_ids for p, r in zip(ids, responses)]
     ids, mask = pad_left(rows, policies[0].pad_token_id, policies[0].device)
-    kwargs = {}
-    for policy in policies:
-        for key, value in policy.forward_kwargs(num_b).items():
-            kwargs.setdefault(key, []).extend(value)
-    logits = model(
-        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-        logits_to_keep=width + 1, **kwargs,
-    ).logits[:, :-1]
+    context, kwargs = forward_setup(policies, num_b)
+    with context:
+        logits = model(
+            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+            logits_to_keep=width + 1, **kwargs,
+        ).logits[:, :-1]
     return torch.log_softmax(logits.float(), dim=-1).view(num_g, num_b, width, -1)
 
 

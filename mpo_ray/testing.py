@@ -182,3 +182,52 @@ def describe(path: str | Path) -> dict:
     """Small summary of a saved tiny model (for benchmark logs)."""
     config = json.loads((Path(path) / "config.json").read_text())
     return {k: config.get(k) for k in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer")}
+
+
+# --- `tiny:` models named in configs, built on first use -------------------------
+
+TINY_PREFIX = "tiny:"
+
+
+def resolve_tiny(uri: str) -> str:
+    """``tiny:base`` | ``tiny:seed-N`` | ``tiny:lora-N`` | ``tiny:other-vocab`` → a built local directory.
+
+    Lets a config (workflows/configs/tiny.yaml) name small models that need no
+    download: each is built deterministically the first time any process asks
+    for it, in a temporary directory renamed into place, so actors on several
+    nodes starting at once all end up with identical files.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from mpo_ray.policies import cache_dir
+
+    name = uri[len(TINY_PREFIX):]
+    root = cache_dir() / "tiny"
+    target = root / name
+    if target.exists():
+        return str(target)
+    if name == "base":
+        build = lambda p: build_tiny_model(p, seed=0)  # noqa: E731
+    elif name == "other-vocab":
+        build = lambda p: build_tiny_model(p, seed=0, vocab_size=320)  # noqa: E731
+    elif name.startswith("seed-") and name[5:].isdigit():
+        build = lambda p: build_tiny_model(p, seed=int(name[5:]))  # noqa: E731
+    elif name.startswith("lora-") and name[5:].isdigit():
+        base = resolve_tiny(TINY_PREFIX + "base")
+        build = lambda p: build_lora_adapter(base, p, seed=int(name[5:]))  # noqa: E731
+    else:
+        raise ValueError(f"unknown tiny model {uri!r}; use tiny:base, tiny:seed-N, tiny:lora-N or tiny:other-vocab.")
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        build(tmp)
+        os.rename(tmp, target)
+    except OSError:
+        if not target.exists():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # lost the race (or failed): keep the winner's copy
+    return str(target)
+

@@ -16,10 +16,8 @@ MAX_NEW = 12
 def hf_greedy(policy, prompts, max_new_tokens):
     """The policy's own transformers greedy generate on the same left-padded prompts."""
     ids, mask = pad_left(policy.encode_prompts(prompts), policy.pad_token_id, policy.device)
-    out = policy.model.generate(
-        input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-        **policy.forward_kwargs(len(prompts)),
-    )
+    with policy.activated():
+        out = policy.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False)
     return out[:, ids.shape[1] :].tolist()
 
 
@@ -152,15 +150,28 @@ def test_ignore_eos_decodes_every_row_to_the_limit():
     assert all(g.num_tokens == MAX_NEW and g.finish_reason == "length" for g in gens)
 
 
-def test_num_candidates_returns_one_of_the_candidates():
-    """n candidates per prompt are the rows of the same batch with each prompt repeated n times."""
+def test_num_candidates_pick_is_a_consistent_deterministic_candidate():
+    """The kept candidate is a real sample (its scores equal a teacher-forced recomputation), and it is
+    the same whatever else is in the batch: each (prompt, candidate) draws from its own seeded stream."""
     mixed = MixedPolicy(tiny_family("seeds", 2), [0.5, 0.5])
     n = 4
-    picked = mixed.generate(PROMPTS[:2], max_new_tokens=MAX_NEW, seed=5, num_candidates=n)
-    candidates = mixed.generate([p for p in PROMPTS[:2] for _ in range(n)], max_new_tokens=MAX_NEW, seed=5)
-    assert len(picked) == 2
-    for i, g in enumerate(picked):
-        assert g in candidates[i * n : (i + 1) * n]
+    picked = mixed.generate(PROMPTS[:2], max_new_tokens=MAX_NEW, seed=[11, 12], num_candidates=n)
+    alone = mixed.generate(PROMPTS[1:2], max_new_tokens=MAX_NEW, seed=[12], num_candidates=n)
+    assert len(picked) == 2 and picked[1].token_ids == alone[0].token_ids
+    logprob, log_norm = mixed.sequence_logprob(PROMPTS[:2], [g.token_ids for g in picked])
+    np.testing.assert_allclose(logprob, [g.logprob for g in picked], atol=1e-4)
+    np.testing.assert_allclose(log_norm, [g.log_normalizer for g in picked], atol=1e-4)
+
+
+def test_per_prompt_seeds_make_rows_independent_of_the_batch():
+    mixed = MixedPolicy(tiny_family("seeds", 2), [0.5, 0.5])
+    both = mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=[1, 2, 3])
+    one = mixed.generate([PROMPTS[2]], max_new_tokens=MAX_NEW, seed=[3])
+    assert both[2].token_ids == one[0].token_ids
+    assert mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=7)[0].token_ids == \
+        mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=7)[0].token_ids
+    with pytest.raises(ValueError, match="one per prompt"):
+        mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=[1, 2])
 
 
 def test_importance_resampling_targets_the_sequence_level_mixture():
@@ -168,11 +179,12 @@ def test_importance_resampling_targets_the_sequence_level_mixture():
     mixed = MixedPolicy(tiny_family("seeds", 2), [0.5, 0.5])
     n, draws = 3, 400
     prompts = PROMPTS[:1] * draws
-    picked = mixed.generate(prompts, max_new_tokens=3, seed=0, num_candidates=n, ignore_eos=True)
-    candidates = mixed.generate([p for p in prompts for _ in range(n)], max_new_tokens=3, seed=0, ignore_eos=True)
+    seeds = list(range(draws))
+    picked = mixed.generate(prompts, max_new_tokens=3, seed=seeds, num_candidates=n, ignore_eos=True)
+    candidates = mixed.sample_candidates(prompts, n, max_new_tokens=3, seed=seeds, ignore_eos=True)
     hits, expected = 0, []
-    for i, g in enumerate(picked):
-        group = candidates[i * n : (i + 1) * n]
+    for g, group in zip(picked, candidates):
+        assert any(g == c for c in group)
         w = np.exp([c.log_normalizer for c in group])
         best = int(np.argmax(w))
         hits += g.token_ids == group[best].token_ids

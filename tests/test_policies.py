@@ -62,6 +62,11 @@ def test_lora_adapters_are_selected_per_row():
     assert not torch.allclose(out_a, base)
     torch.testing.assert_close(both, torch.cat([out_a, out_b]))
     assert a.forward_kwargs(2) == {"adapter_names": ["p0", "p0"]}
+    before = a.model.active_adapter
+    with b.activated():  # one policy's rows only: switch adapters once, not per forward
+        torch.testing.assert_close(a.model(x).logits, out_b)
+    assert a.model.active_adapter == before
+    assert not any(p.requires_grad for p in a.model.parameters())
 
 
 def test_chat_template_formatting_includes_system_prompt():

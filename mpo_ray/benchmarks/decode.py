@@ -1,0 +1,147 @@
+"""`mpo-ray bench decode`: MixedPolicy.generate against K separate HF generates.
+
+For K = 1, 2, 3 policies, times (a) `MixedPolicy.generate` producing B×T mixed
+tokens and (b) each of the K policies' own `transformers` `generate` on the
+same prompts, one after another (K×B×T tokens), in one run, and prints the
+cost ratio t_mixed / t_separate. DESIGN.md §5: mixing K separate models reads
+all K models per token, so the honest target is a ratio ≤ 1.1; system-prompted
+or LoRA variants of one base run as one forward over K×B rows and should come
+in under 1. Every row decodes exactly T tokens (EOS ignored / suppressed) and
+both sides decode greedily, so the work is identical. Figures, not asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from mpo_ray.decoding import MixedPolicy
+from mpo_ray.policies import PolicySpec, load_policies
+from mpo_ray.scoring import pad_left
+from mpo_ray.testing import build_lora_adapter, build_tiny_family
+
+PROMPTS = [
+    "What is the capital of France?",
+    "Tell me a joke about cats.",
+    "How do I bake bread at home?",
+    "Write a short poem about rain.",
+    "Explain why the sky is blue.",
+    "Give me three tips for learning to swim.",
+    "What should I pack for a weekend in the mountains?",
+    "Summarise the plot of a detective story in two sentences.",
+]
+
+
+def separate_generate(policies, prompts, max_new_tokens):
+    """Each policy's own HF greedy generate, one after another."""
+    for p in policies:
+        ids, mask = pad_left(p.encode_prompts(prompts), p.pad_token_id, p.device)
+        with p.activated():  # its LoRA adapter, or adapters off for a base
+            p.model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=p.pad_token_id,
+            )
+
+
+def timed(fns, repeats: int) -> list[float]:
+    """Median wall time of each function; the functions alternate within each repeat so
+    that drift in machine load hits them alike."""
+    times = [[] for _ in fns]
+    for r in range(repeats + 1):  # the first round is a warm-up
+        for fn, ts in zip(fns, times):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            if r:
+                ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
+
+
+def tiny_policies(kind, k, root, args):
+    specs = build_tiny_family(
+        Path(root) / kind, k, kind=kind, hidden_size=args.hidden_size, num_layers=args.layers, max_positions=1024
+    )
+    return load_policies([replace(s, device=args.device, dtype=args.dtype) for s in specs])
+
+
+def model_policies(kind, k, path, root, args):
+    """K policies around one real model: K separate copies, K system prompts, or K random LoRA adapters."""
+    base = dict(model=str(path), device=args.device, dtype=args.dtype)
+    if kind == "seeds":  # K separately loaded modules (same weights: the cost is what we measure)
+        return [load_policies([PolicySpec(f"copy{i}", **base)])[0] for i in range(k)]
+    if kind == "system":
+        words = ["helpful", "harmless", "funny", "brief", "formal"]
+        return load_policies([PolicySpec(f"sys{i}", system_prompt=f"You are a {words[i]} assistant.", **base) for i in range(k)])
+    adapters = [build_lora_adapter(path, Path(root) / f"lora{i}", seed=i, scale=0.01) for i in range(k)]
+    return load_policies([PolicySpec(f"lora{i}", adapter=str(a), **base) for i, a in enumerate(adapters)])
+
+
+def run(label, policies_for, ks, prompts, args):
+    print(f"\n{label}: B={len(prompts)} prompts, T={args.max_new_tokens} new tokens, median of {args.repeats}")
+    print(f"{'family':8} {'K':>2} {'mixed tok/s':>12} {'one generate tok/s':>19} {'t_mixed / t_K_separate':>24}")
+    rows = []
+    for kind in args.families:
+        policies = policies_for(kind, max(ks))
+        for k in ks:
+            mixed = MixedPolicy(policies[:k], [1.0 / k] * k)
+            t_mix, t_sep, t_one = timed(
+                [
+                    lambda: mixed.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=0, ignore_eos=True),
+                    lambda: separate_generate(policies[:k], prompts, args.max_new_tokens),
+                    lambda: separate_generate(policies[:1], prompts, args.max_new_tokens),
+                ],
+                args.repeats,
+            )
+            tokens = len(prompts) * args.max_new_tokens
+            print(f"{kind:8} {k:>2} {tokens / t_mix:12.1f} {tokens / t_one:19.1f} {t_mix / t_sep:23.2f}×")
+            rows.append((label, kind, k, tokens / t_mix, tokens / t_one, t_mix / t_sep))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> list[tuple]:
+    p = argparse.ArgumentParser(prog="mpo-ray bench decode", description=__doc__.split("\n\n")[0])
+    p.add_argument("--k", default="1,2,3", help="policy counts to mix (default 1,2,3)")
+    p.add_argument("--families", default="seeds,system,lora",
+                   help="seeds = K separate models, system = K system prompts on one base, lora = K adapters on one base")
+    p.add_argument("--prompts", type=int, default=8, help="batch size B")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--hidden-size", type=int, default=64, help="tiny model width")
+    p.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
+    p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
+    p.add_argument("--model", default=None, help="also this model directory / hub id (e.g. a ~1B Llama on GPU)")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
+    args = p.parse_args(argv)
+    ks = [int(k) for k in args.k.split(",")]
+    args.families = args.families.split(",")
+    prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    print(f"device={device} dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
+        if not args.no_tiny:
+            label = f"tiny llama (hidden {args.hidden_size}, {args.layers} layers, vocab 384)"
+            rows += run(label, lambda kind, k: tiny_policies(kind, k, root, args), ks, prompts, args)
+        models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
+        for model in models:
+            from mpo_ray.policies import resolve_model
+
+            path = resolve_model(model)
+            label = "SmolLM2-135M-Instruct" if model == "default" else model
+            rows += run(label, lambda kind, k: model_policies(kind, k, path, root, args), ks, prompts, args)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
