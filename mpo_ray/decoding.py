@@ -23,6 +23,8 @@ Policies that share one loaded module (system-prompted variants or LoRA
 adapters of one base) run as ONE forward over G×B rows with one KV cache;
 separate models run one forward each, one KV cache each. Rows that finish
 (EOS or a stop string) are dropped from every cache, so the rest go on faster.
+Each (prompt, candidate) row samples from its own seeded stream of uniforms,
+so a row's output depends on its seed only, not on the rest of the batch.
 """
 
 from __future__ import annotations
@@ -184,7 +186,8 @@ class MixedPolicy:
         a row (the text is cut before them); `ignore_eos` decodes
         max_new_tokens for every row (for benchmarks).
         """
-        seeds = _prompt_seeds(seed, len(check_prompts(prompts)))
+        prompts = check_prompts(prompts)
+        seeds = _prompt_seeds(seed, len(prompts))
         groups = self.sample_candidates(
             prompts, num_candidates, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
             top_p=top_p, seed=seeds, stop=stop, ignore_eos=ignore_eos,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from _tiny_fixtures import PROMPTS, reference_mixture, tiny_family, tiny_model_path
 
 from mpo_ray import Generation, MixedPolicy, PolicySpec, load_policies, score_sequences
@@ -87,6 +86,18 @@ def test_sequence_logprob_mixes_separate_models_and_shared_bases():
     lp, ln = MixedPolicy(policies, weights).sequence_logprob(PROMPTS, responses)
     for i, (prompt, response) in enumerate(zip(PROMPTS, responses)):
         assert (lp[i], ln[i]) == pytest.approx(reference_mixture(policies, weights, prompt, response), abs=1e-4)
+
+
+def test_base_rows_and_adapter_rows_mix_in_one_forward():
+    """A reference (adapters off) and two adapters of one base: one group, '__base__' rows."""
+    lora = tiny_family("lora", 2)
+    base = lora[0].spec.model
+    policies = load_policies([PolicySpec("ref", base), *(p.spec for p in lora)])
+    weights = [-0.5, 0.8, 0.7]  # a DeRa-style negative exponent on the reference
+    gens = MixedPolicy(policies, weights).generate(PROMPTS, max_new_tokens=8, seed=4)
+    for prompt, g in zip(PROMPTS, gens):
+        logprob, log_norm = reference_mixture(policies, weights, prompt, g.token_ids)
+        assert (g.logprob, g.log_normalizer) == (pytest.approx(logprob, abs=1e-4), pytest.approx(log_norm, abs=1e-4))
 
 
 def count_forwards(model):
@@ -242,4 +253,5 @@ def test_policy_specs_are_loaded_for_you():
     mixed = MixedPolicy(specs, [0.5, 0.5])
     assert [p.name for p in mixed.policies] == ["a", "b"]
     assert "a^0.5 * b^0.5" in repr(mixed)
-    assert torch.is_tensor(mixed.generate(["hi"], max_new_tokens=2, seed=0)[0].logprob) is False
+    [g] = mixed.generate(["hi"], max_new_tokens=2, seed=0)
+    assert isinstance(g.logprob, float) and isinstance(g.token_ids, list) and isinstance(g.token_ids[0], int)

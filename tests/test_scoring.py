@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _tiny_fixtures import PROMPTS, reference_logprobs, tiny_family
 
-from mpo_ray import score_sequences
+from mpo_ray import PolicySpec, load_policies, score_sequences
 
 
 def random_responses(n, vocab, seed, max_len=9):
@@ -85,3 +85,15 @@ def test_bad_batch_size_is_refused():
     (policy,) = tiny_family("seeds", 1)
     with pytest.raises(ValueError, match="batch_size"):
         score_sequences(policy, ["a"], [[1]], batch_size=0)
+
+
+def test_a_base_and_its_adapters_share_one_module_and_score_as_if_loaded_alone():
+    """The reference policy is usually the base the LoRA policies were trained from."""
+    lora = tiny_family("lora", 2)
+    base, adapter = lora[0].spec.model, lora[0].spec.adapter
+    ref, p0 = load_policies([PolicySpec("ref", base), PolicySpec("p0", base, adapter=adapter)])
+    assert ref.model is p0.model
+    [alone] = load_policies([PolicySpec("alone", base)])
+    responses = random_responses(len(PROMPTS), len(ref.tokenizer), seed=3)
+    np.testing.assert_allclose(score_sequences(ref, PROMPTS, responses), score_sequences(alone, PROMPTS, responses), atol=1e-5)
+    np.testing.assert_allclose(score_sequences(p0, PROMPTS, responses), score_sequences(lora[0], PROMPTS, responses), atol=1e-5)
