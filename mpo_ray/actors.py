@@ -18,6 +18,7 @@ retried (``max_task_retries``), so killing one mid-run costs a reload, not the r
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import numpy as np
@@ -155,10 +156,10 @@ def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
     num_gpus = resources.gpus_per_model if resources.gpus_per_model is not None else (1.0 if gpus >= 1 else 0.0)
     if num_gpus > 0:
         replicas = resources.replicas or max(1, int(gpus // (num_gpus * num_models)))
-        num_cpus = min(resources.cpus_per_model, max(cpus / (replicas * num_models), 0.1))
     else:
         replicas = resources.replicas or 1
-        num_cpus = min(resources.cpus_per_model, max(round(cpus / (replicas * num_models), 2), 0.1))
+    share = math.floor(100 * cpus / (replicas * num_models)) / 100  # floor: the shares must fit the cluster
+    num_cpus = min(resources.cpus_per_model, max(share, 0.01))
     if num_gpus > gpus:
         raise ValueError(f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
     return {"num_gpus": num_gpus, "num_cpus": num_cpus, "replicas": replicas}
@@ -167,17 +168,19 @@ def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
 class ModelGroup:
     """The replicas of one model; rows of a call are split evenly over them."""
 
-    def __init__(self, name: str, actor_cls, payload, plan: dict, resources: ResourcesConfig):
+    def __init__(self, name: str, actor_cls, payload, plan: dict, resources: ResourcesConfig, run_id: str = ""):
         self.name = name
+        self.options = {"num_gpus": plan["num_gpus"], "num_cpus": plan["num_cpus"]}
         self.actors = [
             actor_cls.options(
+                name=f"mpo-{run_id}-{name}-{i}" if run_id else None,  # findable by operators (and fault tests)
                 num_gpus=plan["num_gpus"],
                 num_cpus=plan["num_cpus"],
                 max_restarts=resources.max_restarts,
                 max_task_retries=resources.max_task_retries,
                 scheduling_strategy="SPREAD",  # spread the K models over nodes
             ).remote(payload, plan["num_cpus"])
-            for _ in range(plan["replicas"])
+            for i in range(plan["replicas"])
         ]
 
     def submit(self, method: str, *columns, **constants) -> list:
@@ -190,8 +193,17 @@ class ModelGroup:
             for actor, lo, hi in zip(self.actors, bounds[:-1], bounds[1:])
         ]
 
-    def info(self) -> list[dict]:
-        return ray.get([a.info.remote() for a in self.actors])
+    def info(self, timeout: float | None = None) -> list[dict]:
+        """Where each replica runs; waits for them to start (model loaded) for at most ``timeout`` seconds."""
+        refs = [a.info.remote() for a in self.actors]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        if len(ready) < len(refs):
+            raise TimeoutError(
+                f"{len(refs) - len(ready)} actor(s) for {self.name!r} did not start within {timeout:.0f}s; the cluster has "
+                f"{ray.cluster_resources()} but each asks for {self.options}. Add nodes, lower resources.*, "
+                "or raise resources.startup_timeout_s."
+            )
+        return ray.get(refs)
 
     def kill(self) -> None:
         for a in self.actors:

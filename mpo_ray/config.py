@@ -61,6 +61,7 @@ class ResourcesConfig:
     replicas: int | None = None  # per model; default: spare GPUs spread over the models, else 1
     max_restarts: int = 3
     max_task_retries: int = 3
+    startup_timeout_s: float = 900.0  # actors that cannot be placed (or load) by then fail the run clearly
 
 
 @dataclass(frozen=True)

@@ -266,7 +266,8 @@ def default_model_path() -> Path:
 
     errors = []
     try:
-        return Path(snapshot_download(DEFAULT_MODEL))
+        # weights, config and tokenizer only: the repo also holds ONNX exports we do not need
+        return Path(snapshot_download(DEFAULT_MODEL, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja"]))
     except Exception as e:  # offline, unreachable, not cached
         errors.append(f"hub: {type(e).__name__}: {str(e).splitlines()[0]}")
     target = cache_dir() / "models" / "SmolLM2-135M-Instruct"

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import time
+import uuid
 from collections import defaultdict
 
 import numpy as np
@@ -274,9 +275,10 @@ def _ensure_ray() -> bool:
 def start_groups(config: Config) -> tuple[dict, dict]:
     specs = [config.reference, *config.policies]
     plan = plan_resources(config.resources, len(specs) + len(config.rewards))
-    groups = {s.name: ModelGroup(s.name, PolicyActor, s, plan, config.resources) for s in specs}
+    run_id = uuid.uuid4().hex[:8]
+    groups = {s.name: ModelGroup(s.name, PolicyActor, s, plan, config.resources, run_id) for s in specs}
     rewards = {r.name: ModelGroup(r.name, RewardActor, r, {**plan, "num_gpus": 0.0 if r.function else plan["num_gpus"]},
-                                  config.resources) for r in config.rewards}
+                                  config.resources, run_id) for r in config.rewards}
     return groups, rewards
 
 
@@ -303,7 +305,7 @@ def reweight(config: Config, *, output: str | None = None, progress: bool = True
         if todo:
             t0 = time.perf_counter()
             groups, rewards = start_groups(config)
-            placement = {name: g.info() for name, g in {**groups, **rewards}.items()}
+            placement = {name: g.info(config.resources.startup_timeout_s) for name, g in {**groups, **rewards}.items()}
             timings.startup = time.perf_counter() - t0
         else:
             placement = {}
