@@ -1,0 +1,283 @@
+#!/usr/bin/env bash
+# A multi-node Ray cluster on one machine, on loopback only: a head and N
+# workers, each a separate `ray start` with its own resources. For the cluster
+# tests (tests/test_cluster.py) and for trying `ray job submit` by hand.
+#
+#   infra/local-cluster.sh start [N]    head + N workers (default 2)
+#   infra/local-cluster.sh status       nodes, resources, and the env to submit jobs
+#   infra/local-cluster.sh env          print the `export` lines the jobs CLI needs
+#   infra/local-cluster.sh stop         stop every process this cluster started
+#
+# Then, from the repo root:
+#
+#   eval "$(infra/local-cluster.sh env)"
+#   ray job submit --working-dir . --runtime-env-json "$MPO_LOCAL_RUNTIME_ENV" \
+#       -- python workflows/reweight.py workflows/configs/tiny.yaml --output /tmp/mpo-out
+#
+# How it works (Ray 2.60 on one Linux host; found by experiment, see DESIGN.md §6):
+# * Everything binds to 127.0.0.1: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and
+#   --node-ip-address 127.0.0.1 on every node, the dashboard on 127.0.0.1.
+#   With that variable at 0, plain `ray start --address` refuses to start a
+#   worker node; at 1 it rewrites 127.0.0.1 to the host's external address.
+#   Workers are therefore started by `ray start` with only the CLI's
+#   multi-node check switched off (RAY_START_WORKER below).
+# * Token auth stays on: `start` writes a fresh random token to
+#   $MPO_CLUSTER_DIR/auth_token (mode 600); every node and every CLI call runs
+#   with RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<that file> (`env` prints the
+#   exports). Nothing is written to ~/.ray, and no other cluster is touched.
+# * Ports: the GCS, dashboard and Ray-client ports are picked free at start, so
+#   several clusters (and other Ray users of the machine) coexist; per-node
+#   agent ports are left to Ray (0 = any free port): the fixed default 52365
+#   would collide between nodes on one host.
+# * All nodes share one --temp-dir, $MPO_CLUSTER_DIR/ray-tmp (keep the
+#   directory short: Unix socket paths are limited to ~107 characters).
+# * `stop` ends exactly this cluster's processes, by pid: each node is started
+#   under setsid with MPO_LOCAL_CLUSTER=<dir> in its environment, and `stop`
+#   takes every process whose command line names the cluster's directory or
+#   whose environment has the marker, everything in their sessions, and all
+#   their descendants (workers, actors, job drivers); TERM, then KILL after
+#   10 s. It never kills by name: `ray stop` would end every Ray on the machine.
+#
+# Settings (environment): MPO_CLUSTER_DIR (default /tmp/mpo-ray-cluster-$UID),
+# MPO_HEAD_CPUS (0: the head only coordinates, as on KubeRay), MPO_WORKER_CPUS (1),
+# MPO_OBJECT_STORE_BYTES (per node, default 200 MB), MPO_START_TIMEOUT (120 s).
+# Run it with the project's environment active (`ray` and `python` on PATH):
+# job entrypoints run with the `python` the nodes were started with.
+set -euo pipefail
+
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+DIR="${MPO_CLUSTER_DIR:-/tmp/mpo-ray-cluster-$(id -u)}"
+HEAD_CPUS="${MPO_HEAD_CPUS:-0}"
+WORKER_CPUS="${MPO_WORKER_CPUS:-1}"
+OBJECT_STORE="${MPO_OBJECT_STORE_BYTES:-200000000}"
+START_TIMEOUT="${MPO_START_TIMEOUT:-120}"
+PY="${MPO_PYTHON:-python}"
+
+# `ray start` for a worker node, on loopback. Ray 2.60 refuses to start a worker
+# node while RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, and with it =1 it rewrites
+# 127.0.0.1 (in --address and --node-ip-address) to the host's external IP. So
+# the CLI's own check is told "clusters enabled" while the rest of Ray keeps
+# seeing =0 and stays on 127.0.0.1. Nothing else about `ray start` changes.
+RAY_START_WORKER='
+import sys, types
+import ray._private.ray_constants as real
+import ray.scripts.scripts as cli
+class Constants(types.ModuleType):
+    def __getattr__(self, name):
+        return getattr(real, name)
+constants = Constants("ray_constants")
+constants.ENABLE_RAY_CLUSTER = True
+cli.ray_constants = constants
+sys.argv[0] = "ray"
+sys.exit(cli.main())
+'
+
+die() { echo "local-cluster: $*" >&2; exit 1; }
+
+# The environment every node and every CLI call of this cluster runs with.
+cluster_env() {
+    export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    export RAY_USAGE_STATS_ENABLED=0
+    export RAY_AUTH_MODE=token
+    export RAY_AUTH_TOKEN_PATH="$DIR/auth_token"
+    unset RAY_AUTH_TOKEN RAY_ADDRESS RAY_API_SERVER_ADDRESS
+}
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# pids of every live process of this cluster, found (without `ps` or names) as:
+# processes whose command line names $DIR (gcs_server, raylets, log monitors, ...)
+# or whose environment carries the MPO_LOCAL_CLUSTER marker (job drivers, and
+# daemons whose title Ray has not rewritten), everything in their sessions (each
+# `ray start` runs under setsid), and all their descendants (workers, actors,
+# job drivers, which Ray starts in sessions of their own). Never this script.
+cluster_pids() {
+    "$PY" - "$DIR" <<'PYEOF'
+import os, sys
+cluster_dir = sys.argv[1].rstrip("/") + "/"
+marker = b"MPO_LOCAL_CLUSTER=" + cluster_dir[:-1].encode()
+
+def read(pid, name):
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:  # gone, or not ours to read
+        return b""
+
+procs = {}
+for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
+    stat = read(pid, "stat")
+    if stat:
+        fields = stat[stat.rindex(b")") + 2:].split()
+        procs[pid] = (int(fields[1]), int(fields[3]))  # ppid, session id
+mine = {os.getpid()}
+p = os.getppid()
+while p > 1 and p in procs and p not in mine:  # this process and its ancestors
+    mine.add(p)
+    p = procs[p][0]
+
+def is_root(pid):
+    argv = read(pid, "cmdline").split(b"\0")
+    ray_program = any(b"/ray/" in arg for arg in argv[:3])  # gcs_server, raylet, .../ray/_private/*.py
+    return (ray_program and any(cluster_dir.encode() in arg for arg in argv)) or marker in read(pid, "environ").split(b"\0")
+
+roots = set(filter(is_root, procs))
+sessions = {procs[pid][1] for pid in roots} - {procs[pid][1] for pid in mine} - {0, 1}
+found = roots | {pid for pid, (_, sid) in procs.items() if sid in sessions}
+children = {}
+for pid, (ppid, _) in procs.items():
+    children.setdefault(ppid, []).append(pid)
+stack = list(found)
+while stack:
+    for child in children.get(stack.pop(), []):
+        if child not in found:
+            found.add(child)
+            stack.append(child)
+print("\n".join(map(str, sorted(found - mine))))
+PYEOF
+}
+
+read_state() {
+    [ -f "$DIR/state" ] || die "no cluster state in $DIR (not started?)"
+    # shellcheck disable=SC1091
+    . "$DIR/state"
+}
+
+print_env() {
+    read_state
+    cat <<EOF
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+export RAY_USAGE_STATS_ENABLED=0
+export RAY_AUTH_MODE=token
+export RAY_AUTH_TOKEN_PATH='$DIR/auth_token'
+export RAY_API_SERVER_ADDRESS='http://127.0.0.1:$DASHBOARD_PORT'
+export RAY_ADDRESS='127.0.0.1:$GCS_PORT'
+export MPO_LOCAL_RUNTIME_ENV='$(runtime_env_json)'
+EOF
+}
+
+# The runtime_env for jobs on this cluster: cluster/runtime_env.yaml (the one
+# real clusters use) plus the settings of a machine without hub access.
+runtime_env_json() {
+    "$PY" - "$REPO/cluster/runtime_env.yaml" <<'PYEOF'
+import json, sys, yaml
+with open(sys.argv[1]) as f:
+    env = yaml.safe_load(f)
+env.setdefault("env_vars", {}).update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+print(json.dumps(env, separators=(",", ":")))
+PYEOF
+}
+
+wait_for_nodes() {
+    local want="$1" deadline=$((SECONDS + START_TIMEOUT)) n=0
+    while [ $SECONDS -lt $deadline ]; do
+        n=$("$PY" - "$GCS_PORT" <<'PYEOF' 2>/dev/null || echo 0
+import sys, ray
+ray.init(address=f"127.0.0.1:{sys.argv[1]}", logging_level="ERROR", log_to_driver=False)
+print(sum(1 for node in ray.nodes() if node["Alive"]))
+PYEOF
+)
+        [ "$n" -ge "$want" ] && return 0
+        sleep 2
+    done
+    die "only $n of $want nodes came up within ${START_TIMEOUT}s; logs: $DIR/ray-tmp/session_latest/logs"
+}
+
+cmd_start() {
+    local workers="${1:-2}"
+    [[ "$workers" =~ ^[0-9]+$ ]] || die "start N: N must be a number of workers, got '$workers'"
+    command -v ray >/dev/null || die "ray not on PATH; activate the project's environment first"
+    if [ -n "$(cluster_pids)" ]; then
+        die "a cluster is already running from $DIR; run '$0 stop' first"
+    fi
+    rm -rf "$DIR"
+    mkdir -p "$DIR/ray-tmp"
+    chmod 700 "$DIR"
+    cluster_env
+    (umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$DIR/auth_token")
+
+    GCS_PORT=$(free_port); DASHBOARD_PORT=$(free_port); CLIENT_PORT=$(free_port)
+    printf 'GCS_PORT=%s\nDASHBOARD_PORT=%s\nCLIENT_PORT=%s\nWORKERS=%s\n' \
+        "$GCS_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$workers" > "$DIR/state"
+
+    local common=(--node-ip-address 127.0.0.1 --temp-dir "$DIR/ray-tmp" --object-store-memory "$OBJECT_STORE"
+                  --dashboard-agent-listen-port 0 --disable-usage-stats)
+    echo "local-cluster: head on 127.0.0.1:$GCS_PORT (dashboard http://127.0.0.1:$DASHBOARD_PORT)"
+    MPO_LOCAL_CLUSTER="$DIR" timeout "$START_TIMEOUT" setsid -w ray start --head --port "$GCS_PORT" --num-cpus "$HEAD_CPUS" \
+        --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
+        --ray-client-server-port "$CLIENT_PORT" "${common[@]}" > "$DIR/head.log" 2>&1 < /dev/null \
+        || { cat "$DIR/head.log" >&2; cmd_stop >&2; die "head failed to start"; }
+    for i in $(seq 1 "$workers"); do
+        echo "local-cluster: worker $i (num-cpus $WORKER_CPUS, resource node_$i)"
+        MPO_LOCAL_CLUSTER="$DIR" timeout "$START_TIMEOUT" setsid -w "$PY" -c "$RAY_START_WORKER" start --address "127.0.0.1:$GCS_PORT" --num-cpus "$WORKER_CPUS" \
+            --resources "{\"node_$i\": 1}" "${common[@]}" > "$DIR/worker-$i.log" 2>&1 < /dev/null \
+            || { cat "$DIR/worker-$i.log" >&2; cmd_stop >&2; die "worker $i failed to start"; }
+    done
+    wait_for_nodes $((workers + 1))
+    echo "local-cluster: up, $((workers + 1)) nodes. To submit jobs:"
+    echo "  eval \"\$($0 env)\""
+}
+
+cmd_status() {
+    read_state
+    cluster_env
+    local pids
+    pids=$(cluster_pids | wc -l)
+    echo "local-cluster: $DIR, $pids processes, GCS 127.0.0.1:$GCS_PORT, dashboard http://127.0.0.1:$DASHBOARD_PORT"
+    [ "$pids" -gt 0 ] || { echo "local-cluster: not running"; return 3; }
+    ray status --address "127.0.0.1:$GCS_PORT"
+}
+
+# the given pids that are still alive (zombies count as gone)
+alive() {
+    "$PY" - "$@" <<'PYEOF'
+import sys
+for pid in sys.argv[1:]:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        continue
+    if stat[stat.rindex(b")") + 2:].split()[0] != b"Z":
+        print(pid)
+PYEOF
+}
+
+cmd_stop() {
+    local pids grace=10
+    # Everything is collected before anything is killed: once the daemons are
+    # gone, their leftover children could no longer be traced to this cluster.
+    pids=$(cluster_pids)
+    if [ -z "$pids" ]; then
+        echo "local-cluster: nothing running from $DIR"
+        return 0
+    fi
+    echo "local-cluster: stopping $(echo "$pids" | wc -w) processes"
+    # shellcheck disable=SC2086
+    kill -TERM $pids 2>/dev/null || true
+    for _ in $(seq 1 $((grace * 2))); do
+        sleep 0.5
+        # shellcheck disable=SC2046,SC2086
+        pids=$(alive $pids $(cluster_pids) | sort -un)
+        [ -z "$pids" ] && break
+    done
+    if [ -n "$pids" ]; then
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        sleep 1
+        # shellcheck disable=SC2046,SC2086
+        pids=$(alive $pids $(cluster_pids) | sort -un)
+        [ -z "$pids" ] || die "still running after SIGKILL: $pids"
+    fi
+    echo "local-cluster: stopped"
+}
+
+case "${1:-}" in
+    start) shift; cmd_start "$@" ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) print_env ;;
+    *) echo "usage: $0 start [N] | stop | status | env" >&2; exit 2 ;;
+esac
