@@ -49,21 +49,22 @@ def separate_generate(policies, prompts, max_new_tokens):
             )
 
 
-def timed(fns, repeats: int) -> list[float]:
-    """Median wall time of each function; the functions alternate within each repeat so
-    that drift in machine load hits them alike."""
+def timed(fns, repeats: int) -> list[tuple[float, float]]:
+    """(median wall time, median process CPU time) of each function. The functions
+    alternate within each repeat so that drift in machine load hits them alike; CPU
+    time is the steadier figure on a shared CPU machine (meaningless on GPU)."""
     times = [[] for _ in fns]
     for r in range(repeats + 1):  # the first round is a warm-up
         for fn, ts in zip(fns, times):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
             if r:
-                ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts) for ts in times]
+                ts.append((time.perf_counter() - t0, time.process_time() - c0))
+    return [(statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts)) for ts in times]
 
 
 def tiny_policies(kind, k, root, args):
@@ -87,13 +88,14 @@ def model_policies(kind, k, path, root, args):
 
 def run(label, policies_for, ks, prompts, args):
     print(f"\n{label}: B={len(prompts)} prompts, T={args.max_new_tokens} new tokens, median of {args.repeats}")
-    print(f"{'family':8} {'K':>2} {'mixed tok/s':>12} {'one generate tok/s':>19} {'t_mixed / t_K_separate':>24}")
+    print(f"{'family':8} {'K':>2} {'mixed tok/s':>12} {'one generate tok/s':>19} {'t_mixed / t_K_separate':>23}"
+          f" {'(CPU time)':>10}")
     rows = []
     for kind in args.families:
         policies = policies_for(kind, max(ks))
         for k in ks:
             mixed = MixedPolicy(policies[:k], [1.0 / k] * k)
-            t_mix, t_sep, t_one = timed(
+            (t_mix, c_mix), (t_sep, c_sep), (t_one, _) = timed(
                 [
                     lambda: mixed.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=0, ignore_eos=True),
                     lambda: separate_generate(policies[:k], prompts, args.max_new_tokens),
@@ -102,8 +104,9 @@ def run(label, policies_for, ks, prompts, args):
                 args.repeats,
             )
             tokens = len(prompts) * args.max_new_tokens
-            print(f"{kind:8} {k:>2} {tokens / t_mix:12.1f} {tokens / t_one:19.1f} {t_mix / t_sep:23.2f}×")
-            rows.append((label, kind, k, tokens / t_mix, tokens / t_one, t_mix / t_sep))
+            print(f"{kind:8} {k:>2} {tokens / t_mix:12.1f} {tokens / t_one:19.1f} {t_mix / t_sep:22.2f}×"
+                  f" {c_mix / c_sep:9.2f}×", flush=True)
+            rows.append((label, kind, k, tokens / t_mix, tokens / t_one, t_mix / t_sep, c_mix / c_sep))
     return rows
 
 
