@@ -85,7 +85,7 @@ def _check_models(config: Config) -> None:
     from mpo_ray.policies import resolve_model
 
     def vocab(spec: PolicySpec):
-        if spec.adapter and not spec.adapter.startswith("tiny:") and not os.path.exists(spec.adapter):
+        if spec.adapter and spec.adapter.startswith((".", "/", "~")) and not os.path.exists(spec.adapter):
             raise ValueError(f"{config.source}: adapter of {spec.name!r}, {spec.adapter!r}, does not exist; fix the path.")
         try:
             tok = AutoTokenizer.from_pretrained(resolve_model(spec.model), revision=spec.revision,
