@@ -158,11 +158,20 @@ def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
         replicas = resources.replicas or max(1, int(gpus // (num_gpus * num_models)))
     else:
         replicas = resources.replicas or 1
-    share = math.floor(100 * cpus / (replicas * num_models)) / 100  # floor: the shares must fit the cluster
-    num_cpus = min(resources.cpus_per_model, max(share, 0.01))
+    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus]
+    num_cpus = min(resources.cpus_per_model, _cpu_share(node_cpus, replicas * num_models))
     if num_gpus > gpus:
         raise ValueError(f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
     return {"num_gpus": num_gpus, "num_cpus": num_cpus, "replicas": replicas}
+
+
+def _cpu_share(node_cpus: list[float], actors: int) -> float:
+    """The largest CPU share (2 decimals) such that ``actors`` actors fit on these nodes, bin by bin."""
+    for share in sorted({c / k for c in node_cpus if c > 0 for k in range(1, actors + 1)}, reverse=True):
+        share = math.floor(100 * share) / 100
+        if share > 0 and sum(int(c / share + 1e-9) for c in node_cpus) >= actors:
+            return share
+    return 0.01
 
 
 class ModelGroup:

@@ -1,0 +1,21 @@
+"""Placement arithmetic for the model actors (no cluster needed)."""
+
+import pytest
+
+from mpo_ray.actors import _cpu_share, log_mixture, split_counts
+
+
+@pytest.mark.parametrize("nodes, actors", [([1, 1, 1], 7), ([2], 7), ([2], 4), ([8, 8], 7), ([1, 1, 1], 3), ([4, 0.5], 9)])
+def test_cpu_shares_fit_node_by_node(nodes, actors):
+    share = _cpu_share(nodes, actors)
+    assert share > 0
+    assert sum(int(c / share + 1e-9) for c in nodes) >= actors  # every actor has a place
+    assert sum(int(c / (share + 0.02) + 1e-9) for c in nodes) < actors or share >= max(nodes)  # and it is not needlessly small
+
+
+def test_split_counts_and_balance_heuristic():
+    import numpy as np
+
+    assert split_counts(8, 3) == [3, 3, 2] and sum(split_counts(5, 4)) == 5
+    logps = np.log(np.array([[0.2, 0.4], [0.1, 0.1]]))
+    np.testing.assert_allclose(np.exp(log_mixture(logps, [1, 3])), [0.25 * 0.2 + 0.75 * 0.4, 0.1])
