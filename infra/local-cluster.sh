@@ -6,6 +6,7 @@
 #   infra/local-cluster.sh start [N]    head + N workers (default 2)
 #   infra/local-cluster.sh status       nodes, resources, and the env to submit jobs
 #   infra/local-cluster.sh env          print the `export` lines the jobs CLI needs
+#   infra/local-cluster.sh pids         the processes `stop` would end
 #   infra/local-cluster.sh stop         stop every process this cluster started
 #
 # Then, from the repo root:
@@ -279,5 +280,6 @@ case "${1:-}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) print_env ;;
-    *) echo "usage: $0 start [N] | stop | status | env" >&2; exit 2 ;;
+    pids) cluster_pids ;;
+    *) echo "usage: $0 start [N] | stop | status | env | pids" >&2; exit 2 ;;
 esac
