@@ -204,7 +204,7 @@ def resolve_tiny(uri: str) -> str:
     from mpo_ray.policies import cache_dir
 
     name = uri[len(TINY_PREFIX):]
-    root = cache_dir() / "tiny"
+    root = cache_dir() / "tiny-v2"  # bump when a recipe below changes: old caches must not be reused
     target = root / name
     if target.exists():
         return str(target)
@@ -216,7 +216,8 @@ def resolve_tiny(uri: str) -> str:
         build = lambda p: build_tiny_model(p, seed=int(name[5:]))  # noqa: E731
     elif name.startswith("lora-") and name[5:].isdigit():
         base = resolve_tiny(TINY_PREFIX + "base")
-        build = lambda p: build_lora_adapter(base, p, seed=int(name[5:]))  # noqa: E731
+        # scale 0.08: log-ratios of about −1 ± 1.5 nats over a dozen tokens, like real aligned policies
+        build = lambda p: build_lora_adapter(base, p, seed=int(name[5:]), scale=0.08)  # noqa: E731
     else:
         raise ValueError(f"unknown tiny model {uri!r}; use tiny:base, tiny:seed-N, tiny:lora-N or tiny:other-vocab.")
     root.mkdir(parents=True, exist_ok=True)
