@@ -30,8 +30,11 @@
 #   several clusters (and other Ray users of the machine) coexist; per-node
 #   agent ports are left to Ray (0 = any free port): the fixed default 52365
 #   would collide between nodes on one host.
-# * All nodes share one --temp-dir, $MPO_CLUSTER_DIR/ray-tmp (keep the
-#   directory short: Unix socket paths are limited to ~107 characters).
+# * Each node has a --temp-dir of its own ($MPO_CLUSTER_DIR/head, .../w1, ...),
+#   as separate machines would: nodes sharing one temp dir share the job's
+#   unpacked working_dir, and one node's cleanup then deletes it under another
+#   node's running processes. Keep $MPO_CLUSTER_DIR short: Unix socket paths
+#   are limited to ~107 characters.
 # * `stop` ends exactly this cluster's processes, by pid: each node is started
 #   under setsid with MPO_LOCAL_CLUSTER=<dir> in its environment, and `stop`
 #   takes every process whose command line names the cluster's directory or
@@ -183,7 +186,7 @@ PYEOF
         [ "$n" -ge "$want" ] && return 0
         sleep 2
     done
-    die "only $n of $want nodes came up within ${START_TIMEOUT}s; logs: $DIR/ray-tmp/session_latest/logs"
+    die "only $n of $want nodes came up within ${START_TIMEOUT}s; logs: $DIR/*/session_latest/logs"
 }
 
 cmd_start() {
@@ -194,7 +197,7 @@ cmd_start() {
         die "a cluster is already running from $DIR; run '$0 stop' first"
     fi
     rm -rf "$DIR"
-    mkdir -p "$DIR/ray-tmp"
+    mkdir -p "$DIR"
     chmod 700 "$DIR"
     cluster_env
     (umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$DIR/auth_token")
@@ -203,17 +206,17 @@ cmd_start() {
     printf 'GCS_PORT=%s\nDASHBOARD_PORT=%s\nCLIENT_PORT=%s\nWORKERS=%s\n' \
         "$GCS_PORT" "$DASHBOARD_PORT" "$CLIENT_PORT" "$workers" > "$DIR/state"
 
-    local common=(--node-ip-address 127.0.0.1 --temp-dir "$DIR/ray-tmp" --object-store-memory "$OBJECT_STORE"
+    local common=(--node-ip-address 127.0.0.1 --object-store-memory "$OBJECT_STORE"
                   --dashboard-agent-listen-port 0 --disable-usage-stats)
     echo "local-cluster: head on 127.0.0.1:$GCS_PORT (dashboard http://127.0.0.1:$DASHBOARD_PORT)"
     MPO_LOCAL_CLUSTER="$DIR" timeout "$START_TIMEOUT" setsid -w ray start --head --port "$GCS_PORT" --num-cpus "$HEAD_CPUS" \
         --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
-        --ray-client-server-port "$CLIENT_PORT" "${common[@]}" > "$DIR/head.log" 2>&1 < /dev/null \
+        --ray-client-server-port "$CLIENT_PORT" --temp-dir "$DIR/head" "${common[@]}" > "$DIR/head.log" 2>&1 < /dev/null \
         || { cat "$DIR/head.log" >&2; cmd_stop >&2; die "head failed to start"; }
     for i in $(seq 1 "$workers"); do
         echo "local-cluster: worker $i (num-cpus $WORKER_CPUS, resource node_$i)"
         MPO_LOCAL_CLUSTER="$DIR" timeout "$START_TIMEOUT" setsid -w "$PY" -c "$RAY_START_WORKER" start --address "127.0.0.1:$GCS_PORT" --num-cpus "$WORKER_CPUS" \
-            --resources "{\"node_$i\": 1}" "${common[@]}" > "$DIR/worker-$i.log" 2>&1 < /dev/null \
+            --resources "{\"node_$i\": 1}" --temp-dir "$DIR/w$i" "${common[@]}" > "$DIR/worker-$i.log" 2>&1 < /dev/null \
             || { cat "$DIR/worker-$i.log" >&2; cmd_stop >&2; die "worker $i failed to start"; }
     done
     wait_for_nodes $((workers + 1))
