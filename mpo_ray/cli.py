@@ -24,9 +24,20 @@ def _cmd_reweight(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from mpo_ray.config import load_config
+    from mpo_ray.generate import generate
+
+    config = load_config(args.config)
+    generate(config, output=args.output, weights=args.weights, progress=not args.quiet)
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "solver":
         from mpo_ray.benchmarks.solver import main
+    elif args.what == "generate":
+        from mpo_ray.benchmarks.generate import main
     else:
         from mpo_ray.benchmarks.decode import main
     main(args.rest)
@@ -52,8 +63,15 @@ def build_parser() -> argparse.ArgumentParser:
     rw.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     rw.set_defaults(func=_cmd_reweight)
 
+    gen = sub.add_parser("generate", help="generate one response per corpus prompt through the mixed policy, to Parquet")
+    gen.add_argument("config", help="YAML config with a `generate:` section (see workflows/configs/)")
+    gen.add_argument("--output", default=None, help="output URI (local dir or fsspec URL); overrides generate.output")
+    gen.add_argument("--weights", default=None, help="weights artifact URI (weights.json of `mpo-ray reweight`); overrides the config's")
+    gen.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    gen.set_defaults(func=_cmd_generate)
+
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
-    bench.add_argument("what", choices=["solver", "decode"])
+    bench.add_argument("what", choices=["solver", "decode", "generate"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
     return parser

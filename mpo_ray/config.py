@@ -102,6 +102,37 @@ class ReweightConfig:
 
 
 @dataclass(frozen=True)
+class GenerateConfig:
+    """Bulk generation through the mixed policy (`mpo-ray generate`).
+
+    Weights come from ``weights_uri`` (a weights.json written by `mpo-ray
+    reweight`; its version goes into every row) or explicitly from ``weights``
+    (a list in policy order, or {policy name: λ}). ``concurrency`` is the number
+    of replicas, each hosting all K policies; ``gpus_per_replica`` defaults to 1
+    when the cluster has GPUs (raise it to K to put each policy on its own GPU).
+    """
+
+    prompts: str
+    output: str | None = None
+    prompt_column: str = "prompt"
+    id_column: str = "prompt_id"
+    weights_uri: str | None = None
+    weights: dict[str, float] | list[float] | None = None
+    max_new_tokens: int = 128
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+    num_candidates: int = 1  # > 1: sequence-level resampling among n token-level samples
+    batch_size: int = 16  # prompts per MixedPolicy.generate call
+    concurrency: int | None = None  # replicas; default: one per GPU group, else 1
+    gpus_per_replica: float | None = None
+    cpus_per_replica: float | None = None  # default: the cluster's CPUs less one for reading/writing, shared
+    rows_per_file: int = 1000  # a crash loses at most about this many finished rows
+
+
+@dataclass(frozen=True)
 class Config:
     reference: PolicySpec
     policies: list[PolicySpec]
@@ -109,6 +140,7 @@ class Config:
     rewards: list[RewardSpec] = field(default_factory=list)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     reweight: ReweightConfig | None = None
+    generate: GenerateConfig | None = None
     source: str = "<dict>"  # where it came from, for error messages
 
     @property
@@ -171,7 +203,12 @@ def _build(tp, value, key: str, source: str):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], value, key, source)
+        for alternative in inner[:-1]:  # the first alternative that fits; the last one's error otherwise
+            try:
+                return _build(alternative, value, key, source)
+            except ConfigError:
+                pass
+        return _build(inner[-1], value, key, source)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where} must be one of {list(args)}, got {value!r}.")
@@ -180,6 +217,10 @@ def _build(tp, value, key: str, source: str):
         if not isinstance(value, list):
             raise ConfigError(f"{where} must be a list, got {type(value).__name__}.")
         return [_build(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}.")
+        return {_build(args[0], k, key, source): _build(args[1], v, f"{key}.{k}", source) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where} must be a mapping, got {type(value).__name__}.")
@@ -254,11 +295,43 @@ def _check_semantics(c: Config) -> None:
                     f"{src}: `reweight.estimate: rewards` needs exactly one reward source per policy (set `objective:` on each); "
                     f"policies without one: {missing}."
                 )
+    if c.generate is not None:
+        _check_generate(c)
     res = c.resources
     if res.replicas is not None:
         _positive(src, "resources.replicas", res.replicas)
     if res.max_restarts < 0 or res.max_task_retries < 0:
         raise ConfigError(f"{src}: `resources.max_restarts` and `max_task_retries` must be >= 0.")
+
+
+def _check_generate(c: Config) -> None:
+    g, src = c.generate, c.source
+    for key in ("max_new_tokens", "num_candidates", "batch_size", "rows_per_file"):
+        _positive(src, f"generate.{key}", getattr(g, key))
+    for key in ("concurrency", "top_k"):
+        if getattr(g, key) is not None:
+            _positive(src, f"generate.{key}", getattr(g, key))
+    if not g.temperature >= 0:
+        raise ConfigError(f"{src}: `generate.temperature` must be >= 0 (0 = greedy), got {g.temperature}.")
+    if g.num_candidates > 1 and g.temperature == 0:
+        raise ConfigError(f"{src}: `generate.num_candidates` > 1 needs sampling (greedy candidates are identical); set temperature > 0.")
+    if g.top_p is not None and not 0 < g.top_p <= 1:
+        raise ConfigError(f"{src}: `generate.top_p` must be in (0, 1], got {g.top_p}.")
+    if g.seed < 0:
+        raise ConfigError(f"{src}: `generate.seed` must be >= 0, got {g.seed}.")
+    if not all(g.stop):
+        raise ConfigError(f"{src}: `generate.stop` must list non-empty strings, got {g.stop}.")
+    if g.gpus_per_replica is not None and g.gpus_per_replica < 0:
+        raise ConfigError(f"{src}: `generate.gpus_per_replica` must be >= 0, got {g.gpus_per_replica}.")
+    if g.cpus_per_replica is not None and not g.cpus_per_replica > 0:
+        raise ConfigError(f"{src}: `generate.cpus_per_replica` must be > 0, got {g.cpus_per_replica}.")
+    if g.weights is not None and g.weights_uri is not None:
+        raise ConfigError(f"{src}: set one of `generate.weights_uri` (a weights.json from `mpo-ray reweight`) or `generate.weights`, not both.")
+    names = c.policy_names
+    if isinstance(g.weights, list) and len(g.weights) != len(names):
+        raise ConfigError(f"{src}: `generate.weights` has {len(g.weights)} entries for {len(names)} policies {names}; give one per policy, in order.")
+    if isinstance(g.weights, dict) and sorted(g.weights) != sorted(names):
+        raise ConfigError(f"{src}: `generate.weights` names {sorted(g.weights)}, but the policies are {names}; give one weight per policy name.")
 
 
 def _positive(src: str, key: str, value) -> None:
@@ -290,6 +363,11 @@ def _resolve_paths(c: Config, base_dir: str) -> Config:
     rw = c.reweight
     if rw is not None:
         rw = dataclasses.replace(rw, prompts=fix(rw.prompts, False), output=_local_output(rw.output))
+    gen = c.generate
+    if gen is not None:  # the weights are usually another command's output: resolved like outputs
+        gen = dataclasses.replace(gen, prompts=fix(gen.prompts, False), output=_local_output(gen.output),
+                                  weights_uri=_local_output(gen.weights_uri))
     return dataclasses.replace(
-        c, reference=spec(c.reference), policies=[spec(p) for p in c.policies], rewards=rewards, reweight=rw
+        c, reference=spec(c.reference), policies=[spec(p) for p in c.policies], rewards=rewards, reweight=rw,
+        generate=gen,
     )
