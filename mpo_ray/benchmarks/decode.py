@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from mpo_ray.decoding import MixedPolicy
-from mpo_ray.policies import PolicySpec, load_policies
+from mpo_ray.policies import PolicySpec, load_policies, resolve_model
 from mpo_ray.scoring import pad_left
 from mpo_ray.testing import build_lora_adapter, build_tiny_family
 
@@ -86,6 +86,23 @@ def model_policies(kind, k, path, root, args):
     return load_policies([PolicySpec(f"lora{i}", adapter=str(a), **base) for i, a in enumerate(adapters)])
 
 
+def random_llama_1b(path: Path, tokenizer_from: str) -> Path:
+    """A randomly initialised Llama-3.2-1B-shaped model (≈1.2B parameters, bf16) with
+    SmolLM2's tokenizer: the decode cost of a real 1B model, no download."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_from)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def run(label, policies_for, ks, prompts, args):
     print(f"\n{label}: B={len(prompts)} prompts, T={args.max_new_tokens} new tokens, median of {args.repeats}")
     print(f"{'family':8} {'K':>2} {'mixed tok/s':>12} {'one generate tok/s':>19} {'t_mixed / t_K_separate':>23}"
@@ -122,10 +139,15 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     p.add_argument("--layers", type=int, default=2, help="tiny model depth")
     p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
     p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
-    p.add_argument("--model", default=None, help="also this model directory / hub id (e.g. a ~1B Llama on GPU)")
+    p.add_argument("--model", default=None, help="also this model directory / hub id")
+    p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (1 keeps figures steady on a busy shared machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     ks = [int(k) for k in args.k.split(",")]
     args.families = args.families.split(",")
     prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
@@ -137,11 +159,11 @@ def main(argv: list[str] | None = None) -> list[tuple]:
             label = f"tiny llama (hidden {args.hidden_size}, {args.layers} layers, vocab 384)"
             rows += run(label, lambda kind, k: tiny_policies(kind, k, root, args), ks, prompts, args)
         models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
+        if args.random_1b:
+            models.append(str(random_llama_1b(Path(root) / "llama-1b", resolve_model("default"))))
         for model in models:
-            from mpo_ray.policies import resolve_model
-
             path = resolve_model(model)
-            label = "SmolLM2-135M-Instruct" if model == "default" else model
+            label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
             rows += run(label, lambda kind, k: model_policies(kind, k, path, root, args), ks, prompts, args)
     return rows
 
