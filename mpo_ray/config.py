@@ -129,7 +129,7 @@ class GenerateConfig:
     concurrency: int | None = None  # replicas; default: one per GPU group, else 1
     gpus_per_replica: float | None = None
     cpus_per_replica: float | None = None  # default: the cluster's CPUs less one for reading/writing, shared
-    rows_per_file: int = 1000  # a crash loses at most about this many finished rows
+    rows_per_file: int = 1000  # rows per output file; a crash loses at most about this many finished rows
 
 
 @dataclass(frozen=True)

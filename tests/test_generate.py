@@ -101,7 +101,8 @@ def check_readers(out, n):
 
 def test_fifty_prompts_once_each_and_same_texts_as_direct_decoding(local_ray, tmp_path):
     rows = corpus_rows(50, with_ids=False)
-    config = tiny(write_jsonl(tmp_path / "corpus.jsonl", rows), **{"generate.num_candidates": 2})
+    duplicated = rows + [rows[3]]  # the same text twice: one id, so one row in the output
+    config = tiny(write_jsonl(tmp_path / "corpus.jsonl", duplicated), **{"generate.num_candidates": 2})
     out = tmp_path / "out"
     summary = generate(config, output=str(out), progress=False)
     table = read_output(out)
