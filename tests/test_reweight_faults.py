@@ -58,7 +58,7 @@ def test_multinode_actors_spread_and_match_single_node(tmp_path):
     nodes = {a["node_id"] for replicas in multi["placement"].values() for a in replicas}
     assert len(nodes) >= 2, multi["placement"]
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         single = reweight(tiny(), output=str(tmp_path / "single"), progress=False)
     finally:
@@ -68,7 +68,7 @@ def test_multinode_actors_spread_and_match_single_node(tmp_path):
 
 
 def test_killing_a_policy_actor_and_the_driver(tmp_path):
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         reference = reweight(tiny(), output=str(tmp_path / "clean"), progress=False)
 
