@@ -95,7 +95,8 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         # 2. kill the driver (SIGKILL) after its first batch, then rerun the same command.
         out = str(tmp_path / "driver-killed")
         cfg = yaml.safe_load(open(TINY))
-        cfg["reweight"].update(prompts=os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl"), max_prompts=12, batch_prompts=4)
+        # one prompt per batch: twelve files, so the kill below lands mid-run however fast the machine is
+        cfg["reweight"].update(prompts=os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl"), max_prompts=12, batch_prompts=1)
         cfg_path = tmp_path / "cfg.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
@@ -106,10 +107,12 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         finally:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-        assert len(storage.list_files(os.path.join(out, "scores"))) < 3
+        assert len(storage.list_files(os.path.join(out, "scores"))) < 12
+        assert not os.path.exists(os.path.join(out, "weights.json"))
         subprocess.run(cmd, env=env, check=True, timeout=600)
         resumed = storage.read_json(os.path.join(out, "weights.json"))
-        np.testing.assert_allclose(resumed["weights"], reference["weights"], atol=1e-6)
+        # other batch boundaries pad differently: equal up to float noise in the scores
+        np.testing.assert_allclose(resumed["weights"], reference["weights"], atol=1e-4)
         assert sorted(keys(out)) == sorted(keys(str(tmp_path / "clean")))
     finally:
         ray.shutdown()
