@@ -17,7 +17,6 @@ retried (``max_task_retries``), so killing one mid-run costs a reload, not the r
 
 from __future__ import annotations
 
-import importlib
 import math
 import os
 
@@ -26,20 +25,6 @@ import ray
 
 from mpo_ray.config import ResourcesConfig, RewardSpec
 from mpo_ray.policies import PolicySpec
-
-
-def import_function(path: str):
-    """``"package.module:function"`` → the callable, or ValueError saying what failed."""
-    module_name, _, attr = path.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"reward function {path!r} does not import ({type(exc).__name__}: {exc}); check the module is installed or on the job's working dir.") from None
-    if not callable(obj):
-        raise ValueError(f"reward function {path!r} is not callable.")
-    return obj
 
 
 def _set_threads(num_cpus: float) -> None:
@@ -86,57 +71,20 @@ class PolicyActor:
 
 @ray.remote
 class RewardActor:
-    """One reward source: ``score(prompts, responses) -> (n,) float64``."""
+    """One reward source (a Python function or a reward model) in its own process."""
 
     def __init__(self, spec: RewardSpec, num_cpus: float = 1.0):
+        from mpo_ray.rewards import RewardSource
+
         _set_threads(num_cpus)
         self.spec = spec
-        if spec.function is not None:
-            self.fn = import_function(spec.function)
-            return
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from mpo_ray.policies import resolve_device, resolve_dtype
-
-        self.device = resolve_device(spec.device)
-        kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.model, **kwargs)
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            spec.model, dtype=resolve_dtype(spec.dtype, self.device), use_safetensors=True, **kwargs
-        ).to(self.device).eval()
-        self.model.config.pad_token_id = self.tokenizer.pad_token_id
-        self._no_grad = torch.inference_mode
+        self.source = RewardSource(spec)
 
     def info(self) -> dict:
         return {"name": self.spec.name, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
 
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
-        if self.spec.function is not None:
-            out = np.asarray(self.fn(list(prompts), list(responses)), dtype=np.float64)
-            if out.shape != (len(prompts),) or not np.all(np.isfinite(out)):
-                raise ValueError(f"reward function {self.spec.function} must return {len(prompts)} finite numbers, got shape {out.shape}.")
-            return out
-        texts = self._texts(prompts, responses)
-        scores = []
-        with self._no_grad():
-            for start in range(0, len(texts), self.spec.batch_size):
-                enc = self.tokenizer(texts[start : start + self.spec.batch_size], return_tensors="pt", padding=True, truncation=True)
-                logits = self.model(**enc.to(self.device)).logits
-                scores.append(logits[:, 0].float().cpu().numpy())
-        return np.concatenate(scores).astype(np.float64)
-
-    def _texts(self, prompts, responses) -> list[str]:
-        if getattr(self.tokenizer, "chat_template", None):
-            return [
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": r}], tokenize=False
-                )
-                for p, r in zip(prompts, responses)
-            ]
-        return [f"{p}\n{r}" for p, r in zip(prompts, responses)]
+        return self.source.score(prompts, responses)
 
 
 # --------------------------------------------------------------------------- #

@@ -11,7 +11,47 @@ from mpo_ray import __version__
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mpo_ray.demo import run_demo
 
-    run_demo(output=args.output, quick=args.quick)
+    run_demo(output=args.output, quick=args.quick, adapters=args.adapters)
+    return 0
+
+
+def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
+    from mpo_ray.demo_policies import ADAPTER_DIR, train_demo_policies
+
+    train_demo_policies(args.output or ADAPTER_DIR)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from mpo_ray import storage
+    from mpo_ray.config import load_config
+    from mpo_ray.evaluate import evaluate_generations, format_evaluations, objectives_from_config
+
+    config = load_config(args.config)
+    objectives = objectives_from_config(config)
+    results = [evaluate_generations(g, objectives, reference=args.reference, name=g) for g in args.generations]
+    print(format_evaluations(results))
+    if args.output:
+        storage.write_text(args.output, json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from mpo_ray.config import load_config
+    from mpo_ray.evaluate import format_evaluations
+    from mpo_ray.plots import plot_front
+    from mpo_ray.storage import join
+    from mpo_ray.sweep import default_output, run_sweep, sweep_points
+
+    config = load_config(args.config)
+    points = sweep_points(config, args.step, args.weights)
+    output = args.output or default_output(config)
+    summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, progress=not args.quiet)
+    plot_front(join(output, "front.png"), summary)
+    print(format_evaluations(summary["points"]))
+    print(f"wrote {join(output, 'sweep.json')} and {join(output, 'front.png')}")
     return 0
 
 
@@ -52,10 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mpo-ray {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser("demo", help="run MPO end to end on the built-in example")
-    demo.add_argument("--output", default=None, help="directory for the demo's artifacts (default: print only)")
-    demo.add_argument("--quick", action="store_true", help="smallest settings, for a smoke test")
+    demo = sub.add_parser("demo", help="MPO end to end on SmolLM2 with three DPO-trained LoRA policies (local Ray)")
+    demo.add_argument("--output", default=None, help="directory for the demo's artifacts (default: ./mpo-demo)")
+    demo.add_argument("--quick", action="store_true", help="fewer prompts and tokens: a smoke test in a few minutes")
+    demo.add_argument("--adapters", default=None, help="directory of the three adapters (default: the shipped ones; "
+                      "see train-demo-policies)")
     demo.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")
+    train.add_argument("--output", default=None, help="directory for the adapters (default: the ones shipped in mpo_ray/data/adapters)")
+    train.set_defaults(func=_cmd_train_demo_policies)
+
+    ev = sub.add_parser("evaluate", help="score generation Parquet with the config's reward functions/models")
+    ev.add_argument("config", help="YAML config whose `rewards:` define the objectives")
+    ev.add_argument("generations", nargs="+", help="generation outputs (Parquet file or directory) to evaluate")
+    ev.add_argument("--reference", default=None, help="reference generations (same prompt ids) for win rates and the MaxMin view")
+    ev.add_argument("--output", default=None, help="write the results as JSON to this URI")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    sw = sub.add_parser("sweep", help="generate and evaluate over a grid of fixed weights (K = 2 or 3): the trade-off front")
+    sw.add_argument("config", help="YAML config with a `generate:` section and `rewards:`")
+    sw.add_argument("--step", type=float, default=0.25, help="grid step on the simplex, 1/n (default 0.25)")
+    sw.add_argument("--weights", default=None, help="a weights artifact to mark as the MPO point")
+    sw.add_argument("--max-prompts", type=int, default=None, help="use only the first N corpus prompts")
+    sw.add_argument("--output", default=None, help="output directory (default: generate.output + '-sweep')")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=_cmd_sweep)
 
     rw = sub.add_parser("reweight", help="sample, score and solve for the mixing weights λ")
     rw.add_argument("config", help="YAML config with a `reweight:` section (see workflows/configs/)")

@@ -1,78 +1,254 @@
-"""`mpo-ray demo`: MPO on a small built-in problem whose answer is known exactly.
+"""`mpo-ray demo`: MPO end to end on a real language model, on local Ray.
 
-Three single-objective policies (helpful, harmless, humorous) are the exact
-KL-regularised optima π_k ∝ π_ref·exp(r_k/β) over a small response space, so
-their log-ratios, the optimal mixture and its MaxMin value can be enumerated.
-The demo samples responses from π_ref as the real workflow does, solves for λ,
-and compares the mixture with each single policy and the uniform mix.
+π_ref is SmolLM2-135M-Instruct; the three policies are LoRA adapters on it,
+DPO-trained for being concise, detailed and enthusiastic (`demo_policies`).
+The demo runs the real workflows in order:
+
+1. reweight — sample from π_ref, score with every policy, solve for λ (score table + weights.json);
+2. generate — the eval prompts through the MPO mixture, with Ray Data, to Parquet;
+3. compare   — the same prompts and seeds through π_ref, each single policy, the uniform mix
+               and a grid of fixed weights (`sweep`);
+4. evaluate — every generation set against π_ref's, per objective (win rates, the MaxMin view);
+5. report   — report.md and PNG plots.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpo_ray.solver import evaluate_weights, solve_weights
-
-OBJECTIVES = ("helpful", "harmless", "humorous")
-
-
-def tabular_problem(prompts: int = 64, responses: int = 24, beta: float = 0.5, seed: int = 0):
-    """Rewards that pull against each other: a helpful answer risks harm, a joke costs helpfulness."""
-    rng = np.random.default_rng(seed)
-    log_ref = np.log(rng.dirichlet(np.full(responses, 2.0), size=prompts))
-    style = rng.normal(size=(prompts, responses, 2))
-    rewards = np.stack(
-        [style[..., 0], -0.8 * style[..., 0] + 0.6 * style[..., 1], -0.6 * style[..., 1] - 0.3], axis=-1
-    )
-    scaled = rewards / beta
-    a = log_ref[..., None] + scaled
-    top = a.max(axis=1, keepdims=True)
-    log_z = top + np.log(np.exp(a - top).sum(axis=1, keepdims=True))
-    return log_ref, scaled - log_z  # log π_ref (N, Y), exact log-ratios ℓ_k (N, Y, K)
+from mpo_ray import storage
+from mpo_ray.demo_policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
 
 
-def run_demo(output: str | None = None, quick: bool = False, seed: int = 0) -> dict:
-    t0 = time.perf_counter()
-    samples = 16 if quick else 64
-    log_ref, log_ratios = tabular_problem(seed=seed)
-    n, y, k = log_ratios.shape
-    print(f"MPO demo: {n} prompts, {y} possible responses, K={k} objectives {OBJECTIVES}")
+@dataclass(frozen=True)
+class DemoSize:
+    reweight_prompts: int
+    samples_per_prompt: int
+    sample_tokens: int
+    eval_prompts: int
+    generate_tokens: int
+    sweep_step: float | None  # grid step over the simplex; None: only the vertices and the uniform mix
 
-    # 1. What the workflow does: sample m responses per prompt from π_ref and solve on the table.
-    rng = np.random.default_rng(seed)
-    picks = np.stack([rng.choice(y, size=samples, p=np.exp(row)) for row in log_ref])
-    table = np.take_along_axis(log_ratios, picks[..., None], axis=1)
-    sampled = solve_weights(table)
-    print(f"\nsampled table ({n}×{samples}×{k}): λ = {np.round(sampled.weights, 3).tolist()}, "
-          f"gap = {sampled.gap:.1e}, median ESS = {np.median(sampled.ess):.1f}/{samples}")
 
-    # 2. The exact answer by enumeration (every response, weighted by π_ref).
-    exact = solve_weights(log_ratios, log_importance=log_ref)
-    print(f"exact (enumerated):        λ* = {np.round(exact.weights, 3).tolist()}, gap = {exact.gap:.1e}")
+SIZES = {
+    "default": DemoSize(reweight_prompts=32, samples_per_prompt=8, sample_tokens=40, eval_prompts=32,
+                        generate_tokens=48, sweep_step=0.5),
+    "quick": DemoSize(reweight_prompts=12, samples_per_prompt=4, sample_tokens=32, eval_prompts=12,
+                      generate_tokens=32, sweep_step=None),
+}
+# Final generations are tempered (readable text); reweighting samples stay untempered, as the solver needs.
+GENERATION = {"temperature": 0.7, "top_p": 0.9}
+MARKER = "demo.json"
 
-    # 3. Compare mixtures on the exact problem: MaxMin value = min_k E[ℓ_k] − KL.
-    candidates = {name: np.eye(k)[i] for i, name in enumerate(OBJECTIVES)}
-    candidates["uniform"] = np.full(k, 1.0 / k)
-    candidates["MPO (sampled λ)"] = sampled.weights
-    print(f"\n{'policy':<18}" + "".join(f"{o:>10}" for o in OBJECTIVES) + f"{'worst':>10}{'MaxMin':>10}")
-    rows = {}
-    for name, lam in candidates.items():
-        r = evaluate_weights(log_ratios, lam, log_importance=log_ref)
-        rows[name] = {"weights": lam.tolist(), "values": r.values.tolist(), "maxmin_value": r.maxmin_value}
-        print(f"{name:<18}" + "".join(f"{v:10.3f}" for v in r.values) + f"{r.values.min():10.3f}{r.maxmin_value:10.3f}")
-    print("\nvalues are E_x E_{π_λ}[log π_k − log π_ref] in nats; MaxMin = worst value − KL(π_λ‖π_ref).")
-    print(f"done in {time.perf_counter() - t0:.2f}s")
 
-    summary = {"objectives": list(OBJECTIVES), "sampled": sampled.to_dict(), "exact": exact.to_dict(), "compare": rows}
-    if output:
-        os.makedirs(output, exist_ok=True)
-        path = os.path.join(output, "weights.json")
-        with open(path + ".tmp", "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(path + ".tmp", path)
-        print(f"wrote {path}")
+def demo_config(out: str, size: DemoSize, adapters: str | None = None):
+    """The demo's mixture as a regular Config: what a user would write in YAML."""
+    from mpo_ray.config import config_from_dict
+
+    adapters = adapter_paths(adapters or ADAPTER_DIR)
+    rewards = {"concise": "brevity", "detailed": "detail", "enthusiastic": "enthusiasm"}
+    data = {
+        "beta": 0.1,
+        "reference": {"name": "ref", "model": "default"},
+        "policies": [{"name": obj, "model": "default", "adapter": str(adapters[obj])} for obj in OBJECTIVES],
+        "rewards": [{"name": rewards[obj], "function": f"mpo_ray.rewards:{rewards[obj]}", "objective": obj}
+                    for obj in OBJECTIVES],
+        "reweight": {
+            "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 4,
+            "output": os.path.join(out, "reweight"), "min_median_ess": 1.5,
+            "sampling": {"samples_per_prompt": size.samples_per_prompt, "max_new_tokens": size.sample_tokens},
+        },
+        "generate": {
+            "prompts": os.path.join(out, "prompts", "eval.jsonl"), "output": os.path.join(out, "generations", "mpo"),
+            "max_new_tokens": size.generate_tokens, "batch_size": 16, "seed": 0, **GENERATION,
+        },
+    }
+    return config_from_dict(data, source="mpo-ray demo")
+
+
+def _prepare_output(out: str) -> None:
+    """A fresh demo directory: reuse one an earlier demo made, refuse to touch anything else."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--output {out!r} is a file; give a directory for the demo's artifacts")
+    if os.path.isdir(out) and os.listdir(out):
+        if not os.path.exists(os.path.join(out, MARKER)):
+            raise ValueError(f"--output {out!r} exists and is not an mpo-ray demo directory; choose a new or empty directory")
+        for name in os.listdir(out):
+            path = os.path.join(out, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    storage.check_writable(out)
+    os.makedirs(out, exist_ok=True)
+
+
+def _write_prompts(out: str, size: DemoSize) -> None:
+    for split, n in (("reweight", size.reweight_prompts), ("eval", size.eval_prompts)):
+        rows = demo_prompts(split)[:n]
+        storage.write_text(os.path.join(out, "prompts", f"{split}.jsonl"),
+                           "".join(json.dumps({"prompt_id": r["prompt_id"], "prompt": r["prompt"]}) + "\n" for r in rows))
+
+
+def _solver_paths(config, out: str):
+    """Re-solve the written score table with history, both ways, for the solver plot."""
+    from mpo_ray.reweight import score_arrays
+    from mpo_ray.solver import evaluate_weights, solve_weights
+
+    import pyarrow as pa
+
+    table = pa.concat_tables(storage.read_parquet(f) for f in storage.list_files(os.path.join(out, "reweight", "scores")))
+    a = score_arrays(table, config.policy_names)
+    kw = dict(mask=a["mask"], log_importance=a["log_importance"])
+    full = solve_weights(a["log_ratios"], **kw)
+    n = a["mask"].shape[0]
+    bsmd = solve_weights(a["log_ratios"], method="bsmd", steps=20 * n, batch_prompts=1, seed=0, **kw)
+    avg = np.cumsum(bsmd.history.weights, axis=0) / np.arange(1, len(bsmd.history.weights) + 1)[:, None]
+    at = np.unique(np.linspace(0, len(avg) - 1, 40).astype(int))
+    gaps = np.array([evaluate_weights(a["log_ratios"], avg[t], **kw).gap for t in at])
+    return full, bsmd, (at, gaps)
+
+
+def run_demo(output: str | None = None, quick: bool = False, adapters: str | None = None, progress: bool = True) -> dict:
+    """Run the five steps; returns the summary also written to `output`/demo.json."""
+    import ray
+
+    from mpo_ray.evaluate import evaluate_generations, format_evaluations, objectives_from_config
+    from mpo_ray.generate import generate
+    from mpo_ray.plots import plot_front, plot_objectives, plot_solver
+    from mpo_ray.reweight import reweight
+    from mpo_ray.sweep import REFERENCE, point_label, run_sweep, simplex_grid
+
+    size = SIZES["quick" if quick else "default"]
+    out = os.path.abspath(output or "mpo-demo")
+    config = demo_config(out, size, adapters)  # checks the shipped adapters before anything runs
+    _prepare_output(out)
+    storage.write_json(os.path.join(out, MARKER), {"size": asdict(size), "status": "running"})
+    _write_prompts(out, size)
+    t0, times = time.perf_counter(), {}
+
+    def step(i: int, what: str):
+        times[what] = time.perf_counter()
+        print(f"\n[{i}/5] {what}", flush=True)
+
+    owns_ray = not ray.is_initialized()
+    if owns_ray:
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        step(1, "reweight: sample from π_ref, score with every policy, solve for λ")
+        artifact = reweight(config, progress=progress)
+        lam = dict(zip(config.policy_names, artifact["weights"]))
+
+        step(2, "generate with the MPO weights (Ray Data → Parquet)")
+        generate(config, weights=os.path.join(out, "reweight", "weights.json"), progress=progress)
+
+        step(3, "generate with π_ref, each single policy, the uniform mix and a weight grid")
+        k = len(config.policy_names)
+        points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
+        points["uniform"] = [1 / k] * k
+        if size.sweep_step:
+            for w in simplex_grid(k, size.sweep_step):  # vertices and centre are there already
+                if not any(np.allclose(w, v) for v in points.values()):
+                    points[point_label(w)] = w.tolist()
+        sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points, progress=progress)
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+    step(4, "evaluate every generation set against π_ref's")
+    objectives = objectives_from_config(config)
+    reference = os.path.join(out, "generations", "sweep", f"{REFERENCE}.parquet")
+    mpo = evaluate_generations(os.path.join(out, "generations", "mpo"), objectives, reference=reference, name="MPO")
+    mpo["weights"] = artifact["weights"]
+    by_name = {p["name"]: p for p in sweep["points"]}
+    shown = [by_name[n] for n in config.policy_names] + [by_name["uniform"], mpo]
+    sweep["points"].append(mpo)
+    storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
+
+    step(5, "report and plots")
+    full, bsmd, gaps = _solver_paths(config, out)
+    plot_solver(os.path.join(out, "solver.png"), config.policy_names, full, bsmd, gaps)
+    plot_objectives(os.path.join(out, "objectives.png"), shown)
+    plot_front(os.path.join(out, "front.png"), sweep)
+    times["end"] = time.perf_counter()
+    marks = list(times.items())
+    seconds = {what.split(":")[0].split(" ")[0]: round(marks[i + 1][1] - t, 1) for i, (what, t) in enumerate(marks[:-1])}
+    seconds["total"] = round(time.perf_counter() - t0, 1)
+    summary = {"size": asdict(size), "generation": GENERATION, "weights": lam, "artifact_version": artifact["version"],
+               "certificate_gap": artifact["certificate"]["gap_nats"], "median_ess": artifact["ess"]["median"],
+               "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
+               "seconds": seconds, "status": "done"}
+    report = demo_report(config, artifact, shown, summary)
+    storage.write_text(os.path.join(out, "report.md"), report)
+    storage.write_json(os.path.join(out, MARKER), summary)
+    print("\n" + report)
+    print(f"artifacts in {out}: report.md, reweight/weights.json, reweight/scores/, generations/, "
+          f"solver.png, objectives.png, front.png ({seconds['total']:.0f} s)")
     return summary
+
+
+def demo_report(config, artifact: dict, shown: list[dict], summary: dict) -> str:
+    """report.md: what ran, λ and its certificate, the objectives per policy, examples, plots, times."""
+    from mpo_ray.evaluate import format_evaluations
+
+    size, names = summary["size"], config.policy_names
+    singles = [r for r in shown if r["name"] in names]
+    worst_single = min(singles, key=lambda r: r["min_win_rate"])
+    best_single = max(singles, key=lambda r: r["min_win_rate"])
+    mpo = shown[-1]
+    lines = [
+        "# mpo-ray demo",
+        "",
+        "π_ref = SmolLM2-135M-Instruct; policies = LoRA adapters DPO-trained for "
+        + ", ".join(f"`{n}`" for n in names) + " (see `mpo_ray/data/adapters/README.md`).",
+        f"Reweighting: {size['reweight_prompts']} prompts × {size['samples_per_prompt']} untempered samples of up to "
+        f"{size['sample_tokens']} tokens from π_ref. Generation: {size['eval_prompts']} held-out prompts, up to "
+        f"{size['generate_tokens']} tokens, temperature {GENERATION['temperature']}, top-p {GENERATION['top_p']}, "
+        "the same seed per prompt for every mixture.",
+        "",
+        "## Mixing weights λ (MaxMin over the implicit DPO rewards)",
+        "",
+        "| " + " | ".join(names) + " | certificate gap (nats) | median ESS | free riders |",
+        "|" + "---|" * (len(names) + 3),
+        "| " + " | ".join(f"{w:.3f}" for w in artifact["weights"]) + f" | {artifact['certificate']['gap_nats']:.1e} | "
+        f"{artifact['ess']['median']:.2f} / {artifact['ess']['samples_per_prompt']} | "
+        f"{', '.join(artifact['free_riders']) or 'none'} |",
+        "",
+        "The gap certifies the solve (0 at the optimum). ESS is how many of each prompt's samples carry the "
+        "mixture's weight; a low ESS means the estimate rests on few samples (more samples or `proposal: mixture`).",
+        "",
+        "## Each objective, per policy",
+        "",
+        "Win rate = share of prompts where the response scores higher on that objective than π_ref's response "
+        "to the same prompt (ties count ½). The last column is the MaxMin view: the worst objective.",
+        "",
+        format_evaluations(shown),
+        "",
+        f"MPO's worst objective wins {mpo['min_win_rate']:.2f} of the time; the single policies' worst objectives "
+        f"win between {worst_single['min_win_rate']:.2f} (`{worst_single['name']}`) and "
+        f"{best_single['min_win_rate']:.2f} (`{best_single['name']}`). "
+        + ("MPO is at least as good as the worst single policy on its worst objective, the point of MaxMin."
+           if mpo["min_win_rate"] >= worst_single["min_win_rate"] else
+           "MPO is below the worst single policy on its worst objective here: with so few prompts the "
+           "evaluation is noisy; rerun without --quick."),
+        "",
+        "![objectives](objectives.png)",
+        "",
+        "## The solver",
+        "",
+        "![solver](solver.png)",
+        "",
+        "## The trade-off front",
+        "",
+        "![front](front.png)",
+        "",
+        "## Time",
+        "",
+        "| step | seconds |",
+        "|---|---|",
+    ]
+    lines += [f"| {what} | {sec} |" for what, sec in summary["seconds"].items()]
+    return "\n".join(lines) + "\n"

@@ -28,13 +28,14 @@ import ray
 
 from mpo_ray import __version__, storage
 from mpo_ray.actors import (
-    ModelGroup, PolicyActor, RewardActor, gather_arrays, gather_samples, import_function, log_mixture,
+    ModelGroup, PolicyActor, RewardActor, gather_arrays, gather_samples, log_mixture,
     plan_resources, split_counts,
 )
 from mpo_ray.config import Config
 from mpo_ray.policies import PolicySpec
 from mpo_ray.prompts import derive_seed, read_prompts
 from mpo_ray.report import reweight_report
+from mpo_ray.rewards import import_function
 from mpo_ray.schemas import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, score_table_schema
 from mpo_ray.solver import StreamingBSMD, evaluate_weights, normalize_rewards, solve_weights
 

@@ -47,6 +47,10 @@ def _write_atomic(uri: str, data: bytes) -> None:
         raise
 
 
+def write_bytes(uri: str, data: bytes) -> None:
+    _write_atomic(uri, data)
+
+
 def write_text(uri: str, text: str) -> None:
     _write_atomic(uri, text.encode("utf-8"))
 

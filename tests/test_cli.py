@@ -1,6 +1,5 @@
-"""The command line: version, the built-in demo, clean errors."""
+"""The command line: version, clean usage errors (the demo has tests/test_demo.py)."""
 
-import json
 import subprocess
 import sys
 
@@ -19,16 +18,6 @@ def test_version(capsys):
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "mpo_ray.cli", "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and "mpo-ray" in out.stdout
-
-
-def test_demo_writes_weights_and_mpo_beats_every_single_policy(tmp_path, capsys):
-    assert main(["demo", "--quick", "--output", str(tmp_path)]) == 0
-    summary = json.loads((tmp_path / "weights.json").read_text())
-    assert summary["sampled"]["gap"] <= 1e-9
-    compare = summary["compare"]
-    mpo = compare["MPO (sampled λ)"]["maxmin_value"]
-    assert all(mpo >= row["maxmin_value"] for name, row in compare.items() if name != "MPO (sampled λ)")
-    assert "λ" in capsys.readouterr().out
 
 
 def test_unknown_command_is_a_usage_error(capsys):

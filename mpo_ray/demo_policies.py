@@ -1,0 +1,212 @@
+"""The demo's three single-objective policies: DPO-trained LoRA adapters on SmolLM2.
+
+Objectives, chosen because a program can measure them (no reward model from a
+hub) and because they pull against each other:
+
+* ``concise``      — fewer words (`rewards.brevity`);
+* ``detailed``     — more distinct words (`rewards.detail`), the direct opposite;
+* ``enthusiastic`` — upbeat words and exclamation marks per word
+  (`rewards.enthusiasm`), a third direction that neither length policy serves.
+
+Recipe (the MPO paper's way of making π_k): sample responses to the training
+prompts from π_ref itself, rank them by the objective's score, pair best with
+worst, train a LoRA adapter with DPO. The adapters ship in
+``mpo_ray/data/adapters/``; `mpo-ray train-demo-policies` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpo_ray import rewards
+from mpo_ray.dpo import DPOConfig, PreferencePairs, train_dpo
+
+OBJECTIVES = {"concise": rewards.brevity, "detailed": rewards.detail, "enthusiastic": rewards.enthusiasm}
+DATA_DIR = Path(__file__).parent / "data"
+ADAPTER_DIR = DATA_DIR / "adapters"
+PROMPTS = DATA_DIR / "demo_prompts.jsonl"
+BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+@dataclass
+class TrainDemoConfig:
+    train_prompts: int = 160
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 48
+    temperature: float = 0.8  # pairs from readable samples; the adapters are scored untempered later anyway
+    eval_prompts: int = 48
+    eval_temperature: float = 0.7
+    min_score_gap: float = 1e-6  # pairs whose two responses score the same teach nothing
+    seed: int = 0
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+
+
+def demo_prompts(split: str | None = None) -> list[dict]:
+    """The project's demo corpus: 300 prompts, split 'train' (200, for the adapters), 'reweight' (50)
+    and 'eval' (50, held out from both)."""
+    rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def adapter_paths(root: str | os.PathLike = ADAPTER_DIR) -> dict[str, Path]:
+    """name → adapter directory, checked: a clear error when an adapter is missing."""
+    paths = {name: Path(root) / name for name in OBJECTIVES}
+    missing = [str(p) for p in paths.values() if not (p / "adapter_config.json").exists()]
+    if missing:
+        raise ValueError(f"demo adapters missing: {missing}; rebuild them with `mpo-ray train-demo-policies`")
+    return paths
+
+
+def _log(msg: str, quiet: bool):
+    if not quiet:
+        print(msg, flush=True)
+
+
+def build_pairs(prompts: list[str], samples, score_fn, min_gap: float):
+    """Best vs worst of each prompt's samples by `score_fn`; prompts whose samples tie are dropped."""
+    keep, chosen, rejected = [], [], []
+    for i, (prompt, group) in enumerate(zip(prompts, samples)):
+        scores = np.asarray(score_fn([prompt] * len(group), [g.text for g in group]))
+        best, worst = int(np.argmax(scores)), int(np.argmin(scores))
+        if scores[best] - scores[worst] > min_gap and group[best].token_ids and group[worst].token_ids:
+            keep.append(i)
+            chosen.append(group[best].token_ids)
+            rejected.append(group[worst].token_ids)
+    return keep, chosen, rejected
+
+
+def mean_scores(policy_texts: dict[str, list[str]], prompts: list[str]) -> dict[str, dict[str, float]]:
+    """Mean objective score of each policy's responses: policy → objective → mean."""
+    return {name: {obj: float(np.mean(fn(prompts, texts))) for obj, fn in OBJECTIVES.items()}
+            for name, texts in policy_texts.items()}
+
+
+def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDemoConfig | None = None,
+                        *, quiet: bool = False) -> dict:
+    """Sample, rank, DPO-train one adapter per objective, check each moved its objective; write `output`.
+
+    Writes are atomic per adapter (a temp directory renamed into place), so an
+    interrupted run leaves the previous adapters intact.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from mpo_ray.decoding import MixedPolicy
+    from mpo_ray.policies import PolicySpec, load_policies, resolve_model
+
+    config = config or TrainDemoConfig()
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    if not os.access(output, os.W_OK):
+        raise ValueError(f"cannot write the adapters to {output}: not writable; pass --output DIR")
+    torch.manual_seed(config.seed)
+    t_start = time.perf_counter()
+    train = demo_prompts("train")[: config.train_prompts]
+    test = demo_prompts("eval")[: config.eval_prompts]
+    (ref,) = load_policies([PolicySpec(name="ref", model="default")])
+    sampler = MixedPolicy([ref], [1.0])
+    prompts = [r["prompt"] for r in train]
+    _log(f"sampling {config.samples_per_prompt} responses for each of {len(prompts)} training prompts from π_ref ...", quiet)
+    samples = []
+    for i in range(0, len(prompts), 16):
+        samples += sampler.sample_candidates(
+            prompts[i : i + 16], config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature, seed=[config.seed * 100_003 + j for j in range(i, i + len(prompts[i : i + 16]))],
+        )
+        _log(f"  {min(i + 16, len(prompts))}/{len(prompts)} prompts", quiet)
+    t_sampled = time.perf_counter()
+    prompt_ids = ref.encode_prompts(prompts)
+    summary = {"config": asdict(config), "base_model": BASE_MODEL_ID, "objectives": {}}
+
+    for obj, fn in OBJECTIVES.items():
+        keep, chosen, rejected = build_pairs(prompts, samples, fn, config.min_score_gap)
+        if not keep:
+            raise RuntimeError(f"no preference pairs for {obj!r}: every prompt's samples scored the same")
+        pairs = PreferencePairs([prompt_ids[i] for i in keep], chosen, rejected)
+        _log(f"training {obj!r} with DPO on {len(pairs)} pairs ...", quiet)
+        base = AutoModelForCausalLM.from_pretrained(resolve_model("default"), dtype=torch.float32)
+        t0 = time.perf_counter()
+
+        def progress(step, total, h):
+            if step == total or step % 10 == 0:
+                _log(f"  step {step}/{total}: loss {h['loss']:.3f}, reward margin {h['margin']:.2f}, "
+                     f"accuracy {h['accuracy']:.2f}", quiet)
+
+        model, history = train_dpo(base, pairs, config.dpo, pad_id=ref.pad_token_id, progress=progress)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{obj}-", dir=output))
+        model.save_pretrained(tmp)
+        (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card; training.json says it all
+        tmp.chmod(0o755)
+        cfg_path = tmp / "adapter_config.json"
+        adapter_cfg = json.loads(cfg_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = BASE_MODEL_ID  # not this machine's cache path
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
+        final = output / obj
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        summary["objectives"][obj] = {"pairs": len(pairs), "train_seconds": round(time.perf_counter() - t0, 1),
+                                      "final": history[-1], "history": history}
+    t_trained = time.perf_counter()
+
+    # Did each adapter move its own objective? Held-out prompts, same seeds for every policy.
+    specs = [PolicySpec(name="ref", model="default")] + [
+        PolicySpec(name=obj, model="default", adapter=str(output / obj)) for obj in OBJECTIVES
+    ]
+    policies = load_policies(specs)
+    eval_prompts = [r["prompt"] for r in test]
+    texts = {}
+    for policy in policies:
+        _log(f"evaluating {policy.name!r} on {len(eval_prompts)} held-out prompts ...", quiet)
+        gens = MixedPolicy([policy], [1.0]).generate(
+            eval_prompts, max_new_tokens=config.max_new_tokens, temperature=config.eval_temperature,
+            seed=[config.seed + 7 + j for j in range(len(eval_prompts))],
+        )
+        texts[policy.name] = [g.text for g in gens]
+    means = mean_scores(texts, eval_prompts)
+    summary["held_out_means"] = means
+    summary["moved_as_intended"] = {
+        obj: means[obj][obj] > means["ref"][obj] for obj in OBJECTIVES
+    }
+    summary["examples"] = {name: texts[name][:3] for name in texts}
+    summary["seconds"] = {"sampling": round(t_sampled - t_start, 1), "training": round(t_trained - t_sampled, 1),
+                          "evaluation": round(time.perf_counter() - t_trained, 1),
+                          "total": round(time.perf_counter() - t_start, 1)}
+    (output / "training.json").write_text(json.dumps(summary, indent=2))
+    (output / "README.md").write_text(_training_report(summary))
+    _log(_training_report(summary), quiet)
+    return summary
+
+
+def _training_report(s: dict) -> str:
+    objs = list(OBJECTIVES)
+    lines = [
+        "# Demo adapters: DPO-trained LoRA policies on SmolLM2-135M-Instruct",
+        "",
+        f"Rebuilt by `mpo-ray train-demo-policies` in {s['seconds']['total']:.0f} s "
+        f"(sampling {s['seconds']['sampling']:.0f} s, training {s['seconds']['training']:.0f} s, "
+        f"evaluation {s['seconds']['evaluation']:.0f} s). Settings: `training.json`.",
+        "",
+        "| objective | pairs | final DPO loss | reward margin | pair accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for obj in objs:
+        o = s["objectives"][obj]
+        lines.append(f"| {obj} | {o['pairs']} | {o['final']['loss']:.3f} | {o['final']['margin']:.2f} | "
+                     f"{o['final']['accuracy']:.2f} |")
+    lines += ["", "Mean objective score on held-out prompts (each adapter should beat `ref` on its own column):", "",
+              "| policy | " + " | ".join(objs) + " |", "|---" * (len(objs) + 1) + "|"]
+    for name, row in s["held_out_means"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[o]:.2f}" for o in objs) + " |")
+    moved = s["moved_as_intended"]
+    lines += ["", "Moved its own objective in the intended direction: "
+              + ", ".join(f"{o} {'yes' if moved[o] else 'NO'}" for o in objs), ""]
+    return "\n".join(lines)

@@ -1,0 +1,102 @@
+"""Evaluation, sweep grids and plots, checked against hand-computed answers."""
+
+import json
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from mpo_ray import storage
+from mpo_ray.evaluate import evaluate_generations, format_evaluations, mean_ci, read_generations, win_rates
+from mpo_ray.rewards import brevity, detail
+from mpo_ray.schemas import GENERATION_SCHEMA
+from mpo_ray.sweep import point_label, simplex_grid
+
+OBJECTIVES = {"concise": brevity, "detailed": detail}
+
+
+def gen_table(responses, ids=None, errors=None):
+    n = len(responses)
+    return pa.table({
+        "prompt_id": ids or [f"p{i}" for i in range(n)], "prompt": ["q"] * n, "response": responses,
+        "finish_reason": ["stop"] * n, "num_tokens": [1] * n, "log_normalizer": [0.0] * n,
+        "weights_version": ["v"] * n, "seed": list(range(n)), "error": errors or [None] * n,
+    }, schema=GENERATION_SCHEMA)
+
+
+def test_win_rates_and_intervals_are_exact():
+    np.testing.assert_array_equal(win_rates(np.array([2.0, 1.0, 0.0]), np.array([1.0, 1.0, 1.0])), [1.0, 0.5, 0.0])
+    m, lo, hi = mean_ci(np.array([1.0, 2.0, 3.0, 4.0]))
+    half = 1.959963984540054 * np.std([1, 2, 3, 4], ddof=1) / 2
+    assert (m, lo, hi) == pytest.approx((2.5, 2.5 - half, 2.5 + half))
+
+
+def test_evaluate_against_a_reference():
+    ref = gen_table(["a b c", "a b c", "a b", "a"])
+    # p0 shorter and poorer, p1 same, p2 longer and richer, p3 longer but repeats a word
+    ours = gen_table(["a", "x y z", "a b c d", "a a"], ids=["p0", "p1", "p2", "p3"])
+    r = evaluate_generations(ours, OBJECTIVES, reference=ref, name="ours")
+    c, d = r["objectives"]["concise"], r["objectives"]["detailed"]
+    assert c["mean"] == pytest.approx(-(1 + 3 + 4 + 2) / 4)
+    assert d["mean"] == pytest.approx((1 + 3 + 4 + 1) / 4)
+    assert c["win_rate"] == pytest.approx((1 + 0.5 + 0 + 0) / 4)
+    assert d["win_rate"] == pytest.approx((0 + 0.5 + 1 + 0.5) / 4)
+    assert r["worst_objective"] == "concise" and r["min_win_rate"] == pytest.approx(0.375)
+    assert r["paired_with_reference"] == 4
+    table = format_evaluations([r])
+    assert "| ours |" in table and "**0.38**" in table
+
+
+def test_reading_generations(tmp_path):
+    out = str(tmp_path / "gens")
+    storage.write_parquet(os.path.join(out, "part-0.parquet"), gen_table(["a", "b"], errors=[None, "too long"]))
+    storage.write_parquet(os.path.join(out, "part-1.parquet"), gen_table(["c"], ids=["p9"]))
+    t = read_generations(out)
+    assert sorted(t["prompt_id"].to_pylist()) == ["p0", "p9"]  # the error row is not evaluated
+    with pytest.raises(ValueError, match="do not exist"):
+        read_generations(str(tmp_path / "nope"))
+    storage.write_parquet(str(tmp_path / "bad.parquet"), pa.table({"prompt": ["q"], "text": ["a"]}))
+    with pytest.raises(ValueError, match=r"lack column\(s\) \['prompt_id', 'response'\]; they have \['prompt', 'text'\]"):
+        read_generations(str(tmp_path / "bad.parquet"))
+    with pytest.raises(ValueError, match="share no prompt_id"):
+        evaluate_generations(gen_table(["a"]), OBJECTIVES, reference=gen_table(["a"], ids=["other"]))
+    with pytest.raises(ValueError, match="one number per response"):
+        evaluate_generations(gen_table(["a", "b"]), {"bad": lambda p, r: [1.0]})
+
+
+def test_simplex_grid():
+    g = simplex_grid(3, 0.5)
+    assert g.shape == (6, 3) and np.allclose(g.sum(1), 1)
+    assert {tuple(r) for r in g} == {(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)}
+    assert simplex_grid(3, 0.25).shape == (15, 3) and simplex_grid(2, 0.1).shape == (11, 2)
+    assert point_label([0.5, 0.25, 0.25]) == "w=0.5,0.25,0.25"
+    with pytest.raises(ValueError, match="K = 2 or 3"):
+        simplex_grid(4, 0.5)
+    with pytest.raises(ValueError, match="1/n"):
+        simplex_grid(3, 0.3)
+
+
+def _point(name, weights, rates):
+    objs = {o: {"mean": 0.0, "ci95": [0, 0], "win_rate": r, "win_rate_ci95": [r - 0.1, r + 0.1]}
+            for o, r in zip(("concise", "detailed", "upbeat"), rates)}
+    return {"name": name, "weights": weights, "objectives": objs, "min_win_rate": min(rates)}
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_plots_are_written_as_png(tmp_path, k):
+    from mpo_ray.plots import plot_front, plot_objectives, plot_solver
+    from mpo_ray.solver import solve_weights
+
+    names = ["concise", "detailed", "upbeat"][:k]
+    points = [_point(f"w{i}", w.tolist(), list(np.linspace(0.2, 0.8, k) + 0.05 * i)[:k])
+              for i, w in enumerate(simplex_grid(k, 0.5))]
+    points.append(_point("MPO", [1 / k] * k, [0.5] * k))
+    plot_front(str(tmp_path / "front.png"), {"policies": names, "points": points})
+    plot_objectives(str(tmp_path / "objectives.png"), points[:3])
+    L = np.random.default_rng(0).normal(size=(20, 4, k))
+    full, bsmd = solve_weights(L), solve_weights(L, method="bsmd", steps=40, batch_prompts=1)
+    plot_solver(str(tmp_path / "solver.png"), names, full, bsmd, (np.array([0, 20, 40]), np.array([1e-1, 1e-2, 1e-3])))
+    for name in ("front", "objectives", "solver"):
+        data = (tmp_path / f"{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
