@@ -73,6 +73,22 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_nightly(args: argparse.Namespace) -> int:
+    from mpo_ray.config import load_config
+    from mpo_ray.nightly import EXIT_CONFLICT, run_night
+    from mpo_ray.store import StoreConflict
+
+    config = load_config(args.config)
+    try:
+        result = run_night(config, night=args.night, prompts=args.prompts, feedback=args.feedback, store=args.store,
+                           progress=not args.quiet)
+    except StoreConflict as exc:
+        print(f"mpo-ray nightly: conflict: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    print(result.summary())  # the outcome, even when quiet: a scheduler's log should say what happened
+    return result.exit_code
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "solver":
         from mpo_ray.benchmarks.solver import main
@@ -128,9 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate one response per corpus prompt through the mixed policy, to Parquet")
     gen.add_argument("config", help="YAML config with a `generate:` section (see workflows/configs/)")
     gen.add_argument("--output", default=None, help="output URI (local dir or fsspec URL); overrides generate.output")
-    gen.add_argument("--weights", default=None, help="weights artifact URI (weights.json of `mpo-ray reweight`); overrides the config's")
+    gen.add_argument("--weights", default=None, help="weights: a weights.json (of `mpo-ray reweight`), a weights store of `mpo-ray nightly` "
+                     "(its `latest`) or STORE/versions/NIGHT (pinned); overrides the config's")
     gen.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     gen.set_defaults(func=_cmd_generate)
+
+    night = sub.add_parser(
+        "nightly", help="reweight tonight's prompts warm-started from `latest`; promote the new weights if they pass the gate",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="exit codes: 0 promoted (or a rerun of a promoted night: nothing changes); 2 bad input or config, nothing\n"
+               "written; 3 gate failed: the version is kept for review, `latest` stays (a rerun says so again);\n"
+               "4 another run holds the store's lock or moved `latest`: nothing written, retry.")
+    night.add_argument("config", help="YAML config with a `nightly:` section (see workflows/configs/tiny.yaml)")
+    night.add_argument("--night", default=None, help="night id, also the version id (default: nightly.night, else today's UTC date)")
+    night.add_argument("--prompts", default=None, help="tonight's prompts URI; overrides nightly.prompts")
+    night.add_argument("--feedback", default=None, help="tonight's preference pairs URI; overrides nightly.feedback")
+    night.add_argument("--store", default=None, help="weights store URI; overrides nightly.store")
+    night.add_argument("--quiet", action="store_true", help="no progress bar or log lines (the outcome line stays)")
+    night.set_defaults(func=_cmd_nightly)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
     bench.add_argument("what", choices=["solver", "decode", "generate"])

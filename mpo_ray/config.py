@@ -106,7 +106,8 @@ class GenerateConfig:
     """Bulk generation through the mixed policy (`mpo-ray generate`).
 
     Weights come from ``weights_uri`` (a weights.json written by `mpo-ray
-    reweight`; its version goes into every row) or explicitly from ``weights``
+    reweight`, or a weights store of `mpo-ray nightly`, meaning its `latest`, or
+    ``<store>/versions/<night>`` pinned; the version goes into every row) or explicitly from ``weights``
     (a list in policy order, or {policy name: λ}). ``concurrency`` is the number
     of replicas, each hosting all K policies; ``gpus_per_replica`` defaults to 1
     when the cluster has GPUs (raise it to K to put each policy on its own GPU).
@@ -133,6 +134,41 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """When a night's weights may replace `latest`: every check must pass, else the old weights stay."""
+
+    max_gap: float = 1.0e-6  # certificate gap of the new λ, nats
+    min_median_ess: float = 2.0  # median per-prompt effective sample size of the new λ
+    max_agreement_drop: float = 0.05  # tonight's min-group agreement: new λ may trail the old λ by at most this
+    max_drift: float = 0.2  # total variation ½‖λ − λ_latest‖₁: a bigger jump in one night wants a human look
+
+
+@dataclass(frozen=True)
+class NightlyConfig:
+    """Nightly reweighting over fresh prompts and feedback into a versioned weights store (`mpo-ray nightly`).
+
+    ``{night}`` in ``prompts`` and ``feedback`` is replaced by the night id
+    (default: today's UTC date), so one config serves every night. The score
+    table, sampling and solver settings mean what they mean under ``reweight``.
+    """
+
+    prompts: str
+    store: str
+    feedback: str | None = None  # preference pairs: prompt, chosen, rejected, group (a policy name)
+    night: str | None = None
+    prompt_column: str = "prompt"
+    id_column: str = "prompt_id"
+    max_prompts: int | None = None
+    batch_prompts: int = 16
+    estimate: Literal["implicit", "rewards"] = "implicit"
+    seed: int = 0
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    lock_timeout_s: float = 600.0  # a store lock older than this was left by a crashed run and is broken
+
+
+@dataclass(frozen=True)
 class Config:
     reference: PolicySpec
     policies: list[PolicySpec]
@@ -141,6 +177,7 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     reweight: ReweightConfig | None = None
     generate: GenerateConfig | None = None
+    nightly: NightlyConfig | None = None
     source: str = "<dict>"  # where it came from, for error messages
 
     @property
@@ -297,6 +334,8 @@ def _check_semantics(c: Config) -> None:
                 )
     if c.generate is not None:
         _check_generate(c)
+    if c.nightly is not None:
+        _check_nightly(c)
     res = c.resources
     if res.replicas is not None:
         _positive(src, "resources.replicas", res.replicas)
@@ -334,6 +373,39 @@ def _check_generate(c: Config) -> None:
         raise ConfigError(f"{src}: `generate.weights` names {sorted(g.weights)}, but the policies are {names}; give one weight per policy name.")
 
 
+NIGHT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")  # a night id names a store version: a safe path segment
+
+
+def _check_nightly(c: Config) -> None:
+    n, src = c.nightly, c.source
+    s = n.sampling
+    for key, value in (("batch_prompts", n.batch_prompts), ("sampling.samples_per_prompt", s.samples_per_prompt),
+                       ("sampling.max_new_tokens", s.max_new_tokens), ("max_prompts", n.max_prompts), ("sampling.top_k", s.top_k)):
+        if value is not None:
+            _positive(src, f"nightly.{key}", value)
+    if not s.temperature > 0:
+        raise ConfigError(f"{src}: `nightly.sampling.temperature` must be > 0, got {s.temperature}.")
+    if s.top_p is not None and not 0 < s.top_p <= 1:
+        raise ConfigError(f"{src}: `nightly.sampling.top_p` must be in (0, 1], got {s.top_p}.")
+    if s.proposal == "mixture" and (s.temperature != 1.0 or s.top_k or s.top_p):
+        raise ConfigError(f"{src}: `nightly.sampling.proposal: mixture` needs untempered sampling (temperature 1, no top_k/top_p).")
+    if n.estimate == "rewards" and sorted(r.objective or "" for r in c.rewards) != sorted(c.policy_names):
+        raise ConfigError(f"{src}: `nightly.estimate: rewards` needs exactly one reward source per policy (set `objective:` on each).")
+    if n.night is not None and not NIGHT_ID.match(n.night):
+        raise ConfigError(f"{src}: `nightly.night` must be a date such as 2025-06-01 (letters, digits, '.', '_', '-'), got {n.night!r}.")
+    g = n.gate
+    if g.max_gap < 0 or g.min_median_ess < 0:
+        raise ConfigError(f"{src}: `nightly.gate.max_gap` and `min_median_ess` must be >= 0.")
+    if g.min_median_ess > s.samples_per_prompt:
+        raise ConfigError(f"{src}: `nightly.gate.min_median_ess` is {g.min_median_ess}, but the ESS is at most "
+                          f"samples_per_prompt = {s.samples_per_prompt}, so no night could pass; lower it or sample more.")
+    for key in ("max_agreement_drop", "max_drift"):
+        if not 0 <= getattr(g, key) <= 1:
+            raise ConfigError(f"{src}: `nightly.gate.{key}` must be in [0, 1], got {getattr(g, key)}.")
+    if not n.lock_timeout_s > 0:
+        raise ConfigError(f"{src}: `nightly.lock_timeout_s` must be > 0, got {n.lock_timeout_s}.")
+
+
 def _positive(src: str, key: str, value) -> None:
     if value < 1:
         raise ConfigError(f"{src}: `{key}` must be >= 1, got {value}.")
@@ -367,7 +439,11 @@ def _resolve_paths(c: Config, base_dir: str) -> Config:
     if gen is not None:  # the weights are usually another command's output: resolved like outputs
         gen = dataclasses.replace(gen, prompts=fix(gen.prompts, False), output=_local_output(gen.output),
                                   weights_uri=_local_output(gen.weights_uri))
+    nightly = c.nightly
+    if nightly is not None:  # the store is this job's output and the next night's input: resolved like outputs
+        nightly = dataclasses.replace(nightly, prompts=fix(nightly.prompts, False), feedback=fix(nightly.feedback, False),
+                                      store=_local_output(nightly.store))
     return dataclasses.replace(
         c, reference=spec(c.reference), policies=[spec(p) for p in c.policies], rewards=rewards, reweight=rw,
-        generate=gen,
+        generate=gen, nightly=nightly,
     )

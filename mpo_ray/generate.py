@@ -38,6 +38,7 @@ from mpo_ray import __version__, storage
 from mpo_ray.config import Config
 from mpo_ray.prompts import corpus_format, derive_seed, prompt_id
 from mpo_ray.schemas import GENERATION_SCHEMA, check_weights_artifact
+from mpo_ray.store import resolve_weights_file
 
 META_DIR = "__mpo_ray__"
 _PREPARED = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("error", pa.string())])
@@ -51,6 +52,7 @@ def resolve_weights(config: Config, weights_uri: str | None = None) -> tuple[lis
     g, names = config.section("generate"), config.policy_names
     uri = weights_uri or g.weights_uri
     if uri is not None:
+        uri = resolve_weights_file(uri)  # a weights store means its `latest`; a version directory its weights.json
         try:
             artifact = check_weights_artifact(storage.read_json(uri), uri)
         except FileNotFoundError:

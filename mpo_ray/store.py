@@ -1,0 +1,239 @@
+"""The weights store: versioned weights artifacts and an atomically replaced `latest` pointer.
+
+    <store>/versions/<version>/weights.json   a weights artifact (written last: its presence commits the version)
+    <store>/versions/<version>/report.md      ... and whatever else the night keeps beside it
+    <store>/latest.json                       {"version", "weights", "previous", "history", ...}; replaced, never edited
+    <store>/latest.lock                       held while a run commits (seconds), broken when stale
+    <store>/scores/<fingerprint>/*.parquet    score-table rows already computed with those models and settings
+
+A version is never overwritten: a night writes its directory once, and moving
+`latest` is a compare-and-swap under the lock (re-read `latest`, check it is
+still the version the night was gated against, replace it with one atomic
+write). A crash between writing a version and moving `latest` leaves a complete
+version that `latest` does not name yet; :meth:`WeightsStore.recover` (which
+every nightly run calls first) finishes that promotion, and only that one: a
+version whose gate passed, whose `previous` is still `latest`, and which has
+never been `latest` before.
+
+Everything here runs on the driver; any fsspec URL works (memory:// included,
+which lives in one process).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mpo_ray import storage
+
+LATEST = "latest.json"
+LOCK = "latest.lock"
+WEIGHTS = "weights.json"
+LATEST_FORMAT = "mpo-ray/weights-store-latest"
+
+
+class StoreConflict(RuntimeError):
+    """Another run holds the store's lock or moved `latest` meanwhile: nothing was written; retry later."""
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+class WeightsStore:
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+
+    def __repr__(self) -> str:
+        return f"WeightsStore({self.uri!r})"
+
+    # --- reading -------------------------------------------------------------
+
+    def version_uri(self, version: str, name: str = WEIGHTS) -> str:
+        return storage.join(self.uri, "versions", version, name)
+
+    def latest(self) -> dict | None:
+        """The `latest` pointer, or None before the first promotion."""
+        uri = storage.join(self.uri, LATEST)
+        return storage.read_json(uri) if storage.exists(uri) else None
+
+    def latest_version(self) -> str | None:
+        pointer = self.latest()
+        return pointer["version"] if pointer else None
+
+    def read_version(self, version: str) -> dict | None:
+        """A committed version's weights artifact, or None (absent, or a crash left it half-written)."""
+        uri = self.version_uri(version)
+        return storage.read_json(uri) if storage.exists(uri) else None
+
+    def versions(self) -> list[str]:
+        """Committed versions, sorted by name (night ids sort by date)."""
+        fs, path = storage.filesystem(storage.join(self.uri, "versions"))
+        if not fs.exists(path):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
+        return sorted(n for n in names if not n.startswith(storage.TMP_PREFIX) and storage.exists(self.version_uri(n)))
+
+    # --- writing -------------------------------------------------------------
+
+    def write_version(self, version: str, artifact: dict, files: dict[str, str | pa.Table] | None = None) -> None:
+        """Write a version once: the side files (text or tables) first, weights.json last (the commit marker)."""
+        if storage.exists(self.version_uri(version)):
+            raise FileExistsError(f"{self.version_uri(version)} exists; a version is never overwritten.")
+        for name, data in (files or {}).items():
+            write = storage.write_text if isinstance(data, str) else storage.write_parquet
+            write(self.version_uri(version, name), data)
+        storage.write_json(self.version_uri(version), artifact)
+
+    def promote(self, version: str, *, expected: str | None, reason: str = "gate passed") -> dict:
+        """Point `latest` at ``version`` if it still names ``expected`` (compare-and-swap; hold the lock)."""
+        current = self.latest()
+        now = current["version"] if current else None
+        if now != expected:
+            raise StoreConflict(f"{self.uri}: `latest` is {now!r}, not {expected!r} as when this run started; "
+                                "another run promoted meanwhile. Rerun to gate against the new `latest`.")
+        if self.read_version(version) is None:
+            raise ValueError(f"{self.uri}: version {version!r} is not committed; it cannot become `latest`.")
+        pointer = {
+            "format": LATEST_FORMAT,
+            "version": version,
+            "weights": f"versions/{version}/{WEIGHTS}",
+            "previous": now,
+            "promoted_at": _now().isoformat(),
+            "reason": reason,
+            "history": [*(current or {}).get("history", []), version],  # every version that was ever `latest`
+        }
+        storage.write_json(storage.join(self.uri, LATEST), pointer)  # temp + rename: readers see old or new
+        return pointer
+
+    def pending(self) -> str | None:
+        """A committed version a crashed run meant to promote: passed, gated against today's `latest`, never latest."""
+        pointer = self.latest()
+        now, history = (pointer["version"], set(pointer.get("history", []))) if pointer else (None, set())
+        for version in reversed(self.versions()):
+            night = (self.read_version(version) or {}).get("nightly", {})
+            if version not in history and night.get("gate", {}).get("passed") and night.get("previous") == now:
+                return version
+        return None
+
+    def recover(self, *, owner: str, timeout_s: float) -> str | None:
+        """Finish a promotion a crash interrupted; returns the version promoted, if any."""
+        if self.pending() is None:
+            return None
+        with self.lock(owner=owner, timeout_s=timeout_s):
+            version = self.pending()  # again, under the lock
+            if version is not None:
+                self.promote(version, expected=self.latest_version(), reason="recovered after an interrupted run")
+            return version
+
+    @contextlib.contextmanager
+    def lock(self, *, owner: str, timeout_s: float):
+        """Exclusive while held: created with exclusive create; a lock older than ``timeout_s`` is broken."""
+        uri = storage.join(self.uri, LOCK)
+        fs, path = storage.filesystem(uri)
+        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        token = uuid.uuid4().hex
+        body = json.dumps({"owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(),
+                           "acquired_at": _now().isoformat(), "acquired_unix": time.time()}).encode()
+        if not self._create(fs, path, body):
+            held = self._read_lock(fs, path)
+            age = time.time() - float(held.get("acquired_unix", 0)) if held else None
+            if held is not None and age < timeout_s:
+                raise StoreConflict(f"{self.uri} is locked by {held.get('owner')!r} (host {held.get('host')}, pid "
+                                    f"{held.get('pid')}) since {held.get('acquired_at')}; retry later. A lock older than "
+                                    f"{timeout_s:.0f}s is taken for a crashed run's and broken; if none is running, delete {uri}.")
+            with contextlib.suppress(FileNotFoundError):
+                fs.rm(path)  # stale (or vanished meanwhile): break it and try once more
+            if not self._create(fs, path, body):
+                raise StoreConflict(f"{self.uri}: another run took the lock at the same moment; retry later.")
+        try:
+            yield
+        finally:
+            held = self._read_lock(fs, path)
+            if held is not None and held.get("token") == token:
+                fs.rm(path)
+
+    @staticmethod
+    def _create(fs, path: str, body: bytes) -> bool:
+        try:
+            with fs.open(path, "xb") as f:
+                f.write(body)
+            return True
+        except FileExistsError:
+            return False
+
+    @staticmethod
+    def _read_lock(fs, path: str) -> dict | None:
+        try:
+            with fs.open(path, "rb") as f:
+                return json.loads(f.read() or b"{}")
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return {}  # a lock half-written by a crash: as old as can be
+
+
+def resolve_weights_file(uri: str) -> str:
+    """The weights.json a URI means: a store (→ its `latest`), a version or run directory, or the file itself."""
+    if uri.rstrip("/").endswith(".json"):
+        return uri
+    pointer_uri = storage.join(uri, LATEST)
+    if storage.exists(pointer_uri):
+        return storage.join(uri, storage.read_json(pointer_uri)["weights"])
+    if storage.exists(storage.join(uri, WEIGHTS)):
+        return storage.join(uri, WEIGHTS)
+    if storage.exists(storage.join(uri, "versions")):
+        raise ValueError(f"weights store {uri!r} has no `latest` yet (no night has passed its gate); pin a version "
+                         f"as {storage.join(uri, 'versions', 'VERSION')}.")
+    return storage.join(uri, WEIGHTS)  # the caller reports that it does not exist
+
+
+# --------------------------------------------------------------------------- #
+# Score cache: rows already computed, keyed by prompt id under one fingerprint
+# --------------------------------------------------------------------------- #
+
+
+class ScoreCache:
+    """Score-table rows of earlier nights, reused for prompts scored with the same models and settings.
+
+    The directory name is the run fingerprint (model ids, revisions and content
+    hashes, sampling, seed, reward sources): a new model revision starts a new
+    cache. Within it a row is reused when both its prompt id and its text match.
+    """
+
+    def __init__(self, store: WeightsStore, fingerprint: str):
+        self.uri = storage.join(store.uri, "scores", fingerprint)
+
+    def lookup(self, ids: list[str], prompts: list[str]) -> tuple[pa.Table | None, set[str]]:
+        """(rows of the prompts found, their ids); each prompt's rows come from one file."""
+        wanted = dict(zip(ids, prompts))
+        found: dict[str, list[str]] = {}  # file → the ids taken from it
+        taken: set[str] = set()
+        for uri in storage.list_files(self.uri):
+            fs, path = storage.filesystem(uri)
+            with fs.open(path, "rb") as f:
+                keys = pq.read_table(f, columns=["prompt_id", "prompt"])  # a small read: two columns
+            hits = {i for i, p in zip(keys.column("prompt_id").to_pylist(), keys.column("prompt").to_pylist())
+                    if wanted.get(i) == p and i not in taken}
+            if hits:
+                found[uri] = sorted(hits)
+                taken |= hits
+        parts = []
+        for uri, hit_ids in found.items():
+            table = storage.read_parquet(uri)
+            parts.append(table.filter(pc.is_in(table.column("prompt_id"), pa.array(hit_ids))).replace_schema_metadata(None))
+        return (pa.concat_tables(parts) if parts else None), taken
+
+    def add(self, name: str, table: pa.Table) -> str:
+        uri = storage.join(self.uri, name)
+        storage.write_parquet(uri, table)
+        return uri

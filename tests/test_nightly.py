@@ -1,0 +1,293 @@
+"""Nightly reweighting: the weights store, feedback, the gate, and three simulated nights on local Ray.
+
+Fast tests cover the pure parts (store, lock, recovery, feedback, agreement,
+gate, config) and the failures that must happen before any model runs. The
+slow test runs three nights of workflows/data/nightly/ through `mpo-ray
+nightly` on tiny models: an ordinary night, a spike of one kind of prompt
+(drift: not promoted), an ordinary night again, with a crash between writing a
+version and moving `latest`, and reruns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pytest
+import yaml
+
+from mpo_ray import storage
+from mpo_ray.cli import main
+from mpo_ray.config import ConfigError, GateConfig, config_from_dict, load_config
+from mpo_ray.feedback import agreement, read_feedback
+from mpo_ray.nightly import evaluate_feedback, gate_checks, plan_night, run_night
+from mpo_ray.schemas import WEIGHTS_FORMAT
+from mpo_ray.store import ScoreCache, StoreConflict, WeightsStore, resolve_weights_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
+DATA = os.path.join(ROOT, "workflows", "data", "nightly")
+NIGHTS = ["2025-06-01", "2025-06-02", "2025-06-03"]
+NAMES = ["concise", "detailed", "upbeat"]
+
+
+@pytest.fixture(params=["local", "memory"])
+def store_uri(request, tmp_path):
+    if request.param == "local":
+        yield str(tmp_path / "store")
+    else:
+        uri = f"memory://nightly-{uuid.uuid4().hex[:8]}/store"
+        yield uri
+        fs, path = storage.filesystem(uri)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def artifact(version, weights, *, passed=True, previous=None, inputs=None):
+    """A minimal weights artifact as a night writes it."""
+    return {"format": WEIGHTS_FORMAT, "format_version": 1, "version": version, "policies": NAMES, "weights": weights,
+            "beta": 0.1, "objective": "maxmin",
+            "nightly": {"night": version, "previous": previous, "inputs": inputs or {},
+                        "gate": {"passed": passed, "failed": [] if passed else ["drift"], "checks": []}}}
+
+
+# --------------------------------------------------------------------------- #
+# The weights store
+# --------------------------------------------------------------------------- #
+
+
+def test_versions_are_written_once_and_latest_moves_by_compare_and_swap(store_uri):
+    st = WeightsStore(store_uri)
+    assert st.latest() is None and st.versions() == []
+    st.write_version("2025-06-01", artifact("2025-06-01", [0.5, 0.3, 0.2]), {"report.md": "# one\n"})
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        st.write_version("2025-06-01", artifact("2025-06-01", [1.0, 0.0, 0.0]))
+    st.promote("2025-06-01", expected=None)
+    st.write_version("2025-06-02", artifact("2025-06-02", [0.4, 0.4, 0.2], previous="2025-06-01"))
+    with pytest.raises(StoreConflict, match="another run promoted"):
+        st.promote("2025-06-02", expected=None)  # gated against an older `latest`
+    pointer = st.promote("2025-06-02", expected="2025-06-01")
+    assert pointer["previous"] == "2025-06-01" and pointer["history"] == ["2025-06-01", "2025-06-02"]
+    assert st.versions() == ["2025-06-01", "2025-06-02"]
+    assert st.read_version("2025-06-01")["weights"] == [0.5, 0.3, 0.2]  # history intact
+    assert storage.read_text(st.version_uri("2025-06-01", "report.md")) == "# one\n"
+    fs, path = storage.filesystem(store_uri)
+    assert not [p for p in fs.find(path) if "_tmp-" in p]
+
+
+def test_a_version_without_weights_json_is_not_committed(store_uri):
+    st = WeightsStore(store_uri)
+    storage.write_text(st.version_uri("2025-06-01", "report.md"), "a crash left only this\n")
+    assert st.versions() == [] and st.read_version("2025-06-01") is None
+    with pytest.raises(ValueError, match="not committed"):
+        st.promote("2025-06-01", expected=None)
+
+
+def test_lock_is_exclusive_and_a_stale_one_is_broken(store_uri):
+    st = WeightsStore(store_uri)
+    with st.lock(owner="night A", timeout_s=60):
+        with pytest.raises(StoreConflict, match="locked by 'night A'"):
+            with st.lock(owner="night B", timeout_s=60):
+                pass
+    with st.lock(owner="night B", timeout_s=60):  # released on exit
+        pass
+    # A crashed run's lock (written long ago) is broken once older than the timeout.
+    lock = storage.join(store_uri, "latest.lock")
+    storage.write_json(lock, {"owner": "crashed", "token": "x", "acquired_unix": time.time() - 120})
+    with pytest.raises(StoreConflict, match="crashed"):
+        with st.lock(owner="night C", timeout_s=600):
+            pass
+    with st.lock(owner="night C", timeout_s=60):
+        assert json.loads(storage.read_text(lock))["owner"] == "night C"
+    assert not storage.exists(lock)
+
+
+def test_crash_between_version_and_latest_is_completed_by_the_next_run(store_uri):
+    st = WeightsStore(store_uri)
+    st.write_version("2025-06-01", artifact("2025-06-01", [0.5, 0.3, 0.2]))
+    st.promote("2025-06-01", expected=None)
+    # Night 2 passed its gate, wrote its version, and died before moving `latest` (leaving its lock behind).
+    st.write_version("2025-06-02", artifact("2025-06-02", [0.4, 0.4, 0.2], previous="2025-06-01"))
+    storage.write_json(storage.join(store_uri, "latest.lock"), {"owner": "nightly 2025-06-02", "acquired_unix": time.time() - 3600})
+    # Consistent meanwhile: readers get the complete old weights; the new version is complete too.
+    assert st.latest_version() == "2025-06-01" and resolve_weights_file(store_uri).endswith("versions/2025-06-01/weights.json")
+    assert st.pending() == "2025-06-02"
+    # A night that failed its gate, or was gated against another `latest`, is never promoted by recovery.
+    st.write_version("2025-06-03", artifact("2025-06-03", [0.1, 0.1, 0.8], passed=False, previous="2025-06-01"))
+    assert st.recover(owner="nightly 2025-06-04", timeout_s=600) == "2025-06-02"
+    assert st.latest()["history"] == ["2025-06-01", "2025-06-02"] and st.latest()["previous"] == "2025-06-01"
+    assert st.pending() is None and st.recover(owner="again", timeout_s=600) is None
+
+
+def test_recovery_never_repromotes_a_version_that_was_latest_before(store_uri):
+    st = WeightsStore(store_uri)
+    st.write_version("a", artifact("a", [0.5, 0.5, 0.0]))
+    st.promote("a", expected=None)
+    st.write_version("b", artifact("b", [0.4, 0.4, 0.2], previous="a"))
+    st.promote("b", expected="a")
+    st.promote("a", expected="b", reason="rolled back by hand")  # `a` again; `b` was gated against `a`...
+    assert st.pending() is None  # ...but it was latest once: not a crashed promotion
+
+
+def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
+    from mpo_ray.generate import resolve_weights
+
+    st = WeightsStore(store_uri)
+    config = config_from_dict({**yaml.safe_load(open(TINY)), "generate": {"prompts": "p.jsonl", "weights_uri": store_uri}})
+    st.write_version("2025-06-01", artifact("2025-06-01", [0.5, 0.3, 0.2]))
+    with pytest.raises(ValueError, match="no `latest` yet"):
+        resolve_weights(config)
+    st.promote("2025-06-01", expected=None)
+    st.write_version("2025-06-02", artifact("2025-06-02", [0.2, 0.3, 0.5], previous="2025-06-01"))
+    st.promote("2025-06-02", expected="2025-06-01")
+    assert resolve_weights(config) == ([0.2, 0.3, 0.5], "2025-06-02")
+    pinned = storage.join(store_uri, "versions", "2025-06-01")
+    assert resolve_weights(config, pinned) == ([0.5, 0.3, 0.2], "2025-06-01")
+    assert resolve_weights(config, storage.join(pinned, "weights.json"))[1] == "2025-06-01"
+
+
+def test_score_cache_reuses_rows_by_prompt_id_and_text(store_uri):
+    cache = ScoreCache(WeightsStore(store_uri), "fp")
+    rows = pa.table({"prompt_id": ["a", "a", "b", "b"], "sample_idx": [0, 1, 0, 1], "prompt": ["A?", "A?", "B?", "B?"],
+                     "logp_ref": [-1.0, -2.0, -3.0, -4.0]})
+    cache.add("part-2025-06-01-00000.parquet", rows)
+    cache.add("part-2025-06-02-00000.parquet", rows.slice(0, 2))  # a again (a concurrent run): used once only
+    found, ids = cache.lookup(["a", "b", "c"], ["A?", "B, edited?", "C?"])
+    assert ids == {"a"} and found.num_rows == 2 and found.column("logp_ref").to_pylist() == [-1.0, -2.0]
+    assert ScoreCache(WeightsStore(store_uri), "other-models").lookup(["a"], ["A?"]) == (None, set())
+
+
+# --------------------------------------------------------------------------- #
+# Feedback, agreement, the gate
+# --------------------------------------------------------------------------- #
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+PAIR = {"prompt": "Tell me about rain.", "chosen": "Rain: wet.", "rejected": "Well, rain is a long story...", "group": "concise"}
+
+
+def test_feedback_reads_in_every_format(tmp_path):
+    fb = read_feedback(os.path.join(DATA, NIGHTS[0], "feedback.jsonl"), NAMES)
+    assert len(fb) == 30 and fb.counts() == {"concise": 10, "detailed": 10, "upbeat": 10}
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pylist([PAIR, {**PAIR, "group": "upbeat"}])
+    pq.write_table(table, tmp_path / "f.parquet")
+    pacsv.write_csv(table, tmp_path / "f.csv")
+    for name in ("f.parquet", "f.csv"):
+        assert read_feedback(str(tmp_path / name), NAMES).groups == ["concise", "upbeat"]
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([], "is empty"),
+    ([{k: v for k, v in PAIR.items() if k != "group"}], r"lacks column\(s\) \['group'\]"),
+    ([PAIR, {**PAIR, "group": "funny"}], r"group 'funny' \(row 1, 1 row\(s\)\) is not an objective"),
+    ([{**PAIR, "chosen": ""}], "column 'chosen' must hold non-empty strings; row 0"),
+    ([{**PAIR, "rejected": PAIR["chosen"]}], "same text as chosen and rejected"),
+])
+def test_malformed_feedback_is_refused_with_the_reason(tmp_path, rows, match):
+    with pytest.raises(ValueError, match=match):
+        read_feedback(write_jsonl(tmp_path / "f.jsonl", rows), NAMES)
+
+
+def test_agreement_counts_pairs_ranked_as_labelled():
+    # margins ℓ_k(chosen) − ℓ_k(rejected) for K = 2 objectives
+    margins = np.array([[1.0, -3.0], [2.0, -1.0], [-1.0, 1.0], [0.0, 0.0]])
+    groups = ["a", "a", "b", "b"]
+    assert agreement(margins, groups, [1.0, 0.0]) == {"a": 1.0, "b": 0.25, "min": 0.25}  # a tie counts half
+    assert agreement(margins, groups, [0.5, 0.5]) == {"a": 0.5, "b": 0.5, "min": 0.5}
+    ev = evaluate_feedback(margins, groups, ["x", "y"], [0.5, 0.5], previous=[1.0, 0.0])
+    assert ev["pairs"] == {"a": 2, "b": 2} and ev["previous"]["min"] == 0.25 and ev["single"]["y"]["a"] == 0.0
+
+
+def test_gate_says_which_check_failed():
+    gate = GateConfig(max_gap=1e-6, min_median_ess=2.0, max_agreement_drop=0.05, max_drift=0.2)
+    ev = {"mixed": {"min": 0.6}, "previous": {"min": 0.7}}
+    first = gate_checks(gate, [0.5, 0.5], 1e-9, 3.0, None, None)  # the first night: nothing to compare with
+    assert all(c["passed"] for c in first) and "first night" in first[-1]["detail"]
+    failed = {c["check"]: c for c in gate_checks(gate, [0.9, 0.1], 1e-3, 1.5, [0.5, 0.5], ev) if not c["passed"]}
+    assert sorted(failed) == ["agreement", "drift", "ess", "gap"]
+    assert failed["drift"]["value"] == pytest.approx(0.4) and "new λ 0.6, latest λ 0.7" in failed["agreement"]["detail"]
+    ok = gate_checks(gate, [0.55, 0.45], 1e-9, 3.0, [0.5, 0.5], {"mixed": {"min": 0.66}, "previous": {"min": 0.7}})
+    assert all(c["passed"] for c in ok)
+
+
+# --------------------------------------------------------------------------- #
+# Config and the failures that come before any model runs
+# --------------------------------------------------------------------------- #
+
+
+def test_nightly_section_loads_and_bad_keys_name_key_and_file():
+    c = load_config(TINY)
+    assert c.nightly.prompts == os.path.join(DATA, "{night}", "prompts.jsonl") and os.path.isabs(c.nightly.store)
+    assert c.nightly.gate.max_drift == 0.1 and c.nightly.sampling.samples_per_prompt == 4
+    raw = yaml.safe_load(open(TINY))
+    for mutate, match in [
+        (lambda n: n["gate"].update(max_drfit=0.1), r"tiny.yaml: unknown key `nightly.gate.max_drfit`"),
+        (lambda n: n.update(batch_prompts="16"), r"`nightly.batch_prompts` must be int"),
+        (lambda n: n["gate"].update(min_median_ess=5.0), "ESS is at most samples_per_prompt = 4"),
+        (lambda n: n["gate"].update(max_drift=2), r"`nightly.gate.max_drift` must be in \[0, 1\]"),
+        (lambda n: n.update(night="../etc"), "`nightly.night` must be a date"),
+        (lambda n: n.pop("store"), "`nightly.store` is required"),
+    ]:
+        data = json.loads(json.dumps(raw))
+        mutate(data["nightly"])
+        with pytest.raises(ConfigError, match=match):
+            config_from_dict(data, source=TINY)
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([], "is empty"),
+    ([{k: v for k, v in PAIR.items() if k != "rejected"}], "lacks column"),
+    ([{**PAIR, "group": "funny"}], "is not an objective"),
+])
+def test_a_night_with_malformed_feedback_fails_clearly_and_leaves_latest_alone(tmp_path, capsys, rows, match):
+    store = str(tmp_path / "store")
+    st = WeightsStore(store)
+    st.write_version("2025-06-01", artifact("2025-06-01", [0.5, 0.3, 0.2]))
+    st.promote("2025-06-01", expected=None)
+    before = storage.read_text(storage.join(store, "latest.json"))
+    bad = write_jsonl(tmp_path / "feedback.jsonl", rows)
+    code = main(["nightly", TINY, "--night", "2025-06-02", "--store", store, "--feedback", bad, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and match.split()[0] in err and err.count("\n") == 1, err
+    assert storage.read_text(storage.join(store, "latest.json")) == before
+    assert st.versions() == ["2025-06-01"] and not os.path.exists(os.path.join(store, "scores"))
+
+
+def test_other_bad_inputs_are_user_errors(tmp_path, capsys):
+    store = str(tmp_path / "store")
+    assert main(["nightly", TINY, "--night", "1999-01-01", "--store", store]) == 2  # no prompts for that night
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["nightly", TINY, "--night", "bad/night", "--store", store]) == 2
+    assert "night id" in capsys.readouterr().err
+    st = WeightsStore(store)  # a store of another mixture
+    st.write_version("x", {**artifact("x", [0.5, 0.5]), "policies": ["a", "b"]})
+    st.promote("x", expected=None)
+    assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store]) == 2
+    assert "a new mixture needs a new `nightly.store`" in capsys.readouterr().err
+
+
+def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_recomputing(tmp_path):
+    """The rerun finds the committed version (same inputs), moves `latest` and computes nothing (no Ray here)."""
+    store = str(tmp_path / "store")
+    config = load_config(TINY)
+    plan = plan_night(config, night=NIGHTS[0], store=store)
+    plan.store.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...then the crash
+    assert plan.store.latest() is None
+    result = run_night(config, night=NIGHTS[0], store=store, progress=False)
+    assert result.rerun and result.passed and result.exit_code == 0 and result.latest == NIGHTS[0]
+    # The same night with other inputs is refused: a version is never overwritten.
+    other = write_jsonl(tmp_path / "f.jsonl", [PAIR])
+    with pytest.raises(ValueError, match=r"changed: \['feedback'\].*--night 2025-06-01.2"):
+        run_night(config, night=NIGHTS[0], store=store, feedback=other, progress=False)
