@@ -22,6 +22,9 @@ _LAZY = {
     "score_sequences": "mpo_ray.scoring",
     "MixedPolicy": "mpo_ray.decoding",
     "Generation": "mpo_ray.decoding",
+    "evaluate_generations": "mpo_ray.evaluate",
+    "train_dpo": "mpo_ray.dpo",
+    "DPOConfig": "mpo_ray.dpo",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -90,6 +90,32 @@ def mean_scores(policy_texts: dict[str, list[str]], prompts: list[str]) -> dict[
             for name, texts in policy_texts.items()}
 
 
+def _self_samples(ref, prompts: list[str], config: TrainDemoConfig, cache: Path, quiet: bool):
+    """π_ref's own responses to the training prompts (the pairs' raw material), cached in `cache`
+    keyed by the sampling settings, so a rerun with other DPO settings skips the slowest part."""
+    from mpo_ray.decoding import Generation, MixedPolicy
+
+    key = {"prompts": prompts, "n": config.samples_per_prompt, "max_new_tokens": config.max_new_tokens,
+           "temperature": config.temperature, "seed": config.seed}
+    if cache.exists():
+        saved = json.loads(cache.read_text())
+        if saved["key"] == key:
+            _log(f"reusing π_ref's samples from {cache}", quiet)
+            return [[Generation(**g) for g in group] for group in saved["samples"]]
+    _log(f"sampling {config.samples_per_prompt} responses for each of {len(prompts)} training prompts from π_ref ...", quiet)
+    sampler, samples = MixedPolicy([ref], [1.0]), []
+    for i in range(0, len(prompts), 16):
+        chunk = prompts[i : i + 16]
+        samples += sampler.sample_candidates(
+            chunk, config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature, seed=[config.seed * 100_003 + j for j in range(i, i + len(chunk))],
+        )
+        _log(f"  {i + len(chunk)}/{len(prompts)} prompts", quiet)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps({"key": key, "samples": [[asdict(g) for g in group] for group in samples]}))
+    return samples
+
+
 def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDemoConfig | None = None,
                         *, quiet: bool = False) -> dict:
     """Sample, rank, DPO-train one adapter per objective, check each moved its objective; write `output`.
@@ -100,7 +126,7 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     from transformers import AutoModelForCausalLM
 
     from mpo_ray.decoding import MixedPolicy
-    from mpo_ray.policies import PolicySpec, load_policies, resolve_model
+    from mpo_ray.policies import PolicySpec, cache_dir, load_policies, resolve_model
 
     config = config or TrainDemoConfig()
     output = Path(output)
@@ -112,16 +138,8 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     train = demo_prompts("train")[: config.train_prompts]
     test = demo_prompts("eval")[: config.eval_prompts]
     (ref,) = load_policies([PolicySpec(name="ref", model="default")])
-    sampler = MixedPolicy([ref], [1.0])
     prompts = [r["prompt"] for r in train]
-    _log(f"sampling {config.samples_per_prompt} responses for each of {len(prompts)} training prompts from π_ref ...", quiet)
-    samples = []
-    for i in range(0, len(prompts), 16):
-        samples += sampler.sample_candidates(
-            prompts[i : i + 16], config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature, seed=[config.seed * 100_003 + j for j in range(i, i + len(prompts[i : i + 16]))],
-        )
-        _log(f"  {min(i + 16, len(prompts))}/{len(prompts)} prompts", quiet)
+    samples = _self_samples(ref, prompts, config, cache_dir() / "demo-self-samples.json", quiet)
     t_sampled = time.perf_counter()
     prompt_ids = ref.encode_prompts(prompts)
     summary = {"config": asdict(config), "base_model": BASE_MODEL_ID, "objectives": {}}

@@ -29,22 +29,25 @@ def _save(fig, uri: str) -> None:
 
 def plot_solver(uri: str, names: list[str], full, bsmd, bsmd_gaps: tuple[np.ndarray, np.ndarray]) -> None:
     """λ along BSMD (the paper's algorithm, averaged iterate) against the full solve's λ*, and the
-    certificate gap of both on the whole score table."""
+    certificate gap on the whole score table: BSMD's per step, the full solve's per iteration."""
     plt = _pyplot()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4))
     steps = np.arange(len(bsmd.history.weights))
     avg = np.cumsum(bsmd.history.weights, axis=0) / (steps[:, None] + 1)
     for k, name in enumerate(names):
-        (line,) = a.plot(steps, avg[:, k], label=f"{name} (BSMD average)")
+        (line,) = a.plot(steps, avg[:, k], label=name)
         a.axhline(full.weights[k], color=line.get_color(), ls="--", lw=1)
-    a.set(xlabel="BSMD step (one prompt per step)", ylabel="λ", title="Mixing weights (dashed: full-batch λ*)", ylim=(0, 1))
+    a.set(xlabel="BSMD step (one prompt per step)", ylabel="λ", ylim=(0, 1),
+          title="λ along mirror descent (dashed: full-batch λ*)")
     a.legend(fontsize=8)
-    it = np.arange(len(full.history.gap))
-    b.semilogy(it, np.maximum(full.history.gap, 1e-16), "o-", label="full-batch solve, per iteration")
     at, gaps = bsmd_gaps
-    b.semilogy(at * (it[-1] / max(at[-1], 1)), np.maximum(gaps, 1e-16), label="BSMD average (x: steps scaled)")
-    b.set(xlabel="full-batch iteration", ylabel="certificate gap (nats)", title="Optimality certificate")
-    b.legend(fontsize=8)
+    b.semilogy(at, np.maximum(gaps, 1e-16))
+    b.set(xlabel="BSMD step", ylabel="certificate gap (nats)", title="BSMD: gap of the averaged λ")
+    it = np.arange(len(full.history.gap))
+    c.semilogy(it, np.maximum(full.history.gap, 1e-16), "o-")
+    c.set(xlabel="iteration", ylabel="certificate gap (nats)", title="Full-batch solve: gap per iteration")
+    c.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
     _save(fig, uri)
     plt.close(fig)
 
@@ -67,7 +70,7 @@ def plot_objectives(uri: str, results: list[dict]) -> None:
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.set_xticks(x, [r["name"] for r in results])
     ax.set(ylabel="win rate vs π_ref", ylim=(0, 1), title="Each objective, per policy (higher is better)")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=len(objs) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     _save(fig, uri)
     plt.close(fig)
 
@@ -89,8 +92,9 @@ def plot_front(uri: str, sweep: dict) -> None:
         if p["name"] == "MPO":
             a.scatter([px], [py], marker="*", s=320, facecolor="none", edgecolor="red", lw=2, label="MPO", zorder=4)
         elif max(p["weights"]) == 1.0:
+            right = px > xy[:, 0].mean()
             a.annotate(sweep["policies"][int(np.argmax(p["weights"]))], (px, py), fontsize=8,
-                       xytext=(4, 4), textcoords="offset points")
+                       xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
     a.set(xlabel=f"{objs[0]} win rate vs π_ref", ylabel=f"{objs[1]} win rate vs π_ref", title="Trade-off front of the sweep")
     a.legend(fontsize=8)
     if k == 3:

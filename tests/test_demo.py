@@ -1,0 +1,100 @@
+"""`mpo-ray demo` and the shipped demo policies: clear errors fast, the whole demo end to end (slow)."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from mpo_ray.cli import main
+from mpo_ray.demo_policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
+from mpo_ray.schemas import GENERATION_SCHEMA, check_weights_artifact
+
+
+def test_the_shipped_adapters_and_corpus_are_there():
+    paths = adapter_paths()
+    for name, path in paths.items():
+        cfg = json.loads((path / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+        assert (path / "adapter_model.safetensors").stat().st_size < 5_000_000  # small enough to ship
+    training = json.loads((ADAPTER_DIR / "training.json").read_text())
+    assert all(training["moved_as_intended"][o] for o in OBJECTIVES), training["held_out_means"]
+    rows = demo_prompts()
+    assert len(rows) == 300 and len({r["prompt"] for r in rows}) == 300
+    assert {r["split"] for r in rows} == {"train", "reweight", "eval"}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--quick", "--nope"], "unrecognized arguments: --nope"),
+    (["demo", "--quick=yes"], "ignored explicit argument"),
+])
+def test_bad_flags_are_usage_errors(capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_output_locations_fail_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("mine")
+    assert main(["demo", "--quick", "--output", str(a_file)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["demo", "--quick", "--output", str(a_file / "sub")]) == 2
+    assert "not writable" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.md").write_text("keep me")
+    assert main(["demo", "--quick", "--output", str(theirs)]) == 2
+    assert "not an mpo-ray demo directory" in capsys.readouterr().err
+    assert (theirs / "notes.md").read_text() == "keep me" and a_file.read_text() == "mine"
+    empty = tmp_path / "no-adapters"
+    empty.mkdir()
+    assert main(["demo", "--quick", "--adapters", str(empty), "--output", str(tmp_path / "out")]) == 2
+    assert "train-demo-policies" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_rerun_starts_afresh_in_its_own_directory_only(tmp_path):
+    from mpo_ray.demo import MARKER, _prepare_output
+
+    out = tmp_path / "demo"
+    (out / "generations").mkdir(parents=True)
+    (out / MARKER).write_text("{}")
+    (out / "generations" / "old.parquet").write_text("x")
+    _prepare_output(str(out))
+    assert os.listdir(out) == []
+
+
+@pytest.mark.slow
+def test_quick_demo_end_to_end(tmp_path):
+    out = tmp_path / "mpo-demo"
+    assert main(["demo", "--quick", "--output", str(out)]) == 0
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["status"] == "done"
+
+    artifact = check_weights_artifact(json.loads((out / "reweight" / "weights.json").read_text()), "weights.json")
+    assert artifact["policies"] == list(OBJECTIVES) and abs(sum(artifact["weights"]) - 1) < 1e-9
+    scores = pq.read_table(out / "reweight" / "scores")
+    assert {f"logp_{p}" for p in OBJECTIVES} <= set(scores.column_names)
+    assert scores.num_rows == summary["size"]["reweight_prompts"] * summary["size"]["samples_per_prompt"]
+
+    eval_ids = [json.loads(line)["prompt_id"] for line in (out / "prompts" / "eval.jsonl").read_text().splitlines()]
+    mpo = pq.read_table(out / "generations" / "mpo", schema=GENERATION_SCHEMA)
+    assert sorted(mpo["prompt_id"].to_pylist()) == sorted(eval_ids)
+    assert set(mpo["weights_version"].to_pylist()) == {artifact["version"]}
+    for name in ["reference", *OBJECTIVES, "uniform"]:
+        t = pq.read_table(out / "generations" / "sweep" / f"{name}.parquet")
+        assert sorted(t["prompt_id"].to_pylist()) == sorted(eval_ids)
+
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    by_name = {p["name"]: p for p in evaluation["points"]}
+    singles = [by_name[n]["min_win_rate"] for n in OBJECTIVES]
+    # the point of MaxMin: the mixture's worst objective is no worse than the worst single policy's
+    assert by_name["MPO"]["min_win_rate"] >= min(singles)
+
+    report = (out / "report.md").read_text()
+    for needle in ("Mixing weights", "min win rate", "objectives.png", "solver.png", "front.png"):
+        assert needle in report
+    for png in ("solver.png", "objectives.png", "front.png"):
+        data = (out / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
