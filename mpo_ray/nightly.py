@@ -59,6 +59,7 @@ class NightResult:
     rerun: bool  # the night was already in the store: nothing was computed or written
     latest: str | None  # `latest` after this run
     artifact: dict
+    recovered: bool = False  # this run moved `latest` to a version an interrupted run had committed
 
     @property
     def exit_code(self) -> int:
@@ -67,7 +68,8 @@ class NightResult:
     def summary(self) -> str:
         gate = self.artifact["nightly"]["gate"]
         what = "promoted" if self.passed else f"kept {self.artifact['nightly']['previous']} (failed: {', '.join(gate['failed'])})"
-        again = " (already done: nothing changed)" if self.rerun else ""
+        again = " (already done: finished its interrupted promotion)" if self.recovered else (
+            " (already done: nothing changed)" if self.rerun else "")
         return f"night {self.night}: {what}{again}; latest = {self.latest}"
 
 
@@ -167,8 +169,9 @@ def _replay(plan: NightPlan, artifact: dict) -> NightResult:
         raise ValueError(f"night {plan.night} is already in {plan.store.uri} as version {plan.night}, made from other "
                          f"inputs (changed: {changed}); versions are never overwritten. Run it under another night id, "
                          f"e.g. --night {plan.night}.2.")
-    plan.store.recover(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s)
-    return NightResult(plan.night, bool(artifact["nightly"]["gate"]["passed"]), True, plan.store.latest_version(), artifact)
+    recovered = plan.store.recover(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s)
+    return NightResult(plan.night, bool(artifact["nightly"]["gate"]["passed"]), True, plan.store.latest_version(), artifact,
+                       recovered=recovered == plan.night)
 
 
 def _score(plan: NightPlan, timings: Timings, progress: bool):

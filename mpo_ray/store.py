@@ -162,14 +162,17 @@ class WeightsStore:
             if held is not None and held.get("token") == token:
                 fs.rm(path)
 
-    @staticmethod
-    def _create(fs, path: str, body: bytes) -> bool:
+    def _create(self, fs, path: str, body: bytes) -> bool:
+        """Exclusive create: local files, memory://, and object stores with conditional writes (s3fs >= 2025.7, gcsfs, adlfs)."""
         try:
             with fs.open(path, "xb") as f:
                 f.write(body)
             return True
         except FileExistsError:
             return False
+        except (ValueError, NotImplementedError) as exc:
+            raise ValueError(f"weights store {self.uri!r}: its filesystem ({type(fs).__name__}) cannot create a file exclusively "
+                             f"({exc}), which the store's lock needs; upgrade its fsspec driver or put the store elsewhere.") from None
 
     @staticmethod
     def _read_lock(fs, path: str) -> dict | None:

@@ -286,8 +286,132 @@ def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_reco
     plan.store.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...then the crash
     assert plan.store.latest() is None
     result = run_night(config, night=NIGHTS[0], store=store, progress=False)
-    assert result.rerun and result.passed and result.exit_code == 0 and result.latest == NIGHTS[0]
+    assert result.rerun and result.recovered and result.passed and result.exit_code == 0 and result.latest == NIGHTS[0]
+    assert "finished its interrupted promotion" in result.summary()
+    again = run_night(config, night=NIGHTS[0], store=store, progress=False)
+    assert again.rerun and not again.recovered and "nothing changed" in again.summary()
     # The same night with other inputs is refused: a version is never overwritten.
     other = write_jsonl(tmp_path / "f.jsonl", [PAIR])
     with pytest.raises(ValueError, match=r"changed: \['feedback'\].*--night 2025-06-01.2"):
         run_night(config, night=NIGHTS[0], store=store, feedback=other, progress=False)
+
+
+# --------------------------------------------------------------------------- #
+# Slow: three nights on local Ray with tiny models
+# --------------------------------------------------------------------------- #
+
+
+def store_snapshot(uri: str) -> dict:
+    fs, path = storage.filesystem(uri)
+    return {p: fs.cat(p) for p in sorted(fs.find(path))}
+
+
+@pytest.fixture(scope="module")
+def three_nights(tmp_path_factory):
+    """Nights 1 and 2 through the CLI; night 3 crashes between its version and `latest`, then runs again; then reruns."""
+    import ray
+
+    raw = yaml.safe_load(open(TINY))
+    for key in ("reweight", "generate"):
+        raw.pop(key)
+    raw["rewards"] = []  # fewer actors to start each night; the reward columns are reweight's tests' business
+    store = f"memory://nightly-e2e-{uuid.uuid4().hex[:8]}/store"
+    raw["nightly"].update(prompts=os.path.join(DATA, "{night}", "prompts.jsonl"),
+                          feedback=os.path.join(DATA, "{night}", "feedback.jsonl"), store=store)
+    cfg = str(tmp_path_factory.mktemp("nightly") / "tiny-nightly.yaml")
+    with open(cfg, "w") as f:
+        yaml.safe_dump(raw, f)
+    st, log = WeightsStore(store), {}
+
+    def night(name):
+        t0 = time.perf_counter()
+        code = main(["nightly", cfg, "--night", name, "--quiet"])
+        return {"code": code, "seconds": round(time.perf_counter() - t0, 1), "latest": st.latest_version(), "versions": st.versions()}
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        log[NIGHTS[0]] = night(NIGHTS[0])
+        log[NIGHTS[1]] = night(NIGHTS[1])
+        t0 = time.perf_counter()
+        with pytest.MonkeyPatch.context() as mp:  # night 3 passes its gate, writes its version, and dies
+            mp.setattr(WeightsStore, "promote", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed before moving latest")))
+            with pytest.raises(RuntimeError, match="killed before moving latest"):
+                main(["nightly", cfg, "--night", NIGHTS[2], "--quiet"])
+        log["crash"] = {"latest": st.latest_version(), "versions": st.versions(), "weights": resolve_weights_file(store),
+                        "lock": storage.exists(storage.join(store, "latest.lock")), "seconds": round(time.perf_counter() - t0, 1)}
+        log[NIGHTS[2]] = night(NIGHTS[2])
+        before = store_snapshot(store)
+        log["reruns"] = {n: night(n) for n in NIGHTS}
+        log["unchanged"] = store_snapshot(store) == before
+        yield st, log
+    finally:
+        ray.shutdown()
+        fs, path = storage.filesystem(store)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+@pytest.mark.slow
+def test_versions_accumulate_and_latest_moves_only_on_passing_nights(three_nights):
+    st, log = three_nights
+    n1, n2, n3 = NIGHTS
+    assert log[n1] | {"seconds": 0} == {"code": 0, "seconds": 0, "latest": n1, "versions": [n1]}
+    assert log[n2]["code"] == 3 and log[n2]["latest"] == n1 and log[n2]["versions"] == [n1, n2]  # the spike: kept
+    a2 = st.read_version(n2)
+    assert a2["nightly"]["gate"]["failed"] == ["drift"] and a2["nightly"]["previous"] == n1
+    report = storage.read_text(st.version_uri(n2, "report.md"))
+    assert "**not promoted**: `latest` stays 2025-06-01 (failed: drift)" in report and "| drift | **NO** |" in report
+    assert log[n3]["code"] == 0 and log[n3]["latest"] == n3 and st.versions() == NIGHTS
+    assert st.latest()["history"] == [n1, n3]
+    for n in NIGHTS:  # every version is a complete weights artifact with its report and the feedback it was judged on
+        a = st.read_version(n)
+        assert a["version"] == n and a["policies"] == NAMES and abs(sum(a["weights"]) - 1) < 1e-9
+        assert a["certificate"]["gap_nats"] <= 1e-9 and storage.exists(st.version_uri(n, "feedback.parquet"))
+        ev = a["nightly"]["feedback"]
+        assert ev["pairs"] == {"concise": 10, "detailed": 10, "upbeat": 10} and set(ev["single"]) == set(NAMES)
+        assert ev["mixed"]["min"] == min(ev["mixed"][g] for g in ev["pairs"])
+
+
+@pytest.mark.slow
+def test_warm_starts_take_fewer_solver_iterations_than_cold_starts(three_nights):
+    st, _ = three_nights
+    rows = {n: st.read_version(n)["nightly"] for n in NIGHTS}
+    print("\nnight       warm from   iterations warm/cold   initial gap warm/cold   drift")
+    for n, r in rows.items():
+        w = r["warm_start"]
+        drift = next(c["value"] for c in r["gate"]["checks"] if c["check"] == "drift")
+        print(f"{n}  {str(w['from']):10s}  {w['iterations']:>4d} / {w['cold_iterations']:<4d}          "
+              f"{w['initial_gap']:.3g} / {w['cold_initial_gap']:.3g}        {drift if drift is None else round(drift, 3)}")
+    assert rows[NIGHTS[0]]["warm_start"]["from"] is None
+    assert rows[NIGHTS[1]]["warm_start"]["from"] == rows[NIGHTS[2]]["warm_start"]["from"] == NIGHTS[0]  # not the kept night
+    for n in NIGHTS[1:]:
+        w = rows[n]["warm_start"]
+        assert w["initial_gap"] < w["cold_initial_gap"] and w["iterations"] <= w["cold_iterations"]
+    w3 = rows[NIGHTS[2]]["warm_start"]  # an ordinary night after an ordinary night: the optimum barely moved
+    assert w3["iterations"] < w3["cold_iterations"]
+
+
+@pytest.mark.slow
+def test_only_new_prompts_are_scored(three_nights):
+    st, _ = three_nights
+    tables = {n: st.read_version(n)["score_table"] for n in NIGHTS}
+    assert [(t["reused_prompts"], t["scored_prompts"]) for t in tables.values()] == [(0, 48), (12, 18), (49, 7)]
+    assert len({t["uri"] for t in tables.values()}) == 1 and all(t["rows"] == 4 * t["prompts"] for t in tables.values())
+
+
+@pytest.mark.slow
+def test_a_crash_between_version_and_latest_leaves_the_store_consistent(three_nights):
+    _, log = three_nights
+    crash = log["crash"]
+    assert crash["latest"] == NIGHTS[0] and crash["weights"].endswith(f"versions/{NIGHTS[0]}/weights.json")
+    assert crash["versions"] == NIGHTS and not crash["lock"]  # the version is complete; readers still get night 1
+    assert log[NIGHTS[2]]["code"] == 0 and log[NIGHTS[2]]["latest"] == NIGHTS[2]  # the next run completed it
+
+
+@pytest.mark.slow
+def test_reruns_are_no_ops(three_nights):
+    _, log = three_nights
+    assert {n: r["code"] for n, r in log["reruns"].items()} == dict(zip(NIGHTS, [0, 3, 0]))
+    assert log["unchanged"] and all(r["latest"] == NIGHTS[2] and r["versions"] == NIGHTS for r in log["reruns"].values())
+    print("\nseconds per night:", {n: log[n]["seconds"] for n in NIGHTS[:2]}, f"{NIGHTS[2]}: {log['crash']['seconds']} "
+          f"(crashed) + {log[NIGHTS[2]]['seconds']} (completed)", "reruns:", {n: r["seconds"] for n, r in log["reruns"].items()})
