@@ -146,13 +146,15 @@ class WeightsStore:
                            "acquired_at": _now().isoformat(), "acquired_unix": time.time()}).encode()
         if not self._create(fs, path, body):
             held = self._read_lock(fs, path)
-            age = time.time() - float(held.get("acquired_unix", 0)) if held else None
-            if held is not None and age < timeout_s:
-                raise StoreConflict(f"{self.uri} is locked by {held.get('owner')!r} (host {held.get('host')}, pid "
-                                    f"{held.get('pid')}) since {held.get('acquired_at')}; retry later. A lock older than "
-                                    f"{timeout_s:.0f}s is taken for a crashed run's and broken; if none is running, delete {uri}.")
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(path)  # stale (or vanished meanwhile): break it and try once more
+            if held is not None:  # (None: released meanwhile; try once more)
+                age = self._age(fs, path, held)
+                if age is None or age < timeout_s:
+                    raise StoreConflict(f"{self.uri} is locked by {held.get('owner')!r} (host {held.get('host')}, pid "
+                                        f"{held.get('pid')}) since {held.get('acquired_at')}; retry later. A lock older than "
+                                        f"{timeout_s:.0f}s is taken for a crashed run's and broken; if none is running, delete {uri}.")
+                if self._read_lock(fs, path) == held:  # still the stale one, not a lock someone just took
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.rm(path)
             if not self._create(fs, path, body):
                 raise StoreConflict(f"{self.uri}: another run took the lock at the same moment; retry later.")
         try:
@@ -176,19 +178,34 @@ class WeightsStore:
 
     @staticmethod
     def _read_lock(fs, path: str) -> dict | None:
+        """The lock's body; {} while its creator is still writing it (or a crash cut it); None once released."""
         try:
             with fs.open(path, "rb") as f:
-                return json.loads(f.read() or b"{}")
+                return json.loads(f.read())
         except FileNotFoundError:
             return None
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return {}  # a lock half-written by a crash: as old as can be
+            return {}
+
+    @staticmethod
+    def _age(fs, path: str, held: dict) -> float | None:
+        """Seconds since the lock was taken: its own timestamp, else the file's; None when neither is known (not stale)."""
+        if "acquired_unix" in held:
+            return time.time() - float(held["acquired_unix"])
+        try:
+            modified = fs.modified(path)
+        except (FileNotFoundError, NotImplementedError, OSError):
+            return None
+        if modified.tzinfo is None:  # object stores report UTC; some drivers leave it implicit
+            modified = modified.replace(tzinfo=datetime.timezone.utc)
+        return (_now() - modified).total_seconds()
 
 
 def resolve_weights_file(uri: str) -> str:
     """The weights.json a URI means: a store (→ its `latest`), a version or run directory, or the file itself."""
-    if uri.rstrip("/").endswith(".json"):
-        return uri
+    fs, path = storage.filesystem(uri)
+    if not fs.isdir(path):
+        return uri  # a file, or nothing: the caller reads it and says what is wrong
     pointer_uri = storage.join(uri, LATEST)
     if storage.exists(pointer_uri):
         return storage.join(uri, storage.read_json(pointer_uri)["weights"])

@@ -105,6 +105,35 @@ def test_lock_is_exclusive_and_a_stale_one_is_broken(store_uri):
     with st.lock(owner="night C", timeout_s=60):
         assert json.loads(storage.read_text(lock))["owner"] == "night C"
     assert not storage.exists(lock)
+    # A lock whose body is not written yet (its creator is mid-write) is fresh by its file time, never stale.
+    storage.write_text(lock, "")
+    with pytest.raises(StoreConflict, match="locked by None"):
+        with st.lock(owner="night D", timeout_s=60):
+            pass
+    if "://" not in store_uri:  # ...unless the file is old: a crash cut it
+        os.utime(lock, (time.time() - 120, time.time() - 120))
+        with st.lock(owner="night D", timeout_s=60):
+            pass
+
+
+def test_concurrent_lockers_one_wins(store_uri):
+    import threading
+
+    st, barrier, outcomes = WeightsStore(store_uri), threading.Barrier(6), []
+
+    def contend(i):
+        barrier.wait()
+        try:
+            with st.lock(owner=f"run {i}", timeout_s=600):
+                time.sleep(1.0)
+            outcomes.append("won")
+        except StoreConflict:
+            outcomes.append("refused")
+
+    threads = [threading.Thread(target=contend, args=(i,)) for i in range(6)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(outcomes) == ["refused"] * 5 + ["won"]
 
 
 def test_crash_between_version_and_latest_is_completed_by_the_next_run(store_uri):
@@ -294,6 +323,59 @@ def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_reco
     other = write_jsonl(tmp_path / "f.jsonl", [PAIR])
     with pytest.raises(ValueError, match=r"changed: \['feedback'\].*--night 2025-06-01.2"):
         run_night(config, night=NIGHTS[0], store=store, feedback=other, progress=False)
+
+
+def stub_scoring(monkeypatch, during=None):
+    """Replace sampling and scoring (the Ray part) by random numbers; ``during(plan)`` runs mid-night."""
+    import mpo_ray.nightly as nightly
+
+    def score(plan, timings, progress):
+        if during:
+            during(plan)
+        rng = np.random.default_rng(len(plan.table.ids))
+        n, m = len(plan.table.ids), 4
+        columns = {"prompt_id": np.repeat(plan.table.ids, m), "sample_idx": np.tile(np.arange(m, dtype=np.int32), n),
+                   "prompt": np.repeat(plan.table.prompts, m), "response": ["r"] * (n * m), "response_token_ids": [[1]] * (n * m),
+                   "sampler": ["ref"] * (n * m), "logp_ref": np.full(n * m, -5.0), "logp_proposal": np.full(n * m, -5.0)}
+        for name in plan.table.schema.names[len(columns):]:
+            columns[name] = -5.0 + 0.3 * rng.normal(size=n * m)
+        margins = rng.normal(size=(len(plan.feedback), len(NAMES))) if plan.feedback else None
+        return (pa.table(columns, schema=plan.table.schema), {"reused": 0, "scored": n},
+                None if margins is None else {"margins": margins}, {})
+
+    monkeypatch.setattr(nightly, "_score", score)
+
+
+def test_a_night_whose_latest_moves_meanwhile_writes_nothing_and_exits_4(tmp_path, monkeypatch, capsys):
+    store = str(tmp_path / "store")
+    st = WeightsStore(store)
+
+    def concurrent_night(plan):  # another night commits and promotes while this one scores
+        st.write_version("2025-05-31", artifact("2025-05-31", [0.4, 0.3, 0.3]))
+        st.promote("2025-05-31", expected=None)
+
+    stub_scoring(monkeypatch, during=concurrent_night)
+    assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store, "--quiet"]) == 4
+    assert "`latest` moved from None to '2025-05-31'" in capsys.readouterr().err
+    assert st.versions() == ["2025-05-31"] and st.latest_version() == "2025-05-31"
+    stub_scoring(monkeypatch)  # the retry gates against the new `latest`
+    assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store, "--quiet"]) in (0, 3)
+    assert st.read_version(NIGHTS[0])["nightly"]["previous"] == "2025-05-31"
+
+
+def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
+    store = str(tmp_path / "store")
+    st = WeightsStore(store)
+
+    def the_other_run_commits_first(plan):  # both started on an empty store; the other one reaches the lock first
+        st.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))
+        st.promote(NIGHTS[0], expected=None)
+
+    stub_scoring(monkeypatch, during=the_other_run_commits_first)
+    result = run_night(load_config(TINY), night=NIGHTS[0], store=store, progress=False)
+    committed = st.read_version(NIGHTS[0])
+    assert result.rerun and result.passed and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
+    assert st.versions() == [NIGHTS[0]] and st.latest()["history"] == [NIGHTS[0]]
 
 
 # --------------------------------------------------------------------------- #
