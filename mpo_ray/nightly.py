@@ -150,14 +150,15 @@ def run_night(config: Config, *, night: str | None = None, prompts: str | None =
     passed = artifact["nightly"]["gate"]["passed"]
     with st.lock(owner=owner, timeout_s=nc.lock_timeout_s):
         done = st.read_version(plan.night)
-        if done is not None:  # a concurrent run of this night committed first
-            return _replay(plan, done)
-        if st.latest_version() != base:
-            raise StoreConflict(f"{st.uri}: `latest` moved from {base!r} to {st.latest_version()!r} while night "
-                                f"{plan.night} ran; nothing was written. Rerun to gate against the new `latest`.")
-        st.write_version(plan.night, artifact, files)
-        if passed:
-            st.promote(plan.night, expected=base)
+        if done is None:
+            if st.latest_version() != base:
+                raise StoreConflict(f"{st.uri}: `latest` moved from {base!r} to {st.latest_version()!r} while night "
+                                    f"{plan.night} ran; nothing was written. Rerun to gate against the new `latest`.")
+            st.write_version(plan.night, artifact, files)
+            if passed:
+                st.promote(plan.night, expected=base)
+    if done is not None:  # a concurrent run of this night committed first: its outcome stands (replayed outside the lock)
+        return _replay(plan, done)
     return NightResult(plan.night, passed, False, st.latest_version(), artifact)
 
 
@@ -169,7 +170,7 @@ def _replay(plan: NightPlan, artifact: dict) -> NightResult:
         raise ValueError(f"night {plan.night} is already in {plan.store.uri} as version {plan.night}, made from other "
                          f"inputs (changed: {changed}); versions are never overwritten. Run it under another night id, "
                          f"e.g. --night {plan.night}.2.")
-    recovered = plan.store.recover(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s)
+    recovered = plan.store.recover(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s, version=plan.night)
     return NightResult(plan.night, bool(artifact["nightly"]["gate"]["passed"]), True, plan.store.latest_version(), artifact,
                        recovered=recovered == plan.night)
 

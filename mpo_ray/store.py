@@ -115,22 +115,30 @@ class WeightsStore:
         storage.write_json(storage.join(self.uri, LATEST), pointer)  # temp + rename: readers see old or new
         return pointer
 
-    def pending(self) -> str | None:
-        """A committed version a crashed run meant to promote: passed, gated against today's `latest`, never latest."""
+    def pending(self, version: str | None = None) -> str | None:
+        """A committed version a crashed run meant to promote: passed, gated against today's `latest`, never latest.
+
+        Only ``version`` is checked when given; otherwise versions newest first,
+        down to the first that was ever `latest` (a pending one is newer).
+        """
         pointer = self.latest()
         now, history = (pointer["version"], set(pointer.get("history", []))) if pointer else (None, set())
-        for version in reversed(self.versions()):
-            night = (self.read_version(version) or {}).get("nightly", {})
-            if version not in history and night.get("gate", {}).get("passed") and night.get("previous") == now:
-                return version
+        for candidate in [version] if version else reversed(self.versions()):
+            if candidate in history:
+                if version is None:
+                    break
+                continue
+            night = (self.read_version(candidate) or {}).get("nightly", {})
+            if night.get("gate", {}).get("passed") and night.get("previous") == now:
+                return candidate
         return None
 
-    def recover(self, *, owner: str, timeout_s: float) -> str | None:
-        """Finish a promotion a crash interrupted; returns the version promoted, if any."""
-        if self.pending() is None:
+    def recover(self, *, owner: str, timeout_s: float, version: str | None = None) -> str | None:
+        """Finish a promotion a crash interrupted (of ``version`` only, when given); returns the version promoted, if any."""
+        if self.pending(version) is None:
             return None
         with self.lock(owner=owner, timeout_s=timeout_s):
-            version = self.pending()  # again, under the lock
+            version = self.pending(version)  # again, under the lock
             if version is not None:
                 self.promote(version, expected=self.latest_version(), reason="recovered after an interrupted run")
             return version

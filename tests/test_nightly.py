@@ -160,7 +160,10 @@ def test_recovery_never_repromotes_a_version_that_was_latest_before(store_uri):
     st.write_version("b", artifact("b", [0.4, 0.4, 0.2], previous="a"))
     st.promote("b", expected="a")
     st.promote("a", expected="b", reason="rolled back by hand")  # `a` again; `b` was gated against `a`...
-    assert st.pending() is None  # ...but it was latest once: not a crashed promotion
+    assert st.pending() is None and st.pending("b") is None  # ...but it was latest once: not a crashed promotion
+    # A backfilled night (its id sorts before `latest`) that crashed before promoting: its own rerun finishes it.
+    st.write_version("0-backfill", artifact("0-backfill", [0.3, 0.3, 0.4], previous="a"))
+    assert st.pending() is None and st.pending("0-backfill") == "0-backfill"
 
 
 def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
@@ -367,14 +370,13 @@ def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
     store = str(tmp_path / "store")
     st = WeightsStore(store)
 
-    def the_other_run_commits_first(plan):  # both started on an empty store; the other one reaches the lock first
-        st.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))
-        st.promote(NIGHTS[0], expected=None)
+    def the_other_run_commits_first(plan):  # both started on an empty store; the other reached the lock first...
+        st.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...and died before `latest`
 
     stub_scoring(monkeypatch, during=the_other_run_commits_first)
     result = run_night(load_config(TINY), night=NIGHTS[0], store=store, progress=False)
     committed = st.read_version(NIGHTS[0])
-    assert result.rerun and result.passed and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
+    assert result.rerun and result.recovered and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
     assert st.versions() == [NIGHTS[0]] and st.latest()["history"] == [NIGHTS[0]]
 
 
