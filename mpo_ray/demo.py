@@ -14,6 +14,7 @@ The demo runs the real workflows in order:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -105,7 +106,7 @@ def _solver_paths(config, out: str):
     kw = dict(mask=a["mask"], log_importance=a["log_importance"])
     full = solve_weights(a["log_ratios"], **kw)
     n = a["mask"].shape[0]
-    bsmd = solve_weights(a["log_ratios"], method="bsmd", steps=20 * n, batch_prompts=1, seed=0, **kw)
+    bsmd = solve_weights(a["log_ratios"], method="bsmd", steps=50 * n, batch_prompts=1, seed=0, **kw)
     avg = np.cumsum(bsmd.history.weights, axis=0) / np.arange(1, len(bsmd.history.weights) + 1)[:, None]
     at = np.unique(np.linspace(0, len(avg) - 1, 40).astype(int))
     gaps = np.array([evaluate_weights(a["log_ratios"], avg[t], **kw).gap for t in at])
@@ -130,22 +131,24 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     _write_prompts(out, size)
     t0, times = time.perf_counter(), {}
 
-    def step(i: int, what: str):
-        times[what] = time.perf_counter()
+    def step(i: int, key: str, what: str):
+        times[key] = time.perf_counter()
         print(f"\n[{i}/5] {what}", flush=True)
 
     owns_ray = not ray.is_initialized()
     if owns_ray:
         ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        step(1, "reweight: sample from π_ref, score with every policy, solve for λ")
-        artifact = reweight(config, progress=progress)
+        step(1, "reweight", "reweight: sample from π_ref, score with every policy, solve for λ")
+        # implicit DPO rewards drive the solver; the programmatic rewards are for evaluation only,
+        # so reweighting skips their actors (three fewer processes to start on a small machine)
+        artifact = reweight(dataclasses.replace(config, rewards=[]), progress=progress)
         lam = dict(zip(config.policy_names, artifact["weights"]))
 
-        step(2, "generate with the MPO weights (Ray Data → Parquet)")
+        step(2, "generate MPO", "generate with the MPO weights (Ray Data → Parquet)")
         generate(config, weights=os.path.join(out, "reweight", "weights.json"), progress=progress)
 
-        step(3, "generate with π_ref, each single policy, the uniform mix and a weight grid")
+        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix and a weight grid")
         k = len(config.policy_names)
         points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
         points["uniform"] = [1 / k] * k
@@ -158,7 +161,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
         if owns_ray:
             ray.shutdown()
 
-    step(4, "evaluate every generation set against π_ref's")
+    step(4, "evaluate", "evaluate every generation set against π_ref's")
     objectives = objectives_from_config(config)
     reference = os.path.join(out, "generations", "sweep", f"{REFERENCE}.parquet")
     mpo = evaluate_generations(os.path.join(out, "generations", "mpo"), objectives, reference=reference, name="MPO")
@@ -168,20 +171,20 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     sweep["points"].append(mpo)
     storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
 
-    step(5, "report and plots")
+    step(5, "report", "report and plots")
     full, bsmd, gaps = _solver_paths(config, out)
     plot_solver(os.path.join(out, "solver.png"), config.policy_names, full, bsmd, gaps)
     plot_objectives(os.path.join(out, "objectives.png"), shown)
     plot_front(os.path.join(out, "front.png"), sweep)
     times["end"] = time.perf_counter()
     marks = list(times.items())
-    seconds = {what.split(":")[0].split(" ")[0]: round(marks[i + 1][1] - t, 1) for i, (what, t) in enumerate(marks[:-1])}
+    seconds = {key: round(marks[i + 1][1] - t, 1) for i, (key, t) in enumerate(marks[:-1])}
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = {"size": asdict(size), "generation": GENERATION, "weights": lam, "artifact_version": artifact["version"],
                "certificate_gap": artifact["certificate"]["gap_nats"], "median_ess": artifact["ess"]["median"],
                "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
                "seconds": seconds, "status": "done"}
-    report = demo_report(config, artifact, shown, summary)
+    report = demo_report(config, artifact, shown, summary, _examples(out, config.policy_names))
     storage.write_text(os.path.join(out, "report.md"), report)
     storage.write_json(os.path.join(out, MARKER), summary)
     print("\n" + report)
@@ -190,7 +193,23 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     return summary
 
 
-def demo_report(config, artifact: dict, shown: list[dict], summary: dict) -> str:
+def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
+    """The first n eval prompts as answered by π_ref, each single policy, and MPO."""
+    import pyarrow as pa
+
+    sources = {"π_ref": os.path.join(out, "generations", "sweep", "reference.parquet")}
+    sources.update({name: os.path.join(out, "generations", "sweep", f"{name}.parquet") for name in names})
+    texts = {}
+    for who, uri in sources.items():
+        t = storage.read_parquet(uri)
+        texts[who] = dict(zip(t["prompt_id"].to_pylist(), t["response"].to_pylist()))
+    mpo = pa.concat_tables(storage.read_parquet(f) for f in storage.list_files(os.path.join(out, "generations", "mpo")))
+    texts["MPO"] = dict(zip(mpo["prompt_id"].to_pylist(), mpo["response"].to_pylist()))
+    rows = [json.loads(line) for line in storage.read_text(os.path.join(out, "prompts", "eval.jsonl")).splitlines()][:n]
+    return [{"prompt": r["prompt"], "answers": {who: t.get(r["prompt_id"], "") for who, t in texts.items()}} for r in rows]
+
+
+def demo_report(config, artifact: dict, shown: list[dict], summary: dict, examples: list[dict] = ()) -> str:
     """report.md: what ran, λ and its certificate, the objectives per policy, examples, plots, times."""
     from mpo_ray.evaluate import format_evaluations
 
@@ -237,6 +256,11 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict) -> str
         "",
         "![objectives](objectives.png)",
         "",
+        "## Examples",
+        "",
+        *[line for ex in examples for line in (
+            f"**{ex['prompt']}**", "",
+            *[f"- *{who}*: {' '.join(text.split()) or '(empty)'}" for who, text in ex["answers"].items()], "")],
         "## The solver",
         "",
         "![solver](solver.png)",

@@ -21,7 +21,7 @@ from mpo_ray.scoring import pad_left, position_ids
 @dataclass
 class DPOConfig:
     beta: float = 0.1
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     epochs: int = 3
     batch_pairs: int = 8
     lora_rank: int = 8

@@ -32,7 +32,7 @@ from mpo_ray.actors import gather_arrays
 from mpo_ray.config import NIGHT_ID, Config, GateConfig, ReweightConfig
 from mpo_ray.feedback import Feedback, agreement, read_feedback
 from mpo_ray.reweight import (
-    Plan, Timings, _ensure_ray, _log, _sample_batch, _score_batch, model_identity, plan_run,
+    Plan, Timings, ensure_ray, log, sample_batch, score_batch, model_identity, plan_run,
     reward_columns_by_objective, score_arrays, solve_table, start_groups,
 )
 from mpo_ray.schemas import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION
@@ -123,7 +123,7 @@ def run_night(config: Config, *, night: str | None = None, prompts: str | None =
         return _replay(plan, done)
     recovered = st.recover(owner=owner, timeout_s=nc.lock_timeout_s)
     if recovered:
-        _log(progress, f"nightly: finished promoting {recovered}, which an interrupted run had written")
+        log(progress, f"nightly: finished promoting {recovered}, which an interrupted run had written")
     pointer = st.latest()
     base = pointer["version"] if pointer else None
     old = None
@@ -184,11 +184,11 @@ def _score(plan: NightPlan, timings: Timings, progress: bool):
     timings.io += time.perf_counter() - t0
     todo = [(i, p) for i, p in zip(plan.table.ids, plan.table.prompts) if i not in hits]
     counts = {"reused": len(hits), "scored": len(todo)}
-    _log(progress, f"nightly {night}: {len(plan.table.ids)} prompts ({len(hits)} already scored, {len(todo)} new), "
+    log(progress, f"nightly {night}: {len(plan.table.ids)} prompts ({len(hits)} already scored, {len(todo)} new), "
                    f"{len(plan.feedback) if plan.feedback else 0} feedback pairs")
     parts, fb_scores, placement = ([cached] if cached is not None else []), None, {}
     if todo or plan.feedback is not None:
-        owns_ray, groups, rewards = _ensure_ray(), {}, {}
+        owns_ray, groups, rewards = ensure_ray(), {}, {}
         try:
             t0 = time.perf_counter()
             groups, rewards = start_groups(config if todo else dataclasses.replace(config, rewards=[]))  # feedback needs no rewards
@@ -197,8 +197,8 @@ def _score(plan: NightPlan, timings: Timings, progress: bool):
             step = config.reweight.batch_prompts
             for b, start in enumerate(range(0, len(todo), step)):
                 ids, prompts = map(list, zip(*todo[start : start + step]))
-                rows, sample_counts = _sample_batch(config, groups, ids, prompts, timings)
-                table = _score_batch(config, plan.table, groups, rewards, rows, sample_counts, timings)
+                rows, sample_counts = sample_batch(config, groups, ids, prompts, timings)
+                table = score_batch(config, plan.table, groups, rewards, rows, sample_counts, timings)
                 t0 = time.perf_counter()
                 digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:12]
                 cache.add(f"part-{night}-{b:05d}-{digest}.parquet", table.replace_schema_metadata({"mpo_ray": json.dumps(

@@ -96,7 +96,7 @@ def plot_front(uri: str, sweep: dict) -> None:
             a.annotate(sweep["policies"][int(np.argmax(p["weights"]))], (px, py), fontsize=8,
                        xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
     a.set(xlabel=f"{objs[0]} win rate vs π_ref", ylabel=f"{objs[1]} win rate vs π_ref", title="Trade-off front of the sweep")
-    a.legend(fontsize=8)
+    a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     if k == 3:
         b = axes[0, 1]
         corners = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, np.sqrt(3) / 2]])

@@ -146,7 +146,7 @@ def plan_run(config: Config, output: str) -> Plan:
 # --------------------------------------------------------------------------- #
 
 
-def _sample_batch(config: Config, groups: dict, ids: list[str], prompts: list[str], timings: Timings) -> dict:
+def sample_batch(config: Config, groups: dict, ids: list[str], prompts: list[str], timings: Timings) -> dict:
     rw = config.reweight
     s = rw.sampling
     params = {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_k": s.top_k, "top_p": s.top_p}
@@ -177,7 +177,7 @@ def _sample_batch(config: Config, groups: dict, ids: list[str], prompts: list[st
     return rows, counts
 
 
-def _score_batch(config: Config, plan: Plan, groups: dict, rewards: dict, rows: dict, counts: list[int], timings: Timings) -> pa.Table:
+def score_batch(config: Config, plan: Plan, groups: dict, rewards: dict, rows: dict, counts: list[int], timings: Timings) -> pa.Table:
     t0 = time.perf_counter()
     model_names = [config.reference.name, *config.policy_names]
     model_refs = {n: groups[n].submit("score", rows["prompt"], rows["response_token_ids"]) for n in model_names}
@@ -263,7 +263,7 @@ def reward_columns_by_objective(config: Config) -> list[str]:
 # --------------------------------------------------------------------------- #
 
 
-def _ensure_ray() -> bool:
+def ensure_ray() -> bool:
     """Connect to the cluster this job runs on (or start a local one); True when we started it."""
     if ray.is_initialized():
         return False
@@ -295,10 +295,10 @@ def reweight(config: Config, *, output: str | None = None, progress: bool = True
     scores_dir = storage.join(output, "scores")
     done = {u.rsplit("/", 1)[-1] for u in storage.list_files(scores_dir)}
     todo = [b for b in plan.batches if b[0] not in done]
-    _log(progress, f"reweight: {len(plan.ids)} prompts × {rw.sampling.samples_per_prompt} samples, K={len(config.policies)} "
+    log(progress, f"reweight: {len(plan.ids)} prompts × {rw.sampling.samples_per_prompt} samples, K={len(config.policies)} "
                    f"policies, {len(plan.batches)} batches ({len(plan.batches) - len(todo)} already in {scores_dir})")
 
-    owns_ray = _ensure_ray() if todo else False
+    owns_ray = ensure_ray() if todo else False
     groups, rewards = {}, {}
     stream = StreamingBSMD(len(config.policies), total_steps=len(plan.ids), step_size=rw.solver.step_size)
     tables = []
@@ -320,8 +320,8 @@ def reweight(config: Config, *, output: str | None = None, progress: bool = True
                 table = storage.read_parquet(uri)
                 timings.io += time.perf_counter() - t0
             else:
-                rows, counts = _sample_batch(config, groups, plan.ids[start:stop], plan.prompts[start:stop], timings)
-                table = _score_batch(config, plan, groups, rewards, rows, counts, timings)
+                rows, counts = sample_batch(config, groups, plan.ids[start:stop], plan.prompts[start:stop], timings)
+                table = score_batch(config, plan, groups, rewards, rows, counts, timings)
                 t0 = time.perf_counter()
                 storage.write_parquet(uri, table.replace_schema_metadata({"mpo_ray": json.dumps(
                     {"fingerprint": plan.fingerprint, "version": __version__, "batch": name})}))
@@ -351,7 +351,7 @@ def reweight(config: Config, *, output: str | None = None, progress: bool = True
     storage.write_json(storage.join(output, "weights.json"), artifact)
     storage.write_text(storage.join(output, "report.md"), reweight_report(artifact, estimates))
     timings.io += time.perf_counter() - t0
-    _log(progress, f"λ = {dict(zip(config.policy_names, np.round(chosen.weights, 4).tolist()))}, gap = {chosen.gap:.2e} nats; "
+    log(progress, f"λ = {dict(zip(config.policy_names, np.round(chosen.weights, 4).tolist()))}, gap = {chosen.gap:.2e} nats; "
                    f"wrote {storage.join(output, 'weights.json')} in {time.perf_counter() - t_start:.1f}s")
     return artifact
 
@@ -394,6 +394,6 @@ def build_artifact(config, plan, chosen, estimates, streamed, timings, placement
     }
 
 
-def _log(enabled: bool, message: str) -> None:
+def log(enabled: bool, message: str) -> None:
     if enabled:
         print(message, flush=True)
