@@ -4,6 +4,7 @@ import json
 import os
 
 import numpy as np
+import pyarrow.parquet as pq
 import pyarrow as pa
 import pytest
 
@@ -100,3 +101,52 @@ def test_plots_are_written_as_png(tmp_path, k):
     for name in ("front", "objectives", "solver"):
         data = (tmp_path / f"{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_evaluate_command(tmp_path, capsys):
+    from mpo_ray.cli import main
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    storage.write_parquet(str(tmp_path / "ours.parquet"), gen_table(["a b c!", "great fun"]))
+    storage.write_parquet(str(tmp_path / "ref.parquet"), gen_table(["a", "b"]))
+    argv = ["evaluate", tiny, str(tmp_path / "ours.parquet"), "--reference", str(tmp_path / "ref.parquet"),
+            "--output", str(tmp_path / "results.json")]
+    assert main(argv) == 0
+    assert "min win rate" in capsys.readouterr().out
+    [r] = json.loads((tmp_path / "results.json").read_text())
+    assert r["objectives"]["concise"]["win_rate"] == 0.0 and r["objectives"]["upbeat"]["win_rate"] == 1.0
+    assert r["min_win_rate"] == 0.0 and r["worst_objective"] == "concise"
+    assert main(["evaluate", tiny, str(tmp_path / "missing")]) == 2
+    assert "do not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sweep_command_on_tiny_models(tmp_path, capsys):
+    import ray
+
+    from mpo_ray.cli import main
+    from mpo_ray.config import load_config
+    from mpo_ray.decoding import MixedPolicy
+    from mpo_ray.policies import load_policies
+    from mpo_ray.prompts import derive_seed, read_prompts
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["sweep", tiny, "--step", "0.5", "--max-prompts", "4", "--output", str(tmp_path), "--quiet"]) == 0
+    finally:
+        ray.shutdown()
+    summary = json.loads((tmp_path / "sweep.json").read_text())
+    names = [p["name"] for p in summary["points"]]
+    assert names[0] == "reference" and len(names) == 7  # π_ref + the 6 grid points of step 1/2 on 3 policies
+    assert all("min_win_rate" in p for p in summary["points"])
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    # a vertex equals that policy alone with the generate workflow's per-prompt seeds
+    config = load_config(tiny)
+    ids, prompts = read_prompts(config.generate.prompts, limit=4)
+    g = config.generate
+    gens = MixedPolicy(load_policies([config.policies[0]]), [1.0]).generate(
+        prompts, seed=[derive_seed(g.seed, i) for i in ids], max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature, top_p=g.top_p, stop=g.stop)
+    vertex = pq.read_table(tmp_path / "w=1,0,0.parquet")
+    assert vertex["response"].to_pylist() == [x.text for x in gens]
