@@ -18,7 +18,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
     from mpo_ray.demo_policies import ADAPTER_DIR, train_demo_policies
 
-    train_demo_policies(args.output or ADAPTER_DIR)
+    train_demo_policies(args.output or ADAPTER_DIR, only=args.only)
     return 0
 
 
@@ -117,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")
     train.add_argument("--output", default=None, help="directory for the adapters (default: the ones shipped in mpo_ray/data/adapters)")
+    train.add_argument("--only", nargs="+", default=None, metavar="OBJECTIVE",
+                       help="retrain only these adapters (concise, detailed, enthusiastic); keep the others")
     train.set_defaults(func=_cmd_train_demo_policies)
 
     ev = sub.add_parser("evaluate", help="score generation Parquet with the config's reward functions/models")

@@ -1,5 +1,6 @@
 """The DPO loop that makes the demo's policies: loss, log-probs, training on a tiny model."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -63,6 +64,9 @@ def test_training_learns_the_preference_deterministically(tmp_path):
     # only the last layer is adapted
     adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_" in n}
     assert adapted == {"1"}
+    base = AutoModelForCausalLM.from_pretrained(path)
+    _, short = train_dpo(base, _pairs(policy), dataclasses.replace(config, max_steps=5), pad_id=policy.pad_token_id)
+    assert [h["loss"] for h in short] == [h["loss"] for h in history[:5]]  # early stop = a prefix of the full run
 
     # the saved adapter is a policy like any other; on held-out pairs it prefers the learnt tokens
     model.save_pretrained(tmp_path / "adapter")
@@ -85,5 +89,7 @@ def test_bad_inputs_fail_clearly():
         DPOConfig(beta=0)
     with pytest.raises(ValueError, match="epochs"):
         DPOConfig(epochs=0)
+    with pytest.raises(ValueError, match="max_steps"):
+        DPOConfig(max_steps=0)
     with pytest.raises(ValueError, match="last_layers"):
         DPOConfig(last_layers=0)
