@@ -98,7 +98,7 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
         ref_scores = score_generations(ref.take([ref_pos[ids[i]] for i in both]), objectives)
         for obj, values in scores.items():
             m, lo, hi = mean_ci(win_rates(values[both], ref_scores[obj]))
-            result["objectives"][obj].update(win_rate=m, win_rate_ci95=[lo, hi])
+            result["objectives"][obj].update(win_rate=m, win_rate_ci95=[max(lo, 0.0), min(hi, 1.0)])
         result["paired_with_reference"] = len(both)
         rates = {obj: v["win_rate"] for obj, v in result["objectives"].items()}
         result["worst_objective"] = min(rates, key=rates.get)
