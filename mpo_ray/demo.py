@@ -99,10 +99,10 @@ def _write_prompts(out: str, size: DemoSize) -> None:
 
 def _solver_paths(config, out: str):
     """Re-solve the written score table with history, both ways, for the solver plot."""
+    import pyarrow as pa
+
     from mpo_ray.reweight import score_arrays
     from mpo_ray.solver import evaluate_weights, solve_weights
-
-    import pyarrow as pa
 
     table = pa.concat_tables(storage.read_parquet(f) for f in storage.list_files(os.path.join(out, "reweight", "scores")))
     a = score_arrays(table, config.policy_names)
@@ -120,7 +120,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     """Run the five steps; returns the summary also written to `output`/demo.json."""
     import ray
 
-    from mpo_ray.evaluate import evaluate_generations, format_evaluations, objectives_from_config
+    from mpo_ray.evaluate import evaluate_generations, objectives_from_config
     from mpo_ray.generate import generate
     from mpo_ray.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.reweight import reweight

@@ -15,7 +15,6 @@ import os
 import time
 import uuid
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pytest
