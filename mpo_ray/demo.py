@@ -4,7 +4,7 @@
 DPO-trained for being concise, detailed and enthusiastic (`demo_policies`).
 The demo runs the real workflows in order:
 
-1. reweight — sample from π_ref, score with every policy, solve for λ (score table + weights.json);
+1. reweight — sample from π_ref and each policy, score with every policy, solve for λ (score table + weights.json);
 2. generate — the eval prompts through the MPO mixture, with Ray Data, to Parquet;
 3. compare   — the same prompts and seeds through π_ref, each single policy, the uniform mix
                and a grid of fixed weights (`sweep`);
@@ -142,7 +142,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     if owns_ray:
         ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        step(1, "reweight", "reweight: sample from π_ref, score with every policy, solve for λ")
+        step(1, "reweight", "reweight: sample from π_ref and each policy, score with every policy, solve for λ")
         # implicit DPO rewards drive the solver; the programmatic rewards are for evaluation only,
         # so reweighting skips their actors (three fewer processes to start on a small machine)
         artifact = reweight(dataclasses.replace(config, rewards=[]), progress=progress)
