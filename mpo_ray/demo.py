@@ -99,12 +99,10 @@ def _write_prompts(out: str, size: DemoSize) -> None:
 
 def _solver_paths(config, out: str):
     """Re-solve the written score table with history, both ways, for the solver plot."""
-    import pyarrow as pa
-
     from mpo_ray.reweight import score_arrays
     from mpo_ray.solver import evaluate_weights, solve_weights
 
-    table = pa.concat_tables(storage.read_parquet(f) for f in storage.list_files(os.path.join(out, "reweight", "scores")))
+    table = storage.read_parquet_files(storage.list_files(os.path.join(out, "reweight", "scores")))
     a = score_arrays(table, config.policy_names)
     kw = dict(mask=a["mask"], log_importance=a["log_importance"])
     full = solve_weights(a["log_ratios"], **kw)
@@ -198,15 +196,13 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
 
 def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
     """The first n eval prompts as answered by π_ref, each single policy, and MPO."""
-    import pyarrow as pa
-
     sources = {"π_ref": os.path.join(out, "generations", "sweep", "reference.parquet")}
     sources.update({name: os.path.join(out, "generations", "sweep", f"{name}.parquet") for name in names})
     texts = {}
     for who, uri in sources.items():
         t = storage.read_parquet(uri)
         texts[who] = dict(zip(t["prompt_id"].to_pylist(), t["response"].to_pylist()))
-    mpo = pa.concat_tables(storage.read_parquet(f) for f in storage.list_files(os.path.join(out, "generations", "mpo")))
+    mpo = storage.read_parquet_files(storage.list_files(os.path.join(out, "generations", "mpo")))
     texts["MPO"] = dict(zip(mpo["prompt_id"].to_pylist(), mpo["response"].to_pylist()))
     rows = [json.loads(line) for line in storage.read_text(os.path.join(out, "prompts", "eval.jsonl")).splitlines()][:n]
     return [{"prompt": r["prompt"], "answers": {who: t.get(r["prompt_id"], "") for who, t in texts.items()}} for r in rows]

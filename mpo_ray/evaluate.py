@@ -30,7 +30,7 @@ def read_generations(uri: str) -> pa.Table:
     files = [f for f in files if f.endswith(".parquet")]
     if not files:
         raise ValueError(f"generations {uri!r} hold no Parquet files")
-    table = pa.concat_tables([storage.read_parquet(f) for f in files], promote_options="default")
+    table = storage.read_parquet_files(files)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise ValueError(f"generations {uri!r} lack column(s) {missing}; they have {table.column_names}")

@@ -76,19 +76,10 @@ def resolve_weights(config: Config, weights_uri: str | None = None) -> tuple[lis
 
 def check_vocabularies(config: Config, weights: list[float]) -> None:
     """Mixed policies must share one vocabulary: compare tokenizers here, not fail in every replica."""
-    from transformers import AutoTokenizer
+    from mpo_ray.policies import tokenizer_vocabulary
 
-    from mpo_ray.policies import resolve_model
-
-    vocabs = {}
-    for spec in (s for s, w in zip(config.policies, weights) if w != 0):
-        try:
-            tok = AutoTokenizer.from_pretrained(resolve_model(spec.model), revision=spec.revision,
-                                                trust_remote_code=spec.trust_remote_code)
-        except Exception as exc:  # missing path, offline hub, bad revision: all the same to the user
-            raise ValueError(f"{config.source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
-        vocabs[spec.name] = (tok.get_vocab(), sorted(map(str, tok.all_special_tokens)))
+    vocabs = {spec.name: tokenizer_vocabulary(spec, config.source)
+              for spec, w in zip(config.policies, weights) if w != 0}
     if len({json.dumps(v, sort_keys=True) for v in vocabs.values()}) > 1:
         raise ValueError(f"{config.source}: policies {list(vocabs)} do not share one vocabulary; token-level mixing "
                          "needs policies fine-tuned from one base model.")

@@ -188,6 +188,21 @@ def check_same_vocabulary(policies: list[Policy]) -> None:
         )
 
 
+def tokenizer_vocabulary(spec: PolicySpec, source: str) -> tuple[dict, list[str]]:
+    """(token→id map, special tokens) from `spec`'s tokenizer alone: the driver's cheap check, before
+    any model loads, that a policy exists and shares the others' vocabulary. ValueError naming
+    `source` and the policy when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model(spec.model), revision=spec.revision,
+                                            trust_remote_code=spec.trust_remote_code)
+    except Exception as exc:  # missing path, offline hub, bad revision: all the same to the user
+        raise ValueError(f"{source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
+    return tok.get_vocab(), sorted(map(str, tok.all_special_tokens))
+
+
 def resolve_device(device: str | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 

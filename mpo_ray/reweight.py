@@ -81,20 +81,12 @@ def _check_models(config: Config) -> None:
     Tokenizers are cheap to load on the driver, and a shared vocabulary is what
     makes one response's token ids meaningful to every policy.
     """
-    from transformers import AutoTokenizer
-
-    from mpo_ray.policies import resolve_model
+    from mpo_ray.policies import tokenizer_vocabulary
 
     def vocab(spec: PolicySpec):
         if spec.adapter and spec.adapter.startswith((".", "/", "~")) and not os.path.exists(spec.adapter):
             raise ValueError(f"{config.source}: adapter of {spec.name!r}, {spec.adapter!r}, does not exist; fix the path.")
-        try:
-            tok = AutoTokenizer.from_pretrained(resolve_model(spec.model), revision=spec.revision,
-                                                trust_remote_code=spec.trust_remote_code)
-        except Exception as exc:  # missing path, offline hub, bad revision: all the same to the user
-            raise ValueError(f"{config.source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
-                             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
-        return tok.get_vocab(), sorted(tok.all_special_tokens)
+        return tokenizer_vocabulary(spec, config.source)
 
     ref_vocab = vocab(config.reference)
     for spec in config.policies:

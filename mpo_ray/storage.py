@@ -100,6 +100,11 @@ def read_parquet(uri: str) -> pa.Table:
         return pq.read_table(f)
 
 
+def read_parquet_files(uris: list[str]) -> pa.Table:
+    """Several Parquet files as one table (schemas unified: a column missing from one file is null there)."""
+    return pa.concat_tables([read_parquet(u) for u in uris], promote_options="default")
+
+
 def check_writable(uri: str) -> None:
     """Fail early (ValueError) when ``uri`` cannot be written, leaving nothing behind."""
     fs, path = filesystem(uri)

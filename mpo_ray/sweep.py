@@ -8,6 +8,7 @@ two points differ by their weights only, not by sampling luck.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import time
@@ -19,6 +20,7 @@ import ray
 from mpo_ray import storage
 from mpo_ray.config import Config
 from mpo_ray.evaluate import evaluate_generations, objectives_from_config
+from mpo_ray.generate import plan_replicas
 from mpo_ray.prompts import derive_seed, read_prompts
 from mpo_ray.schemas import GENERATION_SCHEMA, check_weights_artifact
 
@@ -68,14 +70,6 @@ class SweepWorker:
         }, schema=GENERATION_SCHEMA)
 
 
-def _resources() -> tuple[float, float]:
-    """(GPUs, CPUs) for one worker: a GPU when the cluster has one, else the CPUs less one for the driver."""
-    res = ray.cluster_resources()
-    if res.get("GPU", 0) >= 1:
-        return 1.0, 1.0
-    return 0.0, max(1.0, res.get("CPU", 1) - 1)
-
-
 def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | None], max_prompts: int | None = None,
               progress: bool = True) -> dict:
     """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), evaluate every
@@ -100,8 +94,10 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
         ray.init(log_to_driver=False)
     t0 = time.perf_counter()
     try:
-        gpus, cpus = _resources()
-        worker = SweepWorker.options(num_gpus=gpus, num_cpus=cpus).remote(config.reference, config.policies, int(cpus))
+        # resources as one replica of the generate workflow: the same GPU / CPU rules and config keys
+        plan = plan_replicas(dataclasses.replace(g, concurrency=1))
+        worker = SweepWorker.options(num_gpus=plan["num_gpus"], num_cpus=plan["num_cpus"]).remote(
+            config.reference, config.policies, plan["threads"])
         from tqdm.auto import tqdm
 
         tables = {}
@@ -146,5 +142,4 @@ def sweep_points(config: Config, step: float, weights_uri: str | None = None) ->
 
 def default_output(config: Config) -> str:
     g = config.section("generate")
-    base = g.output or os.path.join("mpo-runs", "sweep")
-    return storage.join(base.rstrip("/") + "-sweep")
+    return (g.output or os.path.join("mpo-runs", "generate")).rstrip("/") + "-sweep"
