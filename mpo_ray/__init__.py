@@ -1,30 +1,35 @@
 """mpo-ray: Mixing Preference Optimization on Ray.
 
-The public API is small on purpose: solve for mixing weights from a table of
-log-ratios, load policies, score and decode their log-linear mixture. Heavy
-modules (torch, ray) are imported lazily so that ``import mpo_ray`` and the
-pure-numpy solver stay fast.
+The public API is small on purpose: load a config, solve for mixing weights
+from a table of log-ratios, load policies, score and decode their log-linear
+mixture. Names resolve lazily, so ``from mpo_ray import load_config,
+PolicySpec, solve_weights`` imports neither torch, Ray nor transformers.
 """
 
 from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "solve_weights": "mpo_ray.solver",
-    "normalize_rewards": "mpo_ray.solver",
-    "WeightsResult": "mpo_ray.solver",
-    "PolicySpec": "mpo_ray.policies",
-    "load_policies": "mpo_ray.policies",
-    "score_sequences": "mpo_ray.scoring",
-    "MixedPolicy": "mpo_ray.decoding",
-    "Generation": "mpo_ray.decoding",
-    "evaluate_generations": "mpo_ray.evaluate",
-    "train_dpo": "mpo_ray.dpo",
-    "DPOConfig": "mpo_ray.dpo",
+    "load_config": "mpo_ray.config",
+    "Config": "mpo_ray.config",
+    "PolicySpec": "mpo_ray.config",
+    "UserError": "mpo_ray.core.errors",
+    "solve_weights": "mpo_ray.core.solver",
+    "evaluate_weights": "mpo_ray.core.solver",
+    "normalize_rewards": "mpo_ray.core.solver",
+    "WeightsResult": "mpo_ray.core.solver",
+    "WeightsArtifact": "mpo_ray.io.artifact",
+    "load_policies": "mpo_ray.models.policies",
+    "score_sequences": "mpo_ray.models.scoring",
+    "MixedPolicy": "mpo_ray.models.decoding",
+    "Generation": "mpo_ray.models.decoding",
+    "evaluate_generations": "mpo_ray.workflows.evaluate",
+    "train_dpo": "mpo_ray.demo.dpo",
+    "DPOConfig": "mpo_ray.demo.dpo",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -9,14 +9,14 @@ from mpo_ray import __version__
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from mpo_ray.demo import run_demo
+    from mpo_ray.demo.run import run_demo
 
     run_demo(output=args.output, quick=args.quick, adapters=args.adapters)
     return 0
 
 
 def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
-    from mpo_ray.demo_policies import ADAPTER_DIR, train_demo_policies
+    from mpo_ray.demo.policies import ADAPTER_DIR, train_demo_policies
 
     train_demo_policies(args.output or ADAPTER_DIR, only=args.only)
     return 0
@@ -25,9 +25,9 @@ def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     import json
 
-    from mpo_ray import storage
+    from mpo_ray.io import storage
     from mpo_ray.config import load_config
-    from mpo_ray.evaluate import evaluate_generations, format_evaluations, objectives_from_config
+    from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, objectives_from_config
 
     config = load_config(args.config)
     objectives = objectives_from_config(config)
@@ -40,10 +40,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from mpo_ray.config import load_config
-    from mpo_ray.evaluate import format_evaluations
-    from mpo_ray.plots import plot_front
-    from mpo_ray.storage import join
-    from mpo_ray.sweep import default_output, run_sweep, sweep_points
+    from mpo_ray.workflows.evaluate import format_evaluations
+    from mpo_ray.demo.plots import plot_front
+    from mpo_ray.io.storage import join
+    from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
 
     config = load_config(args.config)
     points = sweep_points(config, args.step, args.weights)
@@ -57,7 +57,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_reweight(args: argparse.Namespace) -> int:
     from mpo_ray.config import load_config
-    from mpo_ray.reweight import reweight
+    from mpo_ray.workflows.reweight import reweight
 
     config = load_config(args.config)
     reweight(config, output=args.output, progress=not args.quiet)
@@ -66,7 +66,7 @@ def _cmd_reweight(args: argparse.Namespace) -> int:
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from mpo_ray.config import load_config
-    from mpo_ray.generate import generate
+    from mpo_ray.workflows.generate import generate
 
     config = load_config(args.config)
     generate(config, output=args.output, weights=args.weights, progress=not args.quiet)
@@ -75,8 +75,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
     from mpo_ray.config import load_config
-    from mpo_ray.nightly import EXIT_CONFLICT, run_night
-    from mpo_ray.store import StoreConflict
+    from mpo_ray.workflows.nightly import EXIT_CONFLICT, run_night
+    from mpo_ray.io.store import StoreConflict
 
     config = load_config(args.config)
     try:
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")
-    train.add_argument("--output", default=None, help="directory for the adapters (default: the ones shipped in mpo_ray/data/adapters)")
+    train.add_argument("--output", default=None, help="directory for the adapters (default: the ones shipped in mpo_ray/demo/data/adapters)")
     train.add_argument("--only", nargs="+", default=None, metavar="OBJECTIVE",
                        help="retrain only these adapters (concise, detailed, enthusiastic); keep the others")
     train.set_defaults(func=_cmd_train_demo_policies)

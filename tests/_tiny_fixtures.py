@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mpo_ray.policies import load_policies
+from mpo_ray.models.policies import load_policies
 from mpo_ray.testing import build_tiny_family, build_tiny_model, token_by_token_logprobs
 
 _ROOT = Path(tempfile.mkdtemp(prefix="mpo-ray-tiny-"))

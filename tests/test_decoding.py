@@ -7,7 +7,7 @@ import pytest
 from _tiny_fixtures import PROMPTS, reference_mixture, tiny_family, tiny_model_path
 
 from mpo_ray import Generation, MixedPolicy, PolicySpec, load_policies, score_sequences
-from mpo_ray.scoring import pad_left
+from mpo_ray.models.scoring import pad_left
 
 MAX_NEW = 12
 

@@ -7,8 +7,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from mpo_ray.cli import main
-from mpo_ray.demo_policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
-from mpo_ray.schemas import GENERATION_SCHEMA, check_weights_artifact
+from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
+from mpo_ray.io.schemas import GENERATION_SCHEMA, check_weights_artifact
 
 
 def test_the_shipped_adapters_and_corpus_are_there():
@@ -55,7 +55,7 @@ def test_bad_output_locations_fail_before_any_work(tmp_path, capsys):
 
 
 def test_a_rerun_starts_afresh_in_its_own_directory_only(tmp_path):
-    from mpo_ray.demo import MARKER, _prepare_output
+    from mpo_ray.demo.run import MARKER, _prepare_output
 
     out = tmp_path / "demo"
     (out / "generations").mkdir(parents=True)

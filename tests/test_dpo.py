@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from mpo_ray.decoding import MixedPolicy
-from mpo_ray.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo
-from mpo_ray.policies import PolicySpec, load_policies
-from mpo_ray.scoring import score_sequences
+from mpo_ray.models.decoding import MixedPolicy
+from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo
+from mpo_ray.config import PolicySpec
+from mpo_ray.models.policies import load_policies
+from mpo_ray.models.scoring import score_sequences
 
 from _tiny_fixtures import tiny_model_path
 

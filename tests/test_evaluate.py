@@ -8,11 +8,11 @@ import pyarrow.parquet as pq
 import pyarrow as pa
 import pytest
 
-from mpo_ray import storage
-from mpo_ray.evaluate import evaluate_generations, format_evaluations, mean_ci, read_generations, win_rates
-from mpo_ray.rewards import brevity, detail
-from mpo_ray.schemas import GENERATION_SCHEMA
-from mpo_ray.sweep import point_label, simplex_grid
+from mpo_ray.io import storage
+from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, mean_ci, read_generations, win_rates
+from mpo_ray.demo.objectives import brevity, detail
+from mpo_ray.io.schemas import GENERATION_SCHEMA
+from mpo_ray.workflows.sweep import point_label, simplex_grid
 
 OBJECTIVES = {"concise": brevity, "detailed": detail}
 
@@ -86,8 +86,8 @@ def _point(name, weights, rates):
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_plots_are_written_as_png(tmp_path, k):
-    from mpo_ray.plots import plot_front, plot_objectives, plot_solver
-    from mpo_ray.solver import solve_weights
+    from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
+    from mpo_ray.core.solver import solve_weights
 
     names = ["concise", "detailed", "upbeat"][:k]
     points = [_point(f"w{i}", w.tolist(), list(np.linspace(0.2, 0.8, k) + 0.05 * i)[:k])
@@ -126,9 +126,10 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
 
     from mpo_ray.cli import main
     from mpo_ray.config import load_config
-    from mpo_ray.decoding import MixedPolicy
-    from mpo_ray.policies import load_policies
-    from mpo_ray.prompts import derive_seed, read_prompts
+    from mpo_ray.models.decoding import MixedPolicy
+    from mpo_ray.models.policies import load_policies
+    from mpo_ray.core.seeds import derive_seed
+    from mpo_ray.io.corpus import read_prompts
 
     tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -18,9 +18,9 @@ import yaml
 
 from mpo_ray.cli import main
 from mpo_ray.config import load_config
-from mpo_ray.generate import META_DIR, generate, promote
-from mpo_ray.prompts import derive_seed, prompt_id
-from mpo_ray.schemas import GENERATION_SCHEMA
+from mpo_ray.workflows.generate import META_DIR, generate, promote
+from mpo_ray.core.seeds import derive_seed, prompt_id
+from mpo_ray.io.schemas import GENERATION_SCHEMA
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
@@ -55,8 +55,8 @@ def tiny(prompts: str, **overrides):
 
 @functools.cache
 def mixed_policy():
-    from mpo_ray.decoding import MixedPolicy
-    from mpo_ray.policies import load_policies
+    from mpo_ray.models.decoding import MixedPolicy
+    from mpo_ray.models.policies import load_policies
 
     return MixedPolicy(load_policies(load_config(TINY).policies), WEIGHTS)
 

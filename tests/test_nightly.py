@@ -20,13 +20,13 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from mpo_ray import storage
+from mpo_ray.io import storage
 from mpo_ray.cli import main
 from mpo_ray.config import ConfigError, GateConfig, config_from_dict, load_config
-from mpo_ray.feedback import agreement, read_feedback
-from mpo_ray.nightly import evaluate_feedback, gate_checks, plan_night, run_night
-from mpo_ray.schemas import WEIGHTS_FORMAT
-from mpo_ray.store import ScoreCache, StoreConflict, WeightsStore, resolve_weights_file
+from mpo_ray.io.feedback import agreement, read_feedback
+from mpo_ray.workflows.nightly import evaluate_feedback, gate_checks, plan_night, run_night
+from mpo_ray.io.schemas import WEIGHTS_FORMAT
+from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore, resolve_weights_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
@@ -166,7 +166,7 @@ def test_recovery_never_repromotes_a_version_that_was_latest_before(store_uri):
 
 
 def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
-    from mpo_ray.generate import resolve_weights
+    from mpo_ray.workflows.generate import resolve_weights
 
     st = WeightsStore(store_uri)
     config = config_from_dict({**yaml.safe_load(open(TINY)), "generate": {"prompts": "p.jsonl", "weights_uri": store_uri}})
@@ -329,7 +329,7 @@ def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_reco
 
 def stub_scoring(monkeypatch, during=None):
     """Replace sampling and scoring (the Ray part) by random numbers; ``during(plan)`` runs mid-night."""
-    import mpo_ray.nightly as nightly
+    import mpo_ray.workflows.nightly as nightly
 
     def score(plan, timings, progress):
         if during:

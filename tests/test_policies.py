@@ -11,8 +11,8 @@ import torch
 from _tiny_fixtures import PROMPTS, tiny_family, tiny_model_path
 
 from mpo_ray import PolicySpec, load_policies
-from mpo_ray import policies as policies_module
-from mpo_ray.policies import check_same_vocabulary
+from mpo_ray.models import policies as policies_module
+from mpo_ray.models.policies import check_same_vocabulary
 
 
 def test_policy_spec_validates_fields():

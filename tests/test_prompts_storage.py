@@ -6,8 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mpo_ray import storage
-from mpo_ray.prompts import derive_seed, prompt_id, read_prompts
+from mpo_ray.io import storage
+from mpo_ray.core.seeds import derive_seed, prompt_id
+from mpo_ray.io.corpus import read_prompts
 
 
 def write_jsonl(path, rows):

@@ -10,7 +10,7 @@ import ray
 
 from mpo_ray import solve_weights, storage
 from mpo_ray.config import load_config
-from mpo_ray.reweight import reweight, score_arrays
+from mpo_ray.workflows.reweight import reweight, score_arrays
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")

@@ -6,7 +6,7 @@ import pytest
 import ray
 
 from mpo_ray.config import load_config
-from mpo_ray.reweight import reweight
+from mpo_ray.workflows.reweight import reweight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")

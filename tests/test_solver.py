@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from mpo_ray import normalize_rewards, solve_weights
-from mpo_ray.solver import evaluate_weights
+from mpo_ray.core.solver import evaluate_weights
 
 
 def logsumexp(a, axis):
@@ -297,7 +297,7 @@ def test_normalize_rewards_masks_become_nan():
 def test_solver_imports_neither_torch_nor_ray():
     import subprocess
 
-    code = "import mpo_ray.solver, sys; print(any(m in sys.modules for m in ('torch', 'ray')))"
+    code = "import mpo_ray.core.solver, sys; print(any(m in sys.modules for m in ('torch', 'ray')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -359,7 +359,7 @@ def test_normalize_rewards_rejects_bad_rewards():
 
 
 def test_streaming_bsmd_matches_batch_bsmd_walk_and_is_order_deterministic():
-    from mpo_ray.solver import StreamingBSMD
+    from mpo_ray.core.solver import StreamingBSMD
 
     rng = np.random.default_rng(3)
     L = rng.normal(size=(60, 6, 3)) + np.array([0.3, 0.0, -0.3])

@@ -21,16 +21,16 @@ import time
 
 from mpo_ray.benchmarks.decode import PROMPTS
 from mpo_ray.config import load_config
-from mpo_ray.prompts import derive_seed
+from mpo_ray.core.seeds import derive_seed
 
 TINY = os.path.join(os.path.dirname(__file__), "..", "..", "workflows", "configs", "tiny.yaml")
 
 
 def in_process_loop(config, ids: list[str], prompts: list[str]) -> dict:
     """MixedPolicy.generate over the prompts, one batch at a time, as a plain script would."""
-    from mpo_ray.decoding import MixedPolicy
-    from mpo_ray.generate import resolve_weights
-    from mpo_ray.policies import load_policies
+    from mpo_ray.models.decoding import MixedPolicy
+    from mpo_ray.workflows.generate import resolve_weights
+    from mpo_ray.models.policies import load_policies
 
     g = config.generate
     t0 = time.perf_counter()
@@ -47,7 +47,7 @@ def in_process_loop(config, ids: list[str], prompts: list[str]) -> dict:
 
 
 def pipeline(args, overrides: dict, corpus: str, out: str, n: int) -> dict:
-    from mpo_ray.generate import generate
+    from mpo_ray.workflows.generate import generate
 
     cfg = load_config(args.config, overrides={**overrides, "generate.prompts": corpus, "generate.concurrency": n})
     return generate(cfg, output=out, progress=False)

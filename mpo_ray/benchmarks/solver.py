@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from mpo_ray.solver import solve_weights
+from mpo_ray.core.solver import solve_weights
 
 
 def synthetic_table(n: int, m: int, k: int, seed: int = 0) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mpo_ray import storage
+from mpo_ray.io import storage
 
 Z95 = 1.959963984540054
 REQUIRED = ("prompt_id", "prompt", "response")
@@ -41,7 +41,7 @@ def read_generations(uri: str) -> pa.Table:
 
 def objectives_from_config(config) -> dict[str, Callable]:
     """objective name → score function, from the config's `rewards:` (functions or reward models)."""
-    from mpo_ray.rewards import RewardSource
+    from mpo_ray.models.rewards import RewardSource
 
     if not config.rewards:
         raise ValueError(f"{config.source}: no `rewards:` to evaluate with; add reward functions or models to the config")

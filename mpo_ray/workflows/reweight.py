@@ -26,18 +26,20 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from mpo_ray import __version__, storage
-from mpo_ray.actors import (
+from mpo_ray import __version__
+from mpo_ray.io import storage
+from mpo_ray.runtime.actors import (
     ModelGroup, PolicyActor, RewardActor, gather_arrays, gather_samples, log_mixture,
     plan_resources, split_counts,
 )
 from mpo_ray.config import Config
-from mpo_ray.policies import PolicySpec
-from mpo_ray.prompts import derive_seed, read_prompts
-from mpo_ray.report import reweight_report
-from mpo_ray.rewards import import_function
-from mpo_ray.schemas import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, score_table_schema
-from mpo_ray.solver import StreamingBSMD, evaluate_weights, normalize_rewards, solve_weights
+from mpo_ray.config import PolicySpec
+from mpo_ray.core.seeds import derive_seed
+from mpo_ray.io.corpus import read_prompts
+from mpo_ray.workflows.reports import reweight_report
+from mpo_ray.models.rewards import import_function
+from mpo_ray.io.schemas import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION, score_table_schema
+from mpo_ray.core.solver import StreamingBSMD, evaluate_weights, normalize_rewards, solve_weights
 
 
 @dataclasses.dataclass
@@ -81,7 +83,7 @@ def _check_models(config: Config) -> None:
     Tokenizers are cheap to load on the driver, and a shared vocabulary is what
     makes one response's token ids meaningful to every policy.
     """
-    from mpo_ray.policies import tokenizer_vocabulary
+    from mpo_ray.models.policies import tokenizer_vocabulary
 
     def vocab(spec: PolicySpec):
         if spec.adapter and spec.adapter.startswith((".", "/", "~")) and not os.path.exists(spec.adapter):

@@ -24,7 +24,7 @@ import numpy as np
 import ray
 
 from mpo_ray.config import ResourcesConfig, RewardSpec
-from mpo_ray.policies import PolicySpec
+from mpo_ray.config import PolicySpec
 
 
 def _set_threads(num_cpus: float) -> None:
@@ -38,8 +38,8 @@ class PolicyActor:
     """One policy on one device: samples and teacher-forced scores."""
 
     def __init__(self, spec: PolicySpec, num_cpus: float = 1.0):
-        from mpo_ray.decoding import MixedPolicy
-        from mpo_ray.policies import load_policies
+        from mpo_ray.models.decoding import MixedPolicy
+        from mpo_ray.models.policies import load_policies
 
         _set_threads(num_cpus)
         self.policy = load_policies([spec])[0]
@@ -64,7 +64,7 @@ class PolicyActor:
         }
 
     def score(self, prompts: list[str], token_ids: list[list[int]]) -> np.ndarray:
-        from mpo_ray.scoring import score_sequences
+        from mpo_ray.models.scoring import score_sequences
 
         return score_sequences(self.policy, prompts, token_ids)
 
@@ -74,7 +74,7 @@ class RewardActor:
     """One reward source (a Python function or a reward model) in its own process."""
 
     def __init__(self, spec: RewardSpec, num_cpus: float = 1.0):
-        from mpo_ray.rewards import RewardSource
+        from mpo_ray.models.rewards import RewardSource
 
         _set_threads(num_cpus)
         self.spec = spec

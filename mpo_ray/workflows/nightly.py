@@ -28,15 +28,15 @@ import numpy as np
 import pyarrow as pa
 
 from mpo_ray import __version__
-from mpo_ray.actors import gather_arrays
+from mpo_ray.runtime.actors import gather_arrays
 from mpo_ray.config import NIGHT_ID, Config, GateConfig, ReweightConfig
-from mpo_ray.feedback import Feedback, agreement, read_feedback
-from mpo_ray.reweight import (
+from mpo_ray.io.feedback import Feedback, agreement, read_feedback
+from mpo_ray.workflows.reweight import (
     Plan, Timings, ensure_ray, log, sample_batch, score_batch, model_identity, plan_run,
     reward_columns_by_objective, score_arrays, solve_table, start_groups,
 )
-from mpo_ray.schemas import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION
-from mpo_ray.store import ScoreCache, StoreConflict, WeightsStore
+from mpo_ray.io.schemas import WEIGHTS_FORMAT, WEIGHTS_FORMAT_VERSION
+from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
 
 EXIT_PROMOTED, EXIT_USER_ERROR, EXIT_KEPT, EXIT_CONFLICT = 0, 2, 3, 4
 __all__ = ["run_night", "plan_night", "gate_checks", "evaluate_feedback", "NightResult", "StoreConflict"]
@@ -221,7 +221,7 @@ def _score_feedback(config: Config, groups: dict, fb: Feedback, timings: Timings
     """``margins[n, k] = ℓ_k(x, chosen) − ℓ_k(x, rejected)``: responses tokenized by the (shared) reference tokenizer, EOS-terminated."""
     from transformers import AutoTokenizer
 
-    from mpo_ray.policies import resolve_model
+    from mpo_ray.models.policies import resolve_model
 
     ref = config.reference
     tok = AutoTokenizer.from_pretrained(resolve_model(ref.model), revision=ref.revision, trust_remote_code=ref.trust_remote_code)

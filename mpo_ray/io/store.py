@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mpo_ray import storage
+from mpo_ray.io import storage
 
 LATEST = "latest.json"
 LOCK = "latest.lock"

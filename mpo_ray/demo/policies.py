@@ -3,15 +3,15 @@
 Objectives, chosen because a program can measure them (no reward model from a
 hub) and because they pull against each other:
 
-* ``concise``      — fewer words (`rewards.brevity`);
-* ``detailed``     — more distinct words (`rewards.detail`), the direct opposite;
+* ``concise``      — fewer words (`objectives.brevity`);
+* ``detailed``     — more distinct words (`objectives.detail`), the direct opposite;
 * ``enthusiastic`` — upbeat words and exclamation marks per word
-  (`rewards.enthusiasm`), a third direction that neither length policy serves.
+  (`objectives.enthusiasm`), a third direction that neither length policy serves.
 
 Recipe (the MPO paper's way of making π_k): sample responses to the training
 prompts from π_ref itself, rank them by the objective's score, pair best with
 worst, train a LoRA adapter with DPO. The adapters ship in
-``mpo_ray/data/adapters/``; `mpo-ray train-demo-policies` rebuilds them.
+``mpo_ray/demo/data/adapters/``; `mpo-ray train-demo-policies` rebuilds them.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpo_ray import rewards
-from mpo_ray.dpo import DPOConfig, PreferencePairs, train_dpo
+from mpo_ray.demo import objectives
+from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, train_dpo
 
-OBJECTIVES = {"concise": rewards.brevity, "detailed": rewards.detail, "enthusiastic": rewards.enthusiasm}
+OBJECTIVES = {"concise": objectives.brevity, "detailed": objectives.detail, "enthusiastic": objectives.enthusiasm}
 DATA_DIR = Path(__file__).parent / "data"
 ADAPTER_DIR = DATA_DIR / "adapters"
 PROMPTS = DATA_DIR / "demo_prompts.jsonl"
@@ -97,7 +97,7 @@ def mean_scores(policy_texts: dict[str, list[str]], prompts: list[str]) -> dict[
 def _self_samples(ref, prompts: list[str], config: TrainDemoConfig, cache: Path, quiet: bool):
     """π_ref's own responses to the training prompts (the pairs' raw material), cached in `cache`
     keyed by the sampling settings, so a rerun with other DPO settings skips the slowest part."""
-    from mpo_ray.decoding import Generation, MixedPolicy
+    from mpo_ray.models.decoding import Generation, MixedPolicy
 
     key = {"prompts": prompts, "n": config.samples_per_prompt, "max_new_tokens": config.max_new_tokens,
            "temperature": config.temperature, "seed": config.seed}
@@ -129,8 +129,9 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     """
     from transformers import AutoModelForCausalLM
 
-    from mpo_ray.decoding import MixedPolicy
-    from mpo_ray.policies import PolicySpec, cache_dir, load_policies, resolve_model
+    from mpo_ray.models.decoding import MixedPolicy
+    from mpo_ray.config import PolicySpec
+    from mpo_ray.models.policies import cache_dir, load_policies, resolve_model
 
     config = config or TrainDemoConfig()
     unknown = sorted(set(only or ()) - set(OBJECTIVES))

@@ -1,49 +1,13 @@
-"""Programmatic reward functions: objectives measurable without a hub model.
+"""Reward sources: a Python function ``module:function`` or a sequence-classification model.
 
-Each takes ``(prompts, responses)`` and returns one float per pair, the
-signature reward sources use (``function: "mpo_ray.rewards:brevity"`` in a
-config). They pull against each other on purpose: a short answer is rarely
-a detailed one. Implicit log-ratio rewards need no function: they come from
-the policies themselves (DESIGN.md §1).
+Both score ``(prompts, responses)`` with one float per pair. Implicit log-ratio
+rewards need no source: they come from the policies themselves.
 """
 
 from __future__ import annotations
 
 import importlib
-import re
-
 import numpy as np
-
-_WORD = re.compile(r"[A-Za-z0-9']+")
-_UPBEAT = frozenset(
-    "great wonderful amazing awesome love fantastic excellent happy glad delighted exciting excited fun "
-    "brilliant superb joy enjoy terrific marvelous yay hooray absolutely definitely".split()
-)
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
-
-
-def brevity(prompts: list[str], responses: list[str]) -> list[float]:
-    """Shorter is better: minus the number of words."""
-    return [-float(len(_words(r))) for r in responses]
-
-
-def detail(prompts: list[str], responses: list[str]) -> list[float]:
-    """Longer, richer answers: the number of distinct words."""
-    return [float(len(set(_words(r)))) for r in responses]
-
-
-def enthusiasm(prompts: list[str], responses: list[str]) -> list[float]:
-    """Upbeat tone: upbeat-lexicon words and exclamation marks per 10 words."""
-    out = []
-    for r in responses:
-        words = _words(r)
-        hits = sum(w in _UPBEAT for w in words) + r.count("!")
-        out.append(10.0 * hits / max(len(words), 1))
-    return out
-
 
 def import_function(path: str):
     """``"package.module:function"`` → the callable, or ValueError saying what failed."""
@@ -71,7 +35,7 @@ class RewardSource:
             return
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from mpo_ray.policies import resolve_device, resolve_dtype
+        from mpo_ray.models.policies import resolve_device, resolve_dtype
 
         self.device = resolve_device(spec.device)
         kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)

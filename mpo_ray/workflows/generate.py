@@ -34,11 +34,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mpo_ray import __version__, storage
+from mpo_ray import __version__
+from mpo_ray.io import storage
 from mpo_ray.config import Config
-from mpo_ray.prompts import corpus_format, derive_seed, prompt_id
-from mpo_ray.schemas import GENERATION_SCHEMA, check_weights_artifact
-from mpo_ray.store import resolve_weights_file
+from mpo_ray.core.seeds import derive_seed, prompt_id
+from mpo_ray.io.corpus import corpus_format
+from mpo_ray.io.schemas import GENERATION_SCHEMA, check_weights_artifact
+from mpo_ray.io.store import resolve_weights_file
 
 META_DIR = "__mpo_ray__"
 _PREPARED = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("error", pa.string())])
@@ -76,7 +78,7 @@ def resolve_weights(config: Config, weights_uri: str | None = None) -> tuple[lis
 
 def check_vocabularies(config: Config, weights: list[float]) -> None:
     """Mixed policies must share one vocabulary: compare tokenizers here, not fail in every replica."""
-    from mpo_ray.policies import tokenizer_vocabulary
+    from mpo_ray.models.policies import tokenizer_vocabulary
 
     vocabs = {spec.name: tokenizer_vocabulary(spec, config.source)
               for spec, w in zip(config.policies, weights) if w != 0}
@@ -190,8 +192,8 @@ class GenerationWorker:
     def __init__(self, specs: list, weights: list[float], params: dict, weights_version: str, threads: int):
         import torch
 
-        from mpo_ray.decoding import MixedPolicy
-        from mpo_ray.policies import load_policies
+        from mpo_ray.models.decoding import MixedPolicy
+        from mpo_ray.models.policies import load_policies
 
         torch.set_num_threads(threads)
         n = torch.cuda.device_count()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from mpo_ray.policies import PolicySpec
+from mpo_ray.config import PolicySpec
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -201,7 +201,7 @@ def resolve_tiny(uri: str) -> str:
     import shutil
     import tempfile
 
-    from mpo_ray.policies import cache_dir
+    from mpo_ray.models.policies import cache_dir
 
     name = uri[len(TINY_PREFIX):]
     root = cache_dir() / "tiny-v2"  # bump when a recipe below changes: old caches must not be reused

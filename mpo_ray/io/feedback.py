@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mpo_ray import storage
+from mpo_ray.io import storage
 
 COLUMNS = ("prompt", "chosen", "rejected", "group")
 

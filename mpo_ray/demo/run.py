@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpo_ray import storage
-from mpo_ray.demo_policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
+from mpo_ray.io import storage
+from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None):
         "beta": 0.1,
         "reference": {"name": "ref", "model": "default"},
         "policies": [{"name": obj, "model": "default", "adapter": str(adapters[obj])} for obj in OBJECTIVES],
-        "rewards": [{"name": rewards[obj], "function": f"mpo_ray.rewards:{rewards[obj]}", "objective": obj}
+        "rewards": [{"name": rewards[obj], "function": f"mpo_ray.demo.objectives:{rewards[obj]}", "objective": obj}
                     for obj in OBJECTIVES],
         "reweight": {
             "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 4,
@@ -99,8 +99,8 @@ def _write_prompts(out: str, size: DemoSize) -> None:
 
 def _solver_paths(config, out: str):
     """Re-solve the written score table with history, both ways, for the solver plot."""
-    from mpo_ray.reweight import score_arrays
-    from mpo_ray.solver import evaluate_weights, solve_weights
+    from mpo_ray.workflows.reweight import score_arrays
+    from mpo_ray.core.solver import evaluate_weights, solve_weights
 
     table = storage.read_parquet_files(storage.list_files(os.path.join(out, "reweight", "scores")))
     a = score_arrays(table, config.policy_names)
@@ -118,11 +118,11 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     """Run the five steps; returns the summary also written to `output`/demo.json."""
     import ray
 
-    from mpo_ray.evaluate import evaluate_generations, objectives_from_config
-    from mpo_ray.generate import generate
-    from mpo_ray.plots import plot_front, plot_objectives, plot_solver
-    from mpo_ray.reweight import reweight
-    from mpo_ray.sweep import REFERENCE, point_label, run_sweep, simplex_grid
+    from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
+    from mpo_ray.workflows.generate import generate
+    from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
+    from mpo_ray.workflows.reweight import reweight
+    from mpo_ray.workflows.sweep import REFERENCE, point_label, run_sweep, simplex_grid
 
     size = SIZES["quick" if quick else "default"]
     out = os.path.abspath(output or "mpo-demo")
@@ -210,7 +210,7 @@ def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
 
 def demo_report(config, artifact: dict, shown: list[dict], summary: dict, examples: list[dict] = ()) -> str:
     """report.md: what ran, λ and its certificate, the objectives per policy, examples, plots, times."""
-    from mpo_ray.evaluate import format_evaluations
+    from mpo_ray.workflows.evaluate import format_evaluations
 
     size, names = summary["size"], config.policy_names
     singles = [r for r in shown if r["name"] in names]
@@ -221,7 +221,7 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         "# mpo-ray demo",
         "",
         "π_ref = SmolLM2-135M-Instruct; policies = LoRA adapters DPO-trained for "
-        + ", ".join(f"`{n}`" for n in names) + " (see `mpo_ray/data/adapters/README.md`).",
+        + ", ".join(f"`{n}`" for n in names) + " (see `mpo_ray/demo/data/adapters/README.md`).",
         f"Reweighting: {size['reweight_prompts']} prompts × {size['samples_per_prompt']} untempered samples of up to "
         f"{size['sample_tokens']} tokens from π_ref. Generation: {size['eval_prompts']} held-out prompts, up to "
         f"{size['generate_tokens']} tokens, temperature {GENERATION['temperature']}, top-p {GENERATION['top_p']}, "

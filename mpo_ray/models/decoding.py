@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mpo_ray.policies import Policy, PolicySpec, check_same_vocabulary, load_policies
-from mpo_ray.scoring import (
+from mpo_ray.config import PolicySpec
+from mpo_ray.models.policies import Policy, check_same_vocabulary, load_policies
+from mpo_ray.models.scoring import (
     check_context,
     check_prompts,
     check_responses,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpo_ray.scoring import pad_left, position_ids
+from mpo_ray.models.scoring import pad_left, position_ids
 
 
 @dataclass

@@ -17,12 +17,13 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from mpo_ray import storage
+from mpo_ray.io import storage
 from mpo_ray.config import Config
-from mpo_ray.evaluate import evaluate_generations, objectives_from_config
-from mpo_ray.generate import plan_replicas
-from mpo_ray.prompts import derive_seed, read_prompts
-from mpo_ray.schemas import GENERATION_SCHEMA, check_weights_artifact
+from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
+from mpo_ray.workflows.generate import plan_replicas
+from mpo_ray.core.seeds import derive_seed
+from mpo_ray.io.corpus import read_prompts
+from mpo_ray.io.schemas import GENERATION_SCHEMA, check_weights_artifact
 
 REFERENCE = "reference"
 
@@ -49,14 +50,14 @@ class SweepWorker:
     def __init__(self, reference, policies, threads: int):
         import torch
 
-        from mpo_ray.policies import load_policies
+        from mpo_ray.models.policies import load_policies
 
         torch.set_num_threads(max(1, threads))
         loaded = load_policies([reference] + list(policies))
         self.reference, self.policies = loaded[0], loaded[1:]
 
     def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int) -> pa.Table:
-        from mpo_ray.decoding import MixedPolicy
+        from mpo_ray.models.decoding import MixedPolicy
 
         mixed = MixedPolicy([self.reference], [1.0]) if weights is None else MixedPolicy(self.policies, weights)
         gens = []

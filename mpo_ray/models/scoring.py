@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from mpo_ray.policies import Policy
+from mpo_ray.models.policies import Policy
 
 
 def check_prompts(prompts) -> list[str]:

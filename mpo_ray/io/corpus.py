@@ -7,7 +7,6 @@ no id column gets ``sha256(prompt)[:16]``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 
@@ -15,19 +14,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from mpo_ray.storage import filesystem
+from mpo_ray.core.seeds import prompt_id
+from mpo_ray.io.storage import filesystem
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
-
-
-def prompt_id(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def derive_seed(seed: int, key: str, *extra: int) -> int:
-    """A 63-bit seed from the run seed and a stable key (a prompt id), independent of order and batching."""
-    h = hashlib.sha256(f"{seed}:{key}:{':'.join(map(str, extra))}".encode()).digest()
-    return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
 def corpus_format(uri: str) -> str:

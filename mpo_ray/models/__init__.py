@@ -1,0 +1,1 @@
+"""Models: loading policies, teacher-forced scoring, exact mixed decoding, reward sources (torch; no Ray)."""

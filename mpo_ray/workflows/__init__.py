@@ -1,0 +1,1 @@
+"""Workflows: reweight, generate, nightly, sweep, evaluate, composed from the layers below."""
