@@ -15,7 +15,7 @@
 #   ray job submit --working-dir . --runtime-env-json "$MPO_LOCAL_RUNTIME_ENV" \
 #       -- python workflows/reweight.py workflows/configs/tiny.yaml --output /tmp/mpo-out
 #
-# How it works (Ray 2.60 on one Linux host; found by experiment, see DESIGN.md §6):
+# How it works (Ray 2.60 on one Linux host; found by experiment, see docs/design.md §6):
 # * Everything binds to 127.0.0.1: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 and
 #   --node-ip-address 127.0.0.1 on every node, the dashboard on 127.0.0.1.
 #   With that variable at 0, plain `ray start --address` refuses to start a

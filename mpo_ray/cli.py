@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import os
 import sys
 
 from mpo_ray import __version__
+from mpo_ray.core.errors import UserError
+
+log = logging.getLogger("mpo_ray")
+
+
+def _local(path: str | None) -> str | None:
+    """A path typed on the command line means the working directory's, not the config file's."""
+    return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
+
+
+def _config(args: argparse.Namespace, **overrides):
+    """The config file with the command's flags (those given) applied as overrides: one validation path for both."""
+    from mpo_ray.config import load_config
+
+    given = {key.replace("__", "."): value for key, value in overrides.items() if value is not None}
+    return load_config(args.config, overrides=given)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mpo_ray.demo.run import run_demo
 
-    run_demo(output=args.output, quick=args.quick, adapters=args.adapters)
+    summary = run_demo(output=args.output, quick=args.quick, adapters=args.adapters, seed=args.seed)
+    print(open(summary["report"], encoding="utf-8").read())
     return 0
 
 
@@ -23,14 +43,10 @@ def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    import json
-
     from mpo_ray.io import storage
-    from mpo_ray.config import load_config
     from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, objectives_from_config
 
-    config = load_config(args.config)
-    objectives = objectives_from_config(config)
+    objectives = objectives_from_config(_config(args))
     results = [evaluate_generations(g, objectives, reference=args.reference, name=g) for g in args.generations]
     print(format_evaluations(results))
     if args.output:
@@ -39,49 +55,44 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from mpo_ray.config import load_config
-    from mpo_ray.workflows.evaluate import format_evaluations
     from mpo_ray.demo.plots import plot_front
     from mpo_ray.io.storage import join
+    from mpo_ray.workflows.evaluate import format_evaluations
     from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
 
-    config = load_config(args.config)
-    points = sweep_points(config, args.step, args.weights)
-    output = args.output or default_output(config)
+    config = _config(args)
+    points = sweep_points(config, args.step, _local(args.weights))
+    output = _local(args.output) or default_output(config)
     summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, progress=not args.quiet)
     plot_front(join(output, "front.png"), summary)
     print(format_evaluations(summary["points"]))
-    print(f"wrote {join(output, 'sweep.json')} and {join(output, 'front.png')}")
+    log.info("wrote %s and %s", join(output, "sweep.json"), join(output, "front.png"))
     return 0
 
 
 def _cmd_reweight(args: argparse.Namespace) -> int:
-    from mpo_ray.config import load_config
     from mpo_ray.workflows.reweight import reweight
 
-    config = load_config(args.config)
-    reweight(config, output=args.output, progress=not args.quiet)
+    reweight(_config(args, reweight__output=_local(args.output)), progress=not args.quiet)
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from mpo_ray.config import load_config
     from mpo_ray.workflows.generate import generate
 
-    config = load_config(args.config)
-    generate(config, output=args.output, weights=args.weights, progress=not args.quiet)
+    generate(_config(args, generate__output=_local(args.output), generate__weights_uri=_local(args.weights)),
+             progress=not args.quiet)
     return 0
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
-    from mpo_ray.config import load_config
-    from mpo_ray.workflows.nightly import EXIT_CONFLICT, run_night
     from mpo_ray.io.store import StoreConflict
+    from mpo_ray.workflows.nightly import EXIT_CONFLICT, run_night
 
-    config = load_config(args.config)
+    config = _config(args, nightly__night=args.night, nightly__prompts=_local(args.prompts),
+                     nightly__feedback=_local(args.feedback), nightly__store=_local(args.store))
     try:
-        result = run_night(config, night=args.night, prompts=args.prompts, feedback=args.feedback, store=args.store,
-                           progress=not args.quiet)
+        result = run_night(config, progress=not args.quiet)
     except StoreConflict as exc:
         print(f"mpo-ray nightly: conflict: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
@@ -113,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer prompts and tokens: a smoke test in a few minutes")
     demo.add_argument("--adapters", default=None, help="directory of the three adapters (default: the shipped ones; "
                       "see train-demo-policies)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the demo's sampling and generation (default 0)")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")
@@ -172,11 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def setup_logging(quiet: bool = False) -> None:
+    """mpo-ray's progress lines on stderr (warnings only with --quiet); Ray and transformers keep their own."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("mpo_ray")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit 0 on success; 2 with one line for a user's mistake (UserError); anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "quiet", False))
     try:
         return args.func(args)
-    except ValueError as exc:  # user errors: one clear line, no traceback
+    except UserError as exc:
         print(f"mpo-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

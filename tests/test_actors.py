@@ -2,7 +2,8 @@
 
 import pytest
 
-from mpo_ray.runtime.actors import _cpu_share, log_mixture, split_counts
+from mpo_ray.core.estimator import log_mixture, split_counts
+from mpo_ray.runtime.resources import _cpu_share
 
 
 @pytest.mark.parametrize("nodes, actors", [([1, 1, 1], 7), ([2], 7), ([2], 4), ([8, 8], 7), ([1, 1, 1], 3), ([4, 0.5], 9)])

@@ -8,7 +8,8 @@ import pytest
 
 from mpo_ray.cli import main
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
-from mpo_ray.io.schemas import GENERATION_SCHEMA, check_weights_artifact
+from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.schemas import GENERATION_SCHEMA
 
 
 def test_the_shipped_adapters_and_corpus_are_there():
@@ -72,7 +73,7 @@ def test_quick_demo_end_to_end(tmp_path):
     summary = json.loads((out / "demo.json").read_text())
     assert summary["status"] == "done"
 
-    artifact = check_weights_artifact(json.loads((out / "reweight" / "weights.json").read_text()), "weights.json")
+    artifact = WeightsArtifact.read(str(out / "reweight"))
     assert artifact["policies"] == list(OBJECTIVES) and abs(sum(artifact["weights"]) - 1) < 1e-9
     scores = pq.read_table(out / "reweight" / "scores")
     assert {f"logp_{p}" for p in OBJECTIVES} <= set(scores.column_names)

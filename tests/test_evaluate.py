@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from mpo_ray.io import storage
-from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, mean_ci, read_generations, win_rates
+from mpo_ray.core.stats import mean_ci, win_rates
+from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, read_generations
 from mpo_ray.demo.objectives import brevity, detail
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows.sweep import point_label, simplex_grid
@@ -122,21 +123,17 @@ def test_evaluate_command(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sweep_command_on_tiny_models(tmp_path, capsys):
-    import ray
-
     from mpo_ray.cli import main
     from mpo_ray.config import load_config
     from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.models.policies import load_policies
     from mpo_ray.core.seeds import derive_seed
     from mpo_ray.io.corpus import read_prompts
+    from mpo_ray.runtime.session import ray_session
 
     tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    with ray_session(address="local", num_cpus=2, log_to_driver=False):
         assert main(["sweep", tiny, "--step", "0.5", "--max-prompts", "4", "--output", str(tmp_path), "--quiet"]) == 0
-    finally:
-        ray.shutdown()
     summary = json.loads((tmp_path / "sweep.json").read_text())
     names = [p["name"] for p in summary["points"]]
     assert names[0] == "reference" and len(names) == 7  # π_ref + the 6 grid points of step 1/2 on 3 policies

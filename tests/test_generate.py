@@ -28,14 +28,6 @@ WEIGHTS = [0.5, 0.3, 0.2]
 TOPICS = ["mountains", "rivers", "a city", "birds", "bread", "the sea", "music", "winter"]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    # address="local": a fresh cluster of our own, never one someone else started on this machine
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def corpus_rows(n: int, with_ids: bool = True) -> list[dict]:
     rows = [{"prompt": f"Question {i}: tell me {'something ' * (i % 5)}about {TOPICS[i % len(TOPICS)]}."} for i in range(n)]
     return [{"prompt_id": f"p{i:05d}", **r} if with_ids else r for i, r in enumerate(rows)]
@@ -47,8 +39,10 @@ def write_jsonl(path, rows) -> str:
 
 
 def tiny(prompts: str, **overrides):
+    """tiny.yaml on ``prompts`` with explicit weights, unless the overrides name a weights artifact."""
+    weights = {} if "generate.weights_uri" in overrides else {"generate.weights": WEIGHTS}
     return load_config(TINY, overrides={
-        "generate.prompts": prompts, "generate.weights_uri": None, "generate.weights": WEIGHTS,
+        "generate.prompts": prompts, **weights,
         "generate.max_new_tokens": 8, "generate.batch_size": 8, "generate.rows_per_file": 16, **overrides,
     })
 
@@ -104,7 +98,7 @@ def test_fifty_prompts_once_each_and_same_texts_as_direct_decoding(local_ray, tm
     duplicated = rows + [rows[3]]  # the same text twice: one id, so one row in the output
     config = tiny(write_jsonl(tmp_path / "corpus.jsonl", duplicated), **{"generate.num_candidates": 2})
     out = tmp_path / "out"
-    summary = generate(config, output=str(out), progress=False)
+    summary = generate(config.with_overrides({"generate.output": str(out)}), progress=False)
     table = read_output(out)
     prompts = [r["prompt"] for r in rows]
     ids = [prompt_id(p) for p in prompts]  # a corpus without ids gets sha256(text)[:16]
@@ -125,7 +119,7 @@ def test_fifty_prompts_once_each_and_same_texts_as_direct_decoding(local_ray, tm
     files = sorted(p for p in os.listdir(out) if p.endswith(".parquet"))
     lost = pq.read_table(out / files[0]).num_rows
     os.remove(out / files[0])
-    again = generate(config, output=str(out), progress=False)
+    again = generate(config.with_overrides({"generate.output": str(out)}), progress=False)
     assert again["rows"] == lost and again["skipped"] == 50 - lost
     assert by_id(read_output(out)) == first
 
@@ -146,7 +140,7 @@ def test_bad_rows_are_written_with_their_error_and_the_artifact_version(local_ra
     rows[9]["prompt"] = "word " * 400  # over the tiny models' 256-token context
     config = tiny(write_jsonl(tmp_path / "corpus.jsonl", rows), **{"generate.batch_size": 12})
     artifact = write_artifact(tmp_path / "weights.json")
-    summary = generate(config, output=str(tmp_path / "out"), weights=artifact, progress=False)
+    summary = generate(config.with_overrides({"generate.output": str(tmp_path / "out"), "generate.weights_uri": artifact}), progress=False)
     table = read_output(tmp_path / "out")
     assert set(table.column("weights_version").to_pylist()) == {"20260101T000000Z-abc"}
     by_row = {r["prompt_id"]: r for r in table.to_pylist()}
@@ -161,8 +155,8 @@ def test_bad_rows_are_written_with_their_error_and_the_artifact_version(local_ra
     assert got == direct(config, [r["prompt_id"] for r in good], [r["prompt"] for r in good])  # same λ, reordered by name
     assert summary["errors"] == 4 and summary["rows"] == 12
     with pytest.raises(ValueError, match=r"other settings \(changed: \['max_new_tokens'\]\)"):
-        generate(tiny(config.generate.prompts, **{"generate.max_new_tokens": 9}), output=str(tmp_path / "out"),
-                 weights=artifact, progress=False)
+        generate(tiny(config.generate.prompts, **{"generate.max_new_tokens": 9, "generate.output": str(tmp_path / "out"),
+                                                  "generate.weights_uri": artifact}), progress=False)
 
 
 SLOW = pytest.mark.slow
@@ -186,7 +180,7 @@ def test_corpus_formats(local_ray, tmp_path, fmt):
     else:
         uri = "file://" + write_jsonl(tmp_path / "corpus.jsonl", rows)
     config = tiny(uri)
-    generate(config, output=str(tmp_path / "out"), progress=False)
+    generate(config.with_overrides({"generate.output": str(tmp_path / "out")}), progress=False)
     assert by_id(read_output(tmp_path / "out")) == direct(config, [r["prompt_id"] for r in rows], [r["prompt"] for r in rows])
 
 
@@ -216,15 +210,15 @@ def test_bad_corpora_and_weights_fail_clearly_and_leave_nothing(local_ray, tmp_p
     ]
     for config, message in cases:
         with pytest.raises(ValueError, match=message):
-            generate(config, output=str(out), progress=False)
+            generate(config.with_overrides({"generate.output": str(out)}), progress=False)
         assert not out.exists()
     artifact = tmp_path / "weights.json"
     artifact.write_text(json.dumps({"format": "mpo-ray/weights", "format_version": 1, "version": "v1", "policies": ["a", "b"],
                                     "weights": [0.5, 0.5], "beta": 0.1, "objective": "maxmin"}))
     with pytest.raises(ValueError, match=r"is for policies \['a', 'b'\]"):
-        generate(tiny(missing), output=str(out), weights=str(artifact), progress=False)
+        generate(tiny(missing).with_overrides({"generate.output": str(out), "generate.weights_uri": str(artifact)}), progress=False)
     with pytest.raises(ValueError, match="not an mpo-ray weights artifact"):
-        generate(tiny(missing), output=str(out), weights=missing, progress=False)
+        generate(tiny(missing).with_overrides({"generate.output": str(out), "generate.weights_uri": missing}), progress=False)
     assert not out.exists()
 
 
@@ -236,7 +230,7 @@ def test_cli_reports_input_errors_in_one_line(tmp_path, capsys):
     assert main(["generate", str(path), "--output", str(tmp_path / "out"), "--quiet"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["generate", str(path), "--weights", str(tmp_path / "w.json"), "--quiet"]) == 2
-    assert "run `mpo-ray reweight` first" in capsys.readouterr().err
+    assert "run `mpo-ray reweight` (or `mpo-ray nightly`) first" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- #
@@ -276,7 +270,7 @@ def test_thousand_prompts(local_ray, tmp_path):
     rows = corpus_rows(1000)
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "corpus.parquet")
     config = tiny(str(tmp_path / "corpus.parquet"), **{"generate.batch_size": 32, "generate.rows_per_file": 200})
-    summary = generate(config, output=str(tmp_path / "out"), progress=False)
+    summary = generate(config.with_overrides({"generate.output": str(tmp_path / "out")}), progress=False)
     table = read_output(tmp_path / "out")
     assert summary["rows"] == table.num_rows == 1000
     check_readers(tmp_path / "out", 1000)
@@ -318,7 +312,7 @@ def test_killing_a_generation_actor_mid_run(local_ray, tmp_path):
 
     thread = threading.Thread(target=killer)
     thread.start()
-    generate(config, output=out, progress=False)
+    generate(config.with_overrides({"generate.output": out}), progress=False)
     thread.join()
     assert killed, "no generation actor found to kill"
     assert ray._private.state.actors()[killed[0]]["NumRestarts"] >= 1
@@ -343,6 +337,6 @@ def test_stopped_run_resumes_without_duplicates(local_ray, tmp_path):
         proc.wait()
     assert not [f for f in os.listdir(out) if f.endswith(".parquet")], "files were promoted before the run ended"
     config = load_config(str(cfg_path))
-    summary = generate(config, output=out, progress=False)
+    summary = generate(config.with_overrides({"generate.output": out}), progress=False)
     assert 0 < summary["skipped"] < 240 and summary["rows"] == 240 - summary["skipped"]
     assert by_id(read_output(out)) == direct(config, [r["prompt_id"] for r in rows], [r["prompt"] for r in rows])

@@ -23,10 +23,11 @@ import yaml
 from mpo_ray.io import storage
 from mpo_ray.cli import main
 from mpo_ray.config import ConfigError, GateConfig, config_from_dict, load_config
-from mpo_ray.io.feedback import agreement, read_feedback
+from mpo_ray.core.gate import agreement
+from mpo_ray.io.feedback import read_feedback
 from mpo_ray.workflows.nightly import evaluate_feedback, gate_checks, plan_night, run_night
-from mpo_ray.io.schemas import WEIGHTS_FORMAT
-from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore, resolve_weights_file
+from mpo_ray.io.artifact import WeightsArtifact, resolve
+from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
@@ -49,10 +50,9 @@ def store_uri(request, tmp_path):
 
 def artifact(version, weights, *, passed=True, previous=None, inputs=None):
     """A minimal weights artifact as a night writes it."""
-    return {"format": WEIGHTS_FORMAT, "format_version": 1, "version": version, "policies": NAMES, "weights": weights,
-            "beta": 0.1, "objective": "maxmin",
-            "nightly": {"night": version, "previous": previous, "inputs": inputs or {},
-                        "gate": {"passed": passed, "failed": [] if passed else ["drift"], "checks": []}}}
+    return WeightsArtifact.build(version=version, policies=NAMES, weights=weights, beta=0.1,
+                                 nightly={"night": version, "previous": previous, "inputs": inputs or {},
+                                          "gate": {"passed": passed, "failed": [] if passed else ["drift"], "checks": []}})
 
 
 # --------------------------------------------------------------------------- #
@@ -143,7 +143,7 @@ def test_crash_between_version_and_latest_is_completed_by_the_next_run(store_uri
     st.write_version("2025-06-02", artifact("2025-06-02", [0.4, 0.4, 0.2], previous="2025-06-01"))
     storage.write_json(storage.join(store_uri, "latest.lock"), {"owner": "nightly 2025-06-02", "acquired_unix": time.time() - 3600})
     # Consistent meanwhile: readers get the complete old weights; the new version is complete too.
-    assert st.latest_version() == "2025-06-01" and resolve_weights_file(store_uri).endswith("versions/2025-06-01/weights.json")
+    assert st.latest_version() == "2025-06-01" and resolve(store_uri).endswith("versions/2025-06-01/weights.json")
     assert st.pending() == "2025-06-02"
     # A night that failed its gate, or was gated against another `latest`, is never promoted by recovery.
     st.write_version("2025-06-03", artifact("2025-06-03", [0.1, 0.1, 0.8], passed=False, previous="2025-06-01"))
@@ -178,8 +178,9 @@ def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
     st.promote("2025-06-02", expected="2025-06-01")
     assert resolve_weights(config) == ([0.2, 0.3, 0.5], "2025-06-02")
     pinned = storage.join(store_uri, "versions", "2025-06-01")
-    assert resolve_weights(config, pinned) == ([0.5, 0.3, 0.2], "2025-06-01")
-    assert resolve_weights(config, storage.join(pinned, "weights.json"))[1] == "2025-06-01"
+    assert resolve_weights(config.with_overrides({"generate.weights_uri": pinned})) == ([0.5, 0.3, 0.2], "2025-06-01")
+    pinned_file = storage.join(pinned, "weights.json")
+    assert resolve_weights(config.with_overrides({"generate.weights_uri": pinned_file}))[1] == "2025-06-01"
 
 
 def test_score_cache_reuses_rows_by_prompt_id_and_text(store_uri):
@@ -266,9 +267,9 @@ def test_nightly_section_loads_and_bad_keys_name_key_and_file():
     for mutate, match in [
         (lambda n: n["gate"].update(max_drfit=0.1), r"tiny.yaml: unknown key `nightly.gate.max_drfit`"),
         (lambda n: n.update(batch_prompts="16"), r"`nightly.batch_prompts` must be int"),
-        (lambda n: n["gate"].update(min_median_ess=5.0), "ESS is at most samples_per_prompt = 4"),
+        (lambda n: n["gate"].update(min_median_ess=5.0), "ESS is at most sampling.samples_per_prompt = 4"),
         (lambda n: n["gate"].update(max_drift=2), r"`nightly.gate.max_drift` must be in \[0, 1\]"),
-        (lambda n: n.update(night="../etc"), "`nightly.night` must be a date"),
+        (lambda n: n.update(night="../etc"), "`nightly.night` is '../etc'; use a date"),
         (lambda n: n.pop("store"), "`nightly.store` is required"),
     ]:
         data = json.loads(json.dumps(raw))
@@ -301,9 +302,9 @@ def test_other_bad_inputs_are_user_errors(tmp_path, capsys):
     assert main(["nightly", TINY, "--night", "1999-01-01", "--store", store]) == 2  # no prompts for that night
     assert "does not exist" in capsys.readouterr().err
     assert main(["nightly", TINY, "--night", "bad/night", "--store", store]) == 2
-    assert "night id" in capsys.readouterr().err
+    assert "`nightly.night` is 'bad/night'" in capsys.readouterr().err
     st = WeightsStore(store)  # a store of another mixture
-    st.write_version("x", {**artifact("x", [0.5, 0.5]), "policies": ["a", "b"]})
+    st.write_version("x", WeightsArtifact.build(version="x", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1))
     st.promote("x", expected=None)
     assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store]) == 2
     assert "a new mixture needs a new `nightly.store`" in capsys.readouterr().err
@@ -313,39 +314,51 @@ def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_reco
     """The rerun finds the committed version (same inputs), moves `latest` and computes nothing (no Ray here)."""
     store = str(tmp_path / "store")
     config = load_config(TINY)
-    plan = plan_night(config, night=NIGHTS[0], store=store)
+    plan = plan_night(config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}))
     plan.store.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...then the crash
     assert plan.store.latest() is None
-    result = run_night(config, night=NIGHTS[0], store=store, progress=False)
+    result = run_night(config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False)
     assert result.rerun and result.recovered and result.passed and result.exit_code == 0 and result.latest == NIGHTS[0]
     assert "finished its interrupted promotion" in result.summary()
-    again = run_night(config, night=NIGHTS[0], store=store, progress=False)
+    again = run_night(config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False)
     assert again.rerun and not again.recovered and "nothing changed" in again.summary()
     # The same night with other inputs is refused: a version is never overwritten.
     other = write_jsonl(tmp_path / "f.jsonl", [PAIR])
     with pytest.raises(ValueError, match=r"changed: \['feedback'\].*--night 2025-06-01.2"):
-        run_night(config, night=NIGHTS[0], store=store, feedback=other, progress=False)
+        run_night(config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store, "nightly.feedback": other}), progress=False)
 
 
 def stub_scoring(monkeypatch, during=None):
-    """Replace sampling and scoring (the Ray part) by random numbers; ``during(plan)`` runs mid-night."""
+    """Replace the score pipeline (the Ray part) by random numbers; ``during(plan)`` runs mid-night."""
     import mpo_ray.workflows.nightly as nightly
+    from mpo_ray.io.schemas import score_table_schema
+    from mpo_ray.workflows.pipeline import ScoreRun, Timings
 
-    def score(plan, timings, progress):
+    planned, real_plan = {}, nightly.plan_night
+
+    def plan_night(config):
+        planned["plan"] = real_plan(config)
+        return planned["plan"]
+
+    def run_pipeline(config, batches, *, with_models=None, **_):
+        plan = planned["plan"]
         if during:
             during(plan)
-        rng = np.random.default_rng(len(plan.table.ids))
-        n, m = len(plan.table.ids), 4
-        columns = {"prompt_id": np.repeat(plan.table.ids, m), "sample_idx": np.tile(np.arange(m, dtype=np.int32), n),
-                   "prompt": np.repeat(plan.table.prompts, m), "response": ["r"] * (n * m), "response_token_ids": [[1]] * (n * m),
+        ids = [i for b in batches for i in b.ids]
+        prompts = [q for b in batches for q in b.prompts]
+        schema = score_table_schema(config.policy_names, [r.name for r in config.rewards])
+        rng = np.random.default_rng(len(ids))
+        n, m = len(ids), 4
+        columns = {"prompt_id": np.repeat(ids, m), "sample_idx": np.tile(np.arange(m, dtype=np.int32), n),
+                   "prompt": np.repeat(prompts, m), "response": ["r"] * (n * m), "response_token_ids": [[1]] * (n * m),
                    "sampler": ["ref"] * (n * m), "logp_ref": np.full(n * m, -5.0), "logp_proposal": np.full(n * m, -5.0)}
-        for name in plan.table.schema.names[len(columns):]:
+        for name in schema.names[len(columns):]:
             columns[name] = -5.0 + 0.3 * rng.normal(size=n * m)
-        margins = rng.normal(size=(len(plan.feedback), len(NAMES))) if plan.feedback else None
-        return (pa.table(columns, schema=plan.table.schema), {"reused": 0, "scored": n},
-                None if margins is None else {"margins": margins}, {})
+        margins = rng.normal(size=(len(plan.feedback), len(NAMES))) if with_models else None
+        return ScoreRun(pa.table(columns, schema=schema), Timings(), {}, margins)
 
-    monkeypatch.setattr(nightly, "_score", score)
+    monkeypatch.setattr(nightly, "plan_night", plan_night)
+    monkeypatch.setattr(nightly, "run_pipeline", run_pipeline)
 
 
 def test_a_night_whose_latest_moves_meanwhile_writes_nothing_and_exits_4(tmp_path, monkeypatch, capsys):
@@ -373,7 +386,7 @@ def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
         st.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...and died before `latest`
 
     stub_scoring(monkeypatch, during=the_other_run_commits_first)
-    result = run_night(load_config(TINY), night=NIGHTS[0], store=store, progress=False)
+    result = run_night(load_config(TINY).with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False)
     committed = st.read_version(NIGHTS[0])
     assert result.rerun and result.recovered and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
     assert st.versions() == [NIGHTS[0]] and st.latest()["history"] == [NIGHTS[0]]
@@ -392,7 +405,7 @@ def store_snapshot(uri: str) -> dict:
 @pytest.fixture(scope="module")
 def three_nights(tmp_path_factory):
     """Nights 1 and 2 through the CLI; night 3 crashes between its version and `latest`, then runs again; then reruns."""
-    import ray
+    from mpo_ray.runtime.session import ray_session
 
     raw = yaml.safe_load(open(TINY))
     for key in ("reweight", "generate"):
@@ -411,24 +424,23 @@ def three_nights(tmp_path_factory):
         code = main(["nightly", cfg, "--night", name, "--quiet"])
         return {"code": code, "seconds": round(time.perf_counter() - t0, 1), "latest": st.latest_version(), "versions": st.versions()}
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        log[NIGHTS[0]] = night(NIGHTS[0])
-        log[NIGHTS[1]] = night(NIGHTS[1])
-        t0 = time.perf_counter()
-        with pytest.MonkeyPatch.context() as mp:  # night 3 passes its gate, writes its version, and dies
-            mp.setattr(WeightsStore, "promote", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed before moving latest")))
-            with pytest.raises(RuntimeError, match="killed before moving latest"):
-                main(["nightly", cfg, "--night", NIGHTS[2], "--quiet"])
-        log["crash"] = {"latest": st.latest_version(), "versions": st.versions(), "weights": resolve_weights_file(store),
-                        "lock": storage.exists(storage.join(store, "latest.lock")), "seconds": round(time.perf_counter() - t0, 1)}
-        log[NIGHTS[2]] = night(NIGHTS[2])
-        before = store_snapshot(store)
-        log["reruns"] = {n: night(n) for n in NIGHTS}
-        log["unchanged"] = store_snapshot(store) == before
-        yield st, log
+        with ray_session(address="local", num_cpus=2, log_to_driver=False):
+            log[NIGHTS[0]] = night(NIGHTS[0])
+            log[NIGHTS[1]] = night(NIGHTS[1])
+            t0 = time.perf_counter()
+            with pytest.MonkeyPatch.context() as mp:  # night 3 passes its gate, writes its version, and dies
+                mp.setattr(WeightsStore, "promote", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed before moving latest")))
+                with pytest.raises(RuntimeError, match="killed before moving latest"):
+                    main(["nightly", cfg, "--night", NIGHTS[2], "--quiet"])
+            log["crash"] = {"latest": st.latest_version(), "versions": st.versions(), "weights": resolve(store),
+                            "lock": storage.exists(storage.join(store, "latest.lock")), "seconds": round(time.perf_counter() - t0, 1)}
+            log[NIGHTS[2]] = night(NIGHTS[2])
+            before = store_snapshot(store)
+            log["reruns"] = {n: night(n) for n in NIGHTS}
+            log["unchanged"] = store_snapshot(store) == before
+            yield st, log
     finally:
-        ray.shutdown()
         fs, path = storage.filesystem(store)
         if fs.exists(path):
             fs.rm(path, recursive=True)

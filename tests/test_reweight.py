@@ -6,21 +6,15 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import ray
 
-from mpo_ray import solve_weights, storage
+from mpo_ray import solve_weights
+from mpo_ray.io import storage
 from mpo_ray.config import load_config
-from mpo_ray.workflows.reweight import reweight, score_arrays
+from mpo_ray.core.estimator import score_arrays
+from mpo_ray.workflows.reweight import reweight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def tiny(**overrides):
@@ -34,7 +28,7 @@ def read_table(out):
 @pytest.fixture(scope="module")
 def first_run(local_ray, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("reweight") / "run")
-    return out, reweight(tiny(), output=out, progress=False)
+    return out, reweight(tiny().with_overrides({"reweight.output": out}), progress=False)
 
 
 def test_reweight_end_to_end_matches_solver_on_its_table(first_run):
@@ -65,7 +59,7 @@ def test_rerun_resumes_and_gives_the_same_weights(first_run, tmp_path):
     first = first_run[1]
     files = storage.list_files(os.path.join(out, "scores"))
     os.remove(files[1])  # a run that died after three of four batches
-    second = reweight(config, output=out, progress=False)
+    second = reweight(config.with_overrides({"reweight.output": out}), progress=False)
     assert second["weights"] == pytest.approx(first["weights"], abs=1e-12)
     table = read_table(out)
     keys = list(zip(table.column("prompt_id").to_pylist(), table.column("sample_idx").to_pylist()))
@@ -76,7 +70,7 @@ def test_rerun_resumes_and_gives_the_same_weights(first_run, tmp_path):
 def test_mixture_proposal_and_reward_estimate(local_ray, tmp_path):
     config = tiny(**{"reweight.sampling": {"samples_per_prompt": 4, "max_new_tokens": 8, "proposal": "mixture"},
                      "reweight.estimate": "rewards"})
-    artifact = reweight(config, output=str(tmp_path / "mix"), progress=False)
+    artifact = reweight(config.with_overrides({"reweight.output": str(tmp_path / "mix")}), progress=False)
     table = read_table(str(tmp_path / "mix"))
     assert sorted(set(table.column("sampler").to_pylist())) == ["concise", "detailed", "ref", "upbeat"]
     assert artifact["estimate"] == "rewards"

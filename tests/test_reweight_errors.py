@@ -32,7 +32,7 @@ def test_bad_input_fails_before_actors_and_writes_nothing(tmp_path, overrides, m
     config = tiny(**overrides)
     out = tmp_path / "out"
     with pytest.raises(ValueError, match=match):
-        reweight(config, output=str(out), progress=False)
+        reweight(config.with_overrides({"reweight.output": str(out)}), progress=False)
     assert not out.exists()
     assert not ray.is_initialized()
 
@@ -41,9 +41,9 @@ def test_empty_corpus_and_unwritable_output(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match="is empty"):
-        reweight(tiny(**{"reweight.prompts": str(empty)}), output=str(tmp_path / "o"), progress=False)
+        reweight(tiny(**{"reweight.prompts": str(empty)}).with_overrides({"reweight.output": str(tmp_path / "o")}), progress=False)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="not writable"):
-        reweight(tiny(), output=str(blocker / "sub"), progress=False)
+        reweight(tiny().with_overrides({"reweight.output": str(blocker / "sub")}), progress=False)
     assert not ray.is_initialized()

@@ -15,6 +15,7 @@ import yaml
 
 from mpo_ray.io import storage
 from mpo_ray.config import load_config
+from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.reweight import reweight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,27 +51,22 @@ def test_multinode_actors_spread_and_match_single_node(tmp_path):
         for _ in range(2):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        ray.init(address=cluster.address, log_to_driver=False)
-        multi = reweight(tiny(), output=str(tmp_path / "multi"), progress=False)
+        with ray_session(address=cluster.address, log_to_driver=False):
+            multi = reweight(tiny().with_overrides({"reweight.output": str(tmp_path / "multi")}), progress=False)
     finally:
-        ray.shutdown()
         cluster.shutdown()
     nodes = {a["node_id"] for replicas in multi["placement"].values() for a in replicas}
     assert len(nodes) >= 2, multi["placement"]
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        single = reweight(tiny(), output=str(tmp_path / "single"), progress=False)
-    finally:
-        ray.shutdown()
+    with ray_session(address="local", num_cpus=2, log_to_driver=False):
+        single = reweight(tiny().with_overrides({"reweight.output": str(tmp_path / "single")}), progress=False)
     np.testing.assert_allclose(multi["weights"], single["weights"], atol=1e-6)
     assert sorted(keys(str(tmp_path / "multi"))) == sorted(keys(str(tmp_path / "single")))
 
 
 def test_killing_a_policy_actor_and_the_driver(tmp_path):
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        reference = reweight(tiny(), output=str(tmp_path / "clean"), progress=False)
+    with ray_session(address="local", num_cpus=2, log_to_driver=False):
+        reference = reweight(tiny().with_overrides({"reweight.output": str(tmp_path / "clean")}), progress=False)
 
         # 1. kill a policy actor while the run is in flight: Ray restarts it, the call is retried.
         out = str(tmp_path / "actor-killed")
@@ -86,7 +82,7 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
 
         thread = threading.Thread(target=killer)
         thread.start()
-        result = reweight(tiny(), output=out, progress=False)
+        result = reweight(tiny().with_overrides({"reweight.output": out}), progress=False)
         thread.join()
         assert killed, "the policy actor was not found to kill"
         np.testing.assert_allclose(result["weights"], reference["weights"], atol=1e-6)
@@ -114,5 +110,4 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         # other batch boundaries pad differently: equal up to float noise in the scores
         np.testing.assert_allclose(resumed["weights"], reference["weights"], atol=1e-4)
         assert sorted(keys(out)) == sorted(keys(str(tmp_path / "clean")))
-    finally:
-        ray.shutdown()
+

@@ -3,7 +3,7 @@
 For K = 1, 2, 3 policies, times (a) `MixedPolicy.generate` producing B×T mixed
 tokens and (b) each of the K policies' own `transformers` `generate` on the
 same prompts, one after another (K×B×T tokens), in one run, and prints the
-cost ratio t_mixed / t_separate. DESIGN.md §5: mixing K separate models reads
+cost ratio t_mixed / t_separate. docs/design.md §5: mixing K separate models reads
 all K models per token, so the honest target is a ratio ≤ 1.1; system-prompted
 or LoRA variants of one base run as one forward over K×B rows and should come
 in under 1. Every row decodes exactly T tokens (EOS ignored / suppressed) and
@@ -16,7 +16,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -72,7 +71,7 @@ def tiny_policies(kind, k, root, args):
     specs = build_tiny_family(
         Path(root) / kind, k, kind=kind, hidden_size=args.hidden_size, num_layers=args.layers, max_positions=1024
     )
-    return load_policies([replace(s, device=args.device, dtype=args.dtype) for s in specs])
+    return load_policies([s.model_copy(update={"device": args.device, "dtype": args.dtype}) for s in specs])
 
 
 def model_policies(kind, k, path, root, args):

@@ -6,7 +6,7 @@ the same texts: the work is identical. The loop calls `MixedPolicy.generate`
 batch by batch in this process; the pipeline is `mpo-ray generate` end to end
 (read, replica start-up and model loading, decode, write, promote) with 1 and 2
 replicas when the cluster has the cores. Prints rows/s, tokens/s and the ratio
-pipeline / loop (DESIGN.md §5), end to end and in steady state (the time of a
+pipeline / loop (docs/design.md §5), end to end and in steady state (the time of a
 one-batch run, i.e. the fixed start-up, subtracted), and the machine's load
 average, since a shared machine moves the figures. Figures, not asserts.
 """

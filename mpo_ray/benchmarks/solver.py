@@ -3,7 +3,7 @@
 The table mimics real log-ratios: per-prompt offsets (prompts differ in how
 much any policy likes them), objective-specific means that pull against each
 other, and heavy-ish tails. The default size (N=100k, m=16, K=5) is the scale
-DESIGN.md §1 says nearly always fits in memory.
+docs/design.md §1 says nearly always fits in memory.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,9 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpo_ray.core.errors import UserError
 from mpo_ray.demo import objectives
 from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, train_dpo
 
+log = logging.getLogger(__name__)
 OBJECTIVES = {"concise": objectives.brevity, "detailed": objectives.detail, "enthusiastic": objectives.enthusiasm}
 DATA_DIR = Path(__file__).parent / "data"
 ADAPTER_DIR = DATA_DIR / "adapters"
@@ -66,13 +69,12 @@ def adapter_paths(root: str | os.PathLike = ADAPTER_DIR) -> dict[str, Path]:
     paths = {name: Path(root) / name for name in OBJECTIVES}
     missing = [str(p) for p in paths.values() if not (p / "adapter_config.json").exists()]
     if missing:
-        raise ValueError(f"demo adapters missing: {missing}; rebuild them with `mpo-ray train-demo-policies`")
+        raise UserError(f"demo adapters missing: {missing}; rebuild them with `mpo-ray train-demo-policies`")
     return paths
 
 
 def _log(msg: str, quiet: bool):
-    if not quiet:
-        print(msg, flush=True)
+    log.log(logging.DEBUG if quiet else logging.INFO, msg)
 
 
 def build_pairs(prompts: list[str], samples, score_fn, min_gap: float):
@@ -131,16 +133,17 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
 
     from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.config import PolicySpec
-    from mpo_ray.models.policies import cache_dir, load_policies, resolve_model
+    from mpo_ray.io.cache import cache_dir
+    from mpo_ray.models.policies import load_policies, resolve_model
 
     config = config or TrainDemoConfig()
     unknown = sorted(set(only or ()) - set(OBJECTIVES))
     if unknown:
-        raise ValueError(f"unknown objective(s) {unknown}; choose from {list(OBJECTIVES)}")
+        raise UserError(f"unknown objective(s) {unknown}; choose from {list(OBJECTIVES)}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     if not os.access(output, os.W_OK):
-        raise ValueError(f"cannot write the adapters to {output}: not writable; pass --output DIR")
+        raise UserError(f"cannot write the adapters to {output}: not writable; pass --output DIR")
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
     train = demo_prompts("train")[: config.train_prompts]

@@ -14,8 +14,8 @@ The demo runs the real workflows in order:
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -23,8 +23,12 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpo_ray.io import storage
+from mpo_ray.core.errors import UserError
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
+from mpo_ray.io import storage
+from mpo_ray.runtime.session import ray_session
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ GENERATION = {"temperature": 0.7, "top_p": 0.9}
 MARKER = "demo.json"
 
 
-def demo_config(out: str, size: DemoSize, adapters: str | None = None):
+def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int = 0):
     """The demo's mixture as a regular Config: what a user would write in YAML."""
     from mpo_ray.config import config_from_dict
 
@@ -61,7 +65,7 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None):
         "rewards": [{"name": rewards[obj], "function": f"mpo_ray.demo.objectives:{rewards[obj]}", "objective": obj}
                     for obj in OBJECTIVES],
         "reweight": {
-            "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 4,
+            "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 4, "seed": seed,
             "output": os.path.join(out, "reweight"), "min_median_ess": 1.5,
             # DPO moves the policies far from π_ref: samples from π_ref alone leave a median ESS near 1
             # (measured); drawing them from π_ref and every policy (balance heuristic) keeps the estimate sound.
@@ -70,7 +74,8 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None):
         },
         "generate": {
             "prompts": os.path.join(out, "prompts", "eval.jsonl"), "output": os.path.join(out, "generations", "mpo"),
-            "max_new_tokens": size.generate_tokens, "batch_size": 16, "seed": 0, **GENERATION,
+            "weights_uri": os.path.join(out, "reweight", "weights.json"),
+            "max_new_tokens": size.generate_tokens, "batch_size": 16, "seed": seed, **GENERATION,
         },
     }
     return config_from_dict(data, source="mpo-ray demo")
@@ -79,10 +84,10 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None):
 def _prepare_output(out: str) -> None:
     """A fresh demo directory: reuse one an earlier demo made, refuse to touch anything else."""
     if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--output {out!r} is a file; give a directory for the demo's artifacts")
+        raise UserError(f"--output {out!r} is a file; give a directory for the demo's artifacts")
     if os.path.isdir(out) and os.listdir(out):
         if not os.path.exists(os.path.join(out, MARKER)):
-            raise ValueError(f"--output {out!r} exists and is not an mpo-ray demo directory; choose a new or empty directory")
+            raise UserError(f"--output {out!r} exists and is not an mpo-ray demo directory; choose a new or empty directory")
         for name in os.listdir(out):
             path = os.path.join(out, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
@@ -99,7 +104,7 @@ def _write_prompts(out: str, size: DemoSize) -> None:
 
 def _solver_paths(config, out: str):
     """Re-solve the written score table with history, both ways, for the solver plot."""
-    from mpo_ray.workflows.reweight import score_arrays
+    from mpo_ray.core.estimator import score_arrays
     from mpo_ray.core.solver import evaluate_weights, solve_weights
 
     table = storage.read_parquet_files(storage.list_files(os.path.join(out, "reweight", "scores")))
@@ -114,10 +119,9 @@ def _solver_paths(config, out: str):
     return full, bsmd, (at, gaps)
 
 
-def run_demo(output: str | None = None, quick: bool = False, adapters: str | None = None, progress: bool = True) -> dict:
+def run_demo(output: str | None = None, quick: bool = False, adapters: str | None = None, progress: bool = True,
+             seed: int = 0) -> dict:
     """Run the five steps; returns the summary also written to `output`/demo.json."""
-    import ray
-
     from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
     from mpo_ray.workflows.generate import generate
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
@@ -126,7 +130,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
 
     size = SIZES["quick" if quick else "default"]
     out = os.path.abspath(output or "mpo-demo")
-    config = demo_config(out, size, adapters)  # checks the shipped adapters before anything runs
+    config = demo_config(out, size, adapters, seed)  # checks the shipped adapters before anything runs
     _prepare_output(out)
     storage.write_json(os.path.join(out, MARKER), {"size": asdict(size), "status": "running"})
     _write_prompts(out, size)
@@ -134,20 +138,17 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
 
     def step(i: int, key: str, what: str):
         times[key] = time.perf_counter()
-        print(f"\n[{i}/5] {what}", flush=True)
+        log.info("[%d/5] %s", i, what)
 
-    owns_ray = not ray.is_initialized()
-    if owns_ray:
-        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
+    with ray_session(address="local", log_to_driver=False):
         step(1, "reweight", "reweight: sample from π_ref and each policy, score with every policy, solve for λ")
         # implicit DPO rewards drive the solver; the programmatic rewards are for evaluation only,
         # so reweighting skips their actors (three fewer processes to start on a small machine)
-        artifact = reweight(dataclasses.replace(config, rewards=[]), progress=progress)
+        artifact = reweight(config.model_copy(update={"rewards": []}), progress=progress)
         lam = dict(zip(config.policy_names, artifact["weights"]))
 
         step(2, "generate MPO", "generate with the MPO weights (Ray Data → Parquet)")
-        generate(config, weights=os.path.join(out, "reweight", "weights.json"), progress=progress)
+        generate(config, progress=progress)
 
         step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix and a weight grid")
         k = len(config.policy_names)
@@ -158,9 +159,6 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
                 if not any(np.allclose(w, v) for v in points.values()):
                     points[point_label(w)] = w.tolist()
         sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points, progress=progress)
-    finally:
-        if owns_ray:
-            ray.shutdown()
 
     step(4, "evaluate", "evaluate every generation set against π_ref's")
     objectives = objectives_from_config(config)
@@ -184,13 +182,12 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     summary = {"size": asdict(size), "generation": GENERATION, "weights": lam, "artifact_version": artifact["version"],
                "certificate_gap": artifact["certificate"]["gap_nats"], "median_ess": artifact["ess"]["median"],
                "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
-               "seconds": seconds, "status": "done"}
+               "seconds": seconds, "seed": seed, "report": os.path.join(out, "report.md"), "status": "done"}
     report = demo_report(config, artifact, shown, summary, _examples(out, config.policy_names))
     storage.write_text(os.path.join(out, "report.md"), report)
     storage.write_json(os.path.join(out, MARKER), summary)
-    print("\n" + report)
-    print(f"artifacts in {out}: report.md, reweight/weights.json, reweight/scores/, generations/, "
-          f"solver.png, objectives.png, front.png ({seconds['total']:.0f} s)")
+    log.info("artifacts in %s: report.md, reweight/weights.json, reweight/scores/, generations/, "
+             "solver.png, objectives.png, front.png (%.0f s)", out, seconds["total"])
     return summary
 
 

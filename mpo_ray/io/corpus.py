@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mpo_ray.core.errors import UserError
 from mpo_ray.core.seeds import prompt_id
 from mpo_ray.io.storage import filesystem
 
@@ -24,17 +25,17 @@ def corpus_format(uri: str) -> str:
     """'parquet' | 'json' | 'csv' | 'datasets' (a saved HF `datasets` directory), or ValueError."""
     fs, path = filesystem(uri)
     if not fs.exists(path):
-        raise ValueError(f"prompt corpus {uri!r} does not exist (or cannot be reached); check the path / URL and credentials.")
+        raise UserError(f"prompt corpus {uri!r} does not exist (or cannot be reached); check the path / URL and credentials.")
     if fs.isdir(path):
         if fs.exists(f"{path.rstrip('/')}/dataset_info.json") or fs.exists(f"{path.rstrip('/')}/dataset_dict.json"):
             return "datasets"
         if any(p.endswith(".parquet") for p in fs.ls(path, detail=False)):
             return "parquet"
-        raise ValueError(f"prompt corpus directory {uri!r} holds neither Parquet files nor a saved `datasets` dataset.")
+        raise UserError(f"prompt corpus directory {uri!r} holds neither Parquet files nor a saved `datasets` dataset.")
     for suffix, fmt in FORMATS.items():
         if path.endswith(suffix):
             return fmt
-    raise ValueError(f"prompt corpus {uri!r}: unknown file type; use .parquet, .jsonl, .csv or a `datasets` directory.")
+    raise UserError(f"prompt corpus {uri!r}: unknown file type; use .parquet, .jsonl, .csv or a `datasets` directory.")
 
 
 def _read_table(uri: str) -> pa.Table:
@@ -59,36 +60,36 @@ def _read_table(uri: str) -> pa.Table:
         rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
         return pa.Table.from_pylist(rows)
     except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"prompt corpus {uri!r} could not be read as {fmt}: {exc}") from None
+        raise UserError(f"prompt corpus {uri!r} could not be read as {fmt}: {exc}") from None
 
 
 def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "prompt_id", limit: int | None = None):
     """(ids, prompts) as two lists of str, validated; the whole corpus must fit the driver (reweighting sizes do)."""
     table = _read_table(uri)
     if table.num_rows == 0:
-        raise ValueError(f"prompt corpus {uri!r} is empty; it needs at least one row with a `{prompt_column}` column.")
+        raise UserError(f"prompt corpus {uri!r} is empty; it needs at least one row with a `{prompt_column}` column.")
     if prompt_column not in table.column_names:
-        raise ValueError(
+        raise UserError(
             f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {table.column_names}. "
             "Set `prompt_column` in the config."
         )
     prompts = table.column(prompt_column).to_pylist()
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
     if bad:
-        raise ValueError(
+        raise UserError(
             f"prompt corpus {uri!r}: column {prompt_column!r} must hold non-empty strings; row {bad[0]} is {prompts[bad[0]]!r} "
             f"({len(bad)} bad row(s) in all)."
         )
     if id_column in table.column_names:
         ids = [str(x) if x is not None else None for x in table.column(id_column).to_pylist()]
         if any(i is None or not i for i in ids):
-            raise ValueError(f"prompt corpus {uri!r}: column {id_column!r} has empty ids; fill them or drop the column.")
+            raise UserError(f"prompt corpus {uri!r}: column {id_column!r} has empty ids; fill them or drop the column.")
     else:
         ids = [prompt_id(p) for p in prompts]
     seen: dict[str, int] = {}
     for row, i in enumerate(ids):
         if i in seen:
-            raise ValueError(
+            raise UserError(
                 f"prompt corpus {uri!r}: prompt id {i!r} appears at rows {seen[i]} and {row}; "
                 "ids must be unique (duplicate prompts get the same hashed id: drop duplicates)."
             )

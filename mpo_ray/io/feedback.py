@@ -15,11 +15,11 @@ import hashlib
 import io
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
 
 COLUMNS = ("prompt", "chosen", "rejected", "group")
@@ -52,7 +52,7 @@ class Feedback:
 def _read_rows(uri: str) -> pa.Table:
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
-        raise ValueError(f"feedback {uri!r} does not exist; check the path (and `{{night}}` in it), or drop `nightly.feedback`.")
+        raise UserError(f"feedback {uri!r} does not exist; check the path (and `{{night}}` in it), or drop `nightly.feedback`.")
     try:
         with fs.open(path, "rb") as f:
             raw = f.read()
@@ -64,49 +64,36 @@ def _read_rows(uri: str) -> pa.Table:
             text = raw.decode("utf-8")
             rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
             if not all(isinstance(r, dict) for r in rows):
-                raise ValueError(f"feedback {uri!r}: every JSON row must be an object with keys {list(COLUMNS)}.")
+                raise UserError(f"feedback {uri!r}: every JSON row must be an object with keys {list(COLUMNS)}.")
             return pa.Table.from_pylist(rows)
     except (pa.ArrowException, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise ValueError(f"feedback {uri!r} could not be read: {exc}") from None
-    raise ValueError(f"feedback {uri!r}: unknown file type; use .jsonl, .parquet or .csv.")
+        raise UserError(f"feedback {uri!r} could not be read: {exc}") from None
+    raise UserError(f"feedback {uri!r}: unknown file type; use .jsonl, .parquet or .csv.")
 
 
 def read_feedback(uri: str, objectives: list[str]) -> Feedback:
     """Read and validate preference pairs; ValueError naming the file, the row and the fix."""
     table = _read_rows(uri)
     if table.num_rows == 0:
-        raise ValueError(f"feedback {uri!r} is empty; it needs rows with columns {list(COLUMNS)} "
+        raise UserError(f"feedback {uri!r} is empty; it needs rows with columns {list(COLUMNS)} "
                          "(or leave `nightly.feedback` unset to run without it).")
     missing = [c for c in COLUMNS if c not in table.column_names]
     if missing:
-        raise ValueError(f"feedback {uri!r} lacks column(s) {missing}; it has {table.column_names}. "
+        raise UserError(f"feedback {uri!r} lacks column(s) {missing}; it has {table.column_names}. "
                          f"Each row needs {list(COLUMNS)}.")
     cols = {c: table.column(c).to_pylist() for c in COLUMNS}
     for c in COLUMNS:
         bad = [i for i, v in enumerate(cols[c]) if not isinstance(v, str) or not v.strip()]
         if bad:
-            raise ValueError(f"feedback {uri!r}: column {c!r} must hold non-empty strings; row {bad[0]} is "
+            raise UserError(f"feedback {uri!r}: column {c!r} must hold non-empty strings; row {bad[0]} is "
                              f"{cols[c][bad[0]]!r} ({len(bad)} bad row(s) in all).")
     unknown = sorted(set(cols["group"]) - set(objectives))
     if unknown:
         rows = [i for i, g in enumerate(cols["group"]) if g == unknown[0]]
-        raise ValueError(f"feedback {uri!r}: group {unknown[0]!r} (row {rows[0]}, {len(rows)} row(s)) is not an objective; "
+        raise UserError(f"feedback {uri!r}: group {unknown[0]!r} (row {rows[0]}, {len(rows)} row(s)) is not an objective; "
                          f"groups name the policies {objectives}." + (f" Also unknown: {unknown[1:]}." if unknown[1:] else ""))
     same = [i for i, (a, b) in enumerate(zip(cols["chosen"], cols["rejected"])) if a == b]
     if same:
-        raise ValueError(f"feedback {uri!r}: row {same[0]} has the same text as chosen and rejected "
+        raise UserError(f"feedback {uri!r}: row {same[0]} has the same text as chosen and rejected "
                          f"({len(same)} such row(s)); a preference needs two different responses.")
     return Feedback(uri, cols["prompt"], cols["chosen"], cols["rejected"], cols["group"])
-
-
-def agreement(margins: np.ndarray, groups: list[str], weights) -> dict[str, float]:
-    """Per group, the share of pairs whose margin under ``weights`` is positive (a tie counts half); plus "min".
-
-    ``margins[n, k] = ℓ_k(x_n, chosen_n) − ℓ_k(x_n, rejected_n)``.
-    """
-    score = np.asarray(margins, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
-    wins = (score > 0) + 0.5 * (score == 0)
-    groups_arr = np.asarray(groups)
-    out = {g: float(wins[groups_arr == g].mean()) for g in dict.fromkeys(groups)}
-    out["min"] = min(out.values())
-    return out

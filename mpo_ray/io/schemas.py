@@ -2,16 +2,12 @@
 
 Tables are written with these schemas rather than inferred ones: inference
 differs per batch (an all-null column, an empty list) and breaks later writes
-and reads. Column names are the data contracts of DESIGN.md §4.
+and reads. Column names are the data contracts of docs/design.md §4.
 """
 
 from __future__ import annotations
 
 import pyarrow as pa
-
-WEIGHTS_FORMAT = "mpo-ray/weights"
-WEIGHTS_FORMAT_VERSION = 1
-
 
 def score_table_schema(policy_names: list[str], reward_names: list[str] = ()) -> pa.Schema:
     """One row per (prompt, sample): the sample, its reference and proposal log-probs, every policy's and reward's score."""
@@ -44,19 +40,20 @@ GENERATION_SCHEMA = pa.schema(
     ]
 )
 
-# Keys every weights artifact has; readers check them to fail clearly on foreign JSON.
-WEIGHTS_REQUIRED_KEYS = ("format", "format_version", "version", "policies", "weights", "beta", "objective")
 
+def generation_table(ids: list[str], prompts: list[str], generations: list, seeds: list[int], version: str,
+                     errors: list[str | None] | None = None) -> pa.Table:
+    """Generation rows, one per prompt; a ``None`` generation is an error row (its reason in ``errors``).
 
-def check_weights_artifact(obj, source: str) -> dict:
-    """Validate a loaded weights artifact; ValueError naming the source and what is wrong."""
-    if not isinstance(obj, dict) or obj.get("format") != WEIGHTS_FORMAT:
-        raise ValueError(f"{source} is not an mpo-ray weights artifact (no \"format\": {WEIGHTS_FORMAT!r}).")
-    missing = [k for k in WEIGHTS_REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise ValueError(f"{source} lacks {missing}; regenerate it with `mpo-ray reweight`.")
-    if obj["format_version"] > WEIGHTS_FORMAT_VERSION:
-        raise ValueError(f"{source} has format_version {obj['format_version']}; this mpo-ray reads up to {WEIGHTS_FORMAT_VERSION}. Upgrade mpo-ray.")
-    if len(obj["policies"]) != len(obj["weights"]):
-        raise ValueError(f"{source} names {len(obj['policies'])} policies but has {len(obj['weights'])} weights.")
-    return obj
+    ``generations`` hold ``text``, ``finish_reason``, ``num_tokens`` and ``log_normalizer``
+    (the decoder's `Generation`); one builder serves `generate` and `sweep` alike.
+    """
+    g = list(generations)
+    return pa.table({
+        "prompt_id": ids, "prompt": prompts, "response": [x.text if x else "" for x in g],
+        "finish_reason": [x.finish_reason if x else None for x in g],
+        "num_tokens": [x.num_tokens if x else 0 for x in g],
+        "log_normalizer": [x.log_normalizer if x else None for x in g],
+        "weights_version": [version] * len(ids), "seed": seeds,
+        "error": list(errors) if errors is not None else [None] * len(ids),
+    }, schema=GENERATION_SCHEMA)

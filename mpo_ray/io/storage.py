@@ -15,6 +15,7 @@ import uuid
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+from mpo_ray.core.errors import UserError
 
 TMP_PREFIX = "_tmp-"
 
@@ -24,7 +25,7 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ValueError, ImportError) as exc:
-        raise ValueError(f"cannot open {uri!r}: {exc}. Use a local path or an fsspec URL such as s3://bucket/dir.") from None
+        raise UserError(f"cannot open {uri!r}: {exc}. Use a local path or an fsspec URL such as s3://bucket/dir.") from None
     return fs, path
 
 
@@ -118,4 +119,4 @@ def check_writable(uri: str) -> None:
         if not existed and not fs.ls(path, detail=False):
             fs.rmdir(path)  # leave no trace: the pipeline creates it when it has something to write
     except Exception as exc:  # permissions, read-only buckets, a file in the way...
-        raise ValueError(f"output location {uri!r} is not writable ({type(exc).__name__}: {exc}); choose another --output.") from None
+        raise UserError(f"output location {uri!r} is not writable ({type(exc).__name__}: {exc}); choose another --output.") from None

@@ -33,11 +33,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
+from mpo_ray.io.artifact import LATEST_FILE as LATEST
+from mpo_ray.io.artifact import VERSIONS_DIR
+from mpo_ray.io.artifact import WEIGHTS_FILE as WEIGHTS
+from mpo_ray.io.artifact import WeightsArtifact
 
-LATEST = "latest.json"
 LOCK = "latest.lock"
-WEIGHTS = "weights.json"
 LATEST_FORMAT = "mpo-ray/weights-store-latest"
 
 
@@ -59,7 +62,7 @@ class WeightsStore:
     # --- reading -------------------------------------------------------------
 
     def version_uri(self, version: str, name: str = WEIGHTS) -> str:
-        return storage.join(self.uri, "versions", version, name)
+        return storage.join(self.uri, VERSIONS_DIR, version, name)
 
     def latest(self) -> dict | None:
         """The `latest` pointer, or None before the first promotion."""
@@ -70,14 +73,14 @@ class WeightsStore:
         pointer = self.latest()
         return pointer["version"] if pointer else None
 
-    def read_version(self, version: str) -> dict | None:
+    def read_version(self, version: str) -> WeightsArtifact | None:
         """A committed version's weights artifact, or None (absent, or a crash left it half-written)."""
         uri = self.version_uri(version)
-        return storage.read_json(uri) if storage.exists(uri) else None
+        return WeightsArtifact.read(uri) if storage.exists(uri) else None
 
     def versions(self) -> list[str]:
         """Committed versions, sorted by name (night ids sort by date)."""
-        fs, path = storage.filesystem(storage.join(self.uri, "versions"))
+        fs, path = storage.filesystem(storage.join(self.uri, VERSIONS_DIR))
         if not fs.exists(path):
             return []
         names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)]
@@ -85,14 +88,14 @@ class WeightsStore:
 
     # --- writing -------------------------------------------------------------
 
-    def write_version(self, version: str, artifact: dict, files: dict[str, str | pa.Table] | None = None) -> None:
+    def write_version(self, version: str, artifact: WeightsArtifact, files: dict[str, str | pa.Table] | None = None) -> None:
         """Write a version once: the side files (text or tables) first, weights.json last (the commit marker)."""
         if storage.exists(self.version_uri(version)):
             raise FileExistsError(f"{self.version_uri(version)} exists; a version is never overwritten.")
         for name, data in (files or {}).items():
             write = storage.write_text if isinstance(data, str) else storage.write_parquet
             write(self.version_uri(version, name), data)
-        storage.write_json(self.version_uri(version), artifact)
+        artifact.write(self.version_uri(version))
 
     def promote(self, version: str, *, expected: str | None, reason: str = "gate passed") -> dict:
         """Point `latest` at ``version`` if it still names ``expected`` (compare-and-swap; hold the lock)."""
@@ -102,11 +105,11 @@ class WeightsStore:
             raise StoreConflict(f"{self.uri}: `latest` is {now!r}, not {expected!r} as when this run started; "
                                 "another run promoted meanwhile. Rerun to gate against the new `latest`.")
         if self.read_version(version) is None:
-            raise ValueError(f"{self.uri}: version {version!r} is not committed; it cannot become `latest`.")
+            raise UserError(f"{self.uri}: version {version!r} is not committed; it cannot become `latest`.")
         pointer = {
             "format": LATEST_FORMAT,
             "version": version,
-            "weights": f"versions/{version}/{WEIGHTS}",
+            "weights": f"{VERSIONS_DIR}/{version}/{WEIGHTS}",
             "previous": now,
             "promoted_at": _now().isoformat(),
             "reason": reason,
@@ -181,7 +184,7 @@ class WeightsStore:
         except FileExistsError:
             return False
         except (ValueError, NotImplementedError) as exc:
-            raise ValueError(f"weights store {self.uri!r}: its filesystem ({type(fs).__name__}) cannot create a file exclusively "
+            raise UserError(f"weights store {self.uri!r}: its filesystem ({type(fs).__name__}) cannot create a file exclusively "
                              f"({exc}), which the store's lock needs; upgrade its fsspec driver or put the store elsewhere.") from None
 
     @staticmethod
@@ -207,22 +210,6 @@ class WeightsStore:
         if modified.tzinfo is None:  # object stores report UTC; some drivers leave it implicit
             modified = modified.replace(tzinfo=datetime.timezone.utc)
         return (_now() - modified).total_seconds()
-
-
-def resolve_weights_file(uri: str) -> str:
-    """The weights.json a URI means: a store (→ its `latest`), a version or run directory, or the file itself."""
-    fs, path = storage.filesystem(uri)
-    if not fs.isdir(path):
-        return uri  # a file, or nothing: the caller reads it and says what is wrong
-    pointer_uri = storage.join(uri, LATEST)
-    if storage.exists(pointer_uri):
-        return storage.join(uri, storage.read_json(pointer_uri)["weights"])
-    if storage.exists(storage.join(uri, WEIGHTS)):
-        return storage.join(uri, WEIGHTS)
-    if storage.exists(storage.join(uri, "versions")):
-        raise ValueError(f"weights store {uri!r} has no `latest` yet (no night has passed its gate); pin a version "
-                         f"as {storage.join(uri, 'versions', 'VERSION')}.")
-    return storage.join(uri, WEIGHTS)  # the caller reports that it does not exist
 
 
 # --------------------------------------------------------------------------- #

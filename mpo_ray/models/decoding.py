@@ -2,7 +2,7 @@
 
 At every step each policy k scores the next token given its own formatting of
 the prompt and the shared response so far, and the scores are mixed in log
-space (DESIGN.md §1 "Decoding the mixture"):
+space (docs/design.md §1 "Decoding the mixture"):
 
     s_t(v) = Σ_k λ_k log π_k(v | x, y_<t),   log z_t = logsumexp_v s_t(v)
 

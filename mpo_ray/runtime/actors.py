@@ -17,14 +17,15 @@ retried (``max_task_retries``), so killing one mid-run costs a reload, not the r
 
 from __future__ import annotations
 
-import math
 import os
+import uuid
 
 import numpy as np
+import pyarrow as pa
 import ray
 
-from mpo_ray.config import ResourcesConfig, RewardSpec
-from mpo_ray.config import PolicySpec
+from mpo_ray.config import Config, PolicySpec, ResourcesConfig, RewardSpec
+from mpo_ray.runtime.resources import plan_resources
 
 
 def _set_threads(num_cpus: float) -> None:
@@ -88,38 +89,8 @@ class RewardActor:
 
 
 # --------------------------------------------------------------------------- #
-# Placement and worker groups
+# Worker groups
 # --------------------------------------------------------------------------- #
-
-
-def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
-    """Per-actor resources and replicas per model, from the config and what the cluster has.
-
-    With GPUs: one GPU per actor, and spare GPUs become replicas. Without:
-    a CPU share each, so that K+1 models fit even a two-core machine.
-    """
-    cluster = ray.cluster_resources()
-    gpus = cluster.get("GPU", 0.0)
-    cpus = cluster.get("CPU", 1.0)
-    num_gpus = resources.gpus_per_model if resources.gpus_per_model is not None else (1.0 if gpus >= 1 else 0.0)
-    if num_gpus > 0:
-        replicas = resources.replicas or max(1, int(gpus // (num_gpus * num_models)))
-    else:
-        replicas = resources.replicas or 1
-    node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus]
-    num_cpus = min(resources.cpus_per_model, _cpu_share(node_cpus, replicas * num_models))
-    if num_gpus > gpus:
-        raise ValueError(f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
-    return {"num_gpus": num_gpus, "num_cpus": num_cpus, "replicas": replicas}
-
-
-def _cpu_share(node_cpus: list[float], actors: int) -> float:
-    """The largest CPU share (2 decimals) such that ``actors`` actors fit on these nodes, bin by bin."""
-    for share in sorted({c / k for c in node_cpus if c > 0 for k in range(1, actors + 1)}, reverse=True):
-        share = math.floor(100 * share) / 100
-        if share > 0 and sum(int(c / share + 1e-9) for c in node_cpus) >= actors:
-            return share
-    return 0.01
 
 
 class ModelGroup:
@@ -180,16 +151,50 @@ def gather_samples(refs: list) -> dict:
     }
 
 
-def split_counts(total: int, parts: int) -> list[int]:
-    """``total`` samples over ``parts`` samplers as evenly as possible (the first ones take the remainder)."""
-    base, extra = divmod(total, parts)
-    return [base + (i < extra) for i in range(parts)]
+def start_groups(config: Config, *, rewards: bool = True) -> tuple[dict[str, ModelGroup], dict[str, ModelGroup]]:
+    """A worker group per model (reference and policies) and, with ``rewards``, per reward source."""
+    specs = [config.reference, *config.policies]
+    reward_specs = list(config.rewards) if rewards else []
+    plan = plan_resources(config.resources, len(specs) + len(reward_specs))
+    run_id = uuid.uuid4().hex[:8]
+    groups = {s.name: ModelGroup(s.name, PolicyActor, s, plan, config.resources, run_id) for s in specs}
+    reward_groups = {r.name: ModelGroup(r.name, RewardActor, r, {**plan, "num_gpus": 0.0 if r.function else plan["num_gpus"]},
+                                        config.resources, run_id) for r in reward_specs}
+    return groups, reward_groups
 
 
-def log_mixture(logps: np.ndarray, counts: list[int]) -> np.ndarray:
-    """Balance-heuristic proposal log q = log Σ_c (n_c/m) π_c(y|x), from (n, C) log-probs."""
-    logw = np.log(np.asarray(counts, dtype=np.float64) / sum(counts))
-    a = logps + logw
-    top = a.max(axis=1, keepdims=True)
-    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
+@ray.remote
+class GeneratorActor:
+    """Several policies loaded once in one process, generating under any weights over them (sweeps)."""
 
+    def __init__(self, specs: list, threads: int):
+        from mpo_ray.models.generator import BatchGenerator
+
+        self.generator = BatchGenerator(specs, threads)
+
+    def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int):
+        return pa.concat_tables([
+            self.generator.rows(ids[i : i + batch_size], prompts[i : i + batch_size], seeds[i : i + batch_size],
+                                weights, params, label) for i in range(0, len(ids), batch_size)])
+
+
+class Generator:
+    """The driver's handle on a GeneratorActor: blocking calls, explicit kill."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def generate(self, *args):
+        return ray.get(self.handle.generate.remote(*args))
+
+    def kill(self) -> None:
+        ray.kill(self.handle, no_restart=True)
+
+
+def start_generator(config: Config, specs: list) -> Generator:
+    """One generator actor sized as one replica of the generate workflow (the same GPU / CPU rules and config keys)."""
+    from mpo_ray.runtime.resources import plan_replicas
+
+    plan = plan_replicas(config.generate.model_copy(update={"concurrency": 1}))
+    handle = GeneratorActor.options(num_gpus=plan["num_gpus"], num_cpus=plan["num_cpus"]).remote(specs, plan["threads"])
+    return Generator(handle)

@@ -1,6 +1,6 @@
 """Tiny, deterministic language models for tests and benchmarks.
 
-No hub is reachable where the tests run (DESIGN.md §6), so the suite builds its
+No hub is reachable where the tests run (docs/design.md §6), so the suite builds its
 own models: a byte-level BPE trained with `tokenizers` in milliseconds, a chat
 template, and a small randomly initialised Llama or GPT-2 saved as an ordinary
 Hugging Face directory. Everything is seeded, so the same call gives the same
@@ -201,7 +201,7 @@ def resolve_tiny(uri: str) -> str:
     import shutil
     import tempfile
 
-    from mpo_ray.models.policies import cache_dir
+    from mpo_ray.io.cache import cache_dir
 
     name = uri[len(TINY_PREFIX):]
     root = cache_dir() / "tiny-v2"  # bump when a recipe below changes: old caches must not be reused

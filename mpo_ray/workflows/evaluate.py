@@ -15,9 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mpo_ray.core.errors import UserError
+from mpo_ray.core.stats import mean_ci, win_rates
 from mpo_ray.io import storage
 
-Z95 = 1.959963984540054
 REQUIRED = ("prompt_id", "prompt", "response")
 
 
@@ -25,15 +26,15 @@ def read_generations(uri: str) -> pa.Table:
     """A generation Parquet file or directory (the `generate` output), checked; error rows dropped."""
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
-        raise ValueError(f"generations {uri!r} do not exist; pass the output of `mpo-ray generate` (a Parquet file or directory)")
+        raise UserError(f"generations {uri!r} do not exist; pass the output of `mpo-ray generate` (a Parquet file or directory)")
     files = storage.list_files(uri) if fs.isdir(path) else [uri]
     files = [f for f in files if f.endswith(".parquet")]
     if not files:
-        raise ValueError(f"generations {uri!r} hold no Parquet files")
+        raise UserError(f"generations {uri!r} hold no Parquet files")
     table = storage.read_parquet_files(files)
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
-        raise ValueError(f"generations {uri!r} lack column(s) {missing}; they have {table.column_names}")
+        raise UserError(f"generations {uri!r} lack column(s) {missing}; they have {table.column_names}")
     if "error" in table.column_names:
         table = table.filter(pc.is_null(table["error"]))
     return table
@@ -44,21 +45,8 @@ def objectives_from_config(config) -> dict[str, Callable]:
     from mpo_ray.models.rewards import RewardSource
 
     if not config.rewards:
-        raise ValueError(f"{config.source}: no `rewards:` to evaluate with; add reward functions or models to the config")
+        raise UserError(f"{config.source}: no `rewards:` to evaluate with; add reward functions or models to the config")
     return {spec.objective or spec.name: RewardSource(spec).score for spec in config.rewards}
-
-
-def mean_ci(x: np.ndarray) -> tuple[float, float, float]:
-    """Mean and a normal-approximation 95% interval (exact enough at the demo's n ≥ 16)."""
-    x = np.asarray(x, dtype=np.float64)
-    m = float(x.mean())
-    half = Z95 * float(x.std(ddof=1)) / np.sqrt(len(x)) if len(x) > 1 else float("nan")
-    return m, m - half, m + half
-
-
-def win_rates(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Per prompt: 1 when the score beats the reference's, ½ on a tie, 0 otherwise."""
-    return np.where(scores > reference, 1.0, np.where(scores == reference, 0.5, 0.0))
 
 
 def score_generations(table: pa.Table, objectives: Mapping[str, Callable]) -> dict[str, np.ndarray]:
@@ -67,7 +55,7 @@ def score_generations(table: pa.Table, objectives: Mapping[str, Callable]) -> di
     for name, fn in objectives.items():
         values = np.asarray(fn(prompts, responses), dtype=np.float64)
         if values.shape != (len(prompts),):
-            raise ValueError(f"objective {name!r} returned shape {values.shape}; it must return one number per response")
+            raise UserError(f"objective {name!r} returned shape {values.shape}; it must return one number per response")
         out[name] = values
     return out
 
@@ -79,10 +67,10 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
     `generations` and `reference` are URIs or tables with prompt_id, prompt, response.
     """
     if not objectives:
-        raise ValueError("evaluate_generations: no objectives given")
+        raise UserError("evaluate_generations: no objectives given")
     table = read_generations(generations) if isinstance(generations, str) else generations
     if table.num_rows == 0:
-        raise ValueError(f"generations {name or generations!r} have no rows without errors")
+        raise UserError(f"generations {name or generations!r} have no rows without errors")
     scores = score_generations(table, objectives)
     result = {"name": name, "rows": table.num_rows, "objectives": {}}
     for obj, values in scores.items():
@@ -94,7 +82,7 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
         ids = table["prompt_id"].to_pylist()
         both = [i for i, pid in enumerate(ids) if pid in ref_pos]
         if not both:
-            raise ValueError("the generations and the reference share no prompt_id; generate both from the same corpus")
+            raise UserError("the generations and the reference share no prompt_id; generate both from the same corpus")
         ref_scores = score_generations(ref.take([ref_pos[ids[i]] for i in both]), objectives)
         for obj, values in scores.items():
             m, lo, hi = mean_ci(win_rates(values[both], ref_scores[obj]))

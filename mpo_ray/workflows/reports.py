@@ -48,3 +48,42 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
     total = sum(t.values()) or 1.0
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in t.items()), ""]
     return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "—" if x is None else f"{x:.4g}"
+
+
+def night_report(a: dict) -> str:
+    """Markdown beside the weights: the decision and every check first, then the numbers behind them."""
+    n, names = a["nightly"], a["policies"]
+    gate, warm, st = n["gate"], n["warm_start"], a["score_table"]
+    verdict = "promoted to `latest`" if gate["passed"] else f"**not promoted**: `latest` stays {n['previous']} (failed: {', '.join(gate['failed'])})"
+    lines = [f"# Night {n['night']}: {verdict}", "", f"Store: {n['store']}. Gated against `latest` = {n['previous']}.", "",
+             "| check | passed | value | limit | what |", "|---|---|---|---|---|"]
+    lines += [f"| {c['check']} | {'yes' if c['passed'] else '**NO**'} | {_num(c['value'])} | {c['limit']} | {c['detail']} |" for c in gate["checks"]]
+    prev = n["previous_weights"]
+    lines += ["", "| policy | λ tonight | λ latest | value (nats) |", "|---|---|---|---|"]
+    lines += [f"| {p} | {a['weights'][k]:.4g} | {_num(prev[k] if prev else None)} | {a['values'][p]:.4g} |" for k, p in enumerate(names)]
+    fb = n["feedback"]
+    if fb:
+        groups = list(fb["pairs"])
+        lines += ["", "Agreement with tonight's preference pairs (share ranked as labelled, ties count half):", "",
+                  "| weights | " + " | ".join(f"{g} (n={fb['pairs'][g]})" for g in groups) + " | min |", "|---" * (len(groups) + 2) + "|"]
+        rows = [("λ tonight", fb["mixed"]), ("λ latest", fb["previous"])] + [(f"{p} alone", fb["single"][p]) for p in names]
+        lines += [f"| {label} | " + " | ".join(_num(r[g]) for g in groups) + f" | {_num(r['min'])} |" for label, r in rows if r]
+    else:
+        lines += ["", "No preference feedback tonight: agreement not evaluated."]
+    lines += [
+        "",
+        f"* Solver: {a['solver']['method']}, {warm['iterations']} iterations warm-started from {warm['from']} "
+        f"(cold start: {warm['cold_iterations']}); initial gap {warm['initial_gap']:.3g} vs {warm['cold_initial_gap']:.3g} cold; "
+        f"final gap {a['certificate']['gap_nats']:.3g} nats.",
+        f"* Score table: {st['prompts']} prompts, {st['rows']} rows ({st['reused_prompts']} prompts reused from earlier nights, "
+        f"{st['scored_prompts']} scored tonight) in {st['uri']}.",
+        f"* ESS per prompt: median {a['ess']['median']:.3g}, min {a['ess']['min']:.3g}, of {a['ess']['samples_per_prompt']} samples.",
+        f"* Free riders: {', '.join(a['free_riders']) or 'none'}. Timings (s): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in a["timings_s"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""From score-table rows to the solver's arrays, and the configured solve over them.
+
+The score table has one row per (prompt, sample). The solver wants dense
+(N, m, K) log-ratios ℓ_k = log π_k − log π_ref, a mask of present samples and
+log importance weights log π_ref − log q for samples drawn from a proposal q
+(docs/design.md §1). Pure numpy and pyarrow: no model, no Ray.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from mpo_ray.core.solver import WeightsResult, normalize_rewards, solve_weights
+
+
+def split_counts(total: int, parts: int) -> list[int]:
+    """``total`` samples over ``parts`` samplers as evenly as possible (the first ones take the remainder)."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def log_mixture(logps: np.ndarray, counts: list[int]) -> np.ndarray:
+    """Balance-heuristic proposal log q = log Σ_c (n_c/m) π_c(y|x), from (n, C) log-probs."""
+    logw = np.log(np.asarray(counts, dtype=np.float64) / sum(counts))
+    a = logps + logw
+    top = a.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
+def score_arrays(table: pa.Table, policy_names: list[str], reward_columns: list[str] = ()) -> dict:
+    """(N, m, K) log-ratios, mask, log-importance and rewards from score-table rows, prompts in first-seen order."""
+    ids = table.column("prompt_id").to_pylist()
+    idx = np.asarray(table.column("sample_idx").to_numpy(), dtype=np.int64)
+    order = {pid: i for i, pid in enumerate(dict.fromkeys(ids))}
+    rows = np.array([order[p] for p in ids], dtype=np.int64)
+    n, m = len(order), int(idx.max()) + 1 if len(idx) else 0
+    mask = np.zeros((n, m), dtype=bool)
+    mask[rows, idx] = True
+
+    def cube(columns):
+        out = np.zeros((n, m, len(columns)))
+        for k, c in enumerate(columns):
+            out[rows, idx, k] = table.column(c).to_numpy()
+        return out
+
+    ref = table.column("logp_ref").to_numpy()
+    log_imp = np.zeros((n, m))
+    log_imp[rows, idx] = ref - table.column("logp_proposal").to_numpy()
+    L = cube([f"logp_{p}" for p in policy_names])
+    L[rows, idx, :] -= ref[:, None]
+    return {"prompt_ids": list(order), "log_ratios": L, "mask": mask, "log_importance": log_imp,
+            "rewards": cube(list(reward_columns)) if reward_columns else None}
+
+
+def solve_table(arrays: dict, *, beta: float, method: str = "full", tol: float = 1e-9, steps: int | None = None,
+                step_size: float | None = None, batch_prompts: int = 1, seed: int = 0,
+                init=None) -> dict[str, WeightsResult]:
+    """The implicit-reward solve, and with reward columns also the reward-normalised one, by estimate name."""
+    kwargs = dict(mask=arrays["mask"], log_importance=arrays["log_importance"], method=method, tol=tol,
+                  steps=steps, step_size=step_size, init=init, seed=seed)
+    if method == "bsmd":
+        kwargs["batch_prompts"] = min(batch_prompts, arrays["mask"].shape[0])
+    estimates = {"implicit": solve_weights(arrays["log_ratios"], **kwargs)}
+    if arrays["rewards"] is not None:  # one reward source per objective
+        L_rewards = normalize_rewards(arrays["rewards"], beta, mask=arrays["mask"], log_importance=arrays["log_importance"])
+        estimates["rewards"] = solve_weights(L_rewards, **kwargs)
+    return estimates

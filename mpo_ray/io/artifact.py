@@ -1,0 +1,151 @@
+"""The weights artifact: λ with everything needed to trust, reproduce and serve it.
+
+One type for every workflow. `reweight` and `nightly` build it, the store
+versions it, `generate`, `sweep`, `evaluate` and the demo read it. Where it
+lives is resolved here too: a weights.json file, a run directory, a store
+(its `latest`), or a store version pinned as ``STORE/versions/V``
+(docs/design.md §7). It is a read-only mapping over the JSON document, with
+typed accessors for the fields every reader needs.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+
+from mpo_ray.core.errors import UserError
+from mpo_ray.io import storage
+
+FORMAT = "mpo-ray/weights"
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "format_version", "version", "policies", "weights", "beta", "objective")
+
+# Where weights live in a run directory and in a weights store.
+WEIGHTS_FILE = "weights.json"
+LATEST_FILE = "latest.json"
+VERSIONS_DIR = "versions"
+
+
+class WeightsArtifact(Mapping):
+    """A validated weights artifact (read-only). Build with :meth:`build`, read with :meth:`read`."""
+
+    def __init__(self, data: dict, source: str = "<weights>"):
+        self._data = validate(data, source)
+        self.source = source
+
+    # --- the fields every reader needs ----------------------------------------
+
+    @property
+    def version(self) -> str:
+        return str(self._data["version"])
+
+    @property
+    def policies(self) -> list[str]:
+        return list(self._data["policies"])
+
+    @property
+    def weights(self) -> list[float]:
+        return [float(w) for w in self._data["weights"]]
+
+    def weights_for(self, names: list[str], where: str = "the config") -> list[float]:
+        """λ in the order of ``names`` (matched by name); UserError when the artifact is for other policies."""
+        if sorted(self.policies) != sorted(names):
+            raise UserError(f"weights artifact {self.source!r} is for policies {self.policies}, but {where} has {names}; "
+                            "use the weights reweighting wrote for this config.")
+        by_name = dict(zip(self.policies, self.weights))
+        return [by_name[n] for n in names]
+
+    # --- building, writing, reading ---------------------------------------------
+
+    @classmethod
+    def build(cls, *, version: str, policies: list[str], weights, beta: float, **fields) -> WeightsArtifact:
+        """A new artifact: the required header first, then ``fields`` in the order given."""
+        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": version, "policies": list(policies),
+                "weights": [float(w) for w in weights], "beta": float(beta), "objective": "maxmin", **fields}
+        return cls(data, source=f"weights {version}")
+
+    def to_dict(self) -> dict:
+        return json.loads(json.dumps(self._data))  # a deep copy, JSON types only
+
+    def write(self, uri: str) -> None:
+        storage.write_json(uri, self._data)
+
+    @classmethod
+    def read(cls, uri: str) -> WeightsArtifact:
+        """The artifact ``uri`` means (see :func:`resolve`); UserError naming the file when it is missing or malformed."""
+        path = resolve(uri)
+        try:
+            data = storage.read_json(path)
+        except FileNotFoundError:
+            raise UserError(f"weights artifact {path!r} does not exist; run `mpo-ray reweight` (or `mpo-ray nightly`) "
+                            "first, or pass the right --weights.") from None
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise UserError(f"weights artifact {path!r} cannot be read ({type(exc).__name__}: {exc}).") from None
+        return cls(data, source=path)
+
+    # --- Mapping -----------------------------------------------------------------
+
+    def __getitem__(self, key):
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"WeightsArtifact({self.version!r}, {dict(zip(self.policies, self.weights))})"
+
+
+def validate(obj, source: str) -> dict:
+    """The artifact as a dict, or UserError naming ``source`` and what is wrong."""
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise UserError(f"{source} is not an mpo-ray weights artifact (no \"format\": {FORMAT!r}).")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise UserError(f"{source} lacks {missing}; regenerate it with `mpo-ray reweight`.")
+    fv = obj["format_version"]
+    if not isinstance(fv, int) or isinstance(fv, bool) or fv < 1:
+        raise UserError(f"{source}: format_version must be a positive integer, got {fv!r}.")
+    if fv > FORMAT_VERSION:
+        raise UserError(f"{source} has format_version {fv}; this mpo-ray reads up to {FORMAT_VERSION}. Upgrade mpo-ray.")
+    names, weights = obj["policies"], obj["weights"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise UserError(f"{source}: `policies` must be a non-empty list of distinct names, got {names!r}.")
+    if not isinstance(weights, list) or len(weights) != len(names):
+        raise UserError(f"{source} names {len(names)} policies but has {len(weights) if isinstance(weights, list) else 'no list of'} weights.")
+    ok = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
+    if not ok or not sum(weights) > 0:
+        raise UserError(f"{source}: `weights` must be finite, non-negative and not all zero, got {weights}.")
+    beta = obj["beta"]
+    if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta <= 0:
+        raise UserError(f"{source}: `beta` must be a positive number, got {beta!r}.")
+    return obj
+
+
+def resolve(uri: str) -> str:
+    """The weights.json a URI means: a store (→ its `latest`), a version or run directory, or the file itself."""
+    fs, path = storage.filesystem(uri)
+    if not fs.isdir(path):
+        return uri  # a file, or nothing: the reader says what is wrong
+    pointer_uri = storage.join(uri, LATEST_FILE)
+    if storage.exists(pointer_uri):
+        try:
+            pointer = storage.read_json(pointer_uri)
+            target = pointer["weights"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"weights store pointer {pointer_uri!r} is unreadable ({type(exc).__name__}: {exc}); "
+                            f"pin a version as {storage.join(uri, VERSIONS_DIR, 'VERSION')}.") from None
+        parts = target.split("/") if isinstance(target, str) else []
+        if len(parts) != 3 or parts[0] != VERSIONS_DIR or parts[2] != WEIGHTS_FILE or parts[1] in ("", ".", ".."):
+            raise UserError(f"weights store pointer {pointer_uri!r} names {target!r}, not a version of this store "
+                            f"({VERSIONS_DIR}/VERSION/{WEIGHTS_FILE}); refusing to follow it.")
+        return storage.join(uri, target)
+    if storage.exists(storage.join(uri, WEIGHTS_FILE)):
+        return storage.join(uri, WEIGHTS_FILE)
+    if storage.exists(storage.join(uri, VERSIONS_DIR)):
+        raise UserError(f"weights store {uri!r} has no `latest` yet (no night has passed its gate); pin a version "
+                        f"as {storage.join(uri, VERSIONS_DIR, 'VERSION')}.")
+    return storage.join(uri, WEIGHTS_FILE)  # the reader reports that it does not exist

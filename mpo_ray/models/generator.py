@@ -1,0 +1,77 @@
+"""Batches of prompt rows → generation rows, with all K policies in one process (no Ray here).
+
+A batch is one `MixedPolicy.generate` call. Rows that cannot be generated (not
+text, empty, too long for a policy's context) become rows with an ``error``,
+never a failed batch: should the call still raise ValueError, the batch is
+redone row by row so a bad prompt costs its own row only. Per-row seeds make
+both paths give the same texts. `generate`'s Ray Data stage and `sweep`'s
+actor both wrap a `BatchGenerator`.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from mpo_ray.io.schemas import generation_table
+from mpo_ray.models.scoring import context_errors
+
+
+class BatchGenerator:
+    """Loaded policies (a shared base once, adapters side by side), generating under any weights over them."""
+
+    def __init__(self, specs: list, threads: int | None = None):
+        import torch
+
+        from mpo_ray.models.policies import load_policies
+
+        if threads:
+            torch.set_num_threads(threads)
+        n = torch.cuda.device_count()
+        if n > 1:  # several GPUs for this process: one model (a base with its adapters) per GPU, round-robin
+            models = list(dict.fromkeys((s.model, s.revision) for s in specs))
+            specs = [s if s.device else s.model_copy(update={"device": f"cuda:{models.index((s.model, s.revision)) % n}"})
+                     for s in specs]
+        self.policies = load_policies(specs)
+        self._mixed = {}
+
+    def mixture(self, weights: list[float]):
+        from mpo_ray.models.decoding import MixedPolicy
+
+        key = tuple(float(w) for w in weights)
+        if key not in self._mixed:
+            self._mixed[key] = MixedPolicy(self.policies, list(key))
+        return self._mixed[key]
+
+    def rows(self, ids: list[str], prompts: list[str], seeds: list[int], weights: list[float], params: dict,
+             version: str, errors: list[str | None] | None = None) -> pa.Table:
+        """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad."""
+        mixed = self.mixture(weights)
+        errors = list(errors) if errors is not None else [None] * len(ids)
+        ok = [i for i, e in enumerate(errors) if e is None]
+        active = [p for p, w in zip(self.policies, weights) if w != 0]
+        for i, e in zip(ok, context_errors(active, [prompts[i] for i in ok], params["max_new_tokens"], "new tokens")):
+            errors[i] = e
+        ok = [i for i in ok if errors[i] is None]
+        gens = {}
+        if ok:
+            try:
+                gens = dict(zip(ok, mixed.generate([prompts[i] for i in ok], seed=[seeds[i] for i in ok], **params)))
+            except ValueError:
+                for i in ok:
+                    try:
+                        [gens[i]] = mixed.generate([prompts[i]], seed=[seeds[i]], **params)
+                    except ValueError as exc:
+                        errors[i] = str(exc)
+        return generation_table(ids, prompts, [gens.get(i) for i in range(len(ids))], seeds, version, errors)
+
+
+class GenerationWorker:
+    """A Ray Data stage (a callable class, one per replica): fixed weights, batches in, rows out."""
+
+    def __init__(self, specs: list, weights: list[float], params: dict, weights_version: str, threads: int):
+        self.generator = BatchGenerator(specs, threads)
+        self.weights, self.params, self.version = weights, params, weights_version
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return self.generator.rows(batch["prompt_id"].to_pylist(), batch["prompt"].to_pylist(), batch["seed"].to_pylist(),
+                                   self.weights, self.params, self.version, batch["error"].to_pylist())

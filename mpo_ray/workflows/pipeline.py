@@ -1,0 +1,210 @@
+"""The score pipeline: prompts → samples → every model's score → atomic Parquet batches → streaming steps.
+
+    for each batch (rows already stored or cached are read, not recomputed):
+        sample m responses per prompt (from π_ref, or from π_ref and every policy: the mixture proposal)
+        every policy, the reference and each reward source score them, in parallel (one worker group each)
+        write the batch's rows as one atomic Parquet file
+        one streaming-BSMD step per prompt (the paper's way), when asked
+    → the score table (docs/design.md §4), timings and where the actors ran
+
+`reweight` and `nightly` both run it; they differ only in where batches live
+(a run's scores/ directory, or the store's score cache) and what they do with
+the table. Seeds derive from (seed, prompt id, sample index), never from order,
+so a resumed run reproduces the rows it lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from mpo_ray import __version__
+from mpo_ray.config import Config, SamplingConfig
+from mpo_ray.core.estimator import log_mixture, score_arrays, split_counts
+from mpo_ray.core.seeds import derive_seed
+from mpo_ray.core.solver import StreamingBSMD
+from mpo_ray.io import storage
+from mpo_ray.io.provenance import digest, model_identity
+from mpo_ray.io.schemas import score_table_schema
+from mpo_ray.runtime.actors import gather_arrays, gather_samples, start_groups
+from mpo_ray.runtime.session import ray_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Timings:
+    sampling: float = 0.0
+    scoring: float = 0.0
+    solver: float = 0.0
+    io: float = 0.0
+    startup: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 3) for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclasses.dataclass
+class Batch:
+    """Prompts whose rows live in one file. ``rows`` given: already scored (cached), nothing to compute."""
+
+    uri: str
+    ids: list[str]
+    prompts: list[str]
+    stored: bool = False  # the file exists: read it (a resumed run)
+    rows: pa.Table | None = None
+
+
+@dataclasses.dataclass
+class ScoreRun:
+    table: pa.Table
+    timings: Timings
+    placement: dict
+    extra: object = None  # what ``with_models`` returned
+
+
+def score_fingerprint(config: Config, sampling: SamplingConfig, seed: int) -> str:
+    """Everything a score row depends on besides its prompt: models, sampling, seed, reward sources."""
+    return digest({
+        "sampling": sampling.model_dump(), "seed": seed,
+        "models": [model_identity(s) for s in (config.reference, *config.policies)],
+        "rewards": [r.model_dump() for r in config.rewards],
+    }, 12)
+
+
+def plan_batches(directory: str, ids: list[str], prompts: list[str], size: int, fingerprint: str, *,
+                 prefix: str = "part", stored: set[str] = frozenset()) -> list[Batch]:
+    """Batches of ``size`` prompts; a file name carries its prompt ids' and settings' digest, so it is reused only for them."""
+    batches = []
+    for start in range(0, len(ids), size):
+        part = ids[start : start + size]
+        name = f"{prefix}-{len(batches):05d}-{digest([part, fingerprint], 12)}.parquet"
+        uri = storage.join(directory, name)
+        batches.append(Batch(uri, part, prompts[start : start + size], stored=uri in stored))
+    return batches
+
+
+def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConfig, seed: int, metadata: dict,
+                 rewards: bool = True, stream: StreamingBSMD | None = None,
+                 with_models: Callable[[dict], object] | None = None, progress: bool = True) -> ScoreRun:
+    """Score every batch not yet scored; returns the whole table (batches in order, cast to one schema).
+
+    ``with_models(groups)``, when given, runs once more on the started worker groups (nightly scores its
+    feedback pairs there), even when every batch was already scored.
+    """
+    from tqdm.auto import tqdm
+
+    schema = score_table_schema(config.policy_names, [r.name for r in config.rewards] if rewards else [])
+    timings, placement, tables, extra = Timings(), {}, [], None
+    todo = [b for b in batches if b.rows is None and not b.stored]
+    needs_models = bool(todo) or with_models is not None
+    with ray_session(log_to_driver=progress) if needs_models else contextlib.nullcontext():
+        groups, reward_groups = {}, {}
+        try:
+            if needs_models:
+                t0 = time.perf_counter()
+                groups, reward_groups = start_groups(config, rewards=rewards and bool(todo))
+                placement = {n: g.info(config.resources.startup_timeout_s) for n, g in {**groups, **reward_groups}.items()}
+                timings.startup = time.perf_counter() - t0
+            bar = tqdm(batches, desc="score", unit="batch", disable=not progress or not batches)
+            for b in bar:
+                t0 = time.perf_counter()
+                if b.rows is not None:
+                    table = b.rows
+                elif b.stored:
+                    table = storage.read_parquet(b.uri)
+                    timings.io += time.perf_counter() - t0
+                else:
+                    table = _score_batch(config, groups, reward_groups, b, sampling, seed, schema, timings)
+                    t0 = time.perf_counter()
+                    meta = {**metadata, "version": __version__, "batch": b.uri.rsplit("/", 1)[-1]}
+                    storage.write_parquet(b.uri, table.replace_schema_metadata({"mpo_ray": json.dumps(meta)}))
+                    timings.io += time.perf_counter() - t0
+                tables.append(table.replace_schema_metadata(None).cast(schema))
+                if stream is not None:
+                    t0 = time.perf_counter()
+                    arrays = score_arrays(table, config.policy_names)
+                    stream.update(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"])
+                    timings.solver += time.perf_counter() - t0
+                    bar.set_postfix_str(f"λ={np.round(stream.average, 3).tolist()}")
+            if with_models is not None:
+                extra = with_models(groups)
+        finally:
+            for g in {**groups, **reward_groups}.values():
+                g.kill()
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
+    return ScoreRun(table, timings, placement, extra)
+
+
+def _score_batch(config: Config, groups: dict, reward_groups: dict, batch: Batch, sampling: SamplingConfig, seed: int,
+                 schema: pa.Schema, timings: Timings) -> pa.Table:
+    """Sample, then score with every model and reward source; rows prompt-major, samples in order."""
+    rows, counts = _sample(config, groups, batch, sampling, seed, timings)
+    t0 = time.perf_counter()
+    models = [config.reference.name, *config.policy_names]
+    model_refs = {n: groups[n].submit("score", rows["prompt"], rows["response_token_ids"]) for n in models}
+    reward_refs = {n: g.submit("score", rows["prompt"], rows["response"]) for n, g in reward_groups.items()}
+    logp = {n: gather_arrays(r) for n, r in model_refs.items()}
+    reward = {n: gather_arrays(r) for n, r in reward_refs.items()}
+    timings.scoring += time.perf_counter() - t0
+
+    if sampling.proposal == "mixture":
+        logq = log_mixture(np.stack([logp[n] for n in models], axis=1), counts)
+    elif sampling.temperature == 1.0 and not sampling.top_k and not sampling.top_p:
+        logq = logp[config.reference.name]  # the proposal is π_ref itself: importance weights are exactly 1
+    else:
+        logq = np.asarray(rows["sampler_logq"], dtype=np.float64)
+    columns = {
+        "prompt_id": rows["prompt_id"], "sample_idx": rows["sample_idx"], "prompt": rows["prompt"],
+        "response": rows["response"], "response_token_ids": rows["response_token_ids"], "sampler": rows["sampler"],
+        "logp_ref": logp[config.reference.name], "logp_proposal": logq,
+        **{f"logp_{n}": logp[n] for n in config.policy_names},
+        **{f"reward_{n}": reward[n] for n in reward},
+    }
+    position = {pid: i for i, pid in enumerate(batch.ids)}
+    order = np.lexsort((np.asarray(rows["sample_idx"]), np.array([position[p] for p in rows["prompt_id"]])))
+    return pa.table(columns, schema=schema).take(pa.array(order))
+
+
+def _sample(config: Config, groups: dict, batch: Batch, sampling: SamplingConfig, seed: int, timings: Timings):
+    """m responses per prompt, split over the samplers (π_ref, and each policy for the mixture proposal)."""
+    samplers = [config.reference.name] + (config.policy_names if sampling.proposal == "mixture" else [])
+    counts = split_counts(sampling.samples_per_prompt, len(samplers))
+    rows, refs = defaultdict(list), []
+    for c, (name, n) in enumerate(zip(samplers, counts)):
+        if not n:
+            continue
+        offset = sum(counts[:c])
+        r_ids = [pid for pid in batch.ids for _ in range(n)]
+        r_idx = [offset + j for _ in batch.ids for j in range(n)]
+        r_prompts = [p for p in batch.prompts for _ in range(n)]
+        seeds = [derive_seed(seed, pid, j) for pid, j in zip(r_ids, r_idx)]
+        refs.append((name, r_ids, r_idx, r_prompts, groups[name].submit("sample", r_prompts, seeds, params=sampling.params())))
+    t0 = time.perf_counter()
+    for name, r_ids, r_idx, r_prompts, part_refs in refs:
+        out = gather_samples(part_refs)
+        rows["prompt_id"] += r_ids
+        rows["sample_idx"] += r_idx
+        rows["prompt"] += r_prompts
+        rows["sampler"] += [name] * len(r_ids)
+        rows["response_token_ids"] += out["token_ids"]
+        rows["response"] += out["text"]
+        rows["sampler_logq"] += list(out["logp_proposal"])
+    timings.sampling += time.perf_counter() - t0
+    return rows, counts
+
+
+def reward_columns_by_objective(config: Config) -> list[str]:
+    """reward_<name> columns ordered like the policies (only when every policy has one)."""
+    by_objective = {r.objective: r.name for r in config.rewards if r.objective}
+    if all(p in by_objective for p in config.policy_names):
+        return [f"reward_{by_objective[p]}" for p in config.policy_names]
+    return []
