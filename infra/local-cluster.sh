@@ -22,6 +22,11 @@
 #   worker node; at 1 it rewrites 127.0.0.1 to the host's external address.
 #   Workers are therefore started by `ray start` with only the CLI's
 #   multi-node check switched off (RAY_START_WORKER below).
+# * The directory is the script's own: `start` creates it with a marker file,
+#   .mpo-local-cluster, and only ever clears a directory that is absent, empty
+#   or carries that marker. Any other directory (non-empty and unmarked, a
+#   symlink, another user's) is refused before anything runs or is touched;
+#   `stop`, `status`, `env` and `pids` refuse it too. `stop` removes no files.
 # * Token auth stays on: `start` writes a fresh random token to
 #   $MPO_CLUSTER_DIR/auth_token (mode 600); every node and every CLI call runs
 #   with RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=<that file> (`env` prints the
@@ -51,6 +56,8 @@ set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DIR="${MPO_CLUSTER_DIR:-/tmp/mpo-ray-cluster-$(id -u)}"
+case "$DIR" in /*) ;; *) DIR="$PWD/$DIR" ;; esac  # processes are matched by this path: make it absolute
+MARKER=.mpo-local-cluster
 HEAD_CPUS="${MPO_HEAD_CPUS:-0}"
 WORKER_CPUS="${MPO_WORKER_CPUS:-1}"
 OBJECT_STORE="${MPO_OBJECT_STORE_BYTES:-200000000}"
@@ -77,6 +84,30 @@ sys.exit(cli.main())
 '
 
 die() { echo "local-cluster: $*" >&2; exit 1; }
+
+# $1 single-quoted for the shell: safe to eval whatever it holds.
+q() { local sq="'"; printf "'%s'" "${1//$sq/$sq\\$sq$sq}"; }
+
+# Sets DIR_KIND to what $DIR is: "absent", "empty", or "ours" (it carries the
+# marker `start` writes). Anything else is someone else's: refused, untouched.
+check_dir() {
+    local fix="set MPO_CLUSTER_DIR to a new or empty directory"
+    if [ -L "$DIR" ]; then
+        die "refusing $DIR: it is a symbolic link; $fix"
+    elif [ ! -e "$DIR" ]; then
+        DIR_KIND=absent
+    elif [ ! -d "$DIR" ]; then
+        die "refusing $DIR: not a directory; $fix"
+    elif [ ! -O "$DIR" ]; then
+        die "refusing $DIR: it belongs to another user; $fix"
+    elif [ -f "$DIR/$MARKER" ] && [ ! -L "$DIR/$MARKER" ]; then
+        DIR_KIND=ours
+    elif [ -z "$(find "$DIR" -mindepth 1 -maxdepth 1 -print -quit)" ]; then
+        DIR_KIND=empty
+    else
+        die "refusing $DIR: not empty and not made by this script (no $MARKER in it); $fix"
+    fi
+}
 
 # The environment every node and every CLI call of this cluster runs with.
 cluster_env() {
@@ -143,23 +174,38 @@ print("\n".join(map(str, sorted(found - mine))))
 PYEOF
 }
 
+# The ports `start` recorded in $DIR/state, read as data (never sourced).
 read_state() {
-    [ -f "$DIR/state" ] || die "no cluster state in $DIR (not started?)"
-    # shellcheck disable=SC1091
-    . "$DIR/state"
+    check_dir
+    if [ "$DIR_KIND" != ours ] || [ ! -f "$DIR/state" ]; then
+        die "no cluster state in $DIR (not started?)"
+    fi
+    local key value
+    while IFS='=' read -r key value; do
+        case "$key" in
+            GCS_PORT|DASHBOARD_PORT|CLIENT_PORT|WORKERS) ;;
+            *) die "unexpected line in $DIR/state" ;;
+        esac
+        [[ "$value" =~ ^[0-9]+$ ]] || die "bad $key in $DIR/state"
+        printf -v "$key" '%s' "$value"
+    done < "$DIR/state"
+    if [ -z "${GCS_PORT:-}" ] || [ -z "${DASHBOARD_PORT:-}" ]; then
+        die "incomplete cluster state in $DIR"
+    fi
 }
 
+# Every value single-quoted (q): the output is meant for `eval`, and $DIR is the user's.
 print_env() {
     read_state
-    cat <<EOF
-export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
-export RAY_USAGE_STATS_ENABLED=0
-export RAY_AUTH_MODE=token
-export RAY_AUTH_TOKEN_PATH='$DIR/auth_token'
-export RAY_API_SERVER_ADDRESS='http://127.0.0.1:$DASHBOARD_PORT'
-export RAY_ADDRESS='127.0.0.1:$GCS_PORT'
-export MPO_LOCAL_RUNTIME_ENV='$(runtime_env_json)'
-EOF
+    local runtime_env
+    runtime_env=$(runtime_env_json)
+    echo "export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0"
+    echo "export RAY_USAGE_STATS_ENABLED=0"
+    echo "export RAY_AUTH_MODE=token"
+    echo "export RAY_AUTH_TOKEN_PATH=$(q "$DIR/auth_token")"
+    echo "export RAY_API_SERVER_ADDRESS=$(q "http://127.0.0.1:$DASHBOARD_PORT")"
+    echo "export RAY_ADDRESS=$(q "127.0.0.1:$GCS_PORT")"
+    echo "export MPO_LOCAL_RUNTIME_ENV=$(q "$runtime_env")"
 }
 
 # The runtime_env for jobs on this cluster: cluster/runtime_env.yaml (the one
@@ -192,13 +238,18 @@ PYEOF
 cmd_start() {
     local workers="${1:-2}"
     [[ "$workers" =~ ^[0-9]+$ ]] || die "start N: N must be a number of workers, got '$workers'"
+    check_dir  # before anything runs: a directory that is not ours is never touched
     command -v ray >/dev/null || die "ray not on PATH; activate the project's environment first"
     if [ -n "$(cluster_pids)" ]; then
         die "a cluster is already running from $DIR; run '$0 stop' first"
     fi
-    rm -rf "$DIR"
+    case "$DIR_KIND" in
+        ours) rm -rf "$DIR" ;;  # a previous cluster's: made by this script
+        empty) rmdir "$DIR" ;;
+    esac
     mkdir -p "$DIR"
     chmod 700 "$DIR"
+    echo "Created by infra/local-cluster.sh (mpo-ray): its 'start' deletes this directory and everything in it." > "$DIR/$MARKER"
     cluster_env
     (umask 077; "$PY" -c 'import secrets; print(secrets.token_hex(32), end="")' > "$DIR/auth_token")
 
@@ -221,7 +272,7 @@ cmd_start() {
     done
     wait_for_nodes $((workers + 1))
     echo "local-cluster: up, $((workers + 1)) nodes. To submit jobs:"
-    echo "  eval \"\$($0 env)\""
+    echo "  eval \"\$($(printf '%q' "$0") env)\""
 }
 
 cmd_status() {
@@ -251,6 +302,7 @@ PYEOF
 
 cmd_stop() {
     local pids grace=10
+    check_dir  # processes are found by $DIR: never act on a directory that is not ours
     # Everything is collected before anything is killed: once the daemons are
     # gone, their leftover children could no longer be traced to this cluster.
     pids=$(cluster_pids)
@@ -283,6 +335,6 @@ case "${1:-}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) print_env ;;
-    pids) cluster_pids ;;
+    pids) check_dir; cluster_pids ;;
     *) echo "usage: $0 start [N] | stop | status | env | pids" >&2; exit 2 ;;
 esac

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw = sub.add_parser("sweep", help="generate and evaluate over a grid of fixed weights (K = 2 or 3): the trade-off front")
     sw.add_argument("config", help="YAML config with a `generate:` section and `rewards:`")
     sw.add_argument("--step", type=float, default=0.25, help="grid step on the simplex, 1/n (default 0.25)")
-    sw.add_argument("--weights", default=None, help="a weights artifact to mark as the MPO point")
+    sw.add_argument("--weights", default=None, help="the MPO point: a weights.json, a run directory, a weights store "
+                    "(its `latest`) or STORE/versions/NIGHT")
     sw.add_argument("--max-prompts", type=int, default=None, help="use only the first N corpus prompts")
     sw.add_argument("--output", default=None, help="output directory (default: generate.output + '-sweep')")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -18,6 +18,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -304,6 +305,78 @@ def test_local_cluster_script_is_valid_bash_and_explains_itself():
     assert usage.returncode == 2 and "start [N]" in usage.stderr
 
 
+MARKER = ".mpo-local-cluster"  # what infra/local-cluster.sh writes into a directory it creates
+
+
+def _script_env(cluster_dir: str) -> dict:
+    env = dict(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    env["MPO_CLUSTER_DIR"] = cluster_dir
+    return env
+
+
+def _tree(root) -> dict:
+    """Every path under root with its content (files) or None (directories)."""
+    tree = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            tree[os.path.relpath(os.path.join(dirpath, d), root)] = None
+        for f in filenames:
+            with open(os.path.join(dirpath, f), "rb") as fh:
+                tree[os.path.relpath(os.path.join(dirpath, f), root)] = fh.read()
+    return tree
+
+
+def _exports(text: str) -> dict:
+    """The variables a run of `infra/local-cluster.sh env` exports, read as the shell reads them."""
+    tokens = shlex.split(text)
+    return dict(tokens[i + 1].split("=", 1) for i, t in enumerate(tokens) if t == "export")
+
+
+@pytest.mark.parametrize("command", ["start", "stop", "pids", "env", "status"])
+def test_local_cluster_script_refuses_a_directory_it_did_not_create(tmp_path, command):
+    """A non-empty directory without the script's marker is refused, before anything runs, and left as it was."""
+    foreign = tmp_path / "my files"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "thesis.tex").write_text("years of work\n")
+    (foreign / "sub" / "data.csv").write_text("1,2,3\n")
+    (foreign / "state").write_text("touch PWNED\n")  # never sourced
+    before = _tree(tmp_path)
+    args = ["bash", SCRIPT, command] + (["0"] if command == "start" else [])
+    out = subprocess.run(args, env=_script_env(str(foreign)), cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode not in (0, 2), out
+    assert _tree(tmp_path) == before, "the script touched a directory it did not create"
+    (line,) = out.stderr.splitlines()
+    assert str(foreign) in line and "MPO_CLUSTER_DIR" in line and MARKER in line
+
+
+def test_local_cluster_env_output_is_safe_to_eval(tmp_path):
+    """`eval "$(infra/local-cluster.sh env)"` runs nothing a directory's name holds, and yields the name exactly."""
+    cluster_dir = str(tmp_path / "x'$(touch PWNED)'y \"$(touch PWNED2)\" `touch PWNED3`")
+    os.mkdir(cluster_dir)
+    with open(os.path.join(cluster_dir, MARKER), "w") as f:
+        f.write("test\n")
+    with open(os.path.join(cluster_dir, "state"), "w") as f:
+        f.write("GCS_PORT=6379\nDASHBOARD_PORT=8265\nCLIENT_PORT=10001\nWORKERS=2\n")
+    env = _script_env(cluster_dir)
+    printed = subprocess.run(["bash", SCRIPT, "env"], env=env, cwd=tmp_path,
+                             capture_output=True, text=True, timeout=60)
+    assert printed.returncode == 0, printed.stderr
+    shell = subprocess.run(
+        ["bash", "-c", 'eval "$1" && printf "%s\\0" "$RAY_AUTH_TOKEN_PATH" "$RAY_ADDRESS" "$MPO_LOCAL_RUNTIME_ENV"',
+         "bash", printed.stdout],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert shell.returncode == 0, shell.stderr
+    token_path, address, runtime_env, _ = shell.stdout.split("\0")
+    assert not list(tmp_path.glob("PWNED*")) and not os.path.exists(os.path.join(ROOT, "PWNED")), "eval ran a command"
+    assert token_path == cluster_dir + "/auth_token"
+    assert address == "127.0.0.1:6379"
+    assert json.loads(runtime_env)["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    exports = _exports(printed.stdout)  # how the slow tests' fixture reads them: as bash does
+    assert (exports["RAY_AUTH_TOKEN_PATH"], exports["RAY_ADDRESS"], exports["MPO_LOCAL_RUNTIME_ENV"]) == (token_path, address, runtime_env)
+
+
 # --------------------------------------------------------------------------- #
 # Slow: a real multi-node cluster on loopback, jobs through `ray job submit`
 # --------------------------------------------------------------------------- #
@@ -333,9 +406,7 @@ def local_cluster():
         env.pop(var, None)
     try:
         _run(["bash", SCRIPT, "start", "2"], env, timeout=300)
-        exports = _run(["bash", SCRIPT, "env"], env).stdout
-        for name, value in re.findall(r"^export (\w+)='?(.*?)'?$", exports, re.M):
-            env[name] = value
+        env.update(_exports(_run(["bash", SCRIPT, "env"], env).stdout))
         yield env
     finally:
         stop = subprocess.run(["bash", SCRIPT, "stop"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from mpo_ray.config import ConfigError, DecodingParams, PolicySpec, config_from_dict, load_config
 from mpo_ray.core.errors import UserError
@@ -98,18 +97,26 @@ def test_missing_section_is_a_clear_error():
         c.section("reweight")
 
 
-def test_file_errors(tmp_path):
-    with pytest.raises(ConfigError, match="does not exist"):
-        load_config(str(tmp_path / "nope.yaml"))
-    (tmp_path / "empty.yaml").write_text("")
-    with pytest.raises(ConfigError, match="is empty"):
-        load_config(str(tmp_path / "empty.yaml"))
-    (tmp_path / "bad.yaml").write_text("a: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
-        load_config(str(tmp_path / "bad.yaml"))
-    (tmp_path / "list.yaml").write_text(yaml.safe_dump([1, 2]))
-    with pytest.raises(ConfigError, match="top level must be a mapping"):
-        load_config(str(tmp_path / "list.yaml"))
+@pytest.mark.parametrize("content, match", [
+    (None, "does not exist"),
+    ("", "is empty"),
+    ("# nothing here\n", "is empty"),
+    ("a: [1, 2\n", "not valid YAML"),
+    ("- 1\n- 2\n", "top level must be a mapping"),
+    ("just text\n", "top level must be a mapping of keys, got str"),
+    (b"beta: 0.1 # caf\xe9\n", "is not UTF-8"),
+    ("DIR", "is a directory"),
+])
+def test_unreadable_or_malformed_files(tmp_path, content, match):
+    path = tmp_path / "c.yaml"
+    if content == "DIR":
+        path.mkdir()
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        load_config(str(path))
 
 
 def test_config_error_is_a_user_error():
@@ -161,20 +168,6 @@ def test_yaml_reads_dates_as_text_and_exponents_as_numbers(tmp_path):
 def test_merge_keys_still_work(tmp_path):
     path = write(tmp_path, MINIMAL + "reweight:\n  <<: {prompts: p, seed: 3}\n  seed: 4\n")
     assert load_config(path).reweight.seed == 4
-
-
-def test_unreadable_paths(tmp_path):
-    with pytest.raises(ConfigError, match="is a directory"):
-        load_config(str(tmp_path))
-    (tmp_path / "latin1.yaml").write_bytes(b"beta: 0.1 # caf\xe9\n")
-    with pytest.raises(ConfigError, match="is not UTF-8"):
-        load_config(str(tmp_path / "latin1.yaml"))
-    (tmp_path / "comments.yaml").write_text("# nothing here\n")
-    with pytest.raises(ConfigError, match="is empty"):
-        load_config(str(tmp_path / "comments.yaml"))
-    (tmp_path / "scalar.yaml").write_text("just text\n")
-    with pytest.raises(ConfigError, match="top level must be a mapping of keys, got str"):
-        load_config(str(tmp_path / "scalar.yaml"))
 
 
 def test_overrides_are_validated_and_resolved_like_the_file(tmp_path, monkeypatch):

@@ -46,7 +46,7 @@ def test_bad_output_locations_fail_before_any_work(tmp_path, capsys):
     theirs.mkdir()
     (theirs / "notes.md").write_text("keep me")
     assert main(["demo", "--quick", "--output", str(theirs)]) == 2
-    assert "not an mpo-ray demo directory" in capsys.readouterr().err
+    assert "was not made by `mpo-ray demo`" in capsys.readouterr().err
     assert (theirs / "notes.md").read_text() == "keep me" and a_file.read_text() == "mine"
     empty = tmp_path / "no-adapters"
     empty.mkdir()
@@ -55,15 +55,31 @@ def test_bad_output_locations_fail_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_a_rerun_starts_afresh_in_its_own_directory_only(tmp_path):
-    from mpo_ray.demo.run import MARKER, _prepare_output
+def test_a_rerun_removes_only_what_a_demo_wrote(tmp_path):
+    from mpo_ray.demo.run import _prepare_output
+    from mpo_ray.io.ownership import mark_ours
 
     out = tmp_path / "demo"
     (out / "generations").mkdir(parents=True)
-    (out / MARKER).write_text("{}")
+    mark_ours(str(out), "demo")
     (out / "generations" / "old.parquet").write_text("x")
+    (out / "demo.json").write_text("{}")
+    (out / "my-notes.txt").write_text("keep me")  # a user's file in the demo's directory
     _prepare_output(str(out))
-    assert os.listdir(out) == []
+    assert sorted(os.listdir(out)) == ["__mpo_ray__", "my-notes.txt"]
+    assert (out / "my-notes.txt").read_text() == "keep me"
+
+
+def test_a_directory_holding_only_a_file_named_demo_json_is_not_taken_for_a_demo(tmp_path):
+    from mpo_ray.demo.run import _prepare_output
+
+    out = tmp_path / "theirs"
+    (out / "sub").mkdir(parents=True)
+    (out / "demo.json").write_text("{}")
+    (out / "sub" / "data.csv").write_text("1,2")
+    with pytest.raises(ValueError, match="was not made by `mpo-ray demo`"):
+        _prepare_output(str(out))
+    assert (out / "sub" / "data.csv").read_text() == "1,2" and (out / "demo.json").exists()
 
 
 @pytest.mark.slow

@@ -131,14 +131,25 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     from mpo_ray.io.corpus import read_prompts
     from mpo_ray.runtime.session import ray_session
 
+    from mpo_ray.io.artifact import WeightsArtifact
+    from mpo_ray.io.store import WeightsStore
+
     tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    store = WeightsStore(str(tmp_path / "store"))  # the MPO point comes from a nightly store's `latest`
+    store.write_version("n1", WeightsArtifact.build(version="n1", policies=["upbeat", "concise", "detailed"],
+                                                    weights=[0.2, 0.5, 0.3], beta=0.1))
+    store.promote("n1", expected=None)
+    out = tmp_path / "sweep"
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
-        assert main(["sweep", tiny, "--step", "0.5", "--max-prompts", "4", "--output", str(tmp_path), "--quiet"]) == 0
-    summary = json.loads((tmp_path / "sweep.json").read_text())
+        assert main(["sweep", tiny, "--step", "0.5", "--max-prompts", "4", "--output", str(out), "--quiet",
+                     "--weights", store.uri]) == 0
+    summary = json.loads((out / "sweep.json").read_text())
     names = [p["name"] for p in summary["points"]]
-    assert names[0] == "reference" and len(names) == 7  # π_ref + the 6 grid points of step 1/2 on 3 policies
+    assert names[0] == "reference" and len(names) == 8  # π_ref + the 6 grid points of step 1/2 on 3 policies + MPO
+    mpo = next(p for p in summary["points"] if p["name"] == "MPO")
+    assert mpo["weights"] == [0.5, 0.3, 0.2]  # matched by name, in the config's policy order
     assert all("min_win_rate" in p for p in summary["points"])
-    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
     # a vertex equals that policy alone with the generate workflow's per-prompt seeds
     config = load_config(tiny)
     ids, prompts = read_prompts(config.generate.prompts, limit=4)
@@ -146,5 +157,26 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     gens = MixedPolicy(load_policies([config.policies[0]]), [1.0]).generate(
         prompts, seed=[derive_seed(g.seed, i) for i in ids], max_new_tokens=g.max_new_tokens,
         temperature=g.temperature, top_p=g.top_p, stop=g.stop)
-    vertex = pq.read_table(tmp_path / "w=1,0,0.parquet")
+    vertex = pq.read_table(out / "w=1,0,0.parquet")
     assert vertex["response"].to_pylist() == [x.text for x in gens]
+
+
+def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
+    from mpo_ray.config import load_config
+    from mpo_ray.io.artifact import WeightsArtifact
+    from mpo_ray.io.store import WeightsStore
+    from mpo_ray.workflows.sweep import sweep_points
+
+    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    config = load_config(tiny)
+    store = WeightsStore(str(tmp_path / "store"))
+    store.write_version("n1", WeightsArtifact.build(version="n1", policies=["detailed", "upbeat", "concise"],
+                                                    weights=[0.1, 0.3, 0.6], beta=0.1))
+    with pytest.raises(ValueError, match="no `latest` yet"):
+        sweep_points(config, 0.5, store.uri)
+    store.promote("n1", expected=None)
+    assert sweep_points(config, 0.5, store.uri)["MPO"] == [0.6, 0.1, 0.3]
+    assert sweep_points(config, 0.5, store.version_uri("n1"))["MPO"] == [0.6, 0.1, 0.3]
+    WeightsArtifact.build(version="v", policies=["a", "b"], weights=[1, 0], beta=0.1).write(str(tmp_path / "w.json"))
+    with pytest.raises(ValueError, match=r"is for policies \['a', 'b'\]"):
+        sweep_points(config, 0.5, str(tmp_path / "w.json"))

@@ -12,9 +12,10 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from mpo_ray.core.errors import UserError
+from mpo_ray.core.names import VERSION_NAME
 
 DTYPES = ("float32", "bfloat16", "float16")
-NIGHT_ID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")  # a night id names a store version: a safe path segment
+NIGHT_ID = VERSION_NAME  # a night id names a store version
 
 
 class ConfigError(UserError):

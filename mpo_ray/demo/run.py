@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mpo_ray.core.errors import UserError
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
 from mpo_ray.io import storage
+from mpo_ray.io.ownership import check_ours, mark_ours
 from mpo_ray.runtime.session import ray_session
 
 log = logging.getLogger(__name__)
@@ -81,18 +81,25 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int
     return config_from_dict(data, source="mpo-ray demo")
 
 
+# What a demo run writes, and so all that a rerun in the same directory may remove.
+ARTIFACTS = ("prompts", "reweight", "generations", "report.md", MARKER, "evaluation.json", "solver.png", "objectives.png",
+             "front.png")
+
+
 def _prepare_output(out: str) -> None:
-    """A fresh demo directory: reuse one an earlier demo made, refuse to touch anything else."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UserError(f"--output {out!r} is a file; give a directory for the demo's artifacts")
-    if os.path.isdir(out) and os.listdir(out):
-        if not os.path.exists(os.path.join(out, MARKER)):
-            raise UserError(f"--output {out!r} exists and is not an mpo-ray demo directory; choose a new or empty directory")
-        for name in os.listdir(out):
-            path = os.path.join(out, name)
-            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    """A fresh demo directory: in one an earlier demo made, remove that demo's artifacts (and nothing else);
+    refuse any other non-empty directory or a file."""
+    reuse = check_ours(out, "demo", what="--output")
     storage.check_writable(out)
+    if reuse:
+        for name in ARTIFACTS:
+            path = os.path.join(out, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
     os.makedirs(out, exist_ok=True)
+    mark_ours(out, "demo")
 
 
 def _write_prompts(out: str, size: DemoSize) -> None:

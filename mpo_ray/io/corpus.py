@@ -15,7 +15,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mpo_ray.core.errors import UserError
-from mpo_ray.core.seeds import prompt_id
+from mpo_ray.core.seeds import prompt_id, row_id
 from mpo_ray.io.storage import filesystem
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -53,14 +53,54 @@ def _read_table(uri: str) -> pa.Table:
             return pq.read_table(path, filesystem=fs)
         with fs.open(path, "rb") as f:
             raw = f.read()
-        if not raw.strip():
-            return pa.table({})
-        if fmt == "csv":
-            return pacsv.read_csv(io.BytesIO(raw))
-        rows = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+    except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"prompt corpus {uri!r} could not be read as {fmt}: {exc}") from None
+    text = _utf8(raw, uri)
+    if not text.strip():
+        return pa.table({})
+    return _read_csv(text, uri) if fmt == "csv" else _read_jsonl(text, uri)
+
+
+def _utf8(raw: bytes, uri: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"prompt corpus {uri!r}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                        "re-encode the file as UTF-8.") from None
+
+
+def _read_jsonl(text: str, uri: str) -> pa.Table:
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"prompt corpus {uri!r}: line {number} is not JSON ({exc.msg}); one JSON object per line.") from None
+        if not isinstance(row, dict):
+            raise UserError(f"prompt corpus {uri!r}: line {number} is a JSON {type(row).__name__}, not an object with a "
+                            "prompt column.")
+        rows.append(row)
+    try:
+        return pa.Table.from_pylist(rows)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise UserError(f"prompt corpus {uri!r}: columns hold mixed types ({exc}); give each key one type.") from None
+
+
+def _read_csv(text: str, uri: str) -> pa.Table:
+    """A CSV whose rows are its lines: an unclosed quote would otherwise swallow every row after it."""
+    try:
+        table = pacsv.read_csv(io.BytesIO(text.encode("utf-8")))
+    except pa.ArrowInvalid as exc:
+        raise UserError(f"prompt corpus {uri!r} does not parse as CSV: {exc}") from None
+    for name in table.column_names:
+        for row, value in enumerate(table.column(name).to_pylist()):
+            if isinstance(value, str) and ("\n" in value or "\r" in value):
+                raise UserError(f"prompt corpus {uri!r}: row {row}, column {name!r} spans several lines (an unclosed quote "
+                                "takes in the rows after it); fix the quoting, or use JSONL or Parquet for multi-line text.")
+    return table
 
 
 def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "prompt_id", limit: int | None = None):
@@ -97,3 +137,22 @@ def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "p
     if limit is not None:
         ids, prompts = ids[:limit], prompts[:limit]
     return ids, prompts
+
+
+def check_unique_ids(uri: str, prompt_column: str, id_column: str) -> None:
+    """One id, one text: generation writes one row per id, so two rows sharing an id (after normalising its type)
+    with different texts are refused, naming both rows. Unreadable files are refused as in `read_prompts`;
+    rows that are not text are left for the generator to report as error rows."""
+    table = _read_table(uri)
+    if prompt_column not in table.column_names:
+        return  # the reader names the missing column
+    prompts = table.column(prompt_column).to_pylist()
+    raw_ids = table.column(id_column).to_pylist() if id_column in table.column_names else [None] * len(prompts)
+    seen: dict[str, tuple[int, str]] = {}
+    for row, (value, raw) in enumerate(zip(prompts, raw_ids)):
+        text = value if isinstance(value, str) else ("" if value is None else str(value))
+        key = row_id(raw, text)
+        if key in seen and seen[key][1] != text:
+            raise UserError(f"prompt corpus {uri!r}: rows {seen[key][0]} and {row} share the id {key!r} but not their text; "
+                            "give each prompt its own id.")
+        seen.setdefault(key, (row, text))

@@ -8,6 +8,7 @@ Temporary names start with ``_tmp-`` and are ignored by every reader here.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import uuid
@@ -70,14 +71,37 @@ def read_json(uri: str):
     return json.loads(read_text(uri))
 
 
+def remove(uri: str) -> None:
+    """Delete one file (callers delete only files mpo-ray wrote, in directories it owns)."""
+    fs, path = filesystem(uri)
+    fs.rm(path)
+
+
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.exists(path)
 
 
+DIGEST_KEY = b"mpo_ray.content_sha256"
+
+
+class CorruptFile(UserError):
+    """A file mpo-ray wrote no longer reads back as written (a bit flip, a truncated copy, an edit by hand)."""
+
+
+def table_digest(table: pa.Table) -> str:
+    """sha256 of a table's values (not its layout, chunking or metadata): equal tables, equal digests."""
+    h = hashlib.sha256()
+    for name in table.column_names:
+        h.update(name.encode() + b"\0" + json.dumps(table.column(name).to_pylist(), default=repr).encode() + b"\0")
+    return h.hexdigest()
+
+
 def write_parquet(uri: str, table: pa.Table) -> None:
+    """Atomically, with the values' digest in the file's metadata (checked by ``read_parquet(verify=True)``)."""
+    metadata = {**(table.schema.metadata or {}), DIGEST_KEY: table_digest(table).encode()}
     buf = io.BytesIO()
-    pq.write_table(table, buf)
+    pq.write_table(table.replace_schema_metadata(metadata), buf)
     _write_atomic(uri, buf.getvalue())
 
 
@@ -95,10 +119,26 @@ def list_files(uri: str, suffix: str = ".parquet") -> list[str]:
     return sorted(names)
 
 
-def read_parquet(uri: str) -> pa.Table:
+def read_parquet(uri: str, *, verify: bool = False) -> pa.Table:
+    """A Parquet file; with ``verify``, CorruptFile unless it reads back exactly as `write_parquet` wrote it."""
     fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return pq.read_table(f)
+    if not verify:
+        with fs.open(path, "rb") as f:
+            return pq.read_table(f)
+    try:
+        with fs.open(path, "rb") as f:
+            table = pq.read_table(f)
+        expected = (table.schema.metadata or {}).get(DIGEST_KEY)
+        matches = expected is not None and table_digest(table.replace_schema_metadata(None)) == expected.decode("ascii")
+    except FileNotFoundError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, bad JSON in metadata
+        raise CorruptFile(f"{uri} cannot be read back ({type(exc).__name__}: {str(exc)[:200]}).") from None
+    if expected is None:
+        raise CorruptFile(f"{uri} carries no content digest; it was not written by this mpo-ray or was rewritten.")
+    if not matches:
+        raise CorruptFile(f"{uri} does not match the digest it was written with (changed on disk).")
+    return table
 
 
 def read_parquet_files(uris: list[str]) -> pa.Table:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import logging
 import os
 import socket
 import time
@@ -34,13 +35,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mpo_ray.core.errors import UserError
+from mpo_ray.core.names import VERSION_NAME
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import LATEST_FILE as LATEST
 from mpo_ray.io.artifact import VERSIONS_DIR
 from mpo_ray.io.artifact import WEIGHTS_FILE as WEIGHTS
 from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.ownership import OWNER_FILE, check_ours, mark_ours
 
 LOCK = "latest.lock"
+log = logging.getLogger(__name__)
 LATEST_FORMAT = "mpo-ray/weights-store-latest"
 
 
@@ -59,15 +63,42 @@ class WeightsStore:
     def __repr__(self) -> str:
         return f"WeightsStore({self.uri!r})"
 
+    def check_ours(self) -> None:
+        """UserError unless the store is new, empty, or a weights store (made by mpo-ray: never a user's directory)."""
+        pointer = storage.join(self.uri, LATEST)
+        if not storage.exists(storage.join(self.uri, OWNER_FILE)) and storage.exists(pointer):
+            try:
+                if storage.read_json(pointer).get("format") == LATEST_FORMAT:
+                    return  # a store written before stores carried a marker
+            except (OSError, ValueError, AttributeError):
+                pass
+        check_ours(self.uri, "nightly", what="weights store")
+
+    def claim(self) -> None:
+        """Mark the store as a weights store before its first write."""
+        mark_ours(self.uri, "nightly")
+
     # --- reading -------------------------------------------------------------
 
     def version_uri(self, version: str, name: str = WEIGHTS) -> str:
         return storage.join(self.uri, VERSIONS_DIR, version, name)
 
     def latest(self) -> dict | None:
-        """The `latest` pointer, or None before the first promotion."""
+        """The `latest` pointer, or None before the first promotion; UserError when it is not one this store wrote."""
         uri = storage.join(self.uri, LATEST)
-        return storage.read_json(uri) if storage.exists(uri) else None
+        if not storage.exists(uri):
+            return None
+        try:
+            pointer = storage.read_json(uri)
+            version = pointer["version"]
+            ok = (pointer.get("format") == LATEST_FORMAT and isinstance(version, str) and VERSION_NAME.match(version)
+                  and pointer.get("weights") == f"{VERSIONS_DIR}/{version}/{WEIGHTS}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{uri} is not a readable `latest` pointer ({type(exc).__name__}: {exc}); restore it from "
+                            f"the store's history or point it at a version under {VERSIONS_DIR}/.") from None
+        if not ok:
+            raise UserError(f"{uri} does not point at a version of this store; refusing to follow it.")
+        return pointer
 
     def latest_version(self) -> str | None:
         pointer = self.latest()
@@ -90,8 +121,11 @@ class WeightsStore:
 
     def write_version(self, version: str, artifact: WeightsArtifact, files: dict[str, str | pa.Table] | None = None) -> None:
         """Write a version once: the side files (text or tables) first, weights.json last (the commit marker)."""
+        if not VERSION_NAME.match(version):
+            raise UserError(f"version {version!r} must be a plain name (letters, digits, '.', '_', '-'): it names a directory.")
         if storage.exists(self.version_uri(version)):
             raise FileExistsError(f"{self.version_uri(version)} exists; a version is never overwritten.")
+        self.claim()
         for name, data in (files or {}).items():
             write = storage.write_text if isinstance(data, str) else storage.write_parquet
             write(self.version_uri(version, name), data)
@@ -226,6 +260,7 @@ class ScoreCache:
     """
 
     def __init__(self, store: WeightsStore, fingerprint: str):
+        self.store = store
         self.uri = storage.join(store.uri, "scores", fingerprint)
 
     def lookup(self, ids: list[str], prompts: list[str]) -> tuple[pa.Table | None, set[str]]:
@@ -235,8 +270,13 @@ class ScoreCache:
         taken: set[str] = set()
         for uri in storage.list_files(self.uri):
             fs, path = storage.filesystem(uri)
-            with fs.open(path, "rb") as f:
-                keys = pq.read_table(f, columns=["prompt_id", "prompt"])  # a small read: two columns
+            try:
+                with fs.open(path, "rb") as f:
+                    keys = pq.read_table(f, columns=["prompt_id", "prompt"])  # a small read: two columns
+            except (pa.ArrowException, OSError) as exc:  # a truncated or damaged file of ours: never trusted, not kept
+                log.warning("%s cannot be read (%s); removing it, its prompts are scored again.", uri, exc)
+                storage.remove(uri)
+                continue
             hits = {i for i, p in zip(keys.column("prompt_id").to_pylist(), keys.column("prompt").to_pylist())
                     if wanted.get(i) == p and i not in taken}
             if hits:
@@ -244,11 +284,17 @@ class ScoreCache:
                 taken |= hits
         parts = []
         for uri, hit_ids in found.items():
-            table = storage.read_parquet(uri)
+            try:
+                table = storage.read_parquet(uri, verify=True)
+            except storage.CorruptFile as exc:  # never serve rows that changed on disk: score those prompts again
+                log.warning("%s Its %d prompt(s) are scored again.", exc, len(hit_ids))
+                taken -= set(hit_ids)
+                continue
             parts.append(table.filter(pc.is_in(table.column("prompt_id"), pa.array(hit_ids))).replace_schema_metadata(None))
         return (pa.concat_tables(parts) if parts else None), taken
 
     def add(self, name: str, table: pa.Table) -> str:
+        self.store.claim()
         uri = storage.join(self.uri, name)
         storage.write_parquet(uri, table)
         return uri

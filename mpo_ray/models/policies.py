@@ -166,19 +166,25 @@ def check_same_vocabulary(policies: list[Policy]) -> None:
         )
 
 
-def tokenizer_vocabulary(spec: PolicySpec, source: str) -> tuple[dict, list[str]]:
-    """(token→id map, special tokens) from `spec`'s tokenizer alone: the driver's cheap check, before
-    any model loads, that a policy exists and shares the others' vocabulary. ValueError naming
+def load_weightless(spec: PolicySpec, source: str) -> Policy:
+    """A Policy with its tokenizer and model config but no weights: the driver's cheap view, before any
+    model loads, of how a policy formats prompts, its vocabulary and its context. UserError naming
     `source` and the policy when it cannot be loaded."""
-    from transformers import AutoTokenizer
+    from types import SimpleNamespace
 
+    from transformers import AutoConfig, AutoTokenizer
+
+    kwargs = dict(revision=spec.revision, trust_remote_code=spec.trust_remote_code)
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_model(spec.model), revision=spec.revision,
-                                            trust_remote_code=spec.trust_remote_code)
+        path = resolve_model(spec.model)
+        tok = AutoTokenizer.from_pretrained(path, **kwargs)
+        model_config = AutoConfig.from_pretrained(path, **kwargs)
     except Exception as exc:  # missing path, offline hub, bad revision: all the same to the user
         raise UserError(f"{source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
-                         f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
-    return tok.get_vocab(), sorted(map(str, tok.all_special_tokens))
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return Policy(spec, SimpleNamespace(config=model_config), tok)
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -238,6 +244,20 @@ def resolve_model(model: str) -> str:
 
         return resolve_tiny(model)
     return model
+
+
+def local_files(ref: str, revision: str | None = None) -> str | None:
+    """The local directory holding a model or adapter (a path, `default`, `tiny:…`, or a hub id already in the
+    local hub cache, at that revision), or None: what `model_identity` hashes."""
+    path = resolve_model(ref)
+    if os.path.exists(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, revision=revision, local_files_only=True)
+    except Exception:  # not downloaded (or not a hub id): nothing local to hash
+        return None
 
 
 def default_model_path() -> Path:

@@ -6,14 +6,17 @@
     → write_parquet into <output>/__mpo_ray__/staging/<attempt>/ → promote complete files into <output>/
 
 <output>/*.parquet holds one row per prompt (GENERATION_SCHEMA); <output>/__mpo_ray__/ holds
-manifest.json (the settings), summary.json and staging/. pyarrow, pandas and `datasets` all
-skip a directory named `__…` (`datasets` does not skip a single leading `_`).
+owner.json (this output is generate's), manifest.json (the settings), summary.json and staging/.
+pyarrow, pandas and `datasets` all skip a directory named `__…` (`datasets` does not skip a
+single leading `_`).
 
 Why staging: Ray Data writes files in place, so a reader or a resumed run could meet a
 half-written one. A Parquet file whose footer reads is complete: staged files are promoted
-by rename once they read; truncated ones are deleted. A rerun promotes what a stopped run
-left, reads the ids already written and generates only the rest; promotion drops ids
-already present, so retried work never yields a second row. Seeds derive from (seed,
+(rewritten atomically with a digest of their values) once they read; truncated ones are
+deleted. A rerun promotes what a stopped run left, reads the ids already written (a file
+that no longer matches its digest is removed and its prompts generated again) and
+generates only the rest; promotion drops ids already present, so retried work never
+yields a second row. Seeds derive from (seed,
 prompt id) and a MixedPolicy row depends on its own seed only, so the output does not
 depend on how the corpus is split into blocks, batches or replicas.
 """
@@ -33,10 +36,11 @@ import pyarrow.parquet as pq
 from mpo_ray import __version__
 from mpo_ray.config import Config
 from mpo_ray.core.errors import UserError
-from mpo_ray.core.seeds import derive_seed, prompt_id
+from mpo_ray.core.seeds import derive_seed, row_id
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
-from mpo_ray.io.corpus import corpus_format
+from mpo_ray.io.corpus import check_unique_ids, corpus_format
+from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours
 from mpo_ray.io.provenance import digest
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.models.generator import GenerationWorker
@@ -47,7 +51,6 @@ from mpo_ray.runtime.session import ray_session
 
 log = logging.getLogger(__name__)
 
-META_DIR = "__mpo_ray__"
 _PREPARED = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("error", pa.string())])
 
 
@@ -92,17 +95,16 @@ def check_output(config: Config, weights: list[float], version: str) -> tuple[st
     keys = ("prompt_column", "id_column", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "num_candidates")
     settings = {"policies": [p.model_dump() for p in config.policies], "weights": weights,
                 "weights_version": version, **{k: getattr(g, k) for k in keys}}
+    ours = check_ours(output, "generate")
     storage.check_writable(output)
     fingerprint = digest(settings)
     manifest = storage.join(output, META_DIR, "manifest.json")
-    if storage.exists(manifest):
+    if ours and storage.exists(manifest):
         previous = storage.read_json(manifest)
         if previous.get("fingerprint") != fingerprint:
             changed = sorted(k for k in settings if previous.get("settings", {}).get(k) != settings[k])
             raise UserError(f"output {output!r} holds generations made with other settings (changed: {changed}); "
                             "pass another --output, or delete it to start over.")
-    elif storage.list_files(output):
-        raise UserError(f"output {output!r} already holds Parquet files not written by `mpo-ray generate`; choose another --output.")
     return fingerprint, settings
 
 
@@ -118,8 +120,7 @@ def prepare_rows(batch: dict, *, prompt_column: str, id_column: str, seed: int, 
     for value, raw_id in zip(prompts, ids):
         good = isinstance(value, str) and value.strip()
         text = value if isinstance(value, str) else ("" if value is None else str(value))
-        missing = raw_id is None or (isinstance(raw_id, float) and math.isnan(raw_id)) or not str(raw_id)
-        pid = prompt_id(text) if missing else str(raw_id)
+        pid = row_id(raw_id, text)
         if pid in done:
             continue
         out["prompt_id"].append(pid)
@@ -142,12 +143,21 @@ def _read(uris: list[str], columns: list[str]) -> pa.Table:
 
 
 def written_ids(output: str) -> set[str]:
-    return set(_read(storage.list_files(output), ["prompt_id"]).column("prompt_id").to_pylist())
+    """Prompt ids the output holds, from files that read back exactly as written; a changed file is ours
+    (the directory is): it is removed and its prompts are generated again."""
+    ids = set()
+    for uri in storage.list_files(output):
+        try:
+            ids.update(storage.read_parquet(uri, verify=True).column("prompt_id").to_pylist())
+        except storage.CorruptFile as exc:
+            log.warning("%s Removing it; its prompts are generated again.", exc)
+            storage.remove(uri)
+    return ids
 
 
 def promote(output: str, done: set[str]) -> list[str]:
-    """Move complete staged files into ``output`` (dropping ids in ``done``, which grows); delete the rest.
-    Returns the promoted files' URLs."""
+    """Promote complete staged files into ``output`` (without ids in ``done``, which grows; with a content digest,
+    written atomically); delete the rest. Returns the promoted files' URLs."""
     fs, root = storage.filesystem(storage.join(output, META_DIR, "staging"))
     if not fs.exists(root):
         return []
@@ -165,16 +175,10 @@ def promote(output: str, done: set[str]) -> list[str]:
             for i in table.column("prompt_id").to_pylist():  # ids not written yet, first occurrence only
                 keep.append(i not in done)
                 done.add(i)
-            if any(keep) and not all(keep):  # rewrite without the duplicates, then promote that
-                path, filtered = f"{attempt}/filtered-{name}", path
-                with fs.open(path, "wb") as f:
-                    pq.write_table(table.filter(pa.array(keep)), f)
-                fs.rm(filtered)
-            if any(keep):
-                fs.mv(path, storage.filesystem(storage.join(output, name))[1])
+            if any(keep):  # without duplicates, with its content digest, atomically in place
+                storage.write_parquet(storage.join(output, name), table.filter(pa.array(keep)).cast(GENERATION_SCHEMA))
                 promoted.append(storage.join(output, name))
-            else:
-                fs.rm(path)
+            fs.rm(path)
         fs.rm(attempt, recursive=True)
     if not fs.ls(root, detail=False):
         fs.rm(root, recursive=True)
@@ -202,6 +206,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     lam, version = resolve_weights(config)
     fmt = check_corpus_location(g.prompts)
+    check_unique_ids(g.prompts, g.prompt_column, g.id_column)
     check_models(config, [p for p, w in zip(config.policies, lam) if w != 0], reference=False, rewards=False)
     fingerprint, settings = check_output(config, lam, version)
 
@@ -218,6 +223,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
             pending = todo.count()  # one cheap pass: nothing to do means no replica starts
             if not pending and not done:
                 raise UserError(f"prompt corpus {g.prompts!r} is empty; it needs rows with a `{g.prompt_column}` column.")
+            mark_ours(output, "generate")
             storage.write_json(storage.join(output, META_DIR, "manifest.json"),
                                {"fingerprint": fingerprint, "settings": settings, "library_version": __version__})
             log.info("generate: %d prompts already in %s%s; %d to generate", len(done), output,

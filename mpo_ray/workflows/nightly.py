@@ -34,7 +34,7 @@ from mpo_ray.io.feedback import Feedback, read_feedback
 from mpo_ray.io.provenance import digest
 from mpo_ray.io import storage
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
-from mpo_ray.models.preflight import check_models
+from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.runtime.actors import gather_arrays
 from mpo_ray.workflows.pipeline import Batch, plan_batches, run_pipeline, score_fingerprint
 from mpo_ray.workflows.reports import night_report
@@ -95,8 +95,9 @@ def plan_night(config: Config) -> NightPlan:
     fb = read_feedback(feedback_uri, config.policy_names) if feedback_uri else None
     prompts_uri = nc.prompts.replace("{night}", night)
     ids, prompts = read_prompts(prompts_uri, prompt_column=nc.prompt_column, id_column=nc.id_column, limit=nc.max_prompts)
-    check_models(config)
+    check_prompt_lengths(check_models(config), ids, prompts, nc.sampling.max_new_tokens, prompts_uri)
     st = WeightsStore(nc.store)
+    st.check_ours()
     storage.check_writable(st.uri)
     latest = st.read_version(st.latest_version()) if st.latest_version() else None
     if latest is not None and sorted(latest.policies) != sorted(config.policy_names):
@@ -128,6 +129,7 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     base = st.latest_version()
     old = np.array(st.read_version(base).weights_for(names, config.source)) if base is not None else None
 
+    st.claim()
     cache = ScoreCache(st, plan.fingerprint)
     t0 = time.perf_counter()
     cached, hits = cache.lookup(plan.ids, plan.prompts)

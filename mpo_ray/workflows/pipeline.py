@@ -34,6 +34,7 @@ from mpo_ray.core.solver import StreamingBSMD
 from mpo_ray.io import storage
 from mpo_ray.io.provenance import digest, model_identity
 from mpo_ray.io.schemas import score_table_schema
+from mpo_ray.models.policies import local_files
 from mpo_ray.runtime.actors import gather_arrays, gather_samples, start_groups
 from mpo_ray.runtime.session import ray_session
 
@@ -59,7 +60,7 @@ class Batch:
     uri: str
     ids: list[str]
     prompts: list[str]
-    stored: bool = False  # the file exists: read it (a resumed run)
+    stored: bool = False  # the file exists: reuse it if it reads back intact (a resumed run)
     rows: pa.Table | None = None
 
 
@@ -71,11 +72,15 @@ class ScoreRun:
     extra: object = None  # what ``with_models`` returned
 
 
+def model_identities(config: Config) -> list[dict]:
+    """The reference's and each policy's identity, their files' contents included (a retrained policy is a new one)."""
+    return [model_identity(s, local_files) for s in (config.reference, *config.policies)]
+
+
 def score_fingerprint(config: Config, sampling: SamplingConfig, seed: int) -> str:
-    """Everything a score row depends on besides its prompt: models, sampling, seed, reward sources."""
+    """Everything a score row depends on besides its prompt: models (by content), sampling, seed, reward sources."""
     return digest({
-        "sampling": sampling.model_dump(), "seed": seed,
-        "models": [model_identity(s) for s in (config.reference, *config.policies)],
+        "sampling": sampling.model_dump(), "seed": seed, "models": model_identities(config),
         "rewards": [r.model_dump() for r in config.rewards],
     }, 12)
 
@@ -86,9 +91,10 @@ def plan_batches(directory: str, ids: list[str], prompts: list[str], size: int, 
     batches = []
     for start in range(0, len(ids), size):
         part = ids[start : start + size]
-        name = f"{prefix}-{len(batches):05d}-{digest([part, fingerprint], 12)}.parquet"
+        texts = prompts[start : start + size]  # ids and texts: an edited prompt is a new batch, never a stale one
+        name = f"{prefix}-{len(batches):05d}-{digest([part, texts, fingerprint], 12)}.parquet"
         uri = storage.join(directory, name)
-        batches.append(Batch(uri, part, prompts[start : start + size], stored=uri in stored))
+        batches.append(Batch(uri, part, texts, stored=uri in stored))
     return batches
 
 
@@ -104,7 +110,16 @@ def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConf
 
     schema = score_table_schema(config.policy_names, [r.name for r in config.rewards] if rewards else [])
     timings, placement, tables, extra = Timings(), {}, [], None
-    todo = [b for b in batches if b.rows is None and not b.stored]
+    t0 = time.perf_counter()
+    for b in batches:  # stored rows are reused only if they read back exactly as written
+        if b.rows is None and b.stored:
+            try:
+                b.rows = storage.read_parquet(b.uri, verify=True)
+            except storage.CorruptFile as exc:
+                log.warning("%s Scoring that batch again.", exc)
+                b.stored = False
+    timings.io += time.perf_counter() - t0
+    todo = [b for b in batches if b.rows is None]
     needs_models = bool(todo) or with_models is not None
     with ray_session(log_to_driver=progress) if needs_models else contextlib.nullcontext():
         groups, reward_groups = {}, {}
@@ -116,12 +131,8 @@ def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConf
                 timings.startup = time.perf_counter() - t0
             bar = tqdm(batches, desc="score", unit="batch", disable=not progress or not batches)
             for b in bar:
-                t0 = time.perf_counter()
                 if b.rows is not None:
                     table = b.rows
-                elif b.stored:
-                    table = storage.read_parquet(b.uri)
-                    timings.io += time.perf_counter() - t0
                 else:
                     table = _score_batch(config, groups, reward_groups, b, sampling, seed, schema, timings)
                     t0 = time.perf_counter()

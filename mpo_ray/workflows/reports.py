@@ -31,8 +31,9 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
         f"0 at the optimum. Solver: {artifact['solver']['method']}, {artifact['solver']['iterations']} iterations, "
         f"converged: {artifact['solver']['converged']}.",
         f"* MaxMin value attained by π_λ: {_fmt(artifact['maxmin_value'])} nats (dual F̂(λ) = {_fmt(artifact['dual'])}).",
-        f"* Streaming BSMD (one step per prompt, as batches arrived): λ = "
-        f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, gap {artifact['streaming_bsmd']['gap']:.3g}.",
+        *([f"* Streaming BSMD (one step per prompt, as batches arrived): λ = "
+           f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, gap {artifact['streaming_bsmd']['gap']:.3g}."]
+          if "streaming_bsmd" in artifact else []),
         f"* Effective sample size per prompt: median {ess['median']:.2f}, min {ess['min']:.2f}, "
         f"of {ess['samples_per_prompt']} samples.",
         f"* Free riders (λ = 0, already served by the others): {', '.join(artifact['free_riders']) or 'none'}.",

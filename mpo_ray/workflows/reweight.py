@@ -23,8 +23,9 @@ from mpo_ray.core.solver import StreamingBSMD, evaluate_weights
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
+from mpo_ray.io.ownership import check_ours, mark_ours
 from mpo_ray.io.provenance import digest
-from mpo_ray.models.preflight import check_models
+from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.workflows.pipeline import plan_batches, run_pipeline, score_fingerprint
 from mpo_ray.workflows.reports import reweight_report
 from mpo_ray.workflows.solve import build_artifact, solve_scores
@@ -40,15 +41,23 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
         raise UserError(f"{config.source}: no output location; set `reweight.output` or pass --output.")
     t_start = time.perf_counter()
     ids, prompts = read_prompts(rw.prompts, prompt_column=rw.prompt_column, id_column=rw.id_column, limit=rw.max_prompts)
-    check_models(config)
+    check_prompt_lengths(check_models(config), ids, prompts, rw.sampling.max_new_tokens, rw.prompts)
+    check_ours(output, "reweight")
     storage.check_writable(output)
     fingerprint = score_fingerprint(config, rw.sampling, rw.seed)
     scores_dir = storage.join(output, "scores")
-    batches = plan_batches(scores_dir, ids, prompts, rw.batch_prompts, fingerprint, stored=set(storage.list_files(scores_dir)))
+    stored = set(storage.list_files(scores_dir))
+    batches = plan_batches(scores_dir, ids, prompts, rw.batch_prompts, fingerprint, stored=stored)
+    stale = sorted(stored - {b.uri for b in batches})  # rows of other prompts, texts, models or settings
     resumed = sum(b.stored for b in batches)
     log.info("reweight: %d prompts × %d samples, K=%d policies, %d batches (%d already in %s)", len(ids),
              rw.sampling.samples_per_prompt, len(config.policies), len(batches), resumed, scores_dir)
 
+    mark_ours(output, "reweight", score_fingerprint=fingerprint)
+    if stale:  # this run's own earlier files (the directory is ours); the table must hold exactly this run's rows
+        log.info("reweight: removing %d score file(s) of other prompts, texts, models or settings", len(stale))
+        for uri in stale:
+            storage.remove(uri)
     stream = StreamingBSMD(len(config.policies), total_steps=len(ids), step_size=rw.solver.step_size) if rw.stream_bsmd else None
     run = run_pipeline(config, batches, sampling=rw.sampling, seed=rw.seed, metadata={"fingerprint": fingerprint},
                        stream=stream, progress=progress)

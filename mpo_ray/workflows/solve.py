@@ -14,8 +14,7 @@ from mpo_ray import __version__
 from mpo_ray.config import Config, SamplingConfig, SolverConfig
 from mpo_ray.core.estimator import score_arrays, solve_table
 from mpo_ray.io.artifact import WeightsArtifact
-from mpo_ray.io.provenance import model_identity
-from mpo_ray.workflows.pipeline import reward_columns_by_objective
+from mpo_ray.workflows.pipeline import model_identities, reward_columns_by_objective
 
 
 def solve_scores(config: Config, table: pa.Table, solver: SolverConfig, *, seed: int, init=None) -> tuple[dict, dict]:
@@ -31,7 +30,7 @@ def build_artifact(config: Config, *, version: str, estimate: str, estimates: di
                    placement: dict, created_at: str, **extra) -> WeightsArtifact:
     """The weights artifact of the ``estimate`` solve; ``extra`` keys (e.g. ``streaming_bsmd``, ``nightly``) go last."""
     chosen = estimates[estimate]
-    names, ess = config.policy_names, chosen.ess
+    names, ess, identities = config.policy_names, chosen.ess, model_identities(config)
     return WeightsArtifact.build(
         version=version, policies=names, weights=chosen.weights.tolist(), beta=config.beta,
         estimate=estimate,
@@ -45,8 +44,9 @@ def build_artifact(config: Config, *, version: str, estimate: str, estimates: di
         estimates={name: r.to_dict() for name, r in estimates.items()},
         score_table=score_table,
         sampling=sampling.model_dump(),
-        models={"reference": model_identity(config.reference), "policies": [model_identity(p) for p in config.policies]},
+        models={"reference": identities[0], "policies": identities[1:]},
         rewards=[r.model_dump() for r in config.rewards],
         timings_s=timings, placement=placement, created_at=created_at, library_version=__version__, seed=seed,
         **extra,
     )
+

@@ -20,6 +20,7 @@ from mpo_ray.core.seeds import derive_seed
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
+from mpo_ray.io.ownership import check_ours, mark_ours
 from mpo_ray.runtime.actors import start_generator
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
@@ -57,6 +58,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
             raise UserError(f"sweep point {label!r} has weights {w}; it needs {k} finite non-negative numbers, not all zero")
     objectives = objectives_from_config(config)
     ids, prompts = read_prompts(g.prompts, prompt_column=g.prompt_column, id_column=g.id_column, limit=max_prompts)
+    check_ours(output, "sweep")
     storage.check_writable(output)
     seeds = [derive_seed(g.seed, pid) for pid in ids]
     params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.num_candidates}
@@ -64,6 +66,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
 
     t0 = time.perf_counter()
     tables = {}
+    mark_ours(output, "sweep")
     with ray_session(log_to_driver=False):
         worker = None
         try:
