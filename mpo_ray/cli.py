@@ -55,12 +55,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    config = _config(args)
     from mpo_ray.demo.plots import plot_front
     from mpo_ray.io.storage import join
     from mpo_ray.workflows.evaluate import format_evaluations
     from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
 
-    config = _config(args)
     points = sweep_points(config, args.step, _local(args.weights))
     output = _local(args.output) or default_output(config)
     summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, progress=not args.quiet)
@@ -71,26 +71,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_reweight(args: argparse.Namespace) -> int:
+    config = _config(args, reweight__output=_local(args.output))  # a bad config fails before torch or Ray load
     from mpo_ray.workflows.reweight import reweight
 
-    reweight(_config(args, reweight__output=_local(args.output)), progress=not args.quiet)
+    reweight(config, progress=not args.quiet)
     return 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    config = _config(args, generate__output=_local(args.output), generate__weights_uri=_local(args.weights))
     from mpo_ray.workflows.generate import generate
 
-    generate(_config(args, generate__output=_local(args.output), generate__weights_uri=_local(args.weights)),
-             progress=not args.quiet)
+    generate(config, progress=not args.quiet)
     return 0
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
+    config = _config(args, nightly__night=args.night, nightly__prompts=_local(args.prompts),
+                     nightly__feedback=_local(args.feedback), nightly__store=_local(args.store))
     from mpo_ray.io.store import StoreConflict
     from mpo_ray.workflows.nightly import EXIT_CONFLICT, run_night
 
-    config = _config(args, nightly__night=args.night, nightly__prompts=_local(args.prompts),
-                     nightly__feedback=_local(args.feedback), nightly__store=_local(args.store))
     try:
         result = run_night(config, progress=not args.quiet)
     except StoreConflict as exc:

@@ -220,11 +220,55 @@ def test_vocabulary_mismatch_is_refused():
         ([0.5, float("nan")], "weights must be finite"),
         ([0.0, 0.0], "all zero"),
         ("ab", "list of numbers"),
+        ([0.5 + 0j, 0.5], r"weights must be real numbers, got complex .*np\.real"),
     ],
 )
 def test_bad_weights_are_refused(weights, match):
     with pytest.raises(ValueError, match=match):
         MixedPolicy(tiny_family("seeds", 2), weights)
+
+
+@pytest.mark.parametrize(
+    "weights,match",
+    [
+        ([1e308, 0.5], r"weights\[0\] = 1e\+308 \(policy 'p0'\) is beyond \|w\| <= 1e\+04"),  # inf in float32
+        ([0.5, -1e5], r"weights\[1\] = -1e\+05 \(policy 'p1'\)"),
+        ([0.0, 10001.0], r"weights\[1\] = 1e\+04 \(policy 'p1'\) is beyond"),
+    ],
+)
+def test_mixture_refuses_weights_that_overflow(weights, match):
+    """λ = 1e308 used to decode rows with log_normalizer = -inf and no error; now it is refused up front."""
+    from mpo_ray.models.decoding import MAX_ABS_WEIGHT
+
+    with pytest.raises(ValueError, match=match):
+        MixedPolicy(tiny_family("seeds", 2), weights)
+    MixedPolicy(tiny_family("seeds", 2), [MAX_ABS_WEIGHT, -MAX_ABS_WEIGHT])  # the bound itself is accepted
+
+
+def test_non_finite_scores_raise_naming_the_prompt():
+    """A policy forbidding token 5 (logit -inf): a negative weight on it makes every normaliser +inf, and a
+    response that contains the token has log-prob -inf. Neither is returned; the error names the prompt."""
+    policies = tiny_family("seeds", 2)
+
+    def forbid_token_5(module, args, output):
+        output.logits[..., 5] = float("-inf")
+
+    handle = policies[0].model.register_forward_hook(forbid_token_5)
+    try:
+        with pytest.raises(ValueError, match=r"gives prompt 0 \(row 0\) a non-finite score at new token 0 "
+                                             r"\(logprob .*, log_normalizer inf"):
+            MixedPolicy(policies, [-0.5, 1.5]).generate(PROMPTS, max_new_tokens=4, temperature=0)
+        mixed = MixedPolicy(policies, [0.5, 0.5])
+        responses = [[10, 11], [12, 5, 13], [], [14]]
+        with pytest.raises(ValueError, match=r"gives prompt 1 \(row 1\) a non-finite score teacher-forcing "
+                                             r"its response \(logprob -inf"):
+            mixed.sequence_logprob(PROMPTS, responses)
+        lp, ln = mixed.sequence_logprob(PROMPTS, [responses[0], [], [], responses[3]])  # token 5 absent: fine
+        assert np.all(np.isfinite(lp)) and np.all(np.isfinite(ln))
+        gens = mixed.generate(PROMPTS, max_new_tokens=4, seed=0)  # positive weights never sample token 5
+        assert all(np.isfinite(g.logprob) and np.isfinite(g.log_normalizer) and 5 not in g.token_ids for g in gens)
+    finally:
+        handle.remove()
 
 
 @pytest.mark.parametrize(

@@ -252,6 +252,10 @@ def test_gate_says_which_check_failed():
     assert failed["drift"]["value"] == pytest.approx(0.4) and "new λ 0.6, latest λ 0.7" in failed["agreement"]["detail"]
     ok = gate_checks(gate, [0.55, 0.45], 1e-9, 3.0, [0.5, 0.5], {"mixed": {"min": 0.66}, "previous": {"min": 0.7}})
     assert all(c["passed"] for c in ok)
+    wide = GateConfig(max_ci_width=0.3)
+    checks = {c["check"]: c for c in gate_checks(wide, [0.5, 0.5], 1e-9, 3.0, None, None, ci_width=0.42)}
+    assert not checks["ci_width"]["passed"] and checks["ci_width"]["value"] == 0.42
+    assert gate_checks(wide, [0.5, 0.5], 1e-9, 3.0, None, None, ci_width=0.2)[-1]["passed"]
 
 
 # --------------------------------------------------------------------------- #

@@ -45,8 +45,11 @@ def test_reweight_end_to_end_matches_solver_on_its_table(first_run):
     assert on_disk["weights"] == artifact["weights"] and on_disk["policies"] == config.policy_names
     assert on_disk["certificate"]["gap_nats"] <= 1e-9
     assert "rewards" in on_disk["estimates"]  # one reward function per objective: both estimates reported
+    ci = on_disk["weights_ci"]
+    assert sorted(ci) == sorted(config.policy_names) and all(0 <= lo <= hi <= 1 for lo, hi in ci.values())
+    assert on_disk["weights_ci_method"]["resamples"] == 200 and on_disk["ess"]["median_at_uniform"] > 0
     report = open(os.path.join(out, "report.md")).read()
-    assert "Certificate gap" in report and "concise" in report
+    assert "Certificate gap" in report and "concise" in report and "90% interval" in report
     assert not [p for p in os.listdir(out) if p.startswith("_tmp-")]
 
 

@@ -155,6 +155,7 @@ class ReweightConfig(_Strict):
     estimate: Literal["implicit", "rewards"] = "implicit"
     stream_bsmd: bool = True  # run BSMD as batches arrive (the paper's way) before the full solve
     min_median_ess: float = Field(2.0, ge=0)  # warn below this
+    bootstrap_resamples: int = Field(200, ge=0)  # λ's 90% interval from prompts resampled this often (0: none)
     seed: int = Field(0, ge=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     solver: SolverConfig = Field(default_factory=SolverConfig)
@@ -202,6 +203,7 @@ class GateConfig(_Strict):
     min_median_ess: float = Field(2.0, ge=0)  # median per-prompt effective sample size of the new λ
     max_agreement_drop: float = Field(0.05, ge=0, le=1)  # tonight's min-group agreement: new λ may trail the old λ by at most this
     max_drift: float = Field(0.2, ge=0, le=1)  # total variation ½‖λ − λ_latest‖₁: a bigger jump in one night wants a human look
+    max_ci_width: float | None = Field(None, gt=0, le=1)  # widest 90% interval of any λ_k allowed (None: not checked)
 
 
 class NightlyConfig(_Strict):
@@ -221,6 +223,7 @@ class NightlyConfig(_Strict):
     max_prompts: int | None = Field(None, ge=1)
     batch_prompts: int = Field(16, ge=1)
     estimate: Literal["implicit", "rewards"] = "implicit"
+    bootstrap_resamples: int = Field(200, ge=0)  # λ's 90% interval from prompts resampled this often (0: none)
     seed: int = Field(0, ge=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     solver: SolverConfig = Field(default_factory=SolverConfig)
@@ -233,6 +236,8 @@ class NightlyConfig(_Strict):
         if ess > n:
             raise Invalid("gate.min_median_ess", f"is {ess}, but the ESS is at most sampling.samples_per_prompt = {n}, "
                                                  "so no night could pass; lower it or sample more.")
+        if self.gate.max_ci_width is not None and self.bootstrap_resamples == 0:
+            raise Invalid("gate.max_ci_width", "needs λ's intervals; set `bootstrap_resamples` above 0.")
         return self
 
 

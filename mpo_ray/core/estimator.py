@@ -53,16 +53,35 @@ def score_arrays(table: pa.Table, policy_names: list[str], reward_columns: list[
             "rewards": cube(list(reward_columns)) if reward_columns else None}
 
 
+def estimate_tables(arrays: dict, beta: float) -> dict[str, np.ndarray]:
+    """The (N, m, K) tables each estimate solves: the implicit log-ratios, and with one reward column per objective
+    the rewards normalised by the paper's operator."""
+    tables = {"implicit": arrays["log_ratios"]}
+    if arrays["rewards"] is not None:
+        tables["rewards"] = normalize_rewards(arrays["rewards"], beta, mask=arrays["mask"], log_importance=arrays["log_importance"])
+    return tables
+
+
 def solve_table(arrays: dict, *, beta: float, method: str = "full", tol: float = 1e-9, steps: int | None = None,
                 step_size: float | None = None, batch_prompts: int = 1, seed: int = 0,
                 init=None) -> dict[str, WeightsResult]:
-    """The implicit-reward solve, and with reward columns also the reward-normalised one, by estimate name."""
+    """Each estimate's solve (see :func:`estimate_tables`), by estimate name."""
     kwargs = dict(mask=arrays["mask"], log_importance=arrays["log_importance"], method=method, tol=tol,
                   steps=steps, step_size=step_size, init=init, seed=seed)
     if method == "bsmd":
         kwargs["batch_prompts"] = min(batch_prompts, arrays["mask"].shape[0])
-    estimates = {"implicit": solve_weights(arrays["log_ratios"], **kwargs)}
-    if arrays["rewards"] is not None:  # one reward source per objective
-        L_rewards = normalize_rewards(arrays["rewards"], beta, mask=arrays["mask"], log_importance=arrays["log_importance"])
-        estimates["rewards"] = solve_weights(L_rewards, **kwargs)
-    return estimates
+    return {name: solve_weights(L, **kwargs) for name, L in estimate_tables(arrays, beta).items()}
+
+
+def bootstrap_weights(L: np.ndarray, mask: np.ndarray, log_importance: np.ndarray, *, resamples: int = 200,
+                      level: float = 0.9, seed: int = 0) -> dict:
+    """Percentile intervals for λ from prompts resampled with replacement (prompts are the sampling unit), each
+    resample solved in full. Also the spread of the draws, so a report can say how much λ moves."""
+    rng = np.random.default_rng(seed)
+    n = mask.shape[0]
+    draws = np.empty((resamples, L.shape[2]))
+    for b in range(resamples):
+        rows = rng.integers(0, n, n)
+        draws[b] = solve_weights(L[rows], mask=mask[rows], log_importance=log_importance[rows]).weights
+    lower, upper = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return {"level": level, "resamples": resamples, "lower": lower, "upper": upper, "std": draws.std(axis=0)}

@@ -31,10 +31,12 @@ def evaluate_feedback(margins: np.ndarray, groups: list[str], names: list[str], 
     return out
 
 
-def gate_checks(gate, weights, gap: float, median_ess: float, previous=None, evaluation: dict | None = None) -> list[dict]:
+def gate_checks(gate, weights, gap: float, median_ess: float, previous=None, evaluation: dict | None = None,
+                ci_width: float | None = None) -> list[dict]:
     """Every promotion check with its value, limit and verdict; the first night (no previous λ) skips the comparisons.
 
-    ``gate`` has ``max_gap``, ``min_median_ess``, ``max_agreement_drop`` and ``max_drift`` (the config's GateConfig).
+    ``gate`` has ``max_gap``, ``min_median_ess``, ``max_agreement_drop``, ``max_drift`` and ``max_ci_width``
+    (the config's GateConfig); ``ci_width`` is the widest 90% interval of any λ_k.
     """
 
     def check(name, passed, value, limit, detail):
@@ -58,4 +60,8 @@ def gate_checks(gate, weights, gap: float, median_ess: float, previous=None, eva
     else:
         drift = 0.5 * float(np.abs(np.asarray(weights) - np.asarray(previous)).sum())
         checks.append(check("drift", drift <= gate.max_drift, drift, f"<= {gate.max_drift:g}", "total variation ½‖λ − λ_latest‖₁"))
+    limit = getattr(gate, "max_ci_width", None)
+    if limit is not None:
+        checks.append(check("ci_width", ci_width is not None and ci_width <= limit, ci_width, f"<= {limit:g}",
+                            "widest 90% bootstrap interval of any λ_k"))
     return checks

@@ -20,6 +20,26 @@ Two methods:
 * ``bsmd``: the paper's batch stochastic mirror descent (exponentiated gradient
   on random prompt batches, step ``c/√T``, averaged iterate). Right when
   prompts stream by once; slower to converge, O(1/√T).
+
+Input contract (refused with a ValueError naming the argument, never served):
+
+* Every numeric argument must be real: complex arrays are refused, not
+  silently truncated to their real part.
+* ``log_ratios`` and ``log_importance`` must satisfy |x| ≤ ``MAX_NATS`` = 1e6
+  nats (present samples only; masked ones are ignored), and so must the
+  log-ratios :func:`normalize_rewards` would return (and ``rewards/beta``).
+  Why 1e6: the solver works in float64 with log-sum-exps of ``base + L·λ``
+  and a Hessian built from products ``L_k·L_l``; those overflow only near
+  1e154, but the certificate's round-off grows like |L|·1e-13 (about 1e-7
+  nats at 1e6, so the default ``tol=1e-9`` may end ``converged=False``:
+  raise ``tol`` for tables that large) and a log-ratio of 1e6 nats
+  (a probability ratio e^1000000) is already a units bug, not data.
+  Rescaling instead would not be exact: F̂ is not invariant to scaling L
+  (only ``log_importance`` is invariant, to a per-prompt shift, which the
+  error message suggests).
+* As a last line of defence every public entry point checks its own
+  output: a non-finite λ, value, gap or dual is raised as a ValueError,
+  never returned.
 """
 
 from __future__ import annotations
@@ -34,6 +54,7 @@ __all__ = ["WeightsResult", "SolverHistory", "StreamingBSMD", "solve_weights", "
 OBJECTIVES = ("maxmin", "fixed")
 METHODS = ("full", "bsmd")
 _SIMPLEX_ATOL = 1e-6  # how far user-given weights may stray from Σλ = 1
+MAX_NATS = 1e6  # largest |log-ratio| / |log_importance| accepted (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -271,7 +292,7 @@ class StreamingBSMD:
     def __init__(self, num_objectives: int, total_steps: int, step_size: float | None = None, init=None):
         self.K = _positive_int("num_objectives", num_objectives, 1)
         self.total_steps = _positive_int("total_steps", total_steps, 1)
-        if step_size is not None and not (math.isfinite(step_size) and step_size > 0):
+        if step_size is not None and not (_is_real(step_size) and math.isfinite(step_size) and step_size > 0):
             raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}.")
         self.step_size = step_size
         self.weights = np.full(self.K, 1.0 / self.K) if init is None else _check_simplex("init", init, self.K)
@@ -291,16 +312,23 @@ class StreamingBSMD:
             self.steps += table.N
             self._sum += table.N
             return self.average
-        if self.step_size is None:  # set once, from the first batch
-            self.step_size = _default_step_size(table, self.weights)
-        eta = self.step_size / math.sqrt(self.total_steps)
+        # Set once, from the first batch (committed with the rest, only if the batch succeeds).
+        step_size = _default_step_size(table, self.weights) if self.step_size is None else self.step_size
+        eta = step_size / math.sqrt(self.total_steps)
+        weights, total = self.weights.copy(), self._sum.copy()  # committed only if all stays finite
         for i in range(table.N):
-            _, g, _, _ = table.subset(np.array([i])).evaluate(self.weights)
-            self._sum += self.weights
-            logits = np.log(np.maximum(self.weights, 1e-300)) - eta * (g - g.min())
-            self.weights = np.exp(logits - logits.max())
-            self.weights /= self.weights.sum()
-            self.steps += 1
+            _, g, _, _ = table.subset(np.array([i])).evaluate(weights)
+            total += weights
+            logits = np.log(np.maximum(weights, 1e-300)) - eta * (g - g.min())
+            weights = np.exp(logits - logits.max())
+            weights /= weights.sum()
+        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(total))):
+            raise ValueError(
+                "StreamingBSMD.update produced non-finite weights from this batch of log_ratios; the stream "
+                "is left as it was before the batch. Check the batch's log-ratios (units, masked samples)."
+            )
+        self.weights, self._sum, self.step_size = weights, total, step_size
+        self.steps += table.N
         return self.average
 
 
@@ -309,10 +337,27 @@ class StreamingBSMD:
 # --------------------------------------------------------------------------- #
 
 
+def _is_real(value) -> bool:
+    """A real scalar (Python or numpy int/float), not bool, not complex."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
 def _as_float_array(name: str, value, ndim: int) -> np.ndarray:
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
+        raw = np.asarray(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{name} must be a numeric array; could not convert it ({exc}).") from None
+    if np.iscomplexobj(raw) or (
+        raw.dtype == object and any(isinstance(x, (complex, np.complexfloating)) for x in raw.flat)
+    ):
+        raise ValueError(
+            f"{name} is complex; the solver works on real numbers only and will not drop the imaginary "
+            f"part for you. Pass np.real({name}) if the imaginary part is zero by construction, "
+            "otherwise fix how it was computed."
+        )
+    try:
+        arr = raw.astype(np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{name} must be a numeric array; could not convert it ({exc}).") from None
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}.")
@@ -346,6 +391,27 @@ def _check_finite(name: str, arr: np.ndarray, mask: np.ndarray) -> None:
         )
 
 
+_MAGNITUDE_FIX = {
+    "log_ratios": "check the units (nats of log π_k − log π_ref per sequence) and mark missing samples with "
+                  "mask=False",
+    "log_importance": "it only matters up to a constant per prompt, so subtract each prompt's max "
+                      "(log_importance - log_importance.max(axis=1, keepdims=True)) and check its units",
+}
+
+
+def _check_magnitude(name: str, arr: np.ndarray, mask: np.ndarray, fix: str | None = None) -> None:
+    """|x| ≤ MAX_NATS on present entries (NaN fails too)."""
+    big = ~(np.abs(arr) <= MAX_NATS)
+    big &= mask if arr.ndim == 2 else mask[..., None]
+    if big.any():
+        bad = tuple(int(b) for b in np.argwhere(big)[0])
+        raise ValueError(
+            f"{name} has magnitude {abs(float(arr[bad])):.3g} at index {bad}, beyond the ±{MAX_NATS:.0e} nats "
+            f"the solver accepts (float64 round-off and overflow make larger values untrustworthy); "
+            f"{fix or _MAGNITUDE_FIX.get(name, 'rescale it')}."
+        )
+
+
 def _check_simplex(name: str, value, K: int) -> np.ndarray:
     arr = _as_float_array(name, value, 1)
     if arr.shape[0] != K:
@@ -368,13 +434,16 @@ def _positive_int(name: str, value, default: int) -> int:
     return int(value)
 
 
-def _build_table(log_ratios, mask, log_importance, name: str = "log_ratios") -> _Table:
+def _build_table(log_ratios, mask, log_importance, name: str = "log_ratios", bounded: bool = True) -> _Table:
+    """Validate and fold; ``bounded=False`` skips the MAX_NATS check on the table (rewards check r/β instead)."""
     L = _as_float_array(name, log_ratios, 3)
     N, m, K = L.shape
     if N == 0 or m == 0 or K == 0:
         raise ValueError(f"{name} must be non-empty in every dimension (N, m, K), got shape {L.shape}.")
     mask = _check_mask(mask, (N, m))
     _check_finite(name, L, mask)
+    if bounded:
+        _check_magnitude(name, L, mask)
     if log_importance is None:
         log_w0 = np.zeros((N, m))
     else:
@@ -382,6 +451,7 @@ def _build_table(log_ratios, mask, log_importance, name: str = "log_ratios") -> 
         if log_w0.shape != (N, m):
             raise ValueError(f"log_importance must have shape (N, m) = {(N, m)}, got {log_w0.shape}.")
         _check_finite("log_importance", log_w0, mask)
+        _check_magnitude("log_importance", log_w0, mask)
     # Fold mask and importance weights into normalised log base weights.
     base = np.where(mask, log_w0, -np.inf)
     top = base.max(axis=1, keepdims=True)
@@ -418,14 +488,18 @@ def solve_weights(
     ``steps`` batch stochastic mirror-descent steps of ``batch_prompts``
     prompts each (defaults: 1 prompt, one pass over the prompts) with step
     size ``step_size/√steps`` and returns the averaged iterate.
+
+    Raises ValueError for complex input, non-finite or |x| > ``MAX_NATS``
+    log-ratios / log_importance (present samples), and, as a final check,
+    rather than return a non-finite λ, value, gap or dual.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+    if not (_is_real(tol) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
-    if step_size is not None and not (isinstance(step_size, (int, float)) and math.isfinite(step_size) and step_size > 0):
+    if step_size is not None and not (_is_real(step_size) and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}.")
     table = _build_table(log_ratios, mask, log_importance)
     K = table.K
@@ -471,6 +545,13 @@ def _result(table, lam, iterations, converged, history, objective, method, tol) 
     f, g, w, _ = table.evaluate(lam)
     gap = _certificate(lam, g)
     ess = 1.0 / np.sum(w * w, axis=1)
+    for what, x in (("weights", lam), ("values", g), ("gap", gap), ("dual", f), ("maxmin_value", f - gap), ("ess", ess)):
+        if not np.all(np.isfinite(x)):
+            raise ValueError(
+                f"the solver's {what} came out non-finite ({np.asarray(x).tolist()!r:.120}) on inputs that passed "
+                f"validation; refusing to return it. Check log_ratios/log_importance (|x| ≤ {MAX_NATS:.0e} nats, "
+                "units, masked samples) and report this table as a bug if they look sane."
+            )
     return WeightsResult(
         weights=lam,
         values=g,
@@ -494,14 +575,30 @@ def normalize_rewards(rewards, beta: float, *, mask=None, log_importance=None) -
     ``log_importance`` says they came from a proposal other than π_ref).
     Masked entries come back as NaN so they cannot be used by mistake; pass
     the same ``mask`` to :func:`solve_weights`.
+
+    Refuses (ValueError) complex rewards, |rewards/beta| > ``MAX_NATS`` and
+    results whose present log-ratios would exceed ``MAX_NATS`` (what
+    :func:`solve_weights` accepts), so its output is always solvable.
     """
-    if isinstance(beta, bool) or not isinstance(beta, (int, float, np.floating)) or not math.isfinite(beta) or beta <= 0:
+    if not _is_real(beta) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a finite number > 0 (the KL strength the policies were aligned with), got {beta!r}.")
-    table = _build_table(rewards, mask, log_importance, name="rewards")
-    scaled = table.L / float(beta)
+    beta = float(beta)
+    table = _build_table(rewards, mask, log_importance, name="rewards", bounded=False)
+    present = np.isfinite(table.base)
+    # |r| ≤ MAX_NATS·β, compared without dividing (r/β could overflow to inf).
+    too_big = (np.abs(table.L) > MAX_NATS * beta) & present[..., None]
+    if too_big.any():
+        bad = tuple(int(b) for b in np.argwhere(too_big)[0])
+        raise ValueError(
+            f"rewards/beta is {abs(float(table.L[bad])):.3g}/{beta:.3g} at index {bad}, beyond the ±{MAX_NATS:.0e} "
+            "nats the solver accepts; use a larger beta (the KL strength) or check the rewards' scale."
+        )
+    scaled = table.L / beta
     a = table.base[..., None] + scaled
     top = a.max(axis=1, keepdims=True)
     log_z = top + np.log(np.exp(a - top).sum(axis=1, keepdims=True))
     out = scaled - log_z
-    out[~np.isfinite(table.base)] = np.nan
+    _check_magnitude("normalised log-ratios", out, present, fix="their spread within a prompt comes from "
+                     "rewards/beta (and log_importance); use a larger beta or check the rewards' scale")
+    out[~present] = np.nan
     return out

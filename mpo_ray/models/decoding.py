@@ -17,7 +17,14 @@ turns token-level samples into samples of Π_k π_k^λ_k (`num_candidates`).
 Weights on the simplex are the MPO case (then log z_t ≤ 0). Any real
 exponents are accepted as an extension (e.g. λ_ref < 0 for DeRa-style
 realignment; negative or super-unit weights make log z_t unbounded in sign).
-Terms with weight exactly 0 are not run at all.
+Terms with weight exactly 0 are not run at all. Weights must be real and
+|λ_k| ≤ MAX_ABS_WEIGHT = 1e4: the mix runs in float32 (eps ≈ 1.2e-7), where
+λ·log π with log-probs of tens of nats keeps ~0.01-nat resolution at 1e4 and
+loses it beyond, and a weight like 1e308 is not even a float32 (it becomes
+inf and the normaliser −inf / NaN). Rows are never returned with a
+non-finite logprob, log_normalizer or proposal log-prob: decoding and
+`sequence_logprob` raise a ValueError naming the prompt (e.g. a negative
+weight on a policy that gives some token log-prob −inf, or NaN logits).
 
 Policies that share one loaded module (system-prompted variants or LoRA
 adapters of one base) run as ONE forward over G×B rows with one KV cache;
@@ -112,6 +119,10 @@ class _Group:
         return torch.einsum("g,grv->rv", self.weights.to(device), lp)
 
 
+MAX_ABS_WEIGHT = 1e4  # largest |λ_k| accepted (module docstring: float32 resolution of the mixed scores)
+_SCORES = ("logprob", "log_normalizer", "proposal_logprob")
+
+
 class MixedPolicy:
     """The log-linear mixture of `policies` (Policy objects or PolicySpecs) with exponents `weights`."""
 
@@ -126,8 +137,17 @@ class MixedPolicy:
                 raise ValueError(f"policies[{i}] is a {type(p).__name__}; pass Policy objects from load_policies")
         names = [p.name for p in policies]
         try:
-            weights = np.asarray(weights, dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError):
+            raw = np.asarray(weights)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"weights must be a list of numbers, one per policy {names}, got {weights!r}") from None
+        if np.iscomplexobj(raw) or (raw.dtype == object and any(isinstance(x, complex) for x in raw.flat)):
+            raise ValueError(
+                f"weights must be real numbers, got complex {raw.tolist()} for policies {names}; pass the real "
+                "exponents (np.real(weights) if the imaginary part is zero by construction)"
+            )
+        try:
+            weights = raw.astype(np.float64).reshape(-1)
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"weights must be a list of numbers, one per policy {names}, got {weights!r}") from None
         if len(weights) != len(policies):
             raise ValueError(
@@ -138,6 +158,14 @@ class MixedPolicy:
             raise ValueError(f"weights must be finite numbers, got {weights.tolist()} for policies {names}")
         if not np.any(weights):
             raise ValueError(f"weights are all zero for policies {names}; at least one must be non-zero")
+        too_big = np.flatnonzero(np.abs(weights) > MAX_ABS_WEIGHT)
+        if too_big.size:
+            k = int(too_big[0])
+            raise ValueError(
+                f"weights[{k}] = {weights[k]:.3g} (policy {names[k]!r}) is beyond |w| <= {MAX_ABS_WEIGHT:.0e}: the "
+                "mixed float32 scores w·log π would lose all resolution or overflow (non-finite normaliser); "
+                "use exponents of a sensible size (on the simplex for MPO)"
+            )
         check_same_vocabulary(policies)
         self.policies, self.weights = policies, weights
         by_module: dict[int, list[int]] = {}
@@ -250,8 +278,9 @@ class MixedPolicy:
                 s = self._mix(groups, logits)
                 log_z = torch.logsumexp(s, dim=-1)
                 tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[alive.to(uniforms.device), t])
-                step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q])
-                scores[:, alive] += step.double().cpu()
+                step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double().cpu()
+                self._check_finite_rows(step, _SCORES, alive, rows, f"at new token {t}")
+                scores[:, alive] += step
                 tokens[alive, t] = tok.cpu()
                 lengths[alive] += 1
                 done = torch.zeros(len(alive), dtype=torch.bool) if ignore_eos else torch.isin(tok, eos).cpu()
@@ -268,6 +297,20 @@ class MixedPolicy:
                         g.keep(keep)
                 logits = [g.step(tok) for g in groups]
         return tokens, lengths, stopped, scores
+
+    def _check_finite_rows(self, values: torch.Tensor, names, row_ids, prompt_of_row, where: str) -> None:
+        """values [len(names), R], one column per row: raise naming the first non-finite row's prompt."""
+        bad = (~torch.isfinite(values)).any(0).nonzero()
+        if len(bad):
+            j = int(bad[0, 0])
+            r = int(row_ids[j])
+            got = ", ".join(f"{n} {float(v)}" for n, v in zip(names, values[:, j]))
+            raise ValueError(
+                f"the mixture {self!r} gives prompt {int(prompt_of_row[r])} (row {r}) a non-finite score {where} "
+                f"({got}); refusing to return it. "
+                "Typical causes: a negative weight on a policy that gives some token log-prob -inf, a token "
+                "that a positively weighted policy forbids (log-prob -inf), or a model returning NaN logits."
+            )
 
     @torch.no_grad()
     def sequence_logprob(self, prompts, response_token_ids, *, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -289,8 +332,11 @@ class MixedPolicy:
             log_z = torch.logsumexp(s, dim=-1)
             targets, valid = right_aligned_targets(batch, self.device)
             token_lp = s.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
-            logprob[idx] = (token_lp * valid).sum(-1).double().cpu().numpy()
-            log_norm[idx] = (log_z * valid).sum(-1).double().cpu().numpy()
+            lp_sum = torch.where(valid, token_lp, 0.0).sum(-1).double().cpu()
+            ln_sum = torch.where(valid, log_z, 0.0).sum(-1).double().cpu()
+            self._check_finite_rows(torch.stack([lp_sum, ln_sum]), _SCORES[:2], idx, np.arange(len(prompts)),
+                                    "teacher-forcing its response")
+            logprob[idx], log_norm[idx] = lp_sum.numpy(), ln_sum.numpy()
         return logprob, log_norm
 
 

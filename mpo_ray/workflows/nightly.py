@@ -38,7 +38,7 @@ from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.runtime.actors import gather_arrays
 from mpo_ray.workflows.pipeline import Batch, plan_batches, run_pipeline, score_fingerprint
 from mpo_ray.workflows.reports import night_report
-from mpo_ray.workflows.solve import build_artifact, solve_scores
+from mpo_ray.workflows.solve import build_artifact, ci_width, solve_scores, uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -153,11 +153,13 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     chosen = estimates[nc.estimate]
     margins = run.extra
     evaluation = evaluate_feedback(margins, plan.feedback.groups, names, chosen.weights, old) if plan.feedback else None
+    spread = uncertainty(config, arrays, nc.estimate, resamples=nc.bootstrap_resamples, seed=nc.seed)
     run.timings.solver += time.perf_counter() - t0
-    checks = gate_checks(nc.gate, chosen.weights, chosen.gap, float(np.median(chosen.ess)), old, evaluation)
+    checks = gate_checks(nc.gate, chosen.weights, chosen.gap, float(np.median(chosen.ess)), old, evaluation,
+                         ci_width=ci_width(spread))
     artifact = build_artifact(
         config, version=plan.night, estimate=nc.estimate, estimates=estimates, sampling=nc.sampling, solver=nc.solver,
-        seed=nc.seed, min_median_ess=nc.gate.min_median_ess,
+        seed=nc.seed, min_median_ess=nc.gate.min_median_ess, spread=spread,
         score_table={"uri": cache.uri, "rows": run.table.num_rows, "prompts": len(plan.ids), "reused_prompts": len(hits),
                      "scored_prompts": len(todo), "fingerprint": plan.fingerprint},
         timings=run.timings.as_dict(), placement=run.placement,

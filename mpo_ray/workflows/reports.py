@@ -17,12 +17,19 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
         f"Score table: {artifact['score_table']['prompts']} prompts, {artifact['score_table']['rows']} rows "
         f"({artifact['score_table']['uri']}). β = {beta}. Estimate driving the solver: **{artifact['estimate']}**.",
         "",
-        "| policy | λ | value (nats) |" + "".join(f" λ ({e}) |" for e in estimates),
-        "|---|---|---|" + "---|" * len(estimates),
+        "| policy | λ | 90% interval | value (nats) |" + "".join(f" λ ({e}) |" for e in estimates),
+        "|---|---|---|---|" + "---|" * len(estimates),
     ]
+    ci = artifact.get("weights_ci") or {}
     for k, name in enumerate(names):
         extra = "".join(f" {_fmt(r.weights[k])} |" for r in estimates.values())
-        lines.append(f"| {name} | {_fmt(artifact['weights'][k])} | {_fmt(artifact['values'][name])} |{extra}")
+        interval = f"[{ci[name][0]:.3f}, {ci[name][1]:.3f}]" if name in ci else "—"
+        lines.append(f"| {name} | {_fmt(artifact['weights'][k])} | {interval} | {_fmt(artifact['values'][name])} |{extra}")
+    if ci:
+        method = artifact["weights_ci_method"]
+        lines += ["", f"Intervals: {method['resamples']} bootstrap resamples of the prompts, each solved in full "
+                      f"(percentile, {method['level']:.0%}). They cover the sampling noise of the score table, not a "
+                      "change of models or prompt distribution."]
     cert = artifact["certificate"]
     ess = artifact["ess"]
     lines += [
@@ -34,14 +41,15 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
         *([f"* Streaming BSMD (one step per prompt, as batches arrived): λ = "
            f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, gap {artifact['streaming_bsmd']['gap']:.3g}."]
           if "streaming_bsmd" in artifact else []),
-        f"* Effective sample size per prompt: median {ess['median']:.2f}, min {ess['min']:.2f}, "
-        f"of {ess['samples_per_prompt']} samples.",
+        f"* Effective sample size per prompt: median {ess['median']:.2f} at λ (min {ess['min']:.2f}), "
+        + (f"median {ess['median_at_uniform']:.2f} at uniform λ, " if "median_at_uniform" in ess else "")
+        + f"of {ess['samples_per_prompt']} samples.",
         f"* Free riders (λ = 0, already served by the others): {', '.join(artifact['free_riders']) or 'none'}.",
     ]
     if ess["low"]:
         lines.append(
-            "* **Warning: low ESS.** The policies are far from the proposal for this many samples; the weights are noisy. "
-            "Raise `samples_per_prompt` or use `proposal: mixture`."
+            "* **Warning: low ESS** (at λ or at uniform λ). The policies are far from the proposal for this many samples; "
+            "the weights are noisy (see their intervals). Raise `samples_per_prompt` or use `proposal: mixture`."
         )
     if not artifact["solver"]["converged"]:
         lines.append("* **Warning: the solver did not reach its tolerance**; raise `solver.steps` or use `method: full`.")

@@ -28,7 +28,7 @@ from mpo_ray.io.provenance import digest
 from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.workflows.pipeline import plan_batches, run_pipeline, score_fingerprint
 from mpo_ray.workflows.reports import reweight_report
-from mpo_ray.workflows.solve import build_artifact, solve_scores
+from mpo_ray.workflows.solve import build_artifact, solve_scores, uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
         config, version=f"{created:%Y%m%dT%H%M%SZ}-{digest([fingerprint, chosen.weights.tolist()], 8)}",
         estimate=rw.estimate, estimates=estimates, sampling=rw.sampling, solver=rw.solver, seed=rw.seed,
         min_median_ess=rw.min_median_ess,
+        spread=uncertainty(config, arrays, rw.estimate, resamples=rw.bootstrap_resamples, seed=rw.seed),
         score_table={"uri": scores_dir, "rows": run.table.num_rows, "prompts": len(ids), "fingerprint": fingerprint},
         timings=run.timings.as_dict(), placement=run.placement, created_at=created.isoformat(), **extra)
     t0 = time.perf_counter()

@@ -12,7 +12,8 @@ import pyarrow as pa
 
 from mpo_ray import __version__
 from mpo_ray.config import Config, SamplingConfig, SolverConfig
-from mpo_ray.core.estimator import score_arrays, solve_table
+from mpo_ray.core.estimator import bootstrap_weights, estimate_tables, score_arrays, solve_table
+from mpo_ray.core.solver import evaluate_weights
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.workflows.pipeline import model_identities, reward_columns_by_objective
 
@@ -25,12 +26,39 @@ def solve_scores(config: Config, table: pa.Table, solver: SolverConfig, *, seed:
     return arrays, estimates
 
 
+def uncertainty(config: Config, arrays: dict, estimate: str, *, resamples: int, seed: int) -> dict:
+    """How far to trust λ̂: its 90% bootstrap interval over prompts, and the median ESS at uniform λ.
+
+    The ESS at λ̂ alone can be fooled: it looks healthy exactly when λ̂ drifted to where the samples
+    happen to be. The ESS at uniform λ does not depend on the estimate.
+    """
+    L, mask, log_imp = estimate_tables(arrays, config.beta)[estimate], arrays["mask"], arrays["log_importance"]
+    k = L.shape[2]
+    at_uniform = evaluate_weights(L, np.full(k, 1.0 / k), mask=mask, log_importance=log_imp).ess
+    out = {"ess_median_at_uniform": float(np.median(at_uniform))}
+    if resamples:
+        boot = bootstrap_weights(L, mask, log_imp, resamples=resamples, seed=seed)
+        out["weights_ci"] = {n: [float(lo), float(hi)] for n, lo, hi in zip(config.policy_names, boot["lower"], boot["upper"])}
+        out["weights_ci_method"] = {"level": boot["level"], "resamples": resamples, "unit": "prompt",
+                                    "std": dict(zip(config.policy_names, boot["std"].tolist()))}
+    return out
+
+
+def ci_width(spread) -> float | None:
+    """The widest λ_k interval of an :func:`uncertainty` result or an artifact (None without intervals)."""
+    ci = spread.get("weights_ci")
+    return max(hi - lo for lo, hi in ci.values()) if ci else None
+
+
 def build_artifact(config: Config, *, version: str, estimate: str, estimates: dict, sampling: SamplingConfig,
                    solver: SolverConfig, seed: int, min_median_ess: float, score_table: dict, timings: dict,
-                   placement: dict, created_at: str, **extra) -> WeightsArtifact:
-    """The weights artifact of the ``estimate`` solve; ``extra`` keys (e.g. ``streaming_bsmd``, ``nightly``) go last."""
+                   placement: dict, created_at: str, spread: dict, **extra) -> WeightsArtifact:
+    """The weights artifact of the ``estimate`` solve; ``spread`` is :func:`uncertainty`'s; ``extra`` keys
+    (e.g. ``streaming_bsmd``, ``nightly``) go last."""
     chosen = estimates[estimate]
     names, ess, identities = config.policy_names, chosen.ess, model_identities(config)
+    worst_ess = min(float(np.median(ess)), spread["ess_median_at_uniform"])
+    interval = {k: spread[k] for k in ("weights_ci", "weights_ci_method") if k in spread}
     return WeightsArtifact.build(
         version=version, policies=names, weights=chosen.weights.tolist(), beta=config.beta,
         estimate=estimate,
@@ -39,8 +67,10 @@ def build_artifact(config: Config, *, version: str, estimate: str, estimates: di
         values=dict(zip(names, chosen.values.tolist())),
         dual=chosen.dual, maxmin_value=chosen.maxmin_value,
         free_riders=[names[k] for k in chosen.free_riders],
+        **interval,
         ess={"min": float(ess.min()), "median": float(np.median(ess)), "mean": float(ess.mean()),
-             "samples_per_prompt": sampling.samples_per_prompt, "low": bool(np.median(ess) < min_median_ess)},
+             "median_at_uniform": spread["ess_median_at_uniform"], "samples_per_prompt": sampling.samples_per_prompt,
+             "low": bool(worst_ess < min_median_ess)},
         estimates={name: r.to_dict() for name, r in estimates.items()},
         score_table=score_table,
         sampling=sampling.model_dump(),
