@@ -84,8 +84,13 @@ def test_a_store_pointer_cannot_lead_outside_the_store(tmp_path):
     store.promote("n1", expected=None)
     outside = tmp_path / "x"
     WeightsArtifact.build(version="evil", policies=["a"], weights=[1.0], beta=0.1).write(str(outside / "weights.json"))
+    import json
+
+    from mpo_ray.io import storage
+
     pointer = tmp_path / "store" / "latest.json"
-    pointer.write_text(pointer.read_text().replace("versions/n1/weights.json", "../x/weights.json"))
+    forged = {**json.loads(pointer.read_text()), "weights": "../x/weights.json"}
+    pointer.write_text(json.dumps(storage.sealed(forged)))  # a well-formed, sealed pointer that leads outside
     with pytest.raises(ValueError, match="refusing to follow it"):
         WeightsArtifact.read(store.uri)
 
@@ -234,3 +239,49 @@ def test_the_shipped_demo_adapters_have_distinct_identities():
     from mpo_ray.io.provenance import tree_digest
 
     assert len({tree_digest(str(ADAPTER_DIR / name)) for name in OBJECTIVES}) == len(OBJECTIVES)
+
+
+def _flips(path, count, seed):
+    """(bit, flipped bytes) for ``count`` random one-bit flips of the file at ``path``."""
+    import numpy as np
+
+    clean = path.read_bytes()
+    for bit in np.random.default_rng(seed).choice(len(clean) * 8, size=count, replace=False):
+        flipped = bytearray(clean)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        yield int(bit), bytes(flipped)
+
+
+def test_a_weights_artifact_that_changed_on_disk_is_refused_never_misread(tmp_path):
+    """Every one-bit flip of weights.json is refused, or reads back the very same artifact (never other weights)."""
+    art = WeightsArtifact.build(version="v1", policies=["concise", "detailed", "upbeat"], weights=[0.25, 0.5, 0.25],
+                                beta=0.1, values={"concise": -1.5, "detailed": 0.75, "upbeat": 2.0})
+    path = tmp_path / "weights.json"
+    art.write(str(path))
+    refused = 0
+    for bit, data in _flips(path, 400, seed=1):
+        path.write_bytes(data)
+        try:
+            back = WeightsArtifact.read(str(path))
+        except ValueError:
+            refused += 1
+            continue
+        kept = {k: v for k, v in back.items() if k in art}
+        extra = [k for k in back if k not in art and k != "sha256"]  # only a flip in the seal's own key name
+        assert kept == dict(art) and len(extra) <= 1, f"bit {bit} changed the artifact silently"
+    assert refused > 300
+
+
+def test_a_latest_pointer_that_changed_on_disk_is_refused_never_followed_elsewhere(tmp_path):
+    store = WeightsStore(str(tmp_path / "store"))
+    for night, w in (("2025-06-01", [1.0, 0.0]), ("2025-06-00", [0.0, 1.0])):  # names one bit apart
+        store.write_version(night, WeightsArtifact.build(version=night, policies=["a", "b"], weights=w, beta=0.1))
+    store.promote("2025-06-01", expected=None)
+    path = tmp_path / "store" / "latest.json"
+    for bit, data in _flips(path, 300, seed=2):
+        path.write_bytes(data)
+        try:
+            served = WeightsArtifact.read(store.uri)
+        except ValueError:
+            continue
+        assert served.version == "2025-06-01", f"bit {bit} made `latest` serve {served.version}"

@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 
 from mpo_ray.core.errors import UserError
+from mpo_ray.core.names import VERSION_NAME
 from mpo_ray.io import storage
 
 FORMAT = "mpo-ray/weights"
@@ -24,6 +25,7 @@ REQUIRED_KEYS = ("format", "format_version", "version", "policies", "weights", "
 # Where weights live in a run directory and in a weights store.
 WEIGHTS_FILE = "weights.json"
 LATEST_FILE = "latest.json"
+LATEST_FORMAT = "mpo-ray/weights-store-latest"
 VERSIONS_DIR = "versions"
 
 
@@ -69,7 +71,8 @@ class WeightsArtifact(Mapping):
         return json.loads(json.dumps(self._data))  # a deep copy, JSON types only
 
     def write(self, uri: str) -> None:
-        storage.write_json(uri, self._data)
+        """Atomically, sealed with a digest of its content (checked by every read)."""
+        storage.write_json(uri, storage.sealed(self._data))
 
     @classmethod
     def read(cls, uri: str) -> WeightsArtifact:
@@ -101,6 +104,7 @@ class WeightsArtifact(Mapping):
 
 def validate(obj, source: str) -> dict:
     """The artifact as a dict, or UserError naming ``source`` and what is wrong."""
+    storage.check_seal(obj, source)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise UserError(f"{source} is not an mpo-ray weights artifact (no \"format\": {FORMAT!r}).")
     missing = [k for k in REQUIRED_KEYS if k not in obj]
@@ -125,24 +129,35 @@ def validate(obj, source: str) -> dict:
     return obj
 
 
+def read_latest(store_uri: str) -> dict | None:
+    """A weights store's `latest` pointer, or None before its first promotion; UserError when it is damaged or
+    names anything but one of the store's own versions (a pointer is never followed out of the store)."""
+    uri = storage.join(store_uri, LATEST_FILE)
+    if not storage.exists(uri):
+        return None
+    try:
+        pointer = storage.read_json(uri)
+        storage.check_seal(pointer, uri)
+        version = pointer["version"]
+        ok = (pointer.get("format") == LATEST_FORMAT and isinstance(version, str) and bool(VERSION_NAME.match(version))
+              and pointer.get("weights") == f"{VERSIONS_DIR}/{version}/{WEIGHTS_FILE}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UserError(f"{uri} is not a readable `latest` pointer ({type(exc).__name__}: {exc}); restore it from the "
+                        f"store's history, or pin a version as {storage.join(store_uri, VERSIONS_DIR, 'VERSION')}.") from None
+    if not ok:
+        raise UserError(f"{uri} does not point at a version of this store ({VERSIONS_DIR}/VERSION/{WEIGHTS_FILE}); "
+                        "refusing to follow it.")
+    return pointer
+
+
 def resolve(uri: str) -> str:
     """The weights.json a URI means: a store (→ its `latest`), a version or run directory, or the file itself."""
     fs, path = storage.filesystem(uri)
     if not fs.isdir(path):
         return uri  # a file, or nothing: the reader says what is wrong
-    pointer_uri = storage.join(uri, LATEST_FILE)
-    if storage.exists(pointer_uri):
-        try:
-            pointer = storage.read_json(pointer_uri)
-            target = pointer["weights"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"weights store pointer {pointer_uri!r} is unreadable ({type(exc).__name__}: {exc}); "
-                            f"pin a version as {storage.join(uri, VERSIONS_DIR, 'VERSION')}.") from None
-        parts = target.split("/") if isinstance(target, str) else []
-        if len(parts) != 3 or parts[0] != VERSIONS_DIR or parts[2] != WEIGHTS_FILE or parts[1] in ("", ".", ".."):
-            raise UserError(f"weights store pointer {pointer_uri!r} names {target!r}, not a version of this store "
-                            f"({VERSIONS_DIR}/VERSION/{WEIGHTS_FILE}); refusing to follow it.")
-        return storage.join(uri, target)
+    pointer = read_latest(uri)
+    if pointer is not None:
+        return storage.join(uri, pointer["weights"])
     if storage.exists(storage.join(uri, WEIGHTS_FILE)):
         return storage.join(uri, WEIGHTS_FILE)
     if storage.exists(storage.join(uri, VERSIONS_DIR)):

@@ -71,6 +71,22 @@ def read_json(uri: str):
     return json.loads(read_text(uri))
 
 
+SEAL = "sha256"  # the key a sealed JSON document keeps its own digest under
+
+
+def sealed(obj: dict) -> dict:
+    """``obj`` with a digest of its canonical JSON (every other key), so a changed byte is detected on reading."""
+    body = {k: v for k, v in obj.items() if k != SEAL}
+    return {**body, SEAL: hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()}
+
+
+def check_seal(obj, source: str) -> None:
+    """CorruptFile when a sealed document no longer matches its digest (documents without a seal pass)."""
+    if isinstance(obj, dict) and SEAL in obj and sealed(obj)[SEAL] != obj[SEAL]:
+        raise CorruptFile(f"{source} does not match the digest it was written with (changed on disk); restore it "
+                          "or write it again.")
+
+
 def remove(uri: str) -> None:
     """Delete one file (callers delete only files mpo-ray wrote, in directories it owns)."""
     fs, path = filesystem(uri)

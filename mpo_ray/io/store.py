@@ -40,12 +40,11 @@ from mpo_ray.io import storage
 from mpo_ray.io.artifact import LATEST_FILE as LATEST
 from mpo_ray.io.artifact import VERSIONS_DIR
 from mpo_ray.io.artifact import WEIGHTS_FILE as WEIGHTS
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import LATEST_FORMAT, WeightsArtifact, read_latest
 from mpo_ray.io.ownership import OWNER_FILE, check_ours, mark_ours
 
 LOCK = "latest.lock"
 log = logging.getLogger(__name__)
-LATEST_FORMAT = "mpo-ray/weights-store-latest"
 
 
 class StoreConflict(RuntimeError):
@@ -84,21 +83,8 @@ class WeightsStore:
         return storage.join(self.uri, VERSIONS_DIR, version, name)
 
     def latest(self) -> dict | None:
-        """The `latest` pointer, or None before the first promotion; UserError when it is not one this store wrote."""
-        uri = storage.join(self.uri, LATEST)
-        if not storage.exists(uri):
-            return None
-        try:
-            pointer = storage.read_json(uri)
-            version = pointer["version"]
-            ok = (pointer.get("format") == LATEST_FORMAT and isinstance(version, str) and VERSION_NAME.match(version)
-                  and pointer.get("weights") == f"{VERSIONS_DIR}/{version}/{WEIGHTS}")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise UserError(f"{uri} is not a readable `latest` pointer ({type(exc).__name__}: {exc}); restore it from "
-                            f"the store's history or point it at a version under {VERSIONS_DIR}/.") from None
-        if not ok:
-            raise UserError(f"{uri} does not point at a version of this store; refusing to follow it.")
-        return pointer
+        """The `latest` pointer, or None before the first promotion (see :func:`artifact.read_latest`)."""
+        return read_latest(self.uri)
 
     def latest_version(self) -> str | None:
         pointer = self.latest()
@@ -149,7 +135,7 @@ class WeightsStore:
             "reason": reason,
             "history": [*(current or {}).get("history", []), version],  # every version that was ever `latest`
         }
-        storage.write_json(storage.join(self.uri, LATEST), pointer)  # temp + rename: readers see old or new
+        storage.write_json(storage.join(self.uri, LATEST), storage.sealed(pointer))  # temp + rename: old or new
         return pointer
 
     def pending(self, version: str | None = None) -> str | None:
