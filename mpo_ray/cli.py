@@ -104,6 +104,8 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "solver":
         from mpo_ray.benchmarks.solver import main
+    elif args.what == "estimator":
+        from mpo_ray.benchmarks.estimator import main
     elif args.what == "generate":
         from mpo_ray.benchmarks.generate import main
     else:
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     night.set_defaults(func=_cmd_nightly)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
-    bench.add_argument("what", choices=["solver", "decode", "generate"])
+    bench.add_argument("what", choices=["solver", "estimator", "decode", "generate"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
     return parser

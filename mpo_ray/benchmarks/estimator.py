@@ -22,9 +22,12 @@ at the same total budget of m samples per prompt:
   to prompts in proportion to 1/ESS at λ̂ (same total N·m, at most 4m each).
 
 For each, the mean L1 error |λ̂ − λ*|₁ over seeds (± its standard deviation
-across seeds), the median per-prompt ESS at λ̂ and at uniform λ (ESS =
-1/Σ_j w_ij², w_ij ∝ w0_ij exp(λ·L_ij)), and the seconds per estimate.
-Figures and ratios only: nothing is asserted.
+across seeds), the asymptotic prediction of that error (``pred``, delta
+method, :func:`predicted_l1`), the median per-prompt ESS at λ̂ and at uniform
+λ (ESS = 1/Σ_j w_ij², w_ij ∝ w0_ij exp(λ·L_ij); mean over seeds) and the
+milliseconds per estimate (sampling, intermediate and final solves). At
+m = K + 1 = 4 the round-based proposals have one round only and coincide with
+``mixture`` (same random stream). Figures and ratios only: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -85,6 +88,19 @@ class Estimate:
     result: WeightsResult
 
 
+def balance_logp(parts) -> np.ndarray:
+    """(N, S) log Σ_r (n_r/n) q_r(y): the balance heuristic over proposals given as (counts, (N, S) log q_r).
+
+    ``counts`` is an int or one count per prompt; n = Σ_r n_r per prompt.
+    """
+    N = parts[0][1].shape[0]
+    counts = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), (N,)) for c, _ in parts], axis=-1)  # (N, R)
+    with np.errstate(divide="ignore"):
+        log_share = np.log(counts / counts.sum(axis=1, keepdims=True))
+    logq = np.stack([q for _, q in parts], axis=-1)  # (N, S, R)
+    return logsumexp(logq + log_share[:, None, :], axis=-1)
+
+
 class _Pool:
     """Samples drawn so far, each proposal with its per-prompt count, and the balance-heuristic table."""
 
@@ -101,12 +117,7 @@ class _Pool:
         self.indices.append(sample_sequences(logq, counts, self.rng))
 
     def log_q(self) -> np.ndarray:
-        """(N, S) log Σ_r (n_r/n) q_r(y): the balance heuristic over every proposal used, per prompt."""
-        counts = np.stack([c for c, _ in self.parts], axis=-1).astype(np.float64)  # (N, R)
-        with np.errstate(divide="ignore"):
-            log_share = np.log(counts / counts.sum(axis=1, keepdims=True))
-        logq = np.stack([q for _, q in self.parts], axis=-1)  # (N, S, R)
-        return logsumexp(logq + log_share[:, None, :], axis=-1)
+        return balance_logp(self.parts)
 
     def draw(self) -> Draw:
         idx = np.concatenate(self.indices, axis=1)
@@ -142,14 +153,35 @@ def _adaptive_alpha(lam: np.ndarray, ref_floor: float) -> np.ndarray:
     return np.concatenate([[ref_floor], (1.0 - ref_floor) * lam])
 
 
+def _add_stratified(pool: _Pool, n: int, alpha: np.ndarray) -> None:
+    """n samples from Σ_c α_c π_c with the component counts fixed in advance (largest remainder of n·α).
+
+    Each component then enters the balance heuristic with its own count, so the
+    weights are those of q_r itself; only the random component allocation of
+    i.i.d. mixture sampling (a source of variance) is gone.
+    """
+    want = n * np.asarray(alpha, dtype=np.float64)
+    counts = np.floor(want).astype(np.int64)
+    counts[np.argsort(-(want - counts), kind="stable")[: n - int(counts.sum())]] += 1
+    comp = pool.world.component_logp
+    for c, n_c in enumerate(counts):
+        pool.add(comp[..., c], int(n_c))
+
+
 def draw_table(world: EnumerableWorld, proposal: str, m: int, seed: int, *, rounds: int = 2,
-               ref_floor: float = 0.2) -> Draw:
-    """The (N, m, K) log-ratio table and its log importance weights for one proposal at budget m per prompt."""
+               ref_floor: float = 0.2, stratify: bool = True) -> Draw:
+    """The (N, m, K) log-ratio table and its log importance weights for one proposal at budget m per prompt.
+
+    ``stratify`` (``adaptive`` only): draw each round's arithmetic mixture with
+    fixed component counts rather than i.i.d. from q_r.
+    """
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
     if m < 1:
         raise ValueError(f"m must be >= 1, got {m}")
-    pool = _Pool(world, np.random.default_rng([seed, m, PROPOSALS.index(proposal)]))
+    # Common random numbers: the seed and m alone fix the stream, so proposals that coincide (adaptive at m = K+1)
+    # give identical tables and differences between proposals are not seed noise.
+    pool = _Pool(world, np.random.default_rng([seed, m]))
     K = world.num_policies
     if proposal == "reference":
         pool.add(world.ref_logp, m)
@@ -160,9 +192,12 @@ def draw_table(world: EnumerableWorld, proposal: str, m: int, seed: int, *, roun
         _add_mixture(pool, sizes[0])
         for n in sizes[1:]:
             lam = pool.solve().weights
-            logq = (world.mixture_logp(_adaptive_alpha(lam, ref_floor)) if proposal == "adaptive"
-                    else world.geometric_token_logp(lam))
-            pool.add(logq, n)
+            if proposal == "geometric":
+                pool.add(world.geometric_token_logp(lam), n)
+            elif stratify:
+                _add_stratified(pool, n, _adaptive_alpha(lam, ref_floor))
+            else:
+                pool.add(world.mixture_logp(_adaptive_alpha(lam, ref_floor)), n)
     else:  # adaptive-ess
         first = min(m, max(K + 1, m // 2))
         _add_mixture(pool, first)
@@ -194,6 +229,55 @@ def allocate_by_ess(ess: np.ndarray, total: int, cap: int) -> np.ndarray:
         counts += add
         left = total - int(counts.sum())
     return counts
+
+
+def limiting_proposal_logp(world: EnumerableWorld, proposal: str, m: int, *, rounds: int = 2,
+                           ref_floor: float = 0.2) -> np.ndarray | None:
+    """(N, S) log q of the balance heuristic a proposal uses once its intermediate λ̂ equals λ*.
+
+    None for ``adaptive-ess``, whose per-prompt counts depend on the sampled ESS.
+    """
+    if proposal == "reference":
+        return world.ref_logp
+    if proposal == "adaptive-ess":
+        return None
+    K, lam = world.num_policies, world.exact.weights
+    sizes = [m] if proposal == "mixture" else round_sizes(m, rounds, K + 1)
+    comp = world.component_logp
+    parts = [(n, comp[..., c]) for c, n in enumerate(split_counts(sizes[0], K + 1))]
+    later = (world.mixture_logp(_adaptive_alpha(lam, ref_floor)) if proposal == "adaptive"
+             else world.geometric_token_logp(lam))
+    parts += [(n, later) for n in sizes[1:]]
+    return balance_logp(parts)
+
+
+def predicted_l1(world: EnumerableWorld, logq: np.ndarray, m: int) -> float:
+    """Asymptotic E|λ̂ − λ*|₁ with m i.i.d. samples per prompt from q (delta method, exact sums over responses).
+
+    With p_i = π_λ*(·|x_i), μ_i = E_{p_i}[ℓ] and D = ℓ − μ_i, the self-normalised
+    gradient of F̂ at λ* has covariance C_g = 1/(N² m) Σ_i Σ_y p_i(y)²/q_i(y) D Dᵀ,
+    F's Hessian is H = 1/N Σ_i Cov_{p_i}(ℓ), and on the face Z of λ*'s support
+    (Σ d = 0) λ̂ − λ* ≈ −Z (ZᵀHZ)⁻¹ Zᵀ δg, a Gaussian whose E|·|₁ = Σ_k √(2 C_kk/π).
+    Stratified round-0 sampling only lowers the variance, so for ``mixture`` this is
+    an upper estimate; it ignores the simplex boundary, so it overstates large errors.
+    """
+    lam = world.exact.weights
+    p = np.exp(world.target_logp(lam))
+    L = world.log_ratios
+    mu = np.einsum("is,isk->ik", p, L)
+    D = L - mu[:, None, :]
+    N = world.num_prompts
+    H = np.einsum("is,isk,isl->kl", p, D, D) / N
+    Cg = np.einsum("is,isk,isl->kl", p * p / np.exp(logq), D, D) / (N * N * m)
+    support = np.flatnonzero(lam > 1e-9)
+    if support.size < 2:
+        return 0.0
+    n = support.size
+    Z = np.zeros((lam.size, n - 1))
+    Z[support] = np.linalg.qr(np.vstack([np.eye(n - 1), -np.ones((1, n - 1))]))[0]
+    A = np.linalg.pinv(Z.T @ H @ Z)
+    C = Z @ A @ Z.T @ Cg @ Z @ A @ Z.T
+    return float(np.sqrt(2.0 / np.pi) * np.sqrt(np.clip(np.diag(C), 0.0, None)).sum())
 
 
 def estimate(world: EnumerableWorld, proposal: str, m: int, seed: int, **kwargs) -> Estimate:
@@ -234,23 +318,26 @@ def run_case(world: EnumerableWorld, proposals, ms, seeds, **kwargs) -> dict:
     return rows
 
 
-def print_case(rows: dict, proposals, ms) -> None:
-    print(f"  {'proposal':<13}{'m':>4}  {'L1 |λ̂−λ*| mean±sd':>20}  {'ESS@λ̂':>7}  {'ESS@unif':>8}  {'s/est':>7}")
+def print_case(world: EnumerableWorld, rows: dict, proposals, ms, **kwargs) -> None:
+    print(f"  {'proposal':<13}{'m':>4}  {'L1 |λ̂−λ*| mean ± sd':>20}  {'pred':>6}  {'ESS@λ̂':>7}  {'ESS@unif':>8}  "
+          f"{'ms/est':>7}")
     for m in ms:
         for p in proposals:
             est = rows[p, m]
             l1 = np.array([e.l1 for e in est])
+            logq = limiting_proposal_logp(world, p, m, **kwargs)
+            pred = predicted_l1(world, logq, m) if logq is not None else None
+            pred = f"{'—':>6}" if pred is None else f"{'>2':>6}" if pred > 2 else f"{pred:6.3f}"
             print(
-                f"  {p:<13}{m:>4}  {l1.mean():>11.3f} ± {l1.std(ddof=1) if l1.size > 1 else 0.0:.3f}"
+                f"  {p:<13}{m:>4}  {l1.mean():>11.3f} ± {l1.std(ddof=1) if l1.size > 1 else 0.0:.3f}  {pred}"
                 f"  {np.mean([e.ess for e in est]):>7.2f}  {np.mean([e.ess_uniform for e in est]):>8.2f}"
-                f"  {np.mean([e.seconds for e in est]):>7.4f}"
+                f"  {1e3 * np.mean([e.seconds for e in est]):>7.1f}"
             )
     for m in ms:
-        ref = np.mean([e.l1 for e in rows["reference", m]]) if ("reference", m) in rows else None
-        best = min(proposals, key=lambda p: np.mean([e.l1 for e in rows[p, m]]))
-        b = np.mean([e.l1 for e in rows[best, m]])
-        ratio = f"; reference/best = {ref / max(b, 1e-12):.1f}×" if ref is not None else ""
-        print(f"  m={m}: best {best} (L1 {b:.3f}){ratio}")
+        mean = {p: float(np.mean([e.l1 for e in rows[p, m]])) for p in proposals}
+        best = min(mean, key=mean.get)
+        others = ", ".join(f"{p} {mean[p] / max(mean[best], 1e-12):.1f}×" for p in proposals if p != best)
+        print(f"  m={m}: best {best} (L1 {mean[best]:.3f}); error relative to it: {others}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,12 +355,15 @@ def main(argv: list[str] | None = None) -> None:
 
     cases = list(CASES) if args.case == "both" else [args.case]
     for name in cases:
-        world = case_world(name, args.prompts, args.world_seed)
+        try:
+            world = case_world(name, args.prompts, args.world_seed)
+        except ValueError as exc:  # e.g. too few prompts to reach the case's KL
+            p.error(f"case {name!r} with --prompts {args.prompts}: {exc}")
         print(describe_world(name, world))
         t0 = time.perf_counter()
         rows = run_case(world, args.proposals, args.samples, range(args.seeds), rounds=args.rounds,
                         ref_floor=args.ref_floor)
-        print_case(rows, args.proposals, args.samples)
+        print_case(world, rows, args.proposals, args.samples, rounds=args.rounds, ref_floor=args.ref_floor)
         print(f"  ({time.perf_counter() - t0:.1f}s for {len(rows) * args.seeds} estimates)\n")
 
 

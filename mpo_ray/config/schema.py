@@ -133,7 +133,9 @@ class SamplingConfig(DecodingParams):
 
     samples_per_prompt: int = Field(8, ge=1)
     temperature: Annotated[float, Field(gt=0)] = 1.0  # greedy samples would all be one response
-    proposal: Literal["reference", "mixture"] = "reference"
+    # mixture: m/(K+1) samples from π_ref and from each policy, balance-heuristic weighted. Measured in an enumerable
+    # world (`mpo-ray bench estimator`): policies 4 nats from π_ref, m = 16, L1 error of λ̂ 0.03 vs 0.43 for reference.
+    proposal: Literal["reference", "mixture"] = "mixture"
 
     @model_validator(mode="after")
     def _mixture_is_untempered(self):

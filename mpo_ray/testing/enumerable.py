@@ -73,7 +73,7 @@ def _enumerate(vocab_size: int, max_len: int):
         for t, tok in enumerate(seq):
             steps[s, t] = prefix_index[seq[:t]] * vocab_size + tok
             present[s, t] = True
-    return tuple(sequences), len(prefixes), steps, present
+    return tuple(sequences), tuple(prefixes), steps, present
 
 
 def sample_sequences(logp: np.ndarray, n, rng: np.random.Generator) -> np.ndarray:
@@ -104,10 +104,11 @@ class EnumerableWorld:
     """N prompts × S enumerable responses, a reference and K policies, all exact.
 
     ``ref_token_logp`` is (N, P, V) and ``policy_token_logp`` (K, N, P, V):
-    next-token log-probs for each of the P prefixes. Everything else derives.
+    next-token log-probs after each of the P ``prefixes``. Everything else derives.
     """
 
     sequences: tuple[tuple[int, ...], ...]
+    prefixes: tuple[tuple[int, ...], ...]
     ref_token_logp: np.ndarray
     policy_token_logp: np.ndarray
     steps: np.ndarray = field(repr=False)
@@ -239,9 +240,9 @@ def make_world(
     """
     if vocab_size < 2 or max_len < 1 or num_prompts < 1 or num_policies < 1:
         raise ValueError("need vocab_size >= 2, max_len >= 1, num_prompts >= 1 and num_policies >= 1")
-    sequences, num_prefixes, steps, present = _enumerate(vocab_size, max_len)
+    sequences, prefixes, steps, present = _enumerate(vocab_size, max_len)
     rng = np.random.default_rng(seed)
-    shape = (num_prompts, num_prefixes, vocab_size)
+    shape = (num_prompts, len(prefixes), vocab_size)
     ref_logits = ref_scale * rng.standard_normal(shape)
     s = np.ones(num_policies) if policy_scales is None else np.asarray(policy_scales, dtype=np.float64)
     if s.shape != (num_policies,):
@@ -255,6 +256,7 @@ def make_world(
     policy_logits = ref_logits[None] + scale * s[:, None, None, None] * offsets
     return EnumerableWorld(
         sequences=sequences,
+        prefixes=prefixes,
         ref_token_logp=_log_softmax(ref_logits),
         policy_token_logp=_log_softmax(policy_logits),
         steps=steps,
