@@ -88,6 +88,11 @@ def test_quick_demo_end_to_end(tmp_path):
     assert main(["demo", "--quick", "--output", str(out)]) == 0
     summary = json.loads((out / "demo.json").read_text())
     assert summary["status"] == "done"
+    head = summary["headline"]["min_win_rate"]
+    lo, hi = head["ci95"]
+    assert lo <= head["difference"] <= hi and head["within_noise"] == (lo <= 0 <= hi)
+    kinds = {c["name"]: c["kind"] for c in summary["comparison"]}
+    assert kinds["MPO"] == "mpo" and kinds["uniform"] == "uniform" and all(kinds[n] == "single" for n in OBJECTIVES)
 
     artifact = WeightsArtifact.read(str(out / "reweight"))
     assert artifact["policies"] == list(OBJECTIVES) and abs(sum(artifact["weights"]) - 1) < 1e-9
@@ -110,7 +115,8 @@ def test_quick_demo_end_to_end(tmp_path):
     assert by_name["MPO"]["min_win_rate"] >= min(singles)
 
     report = (out / "report.md").read_text()
-    for needle in ("Mixing weights", "min win rate", "objectives.png", "solver.png", "front.png"):
+    for needle in ("Mixing weights", "min win rate", "objectives.png", "solver.png", "front.png", "paired bootstrap",
+                   "90% intervals"):
         assert needle in report
     for png in ("solver.png", "objectives.png", "front.png"):
         data = (out / png).read_bytes()

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from mpo_ray.io import storage
-from mpo_ray.core.stats import mean_ci, win_rates
+from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, wilson, win_rates
 from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, read_generations
 from mpo_ray.demo.objectives import brevity, detail
 from mpo_ray.io.schemas import GENERATION_SCHEMA
@@ -180,3 +180,32 @@ def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
     WeightsArtifact.build(version="v", policies=["a", "b"], weights=[1, 0], beta=0.1).write(str(tmp_path / "w.json"))
     with pytest.raises(ValueError, match=r"is for policies \['a', 'b'\]"):
         sweep_points(config, 0.5, str(tmp_path / "w.json"))
+
+
+def test_win_rate_intervals_do_not_claim_certainty_from_a_few_prompts():
+    rate, lo, hi = wilson([1.0] * 8)  # 8 wins of 8: the normal approximation said [1.0, 1.0]
+    assert rate == 1.0 and hi == 1.0 and lo == pytest.approx(0.6756, abs=1e-3)
+    rate, lo, hi = wilson([0.0] * 8)
+    assert rate == 0.0 and lo == 0.0 and hi == pytest.approx(0.3244, abs=1e-3)
+    rate, lo, hi = wilson([1.0, 0.0, 0.5, 0.5])  # ties count half
+    assert rate == 0.5 and lo < 0.5 < hi
+
+
+def test_paired_bootstrap_keeps_the_pairing_of_prompts():
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 2, size=(40, 3)).astype(float)
+    same = paired_bootstrap(lambda x, y: min_mean(x) - min_mean(y), a, a.copy(), resamples=500)
+    assert same == (0.0, 0.0, 0.0)  # identical sets: every resample differs by exactly 0
+    better = np.minimum(a + 1, 1.0)
+    diff, lo, hi = paired_bootstrap(lambda x, y: min_mean(x) - min_mean(y), better, a, resamples=500, seed=3)
+    assert diff > 0 and lo <= diff <= hi and lo >= 0
+
+
+def test_comparing_two_sets_says_within_noise_when_the_interval_holds_zero():
+    from mpo_ray.workflows.evaluate import compare_min_win_rates
+
+    ids = [f"p{i}" for i in range(12)]
+    a = {"name": "MPO", "wins": {"prompt_ids": ids, "x": [1.0, 0.0] * 6, "y": [0.5] * 12}}
+    b = {"name": "uniform", "wins": {"prompt_ids": ids[::-1], "x": [0.0, 1.0] * 6, "y": [0.5] * 12}}
+    c = compare_min_win_rates(a, b)  # paired by id: b's rows are in another order
+    assert c["minus"] == "uniform" and c["prompts"] == 12 and c["within_noise"] and c["ci95"][0] <= 0 <= c["ci95"][1]

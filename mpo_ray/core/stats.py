@@ -18,3 +18,35 @@ def mean_ci(x) -> tuple[float, float, float]:
 def win_rates(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Per prompt: 1 when the score beats the reference's, ½ on a tie, 0 otherwise."""
     return np.where(scores > reference, 1.0, np.where(scores == reference, 0.5, 0.0))
+
+
+def wilson(outcomes) -> tuple[float, float, float]:
+    """Rate and 95% Wilson score interval of 0/½/1 outcomes (a tie counts half a success).
+
+    Unlike the normal approximation it never collapses to [1, 1] at 8 wins out of 8: it says
+    how little 8 prompts can show.
+    """
+    x = np.asarray(outcomes, dtype=np.float64)
+    n = len(x)
+    if n == 0:
+        return float("nan"), 0.0, 1.0
+    p, z2 = float(x.mean()), Z95 ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def paired_bootstrap(stat, *columns, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """``stat(*columns)`` and its percentile interval, resampling the rows (prompts) of every column together,
+    so that a difference between two sets on the same prompts keeps its pairing."""
+    columns = [np.asarray(c) for c in columns]
+    n = len(columns[0])
+    rng = np.random.default_rng(seed)
+    draws = np.array([stat(*(c[rows] for c in columns)) for rows in (rng.integers(0, n, n) for _ in range(resamples))])
+    lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
+    return float(stat(*columns)), float(lo), float(hi)
+
+
+def min_mean(wins: np.ndarray) -> float:
+    """The MaxMin yardstick on a (prompts, objectives) table: the worst objective's mean."""
+    return float(np.asarray(wins, dtype=np.float64).mean(axis=0).min())

@@ -129,7 +129,7 @@ def _solver_paths(config, out: str):
 def run_demo(output: str | None = None, quick: bool = False, adapters: str | None = None, progress: bool = True,
              seed: int = 0) -> dict:
     """Run the five steps; returns the summary also written to `output`/demo.json."""
-    from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
+    from mpo_ray.workflows.evaluate import compare_min_win_rates, evaluate_generations, objectives_from_config
     from mpo_ray.workflows.generate import generate
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.workflows.reweight import reweight
@@ -174,6 +174,10 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     mpo["weights"] = artifact["weights"]
     by_name = {p["name"]: p for p in sweep["points"]}
     shown = [by_name[n] for n in config.policy_names] + [by_name["uniform"], mpo]
+    others = [p for p in sweep["points"] if p["name"] != REFERENCE]  # every single policy, uniform, the grid
+    best_other = max(others, key=lambda p: p["min_win_rate"])
+    headline = {"min_win_rate": {"best_other": best_other["name"],
+                                 **compare_min_win_rates(mpo, best_other, seed=seed)}}
     sweep["points"].append(mpo)
     storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
 
@@ -189,6 +193,10 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     summary = {"size": asdict(size), "generation": GENERATION, "weights": lam, "artifact_version": artifact["version"],
                "certificate_gap": artifact["certificate"]["gap_nats"], "median_ess": artifact["ess"]["median"],
                "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
+               "comparison": [{"name": r["name"], "kind": _kind(r["name"], config.policy_names), "weights": r.get("weights"),
+                               "min_win_rate": r["min_win_rate"], "min_win_rate_ci95": r["min_win_rate_ci95"]}
+                              for r in sweep["points"] if r["name"] != REFERENCE],
+               "headline": headline,
                "seconds": seconds, "seed": seed, "report": os.path.join(out, "report.md"), "status": "done"}
     report = demo_report(config, artifact, shown, summary, _examples(out, config.policy_names))
     storage.write_text(os.path.join(out, "report.md"), report)
@@ -196,6 +204,10 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     log.info("artifacts in %s: report.md, reweight/weights.json, reweight/scores/, generations/, "
              "solver.png, objectives.png, front.png (%.0f s)", out, seconds["total"])
     return summary
+
+
+def _kind(name: str, policies: list[str]) -> str:
+    return "mpo" if name == "MPO" else "single" if name in policies else "uniform" if name == "uniform" else "grid"
 
 
 def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
@@ -210,6 +222,15 @@ def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
     texts["MPO"] = dict(zip(mpo["prompt_id"].to_pylist(), mpo["response"].to_pylist()))
     rows = [json.loads(line) for line in storage.read_text(os.path.join(out, "prompts", "eval.jsonl")).splitlines()][:n]
     return [{"prompt": r["prompt"], "answers": {who: t.get(r["prompt_id"], "") for who, t in texts.items()}} for r in rows]
+
+
+def _headline_sentence(h: dict) -> str:
+    """MPO against the best other generation set, with its interval; no more claimed than the interval shows."""
+    lo, hi = h["ci95"]
+    verdict = ("within noise: the interval holds 0, so this run cannot tell them apart" if h["within_noise"] else
+               "MPO ahead beyond noise" if lo > 0 else "MPO behind beyond noise")
+    return (f"**MPO − best other set (`{h['best_other']}`) on the worst objective's win rate: {h['difference']:+.2f} "
+            f"(95% CI [{lo:+.2f}, {hi:+.2f}], paired bootstrap over {h['prompts']} prompts): {verdict}.**")
 
 
 def demo_report(config, artifact: dict, shown: list[dict], summary: dict, examples: list[dict] = ()) -> str:
@@ -239,6 +260,10 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         f"{artifact['ess']['median']:.2f} / {artifact['ess']['samples_per_prompt']} | "
         f"{', '.join(artifact['free_riders']) or 'none'} |",
         "",
+        *([("90% intervals (bootstrap over prompts): " + ", ".join(
+            f"{n} [{artifact['weights_ci'][n][0]:.2f}, {artifact['weights_ci'][n][1]:.2f}]" for n in names)
+           + f"; median ESS at uniform λ {artifact['ess']['median_at_uniform']:.2f}."), ""]
+          if "weights_ci" in artifact else []),
         "The gap certifies the solve (0 at the optimum). ESS is how many of each prompt's samples carry the "
         "mixture's weight; a low ESS means the estimate rests on few samples (more samples or `proposal: mixture`).",
         "",
@@ -249,13 +274,12 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         "",
         format_evaluations(shown),
         "",
-        f"MPO's worst objective wins {mpo['min_win_rate']:.2f} of the time; the single policies' worst objectives "
-        f"win between {worst_single['min_win_rate']:.2f} (`{worst_single['name']}`) and "
-        f"{best_single['min_win_rate']:.2f} (`{best_single['name']}`). "
-        + ("MPO is at least as good as the worst single policy on its worst objective, the point of MaxMin."
-           if mpo["min_win_rate"] >= worst_single["min_win_rate"] else
-           "MPO is below the worst single policy on its worst objective here: with so few prompts the "
-           "evaluation is noisy; rerun without --quick."),
+        f"MPO's worst objective wins {mpo['min_win_rate']:.2f} of the time "
+        f"(95% CI [{mpo['min_win_rate_ci95'][0]:.2f}, {mpo['min_win_rate_ci95'][1]:.2f}]); the single policies' worst "
+        f"objectives win between {worst_single['min_win_rate']:.2f} (`{worst_single['name']}`) and "
+        f"{best_single['min_win_rate']:.2f} (`{best_single['name']}`).",
+        "",
+        _headline_sentence(summary["headline"]["min_win_rate"]),
         "",
         "![objectives](objectives.png)",
         "",

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mpo_ray.core.errors import UserError
-from mpo_ray.core.stats import mean_ci, win_rates
+from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, wilson, win_rates
 from mpo_ray.io import storage
 
 REQUIRED = ("prompt_id", "prompt", "response")
@@ -84,14 +84,32 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
         if not both:
             raise UserError("the generations and the reference share no prompt_id; generate both from the same corpus")
         ref_scores = score_generations(ref.take([ref_pos[ids[i]] for i in both]), objectives)
-        for obj, values in scores.items():
-            m, lo, hi = mean_ci(win_rates(values[both], ref_scores[obj]))
-            result["objectives"][obj].update(win_rate=m, win_rate_ci95=[max(lo, 0.0), min(hi, 1.0)])
+        wins = {obj: win_rates(values[both], ref_scores[obj]) for obj, values in scores.items()}
+        for obj, outcome in wins.items():
+            m, lo, hi = wilson(outcome)
+            result["objectives"][obj].update(win_rate=m, win_rate_ci95=[lo, hi])
         result["paired_with_reference"] = len(both)
         rates = {obj: v["win_rate"] for obj, v in result["objectives"].items()}
         result["worst_objective"] = min(rates, key=rates.get)
-        result["min_win_rate"] = rates[result["worst_objective"]]
+        table_of_wins = np.stack(list(wins.values()), axis=1)
+        result["min_win_rate"], lo, hi = paired_bootstrap(min_mean, table_of_wins)
+        result["min_win_rate_ci95"] = [lo, hi]
+        result["wins"] = {"prompt_ids": [ids[i] for i in both], **{obj: w.tolist() for obj, w in wins.items()}}
     return result
+
+
+def compare_min_win_rates(a: dict, b: dict, *, seed: int = 0) -> dict:
+    """a − b on the min win rate over the prompts both were evaluated on, with a paired bootstrap 95% interval;
+    ``within_noise`` when the interval holds 0."""
+    common = sorted(set(a["wins"]["prompt_ids"]) & set(b["wins"]["prompt_ids"]))
+    objectives = [o for o in a["wins"] if o != "prompt_ids"]
+
+    def table(r):
+        pos = {pid: i for i, pid in enumerate(r["wins"]["prompt_ids"])}
+        return np.array([[r["wins"][o][pos[pid]] for o in objectives] for pid in common])
+
+    diff, lo, hi = paired_bootstrap(lambda x, y: min_mean(x) - min_mean(y), table(a), table(b), seed=seed)
+    return {"minus": b["name"], "difference": diff, "ci95": [lo, hi], "prompts": len(common), "within_noise": lo <= 0 <= hi}
 
 
 def format_evaluations(results: list[dict]) -> str:
