@@ -248,7 +248,8 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         "π_ref = SmolLM2-135M-Instruct; policies = LoRA adapters DPO-trained for "
         + ", ".join(f"`{n}`" for n in names) + " (see `mpo_ray/demo/data/adapters/README.md`).",
         f"Reweighting: {size['reweight_prompts']} prompts × {size['samples_per_prompt']} untempered samples of up to "
-        f"{size['sample_tokens']} tokens from π_ref. Generation: {size['eval_prompts']} held-out prompts, up to "
+        f"{size['sample_tokens']} tokens, drawn evenly from π_ref and each policy (the mixture proposal). "
+        f"Generation: {size['eval_prompts']} held-out prompts, up to "
         f"{size['generate_tokens']} tokens, temperature {GENERATION['temperature']}, top-p {GENERATION['top_p']}, "
         "the same seed per prompt for every mixture.",
         "",
@@ -265,7 +266,7 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
            + f"; median ESS at uniform λ {artifact['ess']['median_at_uniform']:.2f}."), ""]
           if "weights_ci" in artifact else []),
         "The gap certifies the solve (0 at the optimum). ESS is how many of each prompt's samples carry the "
-        "mixture's weight; a low ESS means the estimate rests on few samples (more samples or `proposal: mixture`).",
+        "mixture's weight; a low ESS means the estimate rests on few samples and λ is noisy (see its intervals).",
         "",
         "## Each objective, per policy",
         "",
