@@ -30,7 +30,8 @@ def _config(args: argparse.Namespace, **overrides):
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mpo_ray.demo.run import run_demo
 
-    summary = run_demo(output=args.output, quick=args.quick, adapters=args.adapters, seed=args.seed)
+    summary = run_demo(output=args.output, quick=args.quick, adapters=args.adapters, seed=args.seed,
+                       eval_prompts=args.eval_prompts)
     print(open(summary["report"], encoding="utf-8").read())
     return 0
 
@@ -128,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--adapters", default=None, help="directory of the three adapters (default: the shipped ones; "
                       "see train-demo-policies)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the demo's sampling and generation (default 0)")
+    demo.add_argument("--eval-prompts", type=int, default=None, metavar="N",
+                      help="held-out prompts to evaluate on (up to 50; default 24, --quick 8): tighter intervals, more time")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")

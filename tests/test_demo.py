@@ -35,6 +35,12 @@ def test_bad_flags_are_usage_errors(capsys, argv, message):
     assert exc.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_eval_prompts_out_of_range_fail_before_any_work(tmp_path, capsys):
+    assert main(["demo", "--quick", "--eval-prompts", "0", "--output", str(tmp_path / "out")]) == 2
+    assert "--eval-prompts must be between 1 and 50" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_output_locations_fail_before_any_work(tmp_path, capsys):
     a_file = tmp_path / "file.txt"
     a_file.write_text("mine")
@@ -93,6 +99,7 @@ def test_quick_demo_end_to_end(tmp_path):
     assert lo <= head["difference"] <= hi and head["within_noise"] == (lo <= 0 <= hi)
     kinds = {c["name"]: c["kind"] for c in summary["comparison"]}
     assert kinds["MPO"] == "mpo" and kinds["uniform"] == "uniform" and all(kinds[n] == "single" for n in OBJECTIVES)
+    assert kinds["soup"] == "soup" and (out / "soup" / "adapter_model.safetensors").exists()
 
     artifact = WeightsArtifact.read(str(out / "reweight"))
     assert artifact["policies"] == list(OBJECTIVES) and abs(sum(artifact["weights"]) - 1) < 1e-9
@@ -104,7 +111,7 @@ def test_quick_demo_end_to_end(tmp_path):
     mpo = pq.read_table(out / "generations" / "mpo", schema=GENERATION_SCHEMA)
     assert sorted(mpo["prompt_id"].to_pylist()) == sorted(eval_ids)
     assert set(mpo["weights_version"].to_pylist()) == {artifact["version"]}
-    for name in ["reference", *OBJECTIVES, "uniform"]:
+    for name in ["reference", *OBJECTIVES, "uniform", "soup"]:
         t = pq.read_table(out / "generations" / "sweep" / f"{name}.parquet")
         assert sorted(t["prompt_id"].to_pylist()) == sorted(eval_ids)
 

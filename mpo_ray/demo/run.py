@@ -6,14 +6,15 @@ The demo runs the real workflows in order:
 
 1. reweight — sample from π_ref and each policy, score with every policy, solve for λ (score table + weights.json);
 2. generate — the eval prompts through the MPO mixture, with Ray Data, to Parquet;
-3. compare   — the same prompts and seeds through π_ref, each single policy, the uniform mix
-               and a grid of fixed weights (`sweep`);
+3. compare   — the same prompts and seeds through π_ref, each single policy, the uniform mix,
+               a Rewarded Soup (the adapters' parameters averaged) and a grid of fixed weights (`sweep`);
 4. evaluate — every generation set against π_ref's, per objective (win rates, the MaxMin view);
 5. report   — report.md and PNG plots.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mpo_ray.core.errors import UserError
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
 from mpo_ray.io import storage
 from mpo_ray.io.ownership import check_ours, mark_ours
@@ -82,8 +84,8 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int
 
 
 # What a demo run writes, and so all that a rerun in the same directory may remove.
-ARTIFACTS = ("prompts", "reweight", "generations", "report.md", MARKER, "evaluation.json", "solver.png", "objectives.png",
-             "front.png")
+ARTIFACTS = ("prompts", "reweight", "generations", "soup", "report.md", MARKER, "evaluation.json", "solver.png",
+             "objectives.png", "front.png")
 
 
 def _prepare_output(out: str) -> None:
@@ -127,19 +129,33 @@ def _solver_paths(config, out: str):
 
 
 def run_demo(output: str | None = None, quick: bool = False, adapters: str | None = None, progress: bool = True,
-             seed: int = 0) -> dict:
-    """Run the five steps; returns the summary also written to `output`/demo.json."""
+             seed: int = 0, eval_prompts: int | None = None) -> dict:
+    """Run the five steps; returns the summary also written to `output`/demo.json. ``eval_prompts`` evaluates on
+    more (or fewer) held-out prompts than the size's default: tighter intervals for more time."""
     from mpo_ray.workflows.evaluate import compare_min_win_rates, evaluate_generations, objectives_from_config
     from mpo_ray.workflows.generate import generate
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.workflows.reweight import reweight
+    from mpo_ray.config import PolicySpec
+    from mpo_ray.models.soup import rewarded_soup
     from mpo_ray.workflows.sweep import REFERENCE, point_label, run_sweep, simplex_grid
 
     size = SIZES["quick" if quick else "default"]
+    if eval_prompts is not None:
+        available = len(demo_prompts("eval"))
+        if not 1 <= eval_prompts <= available:
+            raise UserError(f"--eval-prompts must be between 1 and {available} (the demo corpus's held-out prompts), "
+                            f"got {eval_prompts}.")
+        size = dataclasses.replace(size, eval_prompts=eval_prompts)
     out = os.path.abspath(output or "mpo-demo")
     config = demo_config(out, size, adapters, seed)  # checks the shipped adapters before anything runs
     _prepare_output(out)
     storage.write_json(os.path.join(out, MARKER), {"size": asdict(size), "status": "running"})
+    # Rewarded Soups (the paper's weight-space baseline): the adapters' parameters averaged uniformly; made
+    # first, so that adapters which cannot be averaged fail before any model runs
+    k = len(config.policies)
+    soup_dir = rewarded_soup([p.adapter for p in config.policies], [1 / k] * k, os.path.join(out, "soup"))
+    soup = PolicySpec(name="soup", model=config.reference.model, adapter=str(soup_dir))
     _write_prompts(out, size)
     t0, times = time.perf_counter(), {}
 
@@ -157,15 +173,15 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
         step(2, "generate MPO", "generate with the MPO weights (Ray Data → Parquet)")
         generate(config, progress=progress)
 
-        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix and a weight grid")
-        k = len(config.policy_names)
+        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, a Rewarded Soup and a weight grid")
         points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
         points["uniform"] = [1 / k] * k
         if size.sweep_step:
             for w in simplex_grid(k, size.sweep_step):  # vertices and centre are there already
                 if not any(np.allclose(w, v) for v in points.values()):
                     points[point_label(w)] = w.tolist()
-        sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points, progress=progress)
+        sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points,
+                          extra={"soup": soup}, progress=progress)
 
     step(4, "evaluate", "evaluate every generation set against π_ref's")
     objectives = objectives_from_config(config)
@@ -173,7 +189,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     mpo = evaluate_generations(os.path.join(out, "generations", "mpo"), objectives, reference=reference, name="MPO")
     mpo["weights"] = artifact["weights"]
     by_name = {p["name"]: p for p in sweep["points"]}
-    shown = [by_name[n] for n in config.policy_names] + [by_name["uniform"], mpo]
+    shown = [by_name[n] for n in config.policy_names] + [by_name["uniform"], by_name["soup"], mpo]
     others = [p for p in sweep["points"] if p["name"] != REFERENCE]  # every single policy, uniform, the grid
     best_other = max(others, key=lambda p: p["min_win_rate"])
     headline = {"min_win_rate": {"best_other": best_other["name"],
@@ -207,7 +223,8 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
 
 
 def _kind(name: str, policies: list[str]) -> str:
-    return "mpo" if name == "MPO" else "single" if name in policies else "uniform" if name == "uniform" else "grid"
+    special = {"MPO": "mpo", "uniform": "uniform", "soup": "soup"}
+    return special.get(name) or ("single" if name in policies else "grid")
 
 
 def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:

@@ -9,12 +9,13 @@ two points differ by their weights only, not by sampling luck.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 
 import numpy as np
 
-from mpo_ray.config import Config
+from mpo_ray.config import Config, PolicySpec
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.seeds import derive_seed
 from mpo_ray.io import storage
@@ -24,6 +25,8 @@ from mpo_ray.io.ownership import check_ours, mark_ours
 from mpo_ray.runtime.actors import start_generator
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
+
+log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
 
@@ -44,9 +47,10 @@ def point_label(weights) -> str:
 
 
 def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | None], max_prompts: int | None = None,
-              progress: bool = True) -> dict:
-    """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), evaluate every
-    set against the reference with the config's rewards; write `output`/<label>.parquet and sweep.json."""
+              extra: dict[str, PolicySpec] | None = None, progress: bool = True) -> dict:
+    """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), and once per ``extra``
+    policy on its own (e.g. a Rewarded Soup), evaluate every set against the reference with the config's
+    rewards; write `output`/<label>.parquet and sweep.json."""
     from tqdm.auto import tqdm
 
     g = config.section("generate")
@@ -63,6 +67,11 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
     seeds = [derive_seed(g.seed, pid) for pid in ids]
     params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.num_candidates}
     points = {REFERENCE: None, **{label: w for label, w in points.items() if label != REFERENCE}}
+    extra = dict(extra or {})
+    specs = [config.reference, *config.policies, *extra.values()]  # one generator: a shared base loads once
+    vectors = {label: [1.0] + [0.0] * (k + len(extra)) if w is None else [0.0] + [float(x) for x in w] + [0.0] * len(extra)
+               for label, w in points.items()}
+    vectors.update({label: [0.0] * (1 + k + i) + [1.0] + [0.0] * (len(extra) - i - 1) for i, label in enumerate(extra)})
 
     t0 = time.perf_counter()
     tables = {}
@@ -70,22 +79,24 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
     with ray_session(log_to_driver=False):
         worker = None
         try:
-            for label, w in tqdm(points.items(), desc="sweep", unit="point", disable=not progress):
+            for label, weights in tqdm(vectors.items(), desc="sweep", unit="point", disable=not progress):
                 uri = storage.join(output, f"{_slug(label)}.parquet")
-                if storage.exists(uri):  # resume: a finished point is not generated again
-                    tables[label] = storage.read_parquet(uri)
-                    continue
-                worker = worker or start_generator(config, [config.reference, *config.policies])
-                # models: [π_ref, π_1..π_K]; π_ref alone is the vertex before the policies
-                weights = [1.0] + [0.0] * k if w is None else [0.0] + [float(x) for x in w]
+                if storage.exists(uri):  # resume: a finished point is not generated again, if it reads back intact
+                    try:
+                        tables[label] = storage.read_parquet(uri, verify=True)
+                        continue
+                    except storage.CorruptFile as exc:
+                        log.warning("%s Generating that point again.", exc)
+                worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
                 tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size)
                 storage.write_parquet(uri, tables[label])
         finally:
             if worker is not None:
                 worker.kill()
     results = []
-    for label, w in points.items():
+    for label in vectors:
         r = evaluate_generations(tables[label], objectives, reference=tables[REFERENCE], name=label)
+        w = points.get(label)
         r["weights"] = None if w is None else list(map(float, w))
         results.append(r)
     summary = {"policies": config.policy_names, "prompts": len(ids), "generation": params,
