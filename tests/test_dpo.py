@@ -6,14 +6,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from _tiny_fixtures import tiny_model_path
 
-from mpo_ray.models.decoding import MixedPolicy
-from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo
 from mpo_ray.config import PolicySpec
+from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo
+from mpo_ray.models.decoding import MixedPolicy
 from mpo_ray.models.policies import load_policies
 from mpo_ray.models.scoring import score_sequences
-
-from _tiny_fixtures import tiny_model_path
 
 
 def test_loss_is_the_closed_form():

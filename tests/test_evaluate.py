@@ -4,15 +4,15 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from mpo_ray.io import storage
 from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, wilson, win_rates
-from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, read_generations
 from mpo_ray.demo.objectives import brevity, detail
+from mpo_ray.io import storage
 from mpo_ray.io.schemas import GENERATION_SCHEMA
+from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, read_generations
 from mpo_ray.workflows.sweep import point_label, simplex_grid
 
 OBJECTIVES = {"concise": brevity, "detailed": detail}
@@ -87,8 +87,8 @@ def _point(name, weights, rates):
 
 @pytest.mark.parametrize("k", [2, 3])
 def test_plots_are_written_as_png(tmp_path, k):
-    from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.core.solver import solve_weights
+    from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
 
     names = ["concise", "detailed", "upbeat"][:k]
     points = [_point(f"w{i}", w.tolist(), list(np.linspace(0.2, 0.8, k) + 0.05 * i)[:k])
@@ -125,14 +125,13 @@ def test_evaluate_command(tmp_path, capsys):
 def test_sweep_command_on_tiny_models(tmp_path, capsys):
     from mpo_ray.cli import main
     from mpo_ray.config import load_config
+    from mpo_ray.core.seeds import derive_seed
+    from mpo_ray.io.artifact import WeightsArtifact
+    from mpo_ray.io.corpus import read_prompts
+    from mpo_ray.io.store import WeightsStore
     from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.models.policies import load_policies
-    from mpo_ray.core.seeds import derive_seed
-    from mpo_ray.io.corpus import read_prompts
     from mpo_ray.runtime.session import ray_session
-
-    from mpo_ray.io.artifact import WeightsArtifact
-    from mpo_ray.io.store import WeightsStore
 
     tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
     store = WeightsStore(str(tmp_path / "store"))  # the MPO point comes from a nightly store's `latest`

@@ -18,9 +18,9 @@ import yaml
 
 from mpo_ray.cli import main
 from mpo_ray.config import load_config
-from mpo_ray.workflows.generate import META_DIR, generate, promote
 from mpo_ray.core.seeds import derive_seed, prompt_id
 from mpo_ray.io.schemas import GENERATION_SCHEMA
+from mpo_ray.workflows.generate import META_DIR, generate, promote
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")

@@ -20,14 +20,14 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from mpo_ray.io import storage
 from mpo_ray.cli import main
 from mpo_ray.config import ConfigError, GateConfig, config_from_dict, load_config
 from mpo_ray.core.gate import agreement
-from mpo_ray.io.feedback import read_feedback
-from mpo_ray.workflows.nightly import evaluate_feedback, gate_checks, plan_night, run_night
+from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact, resolve
+from mpo_ray.io.feedback import read_feedback
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
+from mpo_ray.workflows.nightly import evaluate_feedback, gate_checks, plan_night, run_night
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")

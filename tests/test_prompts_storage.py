@@ -6,8 +6,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mpo_ray.io import storage
 from mpo_ray.core.seeds import derive_seed, prompt_id
+from mpo_ray.io import storage
 from mpo_ray.io.corpus import read_prompts
 
 

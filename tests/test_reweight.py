@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from mpo_ray import solve_weights
-from mpo_ray.io import storage
 from mpo_ray.config import load_config
 from mpo_ray.core.estimator import score_arrays
+from mpo_ray.io import storage
 from mpo_ray.workflows.reweight import reweight
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -13,8 +13,8 @@ import pytest
 import ray
 import yaml
 
-from mpo_ray.io import storage
 from mpo_ray.config import load_config
+from mpo_ray.io import storage
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.reweight import reweight
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from mpo_ray.models.decoding import MixedPolicy
 from mpo_ray.config import PolicySpec
+from mpo_ray.models.decoding import MixedPolicy
 from mpo_ray.models.policies import load_policies, resolve_model
 from mpo_ray.models.scoring import pad_left
 from mpo_ray.testing import build_lora_adapter, build_tiny_family

@@ -29,8 +29,8 @@ TINY = os.path.join(os.path.dirname(__file__), "..", "..", "workflows", "configs
 def in_process_loop(config, ids: list[str], prompts: list[str]) -> dict:
     """MixedPolicy.generate over the prompts, one batch at a time, as a plain script would."""
     from mpo_ray.models.decoding import MixedPolicy
-    from mpo_ray.workflows.generate import resolve_weights
     from mpo_ray.models.policies import load_policies
+    from mpo_ray.workflows.generate import resolve_weights
 
     g = config.generate
     t0 = time.perf_counter()

@@ -131,9 +131,9 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     """
     from transformers import AutoModelForCausalLM
 
-    from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.config import PolicySpec
     from mpo_ray.io.cache import cache_dir
+    from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.models.policies import load_policies, resolve_model
 
     config = config or TrainDemoConfig()

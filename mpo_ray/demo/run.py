@@ -132,12 +132,12 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
              seed: int = 0, eval_prompts: int | None = None) -> dict:
     """Run the five steps; returns the summary also written to `output`/demo.json. ``eval_prompts`` evaluates on
     more (or fewer) held-out prompts than the size's default: tighter intervals for more time."""
+    from mpo_ray.config import PolicySpec
+    from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
+    from mpo_ray.models.soup import rewarded_soup
     from mpo_ray.workflows.evaluate import compare_min_win_rates, evaluate_generations, objectives_from_config
     from mpo_ray.workflows.generate import generate
-    from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.workflows.reweight import reweight
-    from mpo_ray.config import PolicySpec
-    from mpo_ray.models.soup import rewarded_soup
     from mpo_ray.workflows.sweep import REFERENCE, point_label, run_sweep, simplex_grid
 
     size = SIZES["quick" if quick else "default"]

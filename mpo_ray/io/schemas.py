@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+
 def score_table_schema(policy_names: list[str], reward_names: list[str] = ()) -> pa.Schema:
     """One row per (prompt, sample): the sample, its reference and proposal log-probs, every policy's and reward's score."""
     fields = [

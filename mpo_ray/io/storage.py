@@ -16,6 +16,7 @@ import uuid
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+
 from mpo_ray.core.errors import UserError
 
 TMP_PREFIX = "_tmp-"

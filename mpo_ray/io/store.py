@@ -38,9 +38,8 @@ from mpo_ray.core.errors import UserError
 from mpo_ray.core.names import VERSION_NAME
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import LATEST_FILE as LATEST
-from mpo_ray.io.artifact import VERSIONS_DIR
+from mpo_ray.io.artifact import LATEST_FORMAT, VERSIONS_DIR, WeightsArtifact, read_latest
 from mpo_ray.io.artifact import WEIGHTS_FILE as WEIGHTS
-from mpo_ray.io.artifact import LATEST_FORMAT, WeightsArtifact, read_latest
 from mpo_ray.io.ownership import OWNER_FILE, check_ours, mark_ours
 
 LOCK = "latest.lock"

@@ -7,8 +7,11 @@ rewards need no source: they come from the policies themselves.
 from __future__ import annotations
 
 import importlib
+
 import numpy as np
+
 from mpo_ray.core.errors import UserError
+
 
 def import_function(path: str):
     """``"package.module:function"`` → the callable, or ValueError saying what failed."""

@@ -28,11 +28,11 @@ import pyarrow as pa
 from mpo_ray.config import NIGHT_ID, Config
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.gate import evaluate_feedback, gate_checks
+from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
 from mpo_ray.io.feedback import Feedback, read_feedback
 from mpo_ray.io.provenance import digest
-from mpo_ray.io import storage
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
 from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.runtime.actors import gather_arrays
