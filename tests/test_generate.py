@@ -203,7 +203,7 @@ def test_bad_corpora_and_weights_fail_clearly_and_leave_nothing(local_ray, tmp_p
         (tiny(missing), r"has no column 'prompt'; its columns are \['text', 'id'\]"),
         (tiny(str(empty)), "is an empty file"),
         (tiny(str(no_rows)), "is empty"),
-        (tiny(str(broken)), "could not be read"),
+        (tiny(str(broken)), "line 2 is not JSON"),
         (tiny(str(tmp_path / "nope.jsonl")), "does not exist"),
         (tiny("nosuchproto://bucket/corpus.jsonl"), "cannot open"),
         (tiny(missing, **{"generate.weights": None}), "no mixing weights"),

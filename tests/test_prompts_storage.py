@@ -43,7 +43,7 @@ def test_memory_filesystem_and_id_column():
         ("", "is empty"),
         ('{"prompt": 3}\n', "must hold non-empty strings; row 0 is 3"),
         ('{"prompt": "a"}\n{"prompt": "a"}\n', "appears at rows 0 and 1"),
-        ("not json\n", "could not be read as json"),
+        ("not json\n", "line 1 is not JSON"),
     ],
 )
 def test_bad_corpora(tmp_path, content, match):
