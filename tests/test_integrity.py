@@ -177,7 +177,7 @@ def test_score_files_that_changed_on_disk_are_never_read_back_as_valid(tmp_path)
     ("dup.jsonl", b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": 2, "prompt": "two"}\n{"prompt_id": 1, "prompt": "uno"}\n',
      r"rows 0 and 2 share the id '1' but not their text"),
     ("dup-types.jsonl", b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": "1", "prompt": "uno"}\n',
-     r"columns hold mixed types .* give each key one type"),
+     r"rows 0 and 1 share the id '1' but not their text"),
 ])
 def test_corpora_that_would_be_misread_are_refused_before_ray_starts(tmp_path, name, content, match):
     from mpo_ray.workflows.generate import generate

@@ -71,6 +71,14 @@ def _utf8(raw: bytes, uri: str) -> str:
 
 
 def _read_jsonl(text: str, uri: str) -> pa.Table:
+    try:
+        return pa.Table.from_pylist(_jsonl_rows(text, uri))
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise UserError(f"prompt corpus {uri!r}: columns hold mixed types ({exc}); give each key one type.") from None
+
+
+def _jsonl_rows(text: str, uri: str) -> list[dict]:
+    """One JSON object per line, checked line by line (errors name the line)."""
     rows = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -83,10 +91,7 @@ def _read_jsonl(text: str, uri: str) -> pa.Table:
             raise UserError(f"prompt corpus {uri!r}: line {number} is a JSON {type(row).__name__}, not an object with a "
                             "prompt column.")
         rows.append(row)
-    try:
-        return pa.Table.from_pylist(rows)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise UserError(f"prompt corpus {uri!r}: columns hold mixed types ({exc}); give each key one type.") from None
+    return rows
 
 
 def _read_csv(text: str, uri: str) -> pa.Table:
@@ -143,11 +148,20 @@ def check_unique_ids(uri: str, prompt_column: str, id_column: str) -> None:
     """One id, one text: generation writes one row per id, so two rows sharing an id (after normalising its type)
     with different texts are refused, naming both rows. Unreadable files are refused as in `read_prompts`;
     rows that are not text are left for the generator to report as error rows."""
-    table = _read_table(uri)
-    if prompt_column not in table.column_names:
-        return  # the reader names the missing column
-    prompts = table.column(prompt_column).to_pylist()
-    raw_ids = table.column(id_column).to_pylist() if id_column in table.column_names else [None] * len(prompts)
+    if corpus_format(uri) == "json":  # row by row: a prompt of another type is an error row later, not a refusal here
+        fs, path = filesystem(uri)
+        with fs.open(path, "rb") as f:
+            rows = _jsonl_rows(_utf8(f.read(), uri), uri)
+        if not any(prompt_column in r for r in rows):
+            return  # the reader names the missing column
+        prompts = [r.get(prompt_column) for r in rows]
+        raw_ids = [r.get(id_column) for r in rows]
+    else:
+        table = _read_table(uri)
+        if prompt_column not in table.column_names:
+            return  # the reader names the missing column
+        prompts = table.column(prompt_column).to_pylist()
+        raw_ids = table.column(id_column).to_pylist() if id_column in table.column_names else [None] * len(prompts)
     seen: dict[str, tuple[int, str]] = {}
     for row, (value, raw) in enumerate(zip(prompts, raw_ids)):
         text = value if isinstance(value, str) else ("" if value is None else str(value))
