@@ -43,7 +43,7 @@ class DemoSize:
     sweep_step: float | None  # grid step over the simplex; None: only the vertices and the uniform mix
 
 
-SIZES = {  # measured on 2 CPU cores: default 9 min 06 s, quick 2 min 31 s (wall, fresh Ray)
+SIZES = {  # measured on 2 CPU cores: default 11 min 45 s, quick 3 min 28 s (wall, fresh Ray, with the soup set)
     "default": DemoSize(reweight_prompts=24, samples_per_prompt=8, sample_tokens=32, eval_prompts=24,
                         generate_tokens=32, sweep_step=0.5),
     "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=24, eval_prompts=8,
