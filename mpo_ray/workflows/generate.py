@@ -211,13 +211,14 @@ def generate(config: Config, *, progress: bool = True) -> dict:
     fingerprint, settings = check_output(config, lam, version)
 
     attempt = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    plan, gen_s, done = None, 0.0, set()
+    plan, gen_s, done, skipped = None, 0.0, None, 0
     try:
         with ray_session(log_to_driver=progress):
             data.configure(progress)
             corpus = data.read_corpus(g.prompts, fmt, g.prompt_column)
             done = written_ids(output)
             recovered = promote(output, done)  # complete files a stopped run left behind
+            skipped = len(done)
             todo = data.map_rows(corpus, prepare_rows, batch_size=g.batch_size, fn_kwargs={
                 "prompt_column": g.prompt_column, "id_column": g.id_column, "seed": g.seed, "done": frozenset(done)})
             pending = todo.count()  # one cheap pass: nothing to do means no replica starts
@@ -237,12 +238,13 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                                       plan, batch_size=g.batch_size, rows_per_file=g.rows_per_file,
                                       staging=storage.join(output, META_DIR, "staging", attempt))
                 gen_s = time.perf_counter() - t0
-    finally:
-        promoted = promote(output, written_ids(output))  # even after a failure: keep every complete file
+    finally:  # even after a failure: keep every complete file (`done` grows with what is promoted)
+        done = written_ids(output) if done is None else done
+        promoted = promote(output, done)
 
     stats = _file_stats(promoted)
     summary = {
-        **stats, "skipped": len(done), "output_rows": len(written_ids(output)), "output": output,
+        **stats, "skipped": skipped, "output_rows": len(done), "output": output,
         "weights_version": version, "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
         "tokens_per_s": round(stats["generated_tokens"] / gen_s, 2) if gen_s else 0.0,
         "rows_per_s": round(stats["rows"] / gen_s, 2) if gen_s else 0.0,
