@@ -47,8 +47,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mpo_ray.io import storage
     from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, objectives_from_config
 
-    objectives = objectives_from_config(_config(args))
-    results = [evaluate_generations(g, objectives, reference=args.reference, name=g) for g in args.generations]
+    config = _config(args)
+    objectives = objectives_from_config(config)
+    models = (config.reference.name, config.policy_names)  # MPO's own objective, where the files carry logp_ columns
+    results = [evaluate_generations(g, objectives, reference=args.reference, name=g, models=models)
+               for g in args.generations]
     print(format_evaluations(results))
     if args.output:
         storage.write_text(args.output, json.dumps(results, indent=2) + "\n")
@@ -60,11 +63,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from mpo_ray.demo.plots import plot_front
     from mpo_ray.io.storage import join
     from mpo_ray.workflows.evaluate import format_evaluations
-    from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
+    from mpo_ray.io.ownership import check_ours
+    from mpo_ray.workflows.sweep import default_output, run_sweep, soup_specs, sweep_points
 
     points = sweep_points(config, args.step, _local(args.weights))
     output = _local(args.output) or default_output(config)
-    summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, progress=not args.quiet)
+    extra = {}
+    if args.soup:  # the paper's weight-space baseline: the uniform soup, and one at MPO's λ when it is given
+        k = len(config.policies)
+        soups = {"soup": [1 / k] * k, **({"soup_mpo": points["MPO"]} if "MPO" in points else {})}
+        check_ours(output, "sweep")  # the soups are written inside the sweep's own directory
+        extra = soup_specs(config, join(output, "soups"), soups)
+    summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, extra=extra,
+                        progress=not args.quiet)
     plot_front(join(output, "front.png"), summary)
     print(format_evaluations(summary["points"]))
     log.info("wrote %s and %s", join(output, "sweep.json"), join(output, "front.png"))
@@ -136,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")
     train.add_argument("--output", default=None, help="directory for the adapters (default: the ones shipped in mpo_ray/demo/data/adapters)")
     train.add_argument("--only", nargs="+", default=None, metavar="OBJECTIVE",
-                       help="retrain only these adapters (concise, detailed, enthusiastic); keep the others")
+                       help="retrain only these adapters (concise, relevant, enthusiastic); keep the others")
     train.set_defaults(func=_cmd_train_demo_policies)
 
     ev = sub.add_parser("evaluate", help="score generation Parquet with the config's reward functions/models")
@@ -152,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--weights", default=None, help="the MPO point: a weights.json, a run directory, a weights store "
                     "(its `latest`) or STORE/versions/NIGHT")
     sw.add_argument("--max-prompts", type=int, default=None, help="use only the first N corpus prompts")
+    sw.add_argument("--soup", action="store_true", help="also Rewarded Soups of the policies' LoRA adapters: uniform, "
+                    "and at the MPO weights when --weights is given")
     sw.add_argument("--output", default=None, help="output directory (default: generate.output + '-sweep')")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)

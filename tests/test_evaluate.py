@@ -22,7 +22,7 @@ def gen_table(responses, ids=None, errors=None):
     n = len(responses)
     return pa.table({
         "prompt_id": ids or [f"p{i}" for i in range(n)], "prompt": ["q"] * n, "response": responses,
-        "finish_reason": ["stop"] * n, "num_tokens": [1] * n, "log_normalizer": [0.0] * n,
+        "finish_reason": ["stop"] * n, "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n,
         "weights_version": ["v"] * n, "seed": list(range(n)), "error": errors or [None] * n,
     }, schema=GENERATION_SCHEMA)
 
@@ -141,13 +141,17 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     out = tmp_path / "sweep"
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
         assert main(["sweep", tiny, "--step", "0.5", "--max-prompts", "4", "--output", str(out), "--quiet",
-                     "--weights", store.uri]) == 0
+                     "--weights", store.uri, "--soup"]) == 0
     summary = json.loads((out / "sweep.json").read_text())
     names = [p["name"] for p in summary["points"]]
-    assert names[0] == "reference" and len(names) == 8  # π_ref + the 6 grid points of step 1/2 on 3 policies + MPO
+    # π_ref + the 6 grid points of step 1/2 on 3 policies + the uniform mix + MPO + the soups (uniform, at MPO's λ)
+    assert names[0] == "reference" and len(names) == 11 and names[-2:] == ["soup", "soup_mpo"]
+    assert json.loads((out / "soups" / "soup_mpo" / "soup.json").read_text())["weights"] == [0.5, 0.3, 0.2]
     mpo = next(p for p in summary["points"] if p["name"] == "MPO")
     assert mpo["weights"] == [0.5, 0.3, 0.2]  # matched by name, in the config's policy order
     assert all("min_win_rate" in p for p in summary["points"])
+    # every point is scored by every model, so it is measured on MPO's own objective too
+    assert all(np.isfinite(p["implicit"]["implicit_min"]) and p["implicit"]["prompts"] == 4 for p in summary["points"])
     assert (out / "front.png").read_bytes()[:4] == b"\x89PNG"
     # a vertex equals that policy alone with the generate workflow's per-prompt seeds
     config = load_config(tiny)
@@ -157,6 +161,7 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
         prompts, seed=[derive_seed(g.seed, i) for i in ids], max_new_tokens=g.max_new_tokens,
         temperature=g.temperature, top_p=g.top_p, stop=g.stop)
     vertex = pq.read_table(out / "w=1,0,0.parquet")
+    assert {"sample_logprob", "logp_ref", "logp_concise", "logp_detailed", "logp_upbeat"} <= set(vertex.column_names)
     assert vertex["response"].to_pylist() == [x.text for x in gens]
 
 

@@ -76,3 +76,27 @@ def test_module_lists_in_another_order_are_the_same_configuration(adapters, tmp_
     config["target_modules"] = list(reversed(sorted(config["target_modules"])))
     (shuffled / "adapter_config.json").write_text(json.dumps(config))
     assert rewarded_soup([dirs[0], shuffled], [0.5, 0.5], tmp_path / "soup").exists()
+
+
+def test_sweep_soups_are_built_once_and_refused_without_adapters(adapters, tmp_path):
+    """`sweep --soup` (and the demo): one soup per λ, reused when a sweep resumes; policies that are not
+    LoRA adapters of one base get a one-line reason, not a traceback."""
+    from mpo_ray.config import config_from_dict
+    from mpo_ray.core.errors import UserError
+    from mpo_ray.workflows.sweep import soup_specs
+
+    base, dirs = adapters
+    data = {"reference": {"name": "ref", "model": str(base)},
+            "policies": [{"name": f"p{i}", "model": str(base), "adapter": str(d)} for i, d in enumerate(dirs)]}
+    config = config_from_dict(data, source="test")
+    specs = soup_specs(config, str(tmp_path / "soups"), {"soup": [1 / 3] * 3, "soup_mpo": [0.6, 0.3, 0.1]})
+    assert [s.name for s in specs.values()] == ["soup", "soup_mpo"] and specs["soup"].model == str(base)
+    made = (tmp_path / "soups" / "soup_mpo" / "adapter_model.safetensors").stat().st_mtime_ns
+    again = soup_specs(config, str(tmp_path / "soups"), {"soup_mpo": [0.6, 0.3, 0.1]})  # a resumed sweep
+    assert again["soup_mpo"].adapter == specs["soup_mpo"].adapter
+    assert (tmp_path / "soups" / "soup_mpo" / "adapter_model.safetensors").stat().st_mtime_ns == made
+    with pytest.raises(UserError, match="exists"):  # another λ under the same label is not silently replaced
+        soup_specs(config, str(tmp_path / "soups"), {"soup_mpo": [0.2, 0.3, 0.5]})
+    data["policies"][1] = {"name": "p1", "model": str(base), "system_prompt": "Be brief."}
+    with pytest.raises(UserError, match=r"policies \['p1'\] have no `adapter`"):
+        soup_specs(config_from_dict(data, source="test"), str(tmp_path / "other"), {"soup": [1 / 3] * 3})

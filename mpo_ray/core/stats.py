@@ -50,3 +50,21 @@ def paired_bootstrap(stat, *columns, resamples: int = 2000, level: float = 0.95,
 def min_mean(wins: np.ndarray) -> float:
     """The MaxMin yardstick on a (prompts, objectives) table: the worst objective's mean."""
     return float(np.asarray(wins, dtype=np.float64).mean(axis=0).min())
+
+
+def paired_difference(stat, a: tuple, b: tuple, *, seed: int = 0) -> dict:
+    """``stat(a) − stat(b)`` over the prompts both sets answered, with a paired bootstrap 95% interval and
+    ``within_noise`` when it holds 0. ``a`` and ``b`` are ``(prompt_ids, *columns)``, rows in any order;
+    ``stat`` takes the columns. The one comparison behind every report's headline."""
+    common = sorted(set(a[0]) & set(b[0]))
+    if not common:
+        raise ValueError("paired_difference: the two sets share no prompt; evaluate both on the same corpus")
+
+    def aligned(side):
+        pos = {pid: i for i, pid in enumerate(side[0])}
+        take = [pos[pid] for pid in common]
+        return [np.asarray(c)[take] for c in side[1:]]
+
+    ca, cb = aligned(a), aligned(b)
+    diff, lo, hi = paired_bootstrap(lambda *c: stat(*c[: len(ca)]) - stat(*c[len(ca):]), *ca, *cb, seed=seed)
+    return {"difference": diff, "ci95": [lo, hi], "prompts": len(common), "within_noise": lo <= 0 <= hi}

@@ -4,9 +4,13 @@ Objectives, chosen because a program can measure them (no reward model from a
 hub) and because they pull against each other:
 
 * ``concise``      — fewer words (`objectives.brevity`);
-* ``detailed``     — more distinct words (`objectives.detail`), the direct opposite;
-* ``enthusiastic`` — upbeat words and exclamation marks per word
-  (`objectives.enthusiasm`), a third direction that neither length policy serves.
+* ``relevant``     — uses the prompt's own content words (`objectives.relevance`);
+* ``enthusiastic`` — upbeat words and exclamation marks per word (`objectives.enthusiasm`).
+
+Each policy costs another objective (short or upbeat answers drift off the
+question), yet one answer can win on all three, which is what makes a MaxMin
+mixture worth having (unlike fewer words against more words, where nothing wins
+on both).
 
 Recipe (the MPO paper's way of making π_k): sample responses to the training
 prompts from π_ref itself, rank them by the objective's score, pair best with
@@ -34,7 +38,8 @@ from mpo_ray.demo import objectives
 from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, train_dpo
 
 log = logging.getLogger(__name__)
-OBJECTIVES = {"concise": objectives.brevity, "detailed": objectives.detail, "enthusiastic": objectives.enthusiasm}
+OBJECTIVES = {"concise": objectives.brevity, "relevant": objectives.relevance, "enthusiastic": objectives.enthusiasm}
+REWARDS = {"concise": "brevity", "relevant": "relevance", "enthusiastic": "enthusiasm"}  # policy → its objective function
 DATA_DIR = Path(__file__).parent / "data"
 ADAPTER_DIR = DATA_DIR / "adapters"
 PROMPTS = DATA_DIR / "demo_prompts.jsonl"
@@ -155,7 +160,8 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     prompt_ids = ref.encode_prompts(prompts)
     summary = {"config": asdict(config), "base_model": BASE_MODEL_ID, "objectives": {}}
     if only and (output / "training.json").exists():  # retrain some adapters, keep the others' records
-        summary["objectives"] = json.loads((output / "training.json").read_text())["objectives"]
+        kept = json.loads((output / "training.json").read_text())["objectives"]
+        summary["objectives"] = {obj: rec for obj, rec in kept.items() if obj in OBJECTIVES}
 
     for obj, fn in OBJECTIVES.items():
         if only and obj not in only:

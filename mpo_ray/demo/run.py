@@ -1,15 +1,18 @@
 """`mpo-ray demo`: MPO end to end on a real language model, on local Ray.
 
 π_ref is SmolLM2-135M-Instruct; the three policies are LoRA adapters on it,
-DPO-trained for being concise, detailed and enthusiastic (`demo_policies`).
+DPO-trained for being concise, relevant and enthusiastic (`demo.policies`).
 The demo runs the real workflows in order:
 
 1. reweight — sample from π_ref and each policy, score with every policy, solve for λ (score table + weights.json);
 2. generate — the eval prompts through the MPO mixture, with Ray Data, to Parquet;
-3. compare   — the same prompts and seeds through π_ref, each single policy, the uniform mix,
+3. compare   — the same prompts and seeds through π_ref, each single policy, the uniform mix, MPO's λ,
                a Rewarded Soup (the adapters' parameters averaged) and a grid of fixed weights (`sweep`);
-4. evaluate — every generation set against π_ref's, per objective (win rates, the MaxMin view);
+4. evaluate — every set on two yardsticks, each with paired bootstrap intervals over prompts:
+               MPO's own objective J (`core.yardstick`) and the objectives' win rates against π_ref;
 5. report   — report.md and PNG plots.
+
+Every set is sampled untempered, so both yardsticks judge the very policies the theory is about.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mpo_ray.core.errors import UserError
-from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
+from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, REWARDS, adapter_paths, demo_prompts
 from mpo_ray.io import storage
 from mpo_ray.io.ownership import check_ours, mark_ours
 from mpo_ray.runtime.session import ray_session
@@ -49,8 +52,9 @@ SIZES = {  # measured on 2 CPU cores: default 11 min 45 s, quick 3 min 28 s (wal
     "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=24, eval_prompts=8,
                       generate_tokens=24, sweep_step=None),
 }
-# Final generations are tempered (readable text); reweighting samples stay untempered, as the solver needs.
-GENERATION = {"temperature": 0.7, "top_p": 0.9}
+# Untempered: J(π) is a property of the policy itself, and a tempered π_λ* is no longer the MaxMin optimum.
+GENERATION = {"temperature": 1.0}
+YARDSTICKS = {"implicit_min": "MPO's own objective J (nats)", "min_win_rate": "the worst objective's win rate vs π_ref"}
 MARKER = "demo.json"
 
 
@@ -59,12 +63,11 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int
     from mpo_ray.config import config_from_dict
 
     adapters = adapter_paths(adapters or ADAPTER_DIR)
-    rewards = {"concise": "brevity", "detailed": "detail", "enthusiastic": "enthusiasm"}
     data = {
         "beta": 0.1,
         "reference": {"name": "ref", "model": "default"},
         "policies": [{"name": obj, "model": "default", "adapter": str(adapters[obj])} for obj in OBJECTIVES],
-        "rewards": [{"name": rewards[obj], "function": f"mpo_ray.demo.objectives:{rewards[obj]}", "objective": obj}
+        "rewards": [{"name": REWARDS[obj], "function": f"mpo_ray.demo.objectives:{REWARDS[obj]}", "objective": obj}
                     for obj in OBJECTIVES],
         "reweight": {
             "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 4, "seed": seed,
@@ -132,13 +135,10 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
              seed: int = 0, eval_prompts: int | None = None) -> dict:
     """Run the five steps; returns the summary also written to `output`/demo.json. ``eval_prompts`` evaluates on
     more (or fewer) held-out prompts than the size's default: tighter intervals for more time."""
-    from mpo_ray.config import PolicySpec
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
-    from mpo_ray.models.soup import rewarded_soup
-    from mpo_ray.workflows.evaluate import compare_min_win_rates, evaluate_generations, objectives_from_config
     from mpo_ray.workflows.generate import generate
     from mpo_ray.workflows.reweight import reweight
-    from mpo_ray.workflows.sweep import REFERENCE, point_label, run_sweep, simplex_grid
+    from mpo_ray.workflows.sweep import REFERENCE, point_label, run_sweep, simplex_grid, soup_specs
 
     size = SIZES["quick" if quick else "default"]
     if eval_prompts is not None:
@@ -154,8 +154,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     # Rewarded Soups (the paper's weight-space baseline): the adapters' parameters averaged uniformly; made
     # first, so that adapters which cannot be averaged fail before any model runs
     k = len(config.policies)
-    soup_dir = rewarded_soup([p.adapter for p in config.policies], [1 / k] * k, os.path.join(out, "soup"))
-    soup = PolicySpec(name="soup", model=config.reference.model, adapter=str(soup_dir))
+    soups = soup_specs(config, os.path.join(out, "soup"), {"soup": [1 / k] * k})
     _write_prompts(out, size)
     t0, times = time.perf_counter(), {}
 
@@ -173,28 +172,24 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
         step(2, "generate MPO", "generate with the MPO weights (Ray Data → Parquet)")
         generate(config, progress=progress)
 
-        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, a Rewarded Soup and a weight grid")
+        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, MPO, a Rewarded Soup "
+             "and a weight grid; score every response with every model")
         points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
         points["uniform"] = [1 / k] * k
+        points["MPO"] = list(artifact["weights"])
         if size.sweep_step:
             for w in simplex_grid(k, size.sweep_step):  # vertices and centre are there already
-                if not any(np.allclose(w, v) for v in points.values()):
+                if not any(np.allclose(w, v) for v in list(points.values())[:-1] if v):
                     points[point_label(w)] = w.tolist()
         sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points,
-                          extra={"soup": soup}, progress=progress)
+                          extra=soups, progress=progress)
 
-    step(4, "evaluate", "evaluate every generation set against π_ref's")
-    objectives = objectives_from_config(config)
-    reference = os.path.join(out, "generations", "sweep", f"{REFERENCE}.parquet")
-    mpo = evaluate_generations(os.path.join(out, "generations", "mpo"), objectives, reference=reference, name="MPO")
-    mpo["weights"] = artifact["weights"]
+    step(4, "evaluate", "both yardsticks for every set, and MPO against the best other set on each")
     by_name = {p["name"]: p for p in sweep["points"]}
-    shown = [by_name[n] for n in config.policy_names] + [by_name["uniform"], by_name["soup"], mpo]
-    others = [p for p in sweep["points"] if p["name"] != REFERENCE]  # every single policy, uniform, the grid
-    best_other = max(others, key=lambda p: p["min_win_rate"])
-    headline = {"min_win_rate": {"best_other": best_other["name"],
-                                 **compare_min_win_rates(mpo, best_other, seed=seed)}}
-    sweep["points"].append(mpo)
+    mpo = by_name["MPO"]
+    shown = [by_name[n] for n in (REFERENCE, *config.policy_names, "uniform", "soup", "MPO")]
+    headline = headlines(sweep["points"], seed)
+    agreement = _generate_agreement(out, mpo)
     storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
 
     step(5, "report", "report and plots")
@@ -208,11 +203,12 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     seconds["total"] = round(time.perf_counter() - t0, 1)
     summary = {"size": asdict(size), "generation": GENERATION, "weights": lam, "artifact_version": artifact["version"],
                "certificate_gap": artifact["certificate"]["gap_nats"], "median_ess": artifact["ess"]["median"],
+               "median_ess_at_uniform": artifact["ess"].get("median_at_uniform"),
+               "weights_ci": artifact.get("weights_ci"),
                "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
-               "comparison": [{"name": r["name"], "kind": _kind(r["name"], config.policy_names), "weights": r.get("weights"),
-                               "min_win_rate": r["min_win_rate"], "min_win_rate_ci95": r["min_win_rate_ci95"]}
-                              for r in sweep["points"] if r["name"] != REFERENCE],
-               "headline": headline,
+               "comparison": [comparison_entry(r, config.policy_names, soup_weights=[1 / k] * k) for r in sweep["points"]],
+               "headline": headline, "best_grid": best_grid(sweep["points"], config.policy_names),
+               "generate_matches_sweep": agreement,
                "seconds": seconds, "seed": seed, "report": os.path.join(out, "report.md"), "status": "done"}
     report = demo_report(config, artifact, shown, summary, _examples(out, config.policy_names))
     storage.write_text(os.path.join(out, "report.md"), report)
@@ -223,8 +219,62 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
 
 
 def _kind(name: str, policies: list[str]) -> str:
-    special = {"MPO": "mpo", "uniform": "uniform", "soup": "soup"}
+    from mpo_ray.workflows.sweep import REFERENCE
+
+    special = {"MPO": "mpo", "uniform": "uniform", "soup": "soup", REFERENCE: "reference"}
     return special.get(name) or ("single" if name in policies else "grid")
+
+
+def comparison_entry(r: dict, policies: list[str], soup_weights: list[float]) -> dict:
+    """One generation set in demo.json: its weights (for the soup: of the averaged adapters) and both
+    yardsticks with their 95% intervals."""
+    j, kind = r.get("implicit", {}), _kind(r["name"], policies)
+    return {"name": r["name"], "kind": kind, "weights": soup_weights if kind == "soup" else r.get("weights"),
+            "implicit_min": j.get("implicit_min"), "implicit_min_ci95": j.get("implicit_min_ci95"),
+            "kl": j.get("kl"), "min_win_rate": r["min_win_rate"], "min_win_rate_ci95": r["min_win_rate_ci95"]}
+
+
+def headlines(points: list[dict], seed: int) -> dict:
+    """Per yardstick: MPO − the best other set (picked on this same data, which favours the other set),
+    paired over prompts, with a bootstrap 95% interval."""
+    from mpo_ray.core.yardstick import compare_implicit
+    from mpo_ray.workflows.evaluate import compare_min_win_rates
+
+    mpo = next(p for p in points if p["name"] == "MPO")
+    others = [p for p in points if p["name"] != "MPO"]
+    value = {"implicit_min": lambda p: p["implicit"]["implicit_min"], "min_win_rate": lambda p: p["min_win_rate"]}
+    compare = {"implicit_min": lambda a, b: compare_implicit(a["implicit"], b["implicit"], seed=seed),
+               "min_win_rate": lambda a, b: compare_min_win_rates(a, b, seed=seed)}
+    out = {}
+    for key in YARDSTICKS:
+        best = max(others, key=value[key])
+        c = compare[key](mpo, best)
+        out[key] = {"best_other": best["name"], "mpo": value[key](mpo), "best_other_value": value[key](best),
+                    "mpo_minus_best_other": c["difference"], "ci95": c["ci95"], "prompts": c["prompts"],
+                    "within_noise": c["within_noise"]}
+    return out
+
+
+def best_grid(points: list[dict], policies: list[str]) -> dict:
+    """The fixed-weight log-linear set (a vertex, the uniform mix or a grid point) with the best min win rate:
+    whether some mixture serves every objective better than π_ref."""
+    grid = [p for p in points if _kind(p["name"], policies) in ("single", "uniform", "grid")]
+    best = max(grid, key=lambda p: p["min_win_rate"])
+    return {"name": best["name"], "weights": best["weights"], "min_win_rate": best["min_win_rate"],
+            "min_win_rate_ci95": best["min_win_rate_ci95"]}
+
+
+def _generate_agreement(out: str, mpo: dict) -> float:
+    """Share of prompts where `generate` (Ray Data) wrote the same text as the sweep's MPO point: both use
+    the same seeds and weights, so anything below 1 is floating-point drift between batch layouts."""
+    from mpo_ray.workflows.sweep import _slug
+
+    served = storage.read_parquet_files(storage.list_files(os.path.join(out, "generations", "mpo")))
+    swept = storage.read_parquet(os.path.join(out, "generations", "sweep", f"{_slug('MPO')}.parquet"))
+    a = dict(zip(served["prompt_id"].to_pylist(), served["response"].to_pylist()))
+    b = dict(zip(swept["prompt_id"].to_pylist(), swept["response"].to_pylist()))
+    common = set(a) & set(b)
+    return round(sum(a[p] == b[p] for p in common) / max(len(common), 1), 3)
 
 
 def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
@@ -241,13 +291,23 @@ def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
     return [{"prompt": r["prompt"], "answers": {who: t.get(r["prompt_id"], "") for who, t in texts.items()}} for r in rows]
 
 
-def _headline_sentence(h: dict) -> str:
+def _headline_sentence(key: str, h: dict) -> str:
     """MPO against the best other generation set, with its interval; no more claimed than the interval shows."""
     lo, hi = h["ci95"]
     verdict = ("within noise: the interval holds 0, so this run cannot tell them apart" if h["within_noise"] else
                "MPO ahead beyond noise" if lo > 0 else "MPO behind beyond noise")
-    return (f"**MPO − best other set (`{h['best_other']}`) on the worst objective's win rate: {h['difference']:+.2f} "
-            f"(95% CI [{lo:+.2f}, {hi:+.2f}], paired bootstrap over {h['prompts']} prompts): {verdict}.**")
+    digits = 1 if key == "implicit_min" else 2
+    f = lambda x: f"{x:+.{digits}f}"  # noqa: E731
+    return (f"**MPO − best other set (`{h['best_other']}`) on {YARDSTICKS[key]}: {f(h['mpo_minus_best_other'])} "
+            f"(95% CI [{f(lo)}, {f(hi)}], paired bootstrap over {h['prompts']} prompts): {verdict}.**")
+
+
+def _best_grid_sentence(b: dict) -> str:
+    lo, hi = b["min_win_rate_ci95"]
+    where = ("above ½ beyond noise: one mixture serves every objective better than π_ref" if lo > 0.5 else
+             "above ½, within noise" if b["min_win_rate"] > 0.5 else "not above ½")
+    return (f"Best fixed-weight mixture on the worst objective: `{b['name']}`, min win rate {b['min_win_rate']:.2f} "
+            f"(95% CI [{lo:.2f}, {hi:.2f}]): {where}.")
 
 
 def demo_report(config, artifact: dict, shown: list[dict], summary: dict, examples: list[dict] = ()) -> str:
@@ -266,9 +326,8 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         + ", ".join(f"`{n}`" for n in names) + " (see `mpo_ray/demo/data/adapters/README.md`).",
         f"Reweighting: {size['reweight_prompts']} prompts × {size['samples_per_prompt']} untempered samples of up to "
         f"{size['sample_tokens']} tokens, drawn evenly from π_ref and each policy (the mixture proposal). "
-        f"Generation: {size['eval_prompts']} held-out prompts, up to "
-        f"{size['generate_tokens']} tokens, temperature {GENERATION['temperature']}, top-p {GENERATION['top_p']}, "
-        "the same seed per prompt for every mixture.",
+        f"Generation: {size['eval_prompts']} held-out prompts, up to {size['generate_tokens']} tokens, untempered "
+        "(the policies themselves, which is what both yardsticks judge), the same seed per prompt for every set.",
         "",
         "## Mixing weights λ (MaxMin over the implicit DPO rewards)",
         "",
@@ -285,10 +344,13 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         "The gap certifies the solve (0 at the optimum). ESS is how many of each prompt's samples carry the "
         "mixture's weight; a low ESS means the estimate rests on few samples and λ is noisy (see its intervals).",
         "",
-        "## Each objective, per policy",
+        "## Two yardsticks, per generation set",
         "",
         "Win rate = share of prompts where the response scores higher on that objective than π_ref's response "
-        "to the same prompt (ties count ½). The last column is the MaxMin view: the worst objective.",
+        "to the same prompt (ties count ½); the min win rate is the MaxMin view of the measurable objectives. "
+        "J = min_k E[log π_k/π_ref] − KL(π‖π_ref), in nats, measured on the set's own samples: the objective MPO "
+        "maximises over all policies, so no set should beat MPO on it beyond noise. Intervals: 95%, bootstrap "
+        "over prompts.",
         "",
         format_evaluations(shown),
         "",
@@ -297,7 +359,11 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         f"objectives win between {worst_single['min_win_rate']:.2f} (`{worst_single['name']}`) and "
         f"{best_single['min_win_rate']:.2f} (`{best_single['name']}`).",
         "",
-        _headline_sentence(summary["headline"]["min_win_rate"]),
+        *[line for key in YARDSTICKS for line in (_headline_sentence(key, summary["headline"][key]), "")],
+        "The best other set is picked on these same prompts, which flatters it: a difference in MPO's favour "
+        "is, if anything, understated.",
+        "",
+        _best_grid_sentence(summary["best_grid"]),
         "",
         "![objectives](objectives.png)",
         "",

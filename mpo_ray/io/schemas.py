@@ -35,6 +35,9 @@ GENERATION_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string(), nullable=True),
         pa.field("num_tokens", pa.int32(), nullable=False),
         pa.field("log_normalizer", pa.float64(), nullable=True),
+        # log-prob of the response under the distribution that drew it (null after best-of-n resampling,
+        # whose distribution has no closed form); with `logp_<model>` columns it measures MPO's own objective
+        pa.field("sample_logprob", pa.float64(), nullable=True),
         pa.field("weights_version", pa.string(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
         pa.field("error", pa.string(), nullable=True),
@@ -43,18 +46,25 @@ GENERATION_SCHEMA = pa.schema(
 
 
 def generation_table(ids: list[str], prompts: list[str], generations: list, seeds: list[int], version: str,
-                     errors: list[str | None] | None = None) -> pa.Table:
+                     errors: list[str | None] | None = None, *, resampled: bool = False,
+                     logprobs: dict[str, list] | None = None) -> pa.Table:
     """Generation rows, one per prompt; a ``None`` generation is an error row (its reason in ``errors``).
 
-    ``generations`` hold ``text``, ``finish_reason``, ``num_tokens`` and ``log_normalizer``
-    (the decoder's `Generation`); one builder serves `generate` and `sweep` alike.
+    ``generations`` hold ``text``, ``finish_reason``, ``num_tokens``, ``log_normalizer`` and
+    ``proposal_logprob`` (the decoder's `Generation`); ``resampled`` says they were picked from several
+    candidates. ``logprobs`` (model name → each row's log π(y|x), None on error rows) adds the
+    ``logp_<name>`` columns. One builder serves `generate` and `sweep` alike.
     """
     g = list(generations)
-    return pa.table({
+    table = pa.table({
         "prompt_id": ids, "prompt": prompts, "response": [x.text if x else "" for x in g],
         "finish_reason": [x.finish_reason if x else None for x in g],
         "num_tokens": [x.num_tokens if x else 0 for x in g],
         "log_normalizer": [x.log_normalizer if x else None for x in g],
+        "sample_logprob": [x.proposal_logprob if x and not resampled else None for x in g],
         "weights_version": [version] * len(ids), "seed": seeds,
         "error": list(errors) if errors is not None else [None] * len(ids),
     }, schema=GENERATION_SCHEMA)
+    for name, values in (logprobs or {}).items():
+        table = table.append_column(pa.field(f"logp_{name}", pa.float64(), nullable=True), pa.array(values, pa.float64()))
+    return table

@@ -43,8 +43,10 @@ class BatchGenerator:
         return self._mixed[key]
 
     def rows(self, ids: list[str], prompts: list[str], seeds: list[int], weights: list[float], params: dict,
-             version: str, errors: list[str | None] | None = None) -> pa.Table:
-        """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad."""
+             version: str, errors: list[str | None] | None = None, *, score: bool = False) -> pa.Table:
+        """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad.
+        With ``score``, every loaded model's log π(y|x) of each response too (``logp_<name>`` columns):
+        with ``sample_logprob`` they measure MPO's own objective (`core.yardstick`)."""
         mixed = self.mixture(weights)
         errors = list(errors) if errors is not None else [None] * len(ids)
         ok = [i for i, e in enumerate(errors) if e is None]
@@ -62,7 +64,23 @@ class BatchGenerator:
                         [gens[i]] = mixed.generate([prompts[i]], seed=[seeds[i]], **params)
                     except ValueError as exc:
                         errors[i] = str(exc)
-        return generation_table(ids, prompts, [gens.get(i) for i in range(len(ids))], seeds, version, errors)
+        logprobs = self.score(prompts, gens, len(ids)) if score else None
+        return generation_table(ids, prompts, [gens.get(i) for i in range(len(ids))], seeds, version, errors,
+                                resampled=params.get("num_candidates", 1) > 1, logprobs=logprobs)
+
+    def score(self, prompts: list[str], gens: dict, n: int) -> dict[str, list]:
+        """model name → teacher-forced log π(y|x) of the generated token ids (None where a row has none)."""
+        from mpo_ray.models.scoring import score_sequences
+
+        done = sorted(gens)
+        out = {}
+        for policy in self.policies:
+            values = score_sequences(policy, [prompts[i] for i in done], [gens[i].token_ids for i in done]) if done else []
+            column = [None] * n
+            for i, v in zip(done, values):
+                column[i] = float(v)
+            out[policy.name] = column
+        return out
 
 
 class GenerationWorker:

@@ -172,10 +172,10 @@ class GeneratorActor:
 
         self.generator = BatchGenerator(specs, threads)
 
-    def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int):
+    def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int, score: bool = False):
         return pa.concat_tables([
             self.generator.rows(ids[i : i + batch_size], prompts[i : i + batch_size], seeds[i : i + batch_size],
-                                weights, params, label) for i in range(0, len(ids), batch_size)])
+                                weights, params, label, score=score) for i in range(0, len(ids), batch_size)])
 
 
 class Generator:
@@ -184,8 +184,8 @@ class Generator:
     def __init__(self, handle):
         self.handle = handle
 
-    def generate(self, *args):
-        return ray.get(self.handle.generate.remote(*args))
+    def generate(self, *args, **kwargs):
+        return ray.get(self.handle.generate.remote(*args, **kwargs))
 
     def kill(self) -> None:
         ray.kill(self.handle, no_restart=True)

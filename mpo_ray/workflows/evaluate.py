@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mpo_ray.core.errors import UserError
-from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, wilson, win_rates
+from mpo_ray.core.yardstick import implicit_objective
+from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, paired_difference, wilson, win_rates
 from mpo_ray.io import storage
 
 REQUIRED = ("prompt_id", "prompt", "response")
@@ -60,9 +61,12 @@ def score_generations(table: pa.Table, objectives: Mapping[str, Callable]) -> di
     return out
 
 
-def evaluate_generations(generations, objectives: Mapping[str, Callable], *, reference=None, name: str | None = None) -> dict:
+def evaluate_generations(generations, objectives: Mapping[str, Callable], *, reference=None, name: str | None = None,
+                         models: tuple[str, list[str]] | None = None, seed: int = 0) -> dict:
     """Per-objective mean ± 95% CI; with `reference` generations (same prompt ids), win rates
-    and the MaxMin view `min_win_rate` (the worst objective's win rate).
+    and the MaxMin view `min_win_rate` (the worst objective's win rate). With ``models`` = (π_ref's name,
+    the policies' names) and generations that carry ``sample_logprob`` and those models' ``logp_<name>``
+    columns (`sweep` writes them), also MPO's own objective (`implicit`, `core.yardstick`).
 
     `generations` and `reference` are URIs or tables with prompt_id, prompt, response.
     """
@@ -95,30 +99,39 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
         result["min_win_rate"], lo, hi = paired_bootstrap(min_mean, table_of_wins)
         result["min_win_rate_ci95"] = [lo, hi]
         result["wins"] = {"prompt_ids": [ids[i] for i in both], **{obj: w.tolist() for obj, w in wins.items()}}
+    if models is not None and has_logprobs(table, *models):
+        ref_name, names = models
+        column = lambda c: table[c].to_numpy(zero_copy_only=False)  # noqa: E731
+        result["implicit"] = implicit_objective(
+            table["prompt_id"].to_pylist(), column("sample_logprob"), column(f"logp_{ref_name}"),
+            np.stack([column(f"logp_{n}") for n in names], axis=1), names, seed=seed)
     return result
 
 
+def has_logprobs(table: pa.Table, reference: str, policies: list[str]) -> bool:
+    """Whether a generation table can measure MPO's own objective: every row's sampling log-prob and
+    every model's log-prob of it are there."""
+    needed = ["sample_logprob", f"logp_{reference}", *(f"logp_{n}" for n in policies)]
+    return all(c in table.column_names and table[c].null_count == 0 for c in needed)
+
+
 def compare_min_win_rates(a: dict, b: dict, *, seed: int = 0) -> dict:
-    """a − b on the min win rate over the prompts both were evaluated on, with a paired bootstrap 95% interval;
-    ``within_noise`` when the interval holds 0."""
-    common = sorted(set(a["wins"]["prompt_ids"]) & set(b["wins"]["prompt_ids"]))
+    """a − b on the min win rate, paired over the prompts both were evaluated on (`paired_difference`)."""
     objectives = [o for o in a["wins"] if o != "prompt_ids"]
-
-    def table(r):
-        pos = {pid: i for i, pid in enumerate(r["wins"]["prompt_ids"])}
-        return np.array([[r["wins"][o][pos[pid]] for o in objectives] for pid in common])
-
-    diff, lo, hi = paired_bootstrap(lambda x, y: min_mean(x) - min_mean(y), table(a), table(b), seed=seed)
-    return {"minus": b["name"], "difference": diff, "ci95": [lo, hi], "prompts": len(common), "within_noise": lo <= 0 <= hi}
+    side = lambda r: (r["wins"]["prompt_ids"], np.array([r["wins"][o] for o in objectives]).T)  # noqa: E731
+    return {"minus": b["name"], **paired_difference(min_mean, side(a), side(b), seed=seed)}
 
 
 def format_evaluations(results: list[dict]) -> str:
     """A Markdown table: one row per evaluated generation set."""
     objs = list(results[0]["objectives"])
     has_wins = "min_win_rate" in results[0]
+    has_implicit = all("implicit" in r for r in results)
     head = ["generations"] + [f"{o} (mean ± 95% CI)" for o in objs]
     if has_wins:
-        head += [f"{o} win rate" for o in objs] + ["min win rate"]
+        head += [f"{o} win rate" for o in objs] + ["min win rate (95% CI)"]
+    if has_implicit:
+        head += ["MPO objective J, nats (95% CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [str(r["name"])]
@@ -126,6 +139,10 @@ def format_evaluations(results: list[dict]) -> str:
             v = r["objectives"][o]
             cells.append(f"{v['mean']:.2f} ± {(v['ci95'][1] - v['ci95'][0]) / 2:.2f}")
         if has_wins:
-            cells += [f"{r['objectives'][o]['win_rate']:.2f}" for o in objs] + [f"**{r['min_win_rate']:.2f}**"]
+            lo, hi = r["min_win_rate_ci95"]
+            cells += [f"{r['objectives'][o]['win_rate']:.2f}" for o in objs] + [f"**{r['min_win_rate']:.2f}** [{lo:.2f}, {hi:.2f}]"]
+        if has_implicit:
+            j = r["implicit"]
+            cells.append(f"{j['implicit_min']:.1f} [{j['implicit_min_ci95'][0]:.1f}, {j['implicit_min_ci95'][1]:.1f}]")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 One worker actor loads the reference and the K policies once and generates for
 every weight vector in turn (a Ray Data pipeline per point would reload the
 models each time). All points use the same per-prompt seeds as `generate`, so
-two points differ by their weights only, not by sampling luck.
+two points differ by their weights only, not by sampling luck. The same actor
+scores each response under π_ref and every policy (`logp_<name>` columns), so
+every point is also measured on MPO's own objective (`core.yardstick`).
 """
 
 from __future__ import annotations
@@ -88,14 +90,15 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
                     except storage.CorruptFile as exc:
                         log.warning("%s Generating that point again.", exc)
                 worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
-                tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size)
+                tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size, score=True)
                 storage.write_parquet(uri, tables[label])
         finally:
             if worker is not None:
                 worker.kill()
     results = []
     for label in vectors:
-        r = evaluate_generations(tables[label], objectives, reference=tables[REFERENCE], name=label)
+        r = evaluate_generations(tables[label], objectives, reference=tables[REFERENCE], name=label,
+                                 models=(config.reference.name, config.policy_names), seed=g.seed)
         w = points.get(label)
         r["weights"] = None if w is None else list(map(float, w))
         results.append(r)
@@ -110,11 +113,44 @@ def _slug(label: str) -> str:
 
 
 def sweep_points(config: Config, step: float, weights_uri: str | None = None) -> dict[str, list[float]]:
-    """The simplex grid, plus the MPO point from a weights artifact (a file, run directory or store) when one is given."""
-    points = {point_label(w): w.tolist() for w in simplex_grid(len(config.policies), step)}
+    """The simplex grid and the uniform mix, plus the MPO point from a weights artifact (a file, run directory or
+    store) when one is given: with the grid's vertices, every baseline of the paper but the soups (`soup_specs`)."""
+    k = len(config.policies)
+    points = {point_label(w): w.tolist() for w in simplex_grid(k, step)}
+    if not any(np.allclose(w, 1 / k) for w in points.values()):
+        points["uniform"] = [1 / k] * k
     if weights_uri:
         points["MPO"] = WeightsArtifact.read(weights_uri).weights_for(config.policy_names, config.source)
     return points
+
+
+def soup_specs(config: Config, directory: str, weights: dict[str, list[float]]) -> dict[str, PolicySpec]:
+    """Rewarded Soups of the config's LoRA adapters (`models/soup.py`), one per labelled λ, as extra sweep
+    policies; a soup already in ``directory`` from the same adapters and λ is reused (a resumed sweep)."""
+    import json
+
+    from mpo_ray.models.policies import resolve_model
+    from mpo_ray.models.soup import rewarded_soup
+
+    plain = [p.name for p in config.policies if not p.adapter]
+    bases = {(p.model, p.revision) for p in config.policies}
+    if plain or len(bases) != 1:
+        raise UserError(f"{config.source}: a Rewarded Soup averages LoRA adapters of one base model; "
+                        + (f"policies {plain} have no `adapter`" if plain else f"the policies sit on {len(bases)} bases"))
+    if "://" in directory:
+        raise UserError(f"Rewarded Soups are written next to the sweep; {directory!r} is not a local directory. "
+                        "Pass a local --output.")
+    adapters = [resolve_model(p.adapter) for p in config.policies]
+    out = {}
+    for label, w in weights.items():
+        path = os.path.join(directory, _slug(label))
+        record = os.path.join(path, "soup.json")
+        same = os.path.exists(record) and json.loads(storage.read_text(record)) == {"adapters": adapters, "weights": list(w)}
+        if not same:
+            rewarded_soup(adapters, list(w), path)
+        out[label] = PolicySpec(name=label, model=config.policies[0].model, revision=config.policies[0].revision,
+                                adapter=path)
+    return out
 
 
 def default_output(config: Config) -> str:

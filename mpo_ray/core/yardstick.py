@@ -1,0 +1,59 @@
+"""MPO's own yardstick: the MaxMin objective a generation set attains, measured on its samples.
+
+For a policy π and the implicit rewards ℓ_k = log π_k − log π_ref (nats, β divided out),
+
+    J(π) = min_k E_x E_{y~π}[ℓ_k(x, y)] − KL(π ‖ π_ref),
+
+the objective MPO maximises over *all* policies (docs/design.md §1): J(π_λ*) = min_λ F(λ) ≥ J(π)
+for π_ref, any single policy, any other mix, a Rewarded Soup. A set beating MPO on J beyond noise
+therefore means λ̂ (or its decoding) is off. On samples y ~ π with their own log-prob log π(y|x),
+ℓ_k and log π − log π_ref are per-sample unbiased terms of the two expectations; prompts are the
+bootstrap unit, so each prompt's samples are averaged first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpo_ray.core.stats import paired_bootstrap, paired_difference
+
+
+def implicit_terms(prompt_ids, sample_logprob, logp_ref, logp_policies) -> tuple[list, np.ndarray, np.ndarray]:
+    """Per prompt (sorted ids): the mean ℓ_k over its samples [P, K] and the mean log π − log π_ref [P]."""
+    ids = np.asarray(prompt_ids)
+    ref = np.asarray(logp_ref, dtype=np.float64)
+    ell = np.asarray(logp_policies, dtype=np.float64).reshape(len(ids), -1) - ref[:, None]
+    kl = np.asarray(sample_logprob, dtype=np.float64) - ref
+    if not (np.all(np.isfinite(ell)) and np.all(np.isfinite(kl))):
+        raise ValueError("implicit_terms: log-probs must be finite (error rows are dropped before this)")
+    unique, group = np.unique(ids, return_inverse=True)
+    counts = np.bincount(group, minlength=len(unique)).astype(np.float64)
+    ell_p = np.stack([np.bincount(group, ell[:, k], len(unique)) for k in range(ell.shape[1])], axis=1) / counts[:, None]
+    kl_p = np.bincount(group, kl, len(unique)) / counts
+    return unique.tolist(), ell_p, kl_p
+
+
+def implicit_min(ell: np.ndarray, kl: np.ndarray) -> float:
+    """J on a (prompts, objectives) table of mean ℓ and the prompts' mean log π − log π_ref."""
+    return float(np.asarray(ell).mean(axis=0).min() - np.asarray(kl).mean())
+
+
+def implicit_objective(prompt_ids, sample_logprob, logp_ref, logp_policies, names: list[str], *,
+                       seed: int = 0) -> dict:
+    """J with a bootstrap 95% interval over prompts, each E[ℓ_k] and the KL with theirs, and the
+    per-prompt table (`per_prompt`) that `compare_implicit` pairs on."""
+    ids, ell, kl = implicit_terms(prompt_ids, sample_logprob, logp_ref, logp_policies)
+    j, lo, hi = paired_bootstrap(implicit_min, ell, kl, seed=seed)
+    values = {}
+    for k, name in enumerate(names):
+        m, a, b = paired_bootstrap(np.mean, ell[:, k], seed=seed)
+        values[name] = {"mean": m, "ci95": [a, b]}
+    kl_m, kl_lo, kl_hi = paired_bootstrap(np.mean, kl, seed=seed)
+    return {"implicit_min": j, "implicit_min_ci95": [lo, hi], "values": values, "kl": kl_m, "kl_ci95": [kl_lo, kl_hi],
+            "prompts": len(ids), "per_prompt": {"prompt_ids": ids, "ell": ell.tolist(), "kl": kl.tolist()}}
+
+
+def compare_implicit(a: dict, b: dict, *, seed: int = 0) -> dict:
+    """J(a) − J(b) from two `implicit_objective` results, paired over the prompts both answered."""
+    side = lambda r: (r["per_prompt"]["prompt_ids"], r["per_prompt"]["ell"], r["per_prompt"]["kl"])  # noqa: E731
+    return paired_difference(implicit_min, side(a), side(b), seed=seed)
