@@ -114,16 +114,18 @@ def test_generated_rows_carry_their_own_and_every_models_logprob(tmp_path):
     for k, name in enumerate(names):
         weights = [0.0] * len(names)
         weights[k] = 1.0
-        rows = generator.rows(ids, prompts, [1, 2, 3, 4], weights, params, "v", score=True)
+        rows = generator.rows(ids, prompts, [1, 2, 3, 4], weights, params, "v", score=tuple(names))
         assert rows["error"].to_pylist()[3] and rows["sample_logprob"].to_pylist()[3] is None
         assert all(rows[f"logp_{n}"].to_pylist()[3] is None for n in names)
         ok = rows.slice(0, 3)
         np.testing.assert_allclose(ok["sample_logprob"].to_numpy(), ok[f"logp_{name}"].to_numpy(), atol=1e-3)
         assert has_logprobs(ok, names[0], names[1:]) and not has_logprobs(rows, names[0], names[1:])
-    mixed = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], params, "v", score=True)
+    mixed = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], params, "v", score=tuple(names))
     assert np.all(mixed["sample_logprob"].to_numpy() < 0)
     plain = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], params, "v")  # generate's default: no scoring
     assert not any(c.startswith("logp_") for c in plain.column_names)
     assert plain["response"].to_pylist() == mixed["response"].to_pylist()
+    with pytest.raises(ValueError, match="cannot score with"):
+        generator.rows(ids[:1], prompts[:1], [1], [0.5, 0.5], params, "v", score=("nobody",))
     resampled = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], {**params, "num_candidates": 2}, "v")
     assert resampled["sample_logprob"].null_count == 3

@@ -44,13 +44,14 @@ class DemoSize:
     eval_prompts: int
     generate_tokens: int
     sweep_step: float | None  # grid step over the simplex; None: only the vertices and the uniform mix
+    serve: bool = True  # step 2, MPO through `generate` (Ray Data); the sweep's MPO point holds the same rows
 
 
-SIZES = {  # measured on 2 CPU cores: default 11 min 45 s, quick 3 min 28 s (wall, fresh Ray, with the soup set)
+SIZES = {  # measured on 2 CPU cores: see the README
     "default": DemoSize(reweight_prompts=24, samples_per_prompt=8, sample_tokens=32, eval_prompts=24,
                         generate_tokens=32, sweep_step=0.5),
-    "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=24, eval_prompts=8,
-                      generate_tokens=24, sweep_step=None),
+    "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=16, eval_prompts=8,
+                      generate_tokens=16, sweep_step=None, serve=False),
 }
 # Untempered: J(π) is a property of the policy itself, and a tempered π_λ* is no longer the MaxMin optimum.
 GENERATION = {"temperature": 1.0}
@@ -70,7 +71,7 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int
         "rewards": [{"name": REWARDS[obj], "function": f"mpo_ray.demo.objectives:{REWARDS[obj]}", "objective": obj}
                     for obj in OBJECTIVES],
         "reweight": {
-            "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 4, "seed": seed,
+            "prompts": os.path.join(out, "prompts", "reweight.jsonl"), "batch_prompts": 8, "seed": seed,
             "output": os.path.join(out, "reweight"), "min_median_ess": 1.5,
             # DPO moves the policies far from π_ref: samples from π_ref alone leave a median ESS near 1
             # (measured); drawing them from π_ref and every policy (balance heuristic) keeps the estimate sound.
@@ -80,7 +81,7 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int
         "generate": {
             "prompts": os.path.join(out, "prompts", "eval.jsonl"), "output": os.path.join(out, "generations", "mpo"),
             "weights_uri": os.path.join(out, "reweight", "weights.json"),
-            "max_new_tokens": size.generate_tokens, "batch_size": 16, "seed": seed, **GENERATION,
+            "max_new_tokens": size.generate_tokens, "batch_size": 32, "seed": seed, **GENERATION,
         },
     }
     return config_from_dict(data, source="mpo-ray demo")
@@ -169,8 +170,11 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
         artifact = reweight(config.model_copy(update={"rewards": []}), progress=progress)
         lam = dict(zip(config.policy_names, artifact["weights"]))
 
-        step(2, "generate MPO", "generate with the MPO weights (Ray Data → Parquet)")
-        generate(config, progress=progress)
+        if size.serve:
+            step(2, "generate MPO", "generate with the MPO weights (Ray Data → Parquet)")
+            generate(config, progress=progress)
+        else:
+            log.info("[2/5] generate: skipped in --quick (the sweep's MPO point below holds the same rows)")
 
         step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, MPO, a Rewarded Soup "
              "and a weight grid; score every response with every model")
@@ -189,7 +193,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     mpo = by_name["MPO"]
     shown = [by_name[n] for n in (REFERENCE, *config.policy_names, "uniform", "soup", "MPO")]
     headline = headlines(sweep["points"], seed)
-    agreement = _generate_agreement(out, mpo)
+    agreement = _generate_agreement(out, mpo) if size.serve else None
     storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
 
     step(5, "report", "report and plots")
@@ -279,14 +283,11 @@ def _generate_agreement(out: str, mpo: dict) -> float:
 
 def _examples(out: str, names: list[str], n: int = 2) -> list[dict]:
     """The first n eval prompts as answered by π_ref, each single policy, and MPO."""
-    sources = {"π_ref": os.path.join(out, "generations", "sweep", "reference.parquet")}
-    sources.update({name: os.path.join(out, "generations", "sweep", f"{name}.parquet") for name in names})
+    sources = {"π_ref": "reference", **{name: name for name in names}, "MPO": "MPO"}
     texts = {}
-    for who, uri in sources.items():
-        t = storage.read_parquet(uri)
+    for who, label in sources.items():
+        t = storage.read_parquet(os.path.join(out, "generations", "sweep", f"{label}.parquet"))
         texts[who] = dict(zip(t["prompt_id"].to_pylist(), t["response"].to_pylist()))
-    mpo = storage.read_parquet_files(storage.list_files(os.path.join(out, "generations", "mpo")))
-    texts["MPO"] = dict(zip(mpo["prompt_id"].to_pylist(), mpo["response"].to_pylist()))
     rows = [json.loads(line) for line in storage.read_text(os.path.join(out, "prompts", "eval.jsonl")).splitlines()][:n]
     return [{"prompt": r["prompt"], "answers": {who: t.get(r["prompt_id"], "") for who, t in texts.items()}} for r in rows]
 

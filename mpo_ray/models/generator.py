@@ -43,9 +43,9 @@ class BatchGenerator:
         return self._mixed[key]
 
     def rows(self, ids: list[str], prompts: list[str], seeds: list[int], weights: list[float], params: dict,
-             version: str, errors: list[str | None] | None = None, *, score: bool = False) -> pa.Table:
+             version: str, errors: list[str | None] | None = None, *, score: tuple[str, ...] = ()) -> pa.Table:
         """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad.
-        With ``score``, every loaded model's log π(y|x) of each response too (``logp_<name>`` columns):
+        ``score`` names loaded models whose log π(y|x) of each response is added (``logp_<name>`` columns):
         with ``sample_logprob`` they measure MPO's own objective (`core.yardstick`)."""
         mixed = self.mixture(weights)
         errors = list(errors) if errors is not None else [None] * len(ids)
@@ -64,17 +64,21 @@ class BatchGenerator:
                         [gens[i]] = mixed.generate([prompts[i]], seed=[seeds[i]], **params)
                     except ValueError as exc:
                         errors[i] = str(exc)
-        logprobs = self.score(prompts, gens, len(ids)) if score else None
+        logprobs = self.score(score, prompts, gens, len(ids)) if score else None
         return generation_table(ids, prompts, [gens.get(i) for i in range(len(ids))], seeds, version, errors,
                                 resampled=params.get("num_candidates", 1) > 1, logprobs=logprobs)
 
-    def score(self, prompts: list[str], gens: dict, n: int) -> dict[str, list]:
+    def score(self, names, prompts: list[str], gens: dict, n: int) -> dict[str, list]:
         """model name → teacher-forced log π(y|x) of the generated token ids (None where a row has none)."""
         from mpo_ray.models.scoring import score_sequences
 
+        by_name = {p.name: p for p in self.policies}
+        unknown = [m for m in names if m not in by_name]
+        if unknown:
+            raise ValueError(f"cannot score with {unknown}: this generator holds {list(by_name)}")
         done = sorted(gens)
         out = {}
-        for policy in self.policies:
+        for policy in (by_name[m] for m in names):
             values = score_sequences(policy, [prompts[i] for i in done], [gens[i].token_ids for i in done]) if done else []
             column = [None] * n
             for i, v in zip(done, values):

