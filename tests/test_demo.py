@@ -110,6 +110,8 @@ def test_quick_demo_end_to_end(tmp_path):
     # untempered π_ref scored by π_ref: the decoder's log-probs and teacher forcing agree, so its KL is 0
     assert abs(by_kind["reference"]["kl"]) < 1e-3 and by_kind["mpo"]["kl"] > 0
     assert summary["best_grid"]["name"] in kinds
+    cal = summary["calibration"]  # λ̂'s predicted E[ℓ_k] against MPO's own samples
+    assert set(cal["measured"]) == set(OBJECTIVES) and cal["apart"] == (cal["gap_ci95"][0] > 0) and cal["gap"] >= 0
 
     artifact = WeightsArtifact.read(str(out / "reweight"))
     assert artifact["policies"] == list(OBJECTIVES) and abs(sum(artifact["weights"]) - 1) < 1e-9
@@ -131,7 +133,7 @@ def test_quick_demo_end_to_end(tmp_path):
 
     report = (out / "report.md").read_text()
     for needle in ("Mixing weights", "min win rate", "objectives.png", "solver.png", "front.png", "paired bootstrap",
-                   "90% intervals", "MPO's own objective J", "Best fixed-weight mixture"):
+                   "90% intervals", "MPO's own objective J", "Best fixed-weight mixture", "Calibration:"):
         assert needle in report
     for png in ("solver.png", "objectives.png", "front.png"):
         data = (out / png).read_bytes()
