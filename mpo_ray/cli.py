@@ -63,18 +63,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from mpo_ray.demo.plots import plot_front
     from mpo_ray.io.storage import join
     from mpo_ray.workflows.evaluate import format_evaluations
-    from mpo_ray.io.ownership import check_ours
-    from mpo_ray.workflows.sweep import default_output, run_sweep, soup_specs, sweep_points
+    from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
 
     points = sweep_points(config, args.step, _local(args.weights))
     output = _local(args.output) or default_output(config)
-    extra = {}
+    soups = None
     if args.soup:  # the paper's weight-space baseline: the uniform soup, and one at MPO's λ when it is given
         k = len(config.policies)
         soups = {"soup": [1 / k] * k, **({"soup_mpo": points["MPO"]} if "MPO" in points else {})}
-        check_ours(output, "sweep")  # the soups are written inside the sweep's own directory
-        extra = soup_specs(config, join(output, "soups"), soups)
-    summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, extra=extra,
+    summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, soups=soups,
                         progress=not args.quiet)
     plot_front(join(output, "front.png"), summary)
     print(format_evaluations(summary["points"]))

@@ -180,11 +180,11 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
              "and a weight grid; score every response with every model")
         points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
         points["uniform"] = [1 / k] * k
-        points["MPO"] = list(artifact["weights"])
         if size.sweep_step:
             for w in simplex_grid(k, size.sweep_step):  # vertices and centre are there already
-                if not any(np.allclose(w, v) for v in list(points.values())[:-1] if v):
+                if not any(np.allclose(w, v) for v in points.values()):
                     points[point_label(w)] = w.tolist()
+        points["MPO"] = list(artifact["weights"])  # its own set even where it falls on a grid point
         sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points,
                           extra=soups, progress=progress)
 

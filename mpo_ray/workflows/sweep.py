@@ -49,10 +49,12 @@ def point_label(weights) -> str:
 
 
 def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | None], max_prompts: int | None = None,
-              extra: dict[str, PolicySpec] | None = None, progress: bool = True) -> dict:
+              extra: dict[str, PolicySpec] | None = None, soups: dict[str, list[float]] | None = None,
+              progress: bool = True) -> dict:
     """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), and once per ``extra``
-    policy on its own (e.g. a Rewarded Soup), evaluate every set against the reference with the config's
-    rewards; write `output`/<label>.parquet and sweep.json."""
+    policy on its own, and per ``soups`` label a Rewarded Soup of the policies at that λ (`soup_specs`,
+    under `output`/soups/); evaluate every set against the reference with the config's rewards;
+    write `output`/<label>.parquet and sweep.json."""
     from tqdm.auto import tqdm
 
     g = config.section("generate")
@@ -70,6 +72,9 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
     params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.num_candidates}
     points = {REFERENCE: None, **{label: w for label, w in points.items() if label != REFERENCE}}
     extra = dict(extra or {})
+    if soups:  # written inside the sweep's own directory, so it is marked first
+        mark_ours(output, "sweep")
+        extra.update(soup_specs(config, storage.join(output, "soups"), soups))
     specs = [config.reference, *config.policies, *extra.values()]  # one generator: a shared base loads once
     vectors = {label: [1.0] + [0.0] * (k + len(extra)) if w is None else [0.0] + [float(x) for x in w] + [0.0] * len(extra)
                for label, w in points.items()}
