@@ -157,6 +157,10 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     k = len(config.policies)
     soups = soup_specs(config, os.path.join(out, "soup"), {"soup": [1 / k] * k})
     _write_prompts(out, size)
+    log.info("sizes: %d reweight prompts × %d samples of ≤ %d tokens; %d held-out prompts per set, ≤ %d tokens%s "
+             "(--eval-prompts N, up to %d, for tighter intervals)", size.reweight_prompts, size.samples_per_prompt,
+             size.sample_tokens, size.eval_prompts, size.generate_tokens,
+             f"; weight grid step {size.sweep_step}" if size.sweep_step else "", len(demo_prompts("eval")))
     t0, times = time.perf_counter(), {}
 
     def step(i: int, key: str, what: str):
@@ -176,8 +180,8 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
         else:
             log.info("[2/5] generate: skipped in --quick (the sweep's MPO point below holds the same rows)")
 
-        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, MPO, a Rewarded Soup "
-             "and a weight grid; score every response with every model")
+        step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, MPO, a Rewarded Soup"
+             + (" and a weight grid" if size.sweep_step else "") + "; score every response with every model")
         points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
         points["uniform"] = [1 / k] * k
         if size.sweep_step:
