@@ -197,7 +197,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     mpo = by_name["MPO"]
     shown = [by_name[n] for n in (REFERENCE, *config.policy_names, "uniform", "soup", "MPO")]
     headline = headlines(sweep["points"], seed)
-    agreement = _generate_agreement(out, mpo) if size.serve else None
+    agreement = _generate_agreement(out) if size.serve else None
     storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
 
     step(5, "report", "report and plots")
@@ -304,13 +304,11 @@ def best_grid(points: list[dict], policies: list[str]) -> dict:
             "min_win_rate_ci95": best["min_win_rate_ci95"]}
 
 
-def _generate_agreement(out: str, mpo: dict) -> float:
+def _generate_agreement(out: str) -> float:
     """Share of prompts where `generate` (Ray Data) wrote the same text as the sweep's MPO point: both use
     the same seeds and weights, so anything below 1 is floating-point drift between batch layouts."""
-    from mpo_ray.workflows.sweep import _slug
-
     served = storage.read_parquet_files(storage.list_files(os.path.join(out, "generations", "mpo")))
-    swept = storage.read_parquet(os.path.join(out, "generations", "sweep", f"{_slug('MPO')}.parquet"))
+    swept = storage.read_parquet(os.path.join(out, "generations", "sweep", "MPO.parquet"))
     a = dict(zip(served["prompt_id"].to_pylist(), served["response"].to_pylist()))
     b = dict(zip(swept["prompt_id"].to_pylist(), swept["response"].to_pylist()))
     common = set(a) & set(b)

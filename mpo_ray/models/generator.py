@@ -47,6 +47,9 @@ class BatchGenerator:
         """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad.
         ``score`` names loaded models whose log π(y|x) of each response is added (``logp_<name>`` columns):
         with ``sample_logprob`` they measure MPO's own objective (`core.yardstick`)."""
+        unknown = sorted(set(score) - {p.name for p in self.policies})
+        if unknown:  # before any decoding, not after it
+            raise ValueError(f"cannot score with {unknown}: this generator holds {[p.name for p in self.policies]}")
         mixed = self.mixture(weights)
         errors = list(errors) if errors is not None else [None] * len(ids)
         ok = [i for i, e in enumerate(errors) if e is None]
@@ -73,9 +76,6 @@ class BatchGenerator:
         from mpo_ray.models.scoring import score_sequences
 
         by_name = {p.name: p for p in self.policies}
-        unknown = [m for m in names if m not in by_name]
-        if unknown:
-            raise ValueError(f"cannot score with {unknown}: this generator holds {list(by_name)}")
         done = sorted(gens)
         out = {}
         for policy in (by_name[m] for m in names):

@@ -16,8 +16,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mpo_ray.core.errors import UserError
+from mpo_ray.core.stats import (
+    mean_ci,
+    min_mean,
+    paired_bootstrap,
+    paired_difference,
+    wilson,
+    win_rates,
+)
 from mpo_ray.core.yardstick import implicit_objective
-from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, paired_difference, wilson, win_rates
 from mpo_ray.io import storage
 
 REQUIRED = ("prompt_id", "prompt", "response")
