@@ -16,6 +16,12 @@ from mpo_ray.core.names import VERSION_NAME
 
 DTYPES = ("float32", "bfloat16", "float16")
 NIGHT_ID = VERSION_NAME  # a night id names a store version
+# Score-table columns every run writes whatever the policies are called (io/schemas.py): a policy's log-probs go
+# to `logp_<name>`, so a policy named `ref` or `proposal` would overwrite the reference's or the proposal's column.
+FIXED_LOGP_COLUMNS = {"logp_ref": "the reference's log-probs", "logp_proposal": "the proposal's log-probs"}
+# The decoder refuses |λ_k| beyond this (models/decoding.py MAX_ABS_WEIGHT: float32 mixing loses its resolution);
+# config cannot import models, so the number is repeated here and a test keeps the two equal.
+MAX_ABS_WEIGHT = 1e4
 
 
 class ConfigError(UserError):
@@ -41,6 +47,8 @@ def _matching(pattern: re.Pattern, rule: str) -> AfterValidator:
 Name = Annotated[str, _matching(re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"), "a name must start with a letter and use "
                                 "only letters, digits, '_' or '-' (it becomes a column name)")]
 Tokens = Annotated[int, Field(ge=1)]
+# What torch.device accepts and mpo-ray can place a model on; a typo ("gpu", "cuda0") fails here, not in an actor.
+Device = Annotated[str, _matching(re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)\Z"), "use cpu, cuda, cuda:N, mps, xpu or xpu:N")]
 
 
 class _Strict(BaseModel):
@@ -58,7 +66,7 @@ class PolicySpec(_Strict):
     adapter: str | None = None
     system_prompt: str | None = None
     dtype: Literal[("auto",) + DTYPES] = "auto"
-    device: str | None = None
+    device: Device | None = None
     revision: str | None = None
     trust_remote_code: bool = False
 
@@ -82,8 +90,8 @@ class RewardSpec(_Strict):
     model: str | None = None
     objective: str | None = None
     revision: str | None = None
-    dtype: str = "auto"
-    device: str | None = None
+    dtype: Literal[("auto",) + DTYPES] = "auto"
+    device: Device | None = None
     batch_size: int = Field(16, ge=1)
     trust_remote_code: bool = False
 
@@ -195,6 +203,12 @@ class GenerateConfig(DecodingParams):
             raise Invalid("num_candidates", "> 1 needs sampling (greedy candidates are identical); set temperature > 0.")
         if self.weights is not None and self.weights_uri is not None:
             raise Invalid("weights", "and `weights_uri` (a weights.json from `mpo-ray reweight`) are both set; keep one.")
+        items = self.weights.items() if isinstance(self.weights, dict) else enumerate(self.weights or [])
+        for key, w in items:
+            if abs(w) > MAX_ABS_WEIGHT:
+                raise Invalid(f"weights[{key}]" if isinstance(key, int) else f"weights.{key}",
+                              f"is {w:g}, beyond the decoder's |λ| <= {MAX_ABS_WEIGHT:g} (float32 mixing would lose all "
+                              "resolution); give weights of a sensible size, e.g. on the simplex (summing to 1).")
         return self
 
 
@@ -286,7 +300,19 @@ class Config(_Strict):
         for i, p in enumerate(self.policies):
             if p.name in seen:
                 raise Invalid(f"policies[{i}].name", f"is {p.name!r} again; names must be unique across reference and policies.")
+            if (column := f"logp_{p.name}") in FIXED_LOGP_COLUMNS:  # the reference may be `ref`: its column is logp_ref anyway
+                raise Invalid(f"policies[{i}].name", f"is {p.name!r}, but the score table's column `{column}` holds "
+                                                     f"{FIXED_LOGP_COLUMNS[column]}; rename the policy.")
             seen.add(p.name)
+        rewards = set()
+        for i, r in enumerate(self.rewards):
+            if r.name in rewards:
+                raise Invalid(f"rewards[{i}].name", f"is {r.name!r} again; reward names must be unique (each is a column "
+                                                    f"`reward_{r.name}`).")
+            if r.name in seen:  # a model and a reward run as actors named after them: the second name is taken
+                raise Invalid(f"rewards[{i}].name", f"is {r.name!r}, the name of a model (reference or policy); give the "
+                                                    "reward its own name.")
+            rewards.add(r.name)
         for i, r in enumerate(self.rewards):
             if r.objective is not None and r.objective not in names:
                 raise Invalid(f"rewards[{i}].objective", f"is {r.objective!r}, not one of the policies {names}.")

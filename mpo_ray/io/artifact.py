@@ -11,6 +11,7 @@ typed accessors for the fields every reader needs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 
@@ -27,6 +28,13 @@ WEIGHTS_FILE = "weights.json"
 LATEST_FILE = "latest.json"
 LATEST_FORMAT = "mpo-ray/weights-store-latest"
 VERSIONS_DIR = "versions"
+# A weights artifact nests a few levels. json.loads raises RecursionError on deep documents, but how deep depends on
+# the caller's own stack; a fixed limit gives every caller the same answer.
+MAX_DEPTH = 64
+# The decoder's |λ_k| limit (models/decoding.py MAX_ABS_WEIGHT; io cannot import models, a test keeps them equal).
+MAX_ABS_WEIGHT = 1e4
+
+log = logging.getLogger(__name__)
 
 
 class WeightsArtifact(Mapping):
@@ -76,16 +84,25 @@ class WeightsArtifact(Mapping):
 
     @classmethod
     def read(cls, uri: str) -> WeightsArtifact:
-        """The artifact ``uri`` means (see :func:`resolve`); UserError naming the file when it is missing or malformed."""
-        path = resolve(uri)
+        """The artifact ``uri`` means (see :func:`resolve`); UserError naming the file when it is missing, cannot be
+        reached or is malformed. An unsealed artifact (no ``sha256``, e.g. written by hand) is accepted with a warning."""
+        path = uri
         try:
-            data = storage.read_json(path)
+            path = resolve(uri)
+            data = read_document(path)
         except FileNotFoundError:
             raise UserError(f"weights artifact {path!r} does not exist; run `mpo-ray reweight` (or `mpo-ray nightly`) "
                             "first, or pass the right --weights.") from None
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"weights artifact {path!r} cannot be read ({type(exc).__name__}: {exc}).") from None
-        return cls(data, source=path)
+        except UserError:
+            raise
+        except Exception as exc:  # fsspec backends raise their own types (aiohttp, botocore...): all mean "unreadable"
+            raise UserError(f"weights artifact {path!r} cannot be read ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]}); check the path or URL and your access to it.") from None
+        artifact = cls(data, source=path)
+        if storage.SEAL not in data:
+            log.warning("%s has no `%s` seal, so its integrity cannot be checked (a changed byte would go unnoticed); "
+                        "using it anyway. mpo-ray seals every artifact it writes.", path, storage.SEAL)
+        return artifact
 
     # --- Mapping -----------------------------------------------------------------
 
@@ -100,6 +117,35 @@ class WeightsArtifact(Mapping):
 
     def __repr__(self) -> str:
         return f"WeightsArtifact({self.version!r}, {dict(zip(self.policies, self.weights))})"
+
+
+def read_document(uri: str, what: str = "weights artifact"):
+    """A JSON document: a UTF-8 byte-order mark is accepted (as in configs), nesting beyond MAX_DEPTH is not
+    (UserError naming ``what`` and ``uri``); FileNotFoundError and the filesystem's own errors pass through."""
+    text = storage.read_text(uri).removeprefix("\ufeff")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{what} {uri!r} is not valid JSON ({exc}).") from None
+    except RecursionError:
+        too_deep = True
+    else:
+        too_deep = _deeper_than(obj, MAX_DEPTH)
+    if too_deep:
+        raise UserError(f"{what} {uri!r} nests more than {MAX_DEPTH} levels deep, which no mpo-ray document does; "
+                        "restore it or write it again.")
+    return obj
+
+
+def _deeper_than(obj, limit: int) -> bool:
+    """Whether ``obj`` nests more than ``limit`` lists/dicts deep, level by level (no recursion to overflow)."""
+    level = [obj]
+    for _ in range(limit + 1):
+        level = [c for o in level for c in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ())
+                 if isinstance(c, (dict, list))]
+        if not level:
+            return False
+    return True
 
 
 def validate(obj, source: str) -> dict:
@@ -123,6 +169,9 @@ def validate(obj, source: str) -> dict:
     ok = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
     if not ok or not sum(weights) > 0:
         raise UserError(f"{source}: `weights` must be finite, non-negative and not all zero, got {weights}.")
+    if max(weights) > MAX_ABS_WEIGHT:
+        raise UserError(f"{source}: `weights` {weights} go beyond the decoder's |λ| <= {MAX_ABS_WEIGHT:g} (float32 mixing "
+                        "would lose all resolution); MPO's weights sum to 1: restore the artifact or write it again.")
     beta = obj["beta"]
     if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta <= 0:
         raise UserError(f"{source}: `beta` must be a positive number, got {beta!r}.")
@@ -136,7 +185,7 @@ def read_latest(store_uri: str) -> dict | None:
     if not storage.exists(uri):
         return None
     try:
-        pointer = storage.read_json(uri)
+        pointer = read_document(uri, "weights store pointer")
         storage.check_seal(pointer, uri)
         version = pointer["version"]
         ok = (pointer.get("format") == LATEST_FORMAT and isinstance(version, str) and bool(VERSION_NAME.match(version))
