@@ -1,15 +1,23 @@
-"""Output directories are mpo-ray's only if it made them: a marker says which workflow did.
+"""Output directories are mpo-ray's only if it made them, and inside them only the files it wrote.
 
 A user's files are never overwritten, emptied or deleted. Every workflow checks
 its output before any work starts: a missing or empty directory is fine; one
 that holds this workflow's marker is resumed or reused; anything else is
 refused, naming what is there. The marker is written just before the first
 output file, so a run refused on bad input leaves nothing behind.
+
+Ownership goes down to the file: a Parquet file is mpo-ray's when its footer
+carries the digest and the very name `storage.write_parquet` wrote it under (a
+user's file, or a user's copy of ours under another name, is not). Only such a
+file is ever replaced or deleted, never through a symbolic link; everything else
+in the directory is left alone and named in a warning.
 """
 
 from __future__ import annotations
 
 import datetime
+import logging
+import posixpath
 
 from mpo_ray import __version__
 from mpo_ray.core.errors import UserError
@@ -19,13 +27,20 @@ META_DIR = "__mpo_ray__"  # pyarrow, pandas and `datasets` readers all skip a di
 OWNER_FILE = f"{META_DIR}/owner.json"
 FORMAT = "mpo-ray/owner"
 
+log = logging.getLogger(__name__)
 
-def check_ours(uri: str, kind: str, *, what: str = "output") -> bool:
+
+def check_ours(uri: str, kind: str, *, what: str = "output", subdirs: tuple[str, ...] = ()) -> bool:
     """True when ``uri`` holds an earlier ``kind`` run's output, False when it is absent or empty;
-    UserError for a file, a corrupt marker, another workflow's output or a directory mpo-ray did not make."""
+    UserError for a file, a corrupt marker, another workflow's output, a directory mpo-ray did not make, or
+    a symbolic link where this workflow writes (its ``subdirs`` and `META_DIR`): writes never go through one."""
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         return False
+    for sub in (META_DIR, *subdirs):
+        if storage.is_link(storage.join(uri, sub)):
+            raise UserError(f"{what} {uri!r}: {sub!r} in it is a symbolic link; mpo-ray writes only into directories it "
+                            "made. Replace the link with a directory, or choose another output.")
     if not fs.isdir(path):
         raise UserError(f"{what} {uri!r} is a file; give a directory (mpo-ray does not overwrite files it did not make).")
     entries = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
@@ -57,3 +72,37 @@ def mark_ours(uri: str, kind: str, **info) -> None:
     if not storage.exists(marker):
         storage.write_json(marker, {"format": FORMAT, "kind": kind, "library_version": __version__,
                                     "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), **info})
+
+
+def owns_file(uri: str) -> bool:
+    """Whether mpo-ray wrote the Parquet file at ``uri`` under this name (its footer says so; files written
+    before names were recorded carry the digest alone). Unreadable footers are not known to be ours."""
+    meta = storage.parquet_metadata(uri)
+    if meta is None or storage.DIGEST_KEY not in meta:
+        return False
+    name = meta.get(storage.NAME_KEY)
+    return name is None or name.decode("utf-8", "replace") == storage.basename(uri)
+
+
+def _linked(root: str, uri: str) -> str | None:
+    """The first symbolic link on the way from ``root`` down to ``uri`` (``root`` itself may be one)."""
+    rel = posixpath.relpath(uri, root) if "://" not in uri else uri[len(root):].strip("/")
+    parts = [p for p in rel.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        here = storage.join(root, *parts[:i])
+        if storage.is_link(here):
+            return here
+    return None
+
+
+def remove_ours(uri: str, root: str, *, why: str) -> bool:
+    """Delete ``uri`` if mpo-ray wrote it (`owns_file`) and no link lies between ``root`` and it; otherwise leave it
+    alone with a warning. True when deleted."""
+    link = _linked(root, uri)
+    if link is None and owns_file(uri):
+        log.info("removing %s (%s)", uri, why)
+        storage.remove(uri)
+        return True
+    reason = f"{link} is a symbolic link" if link else "mpo-ray did not write it under this name"
+    log.warning("left alone: %s (%s; %s). Move it out of %s if it should not be there.", uri, why, reason, root)
+    return False

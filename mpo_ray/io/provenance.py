@@ -2,8 +2,11 @@
 
 A local model or adapter is identified by the sha256 of every one of its files,
 not by its name or size: a policy retrained in place gets a new identity, and
-rows scored with the old one are not reused. Digests are cached by (path, size,
-mtime), so a large model is hashed once, not on every run.
+rows scored with the old one are not reused. Digests are cached by (path, inode,
+size, mtime, ctime), so a large model is hashed once, not on every run. The ctime
+is what makes the cache safe: an edit in place that restores the old mtime
+(``touch -d``, ``cp -p``, ``rsync -t``) cannot restore the ctime, which the kernel
+sets on every change, so the file is hashed again.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def tree_digest(path: str) -> str:
     h, changed = hashlib.sha256(), False
     for full in files:
         st = os.stat(full)
-        key = f"{os.path.abspath(full)}|{st.st_size}|{st.st_mtime_ns}"
+        key = f"{os.path.abspath(full)}|{st.st_ino}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}"
         if key not in known:
             known[key], changed = _file_sha256(full), True
         h.update(f"{os.path.relpath(full, path) if full != path else os.path.basename(full)}\0{known[key]}\n".encode())

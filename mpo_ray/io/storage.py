@@ -8,12 +8,15 @@ Temporary names start with ``_tmp-`` and are ignored by every reader here.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
+import os
 import uuid
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -41,13 +44,23 @@ def _write_atomic(uri: str, data: bytes) -> None:
     if parent:
         fs.makedirs(parent, exist_ok=True)
     tmp = f"{parent}/{TMP_PREFIX}{uuid.uuid4().hex}" if parent else f"{TMP_PREFIX}{uuid.uuid4().hex}"
-    with fs.open(tmp, "wb") as f:
-        f.write(data)
     try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
         fs.mv(tmp, path)
-    except Exception:
-        fs.rm(tmp)
+    except BaseException as exc:  # nothing half-written stays behind, whatever stopped us
+        try:
+            if fs.exists(tmp):
+                fs.rm(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
+            raise UserError(f"cannot write {uri!r}: {os.strerror(exc.errno)}; free space or fix permissions, then rerun "
+                            "(finished files are kept and reused).") from None
         raise
+
+
+_USER_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -88,9 +101,17 @@ def check_seal(obj, source: str) -> None:
                           "or write it again.")
 
 
-def remove(uri: str) -> None:
-    """Delete one file (callers delete only files mpo-ray wrote, in directories it owns)."""
+def is_link(uri: str) -> bool:
+    """A symbolic link (local paths; object stores have none): mpo-ray never writes or deletes through one."""
     fs, path = filesystem(uri)
+    return isinstance(fs, LocalFileSystem) and os.path.islink(path)
+
+
+def remove(uri: str) -> None:
+    """Delete one file: never a link (callers delete only files mpo-ray wrote: `ownership.remove_ours`)."""
+    fs, path = filesystem(uri)
+    if is_link(uri):
+        raise UserError(f"{uri!r} is a symbolic link; mpo-ray never deletes through one.")
     fs.rm(path)
 
 
@@ -100,6 +121,7 @@ def exists(uri: str) -> bool:
 
 
 DIGEST_KEY = b"mpo_ray.content_sha256"
+NAME_KEY = b"mpo_ray.file"  # the name a file was written under: a copy under another name is not the file we wrote
 
 
 class CorruptFile(UserError):
@@ -115,8 +137,9 @@ def table_digest(table: pa.Table) -> str:
 
 
 def write_parquet(uri: str, table: pa.Table) -> None:
-    """Atomically, with the values' digest in the file's metadata (checked by ``read_parquet(verify=True)``)."""
-    metadata = {**(table.schema.metadata or {}), DIGEST_KEY: table_digest(table).encode()}
+    """Atomically, with the values' digest and the file's own name in its metadata (checked by
+    ``read_parquet(verify=True)``; the name is how `ownership` tells our files from a user's)."""
+    metadata = {**(table.schema.metadata or {}), DIGEST_KEY: table_digest(table).encode(), NAME_KEY: basename(uri).encode()}
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(metadata), buf)
     _write_atomic(uri, buf.getvalue())
@@ -145,8 +168,9 @@ def read_parquet(uri: str, *, verify: bool = False) -> pa.Table:
     try:
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
-        expected = (table.schema.metadata or {}).get(DIGEST_KEY)
-        matches = expected is not None and table_digest(table.replace_schema_metadata(None)) == expected.decode("ascii")
+        meta = table.schema.metadata or {}
+        expected, name = meta.get(DIGEST_KEY), meta.get(NAME_KEY)
+        matches = expected is not None and table_digest(table) == expected.decode("ascii")
     except FileNotFoundError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:  # ValueError: UnicodeDecodeError, bad JSON in metadata
@@ -155,7 +179,23 @@ def read_parquet(uri: str, *, verify: bool = False) -> pa.Table:
         raise CorruptFile(f"{uri} carries no content digest; it was not written by this mpo-ray or was rewritten.")
     if not matches:
         raise CorruptFile(f"{uri} does not match the digest it was written with (changed on disk).")
+    if name is not None and name.decode("utf-8", "replace") != basename(uri):
+        raise CorruptFile(f"{uri} is a copy of {name.decode('utf-8', 'replace')!r}, not the file written under this name.")
     return table
+
+
+def basename(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parquet_metadata(uri: str) -> dict[bytes, bytes] | None:
+    """A Parquet file's key-value metadata from its footer alone (None when the footer does not read)."""
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return dict(pq.ParquetFile(f).schema_arrow.metadata or {})
+    except (pa.ArrowException, OSError, ValueError):
+        return None
 
 
 def read_parquet_files(uris: list[str]) -> pa.Table:

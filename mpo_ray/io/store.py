@@ -40,7 +40,7 @@ from mpo_ray.io import storage
 from mpo_ray.io.artifact import LATEST_FILE as LATEST
 from mpo_ray.io.artifact import LATEST_FORMAT, VERSIONS_DIR, WeightsArtifact, read_latest
 from mpo_ray.io.artifact import WEIGHTS_FILE as WEIGHTS
-from mpo_ray.io.ownership import OWNER_FILE, check_ours, mark_ours
+from mpo_ray.io.ownership import OWNER_FILE, check_ours, mark_ours, remove_ours
 
 LOCK = "latest.lock"
 log = logging.getLogger(__name__)
@@ -258,9 +258,9 @@ class ScoreCache:
             try:
                 with fs.open(path, "rb") as f:
                     keys = pq.read_table(f, columns=["prompt_id", "prompt"])  # a small read: two columns
-            except (pa.ArrowException, OSError) as exc:  # a truncated or damaged file of ours: never trusted, not kept
-                log.warning("%s cannot be read (%s); removing it, its prompts are scored again.", uri, exc)
-                storage.remove(uri)
+            except (pa.ArrowException, OSError) as exc:  # truncated or damaged: never trusted; deleted only if ours
+                log.warning("%s cannot be read (%s); its prompts are scored again.", uri, exc)
+                remove_ours(uri, self.store.uri, why="unreadable")
                 continue
             hits = {i for i, p in zip(keys.column("prompt_id").to_pylist(), keys.column("prompt").to_pylist())
                     if wanted.get(i) == p and i not in taken}

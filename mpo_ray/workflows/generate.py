@@ -1,12 +1,13 @@
 """Bulk generation: a prompt corpus → Ray Data → the mixed policy → Parquet (docs/design.md §3).
 
     read the corpus (Parquet / JSONL / CSV / a saved `datasets` dir; any fsspec URL)
-    → give each row an id and a seed derived from it; drop the ids the output already holds
+    → give each row an id and a seed derived from it; drop the ids the output already holds (with the same text)
     → map_batches through GenerationWorker replicas (all K policies inside one actor)
     → write_parquet into <output>/__mpo_ray__/staging/<attempt>/ → promote complete files into <output>/
 
 <output>/*.parquet holds one row per prompt (GENERATION_SCHEMA); <output>/__mpo_ray__/ holds
-owner.json (this output is generate's), manifest.json (the settings), summary.json and staging/.
+owner.json (this output is generate's), manifest.json (the settings and their fingerprint: models by
+content, λ, decoding), summary.json and staging/.
 pyarrow, pandas and `datasets` all skip a directory named `__…` (`datasets` does not skip a
 single leading `_`).
 
@@ -14,9 +15,11 @@ Why staging: Ray Data writes files in place, so a reader or a resumed run could 
 half-written one. A Parquet file whose footer reads is complete: staged files are promoted
 (rewritten atomically with a digest of their values) once they read; truncated ones are
 deleted. A rerun promotes what a stopped run left, reads the ids already written (a file
-that no longer matches its digest is removed and its prompts generated again) and
-generates only the rest; promotion drops ids already present, so retried work never
-yields a second row. Seeds derive from (seed,
+that no longer matches its digest is removed and its prompts generated again; a row whose
+prompt text changed since is dropped from its file and generated again) and generates only
+the rest; promotion drops ids already present, so retried work never yields a second row.
+Only files this output's runs wrote (their footer names the file and the settings'
+fingerprint) are counted, rewritten or removed; anything else there is left alone. Seeds derive from (seed,
 prompt id) and a MixedPolicy row depends on its own seed only, so the output does not
 depend on how the corpus is split into blocks, batches or replicas.
 """
@@ -40,7 +43,7 @@ from mpo_ray.core.seeds import derive_seed, row_id
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import check_unique_ids, corpus_format
-from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours
+from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours, owns_file, remove_ours
 from mpo_ray.io.provenance import digest
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.models.generator import GenerationWorker
@@ -48,6 +51,7 @@ from mpo_ray.models.preflight import check_models
 from mpo_ray.runtime import data
 from mpo_ray.runtime.resources import plan_replicas
 from mpo_ray.runtime.session import ray_session
+from mpo_ray.workflows.pipeline import model_identities
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +94,13 @@ def check_corpus_location(uri: str) -> str:
 
 
 def check_output(config: Config, weights: list[float], version: str) -> tuple[str, dict]:
-    """(fingerprint, settings) of the rows; UserError when the output holds rows made with other settings."""
+    """(fingerprint, settings) of the rows: everything a row depends on besides its prompt, the models' file
+    contents included (an adapter retrained in place is a new model); UserError when the output holds rows
+    made with other settings."""
     g, output = config.generate, config.generate.output
     keys = ("prompt_column", "id_column", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "num_candidates")
     settings = {"policies": [p.model_dump() for p in config.policies], "weights": weights,
+                "models": [m["content"] for m in model_identities(config)[1:]],
                 "weights_version": version, **{k: getattr(g, k) for k in keys}}
     ours = check_ours(output, "generate")
     storage.check_writable(output)
@@ -142,22 +149,57 @@ def _read(uris: list[str], columns: list[str]) -> pa.Table:
     return pa.concat_tables([one(u) for u in uris]) if uris else GENERATION_SCHEMA.empty_table().select(columns)
 
 
-def written_ids(output: str) -> set[str]:
-    """Prompt ids the output holds, from files that read back exactly as written; a changed file is ours
-    (the directory is): it is removed and its prompts are generated again."""
-    ids = set()
+FINGERPRINT_KEY = b"mpo_ray.fingerprint"  # a generation file's settings: a file of another output is not this one's
+
+
+def written_rows(output: str, fingerprint: str) -> dict[str, tuple[str, str]]:
+    """prompt id → (prompt text, file) for the rows the output holds in files this output's runs wrote.
+
+    A file of ours that no longer matches its digest is removed (its prompts are generated again); any other
+    file (a user's, a copy, another output's) is left alone, named, and not counted."""
+    rows: dict[str, tuple[str, str]] = {}
     for uri in storage.list_files(output):
+        meta = storage.parquet_metadata(uri) or {}
+        if not owns_file(uri) or meta.get(FINGERPRINT_KEY, b"").decode() != fingerprint:
+            log.warning("left alone: %s (not written by this output's runs); its rows are not counted as generated.", uri)
+            continue
         try:
-            ids.update(storage.read_parquet(uri, verify=True).column("prompt_id").to_pylist())
+            table = storage.read_parquet(uri, verify=True).select(["prompt_id", "prompt"])
         except storage.CorruptFile as exc:
-            log.warning("%s Removing it; its prompts are generated again.", exc)
-            storage.remove(uri)
-    return ids
+            log.warning("%s Its prompts are generated again.", exc)
+            remove_ours(uri, output, why="changed on disk since it was written")
+            continue
+        for pid, text in zip(table.column("prompt_id").to_pylist(), table.column("prompt").to_pylist()):
+            rows.setdefault(pid, (text, uri))
+    return rows
 
 
-def promote(output: str, done: set[str]) -> list[str]:
-    """Promote complete staged files into ``output`` (without ids in ``done``, which grows; with a content digest,
-    written atomically); delete the rest. Returns the promoted files' URLs."""
+def drop_stale(output: str, rows: dict[str, tuple[str, str]], corpus: dict[str, str], fingerprint: str) -> set[str]:
+    """Rewrite (atomically, they are ours) the files holding rows whose prompt text the corpus has since changed,
+    without those rows; returns the ids kept, so the changed prompts are generated again, never served stale."""
+    stale = {pid for pid, (text, _) in rows.items() if pid in corpus and corpus[pid] != text}
+    for uri in sorted({rows[pid][1] for pid in stale}):
+        table = storage.read_parquet(uri, verify=True)
+        keep = pc.invert(pc.is_in(table.column("prompt_id"), pa.array(sorted(stale), pa.string())))
+        _write_rows(uri, table.filter(keep), fingerprint)
+    if stale:
+        log.info("generate: %d prompt(s) changed their text since they were generated (first: %r); generating them again",
+                 len(stale), sorted(stale)[0])
+    return set(rows) - stale
+
+
+def _write_rows(uri: str, table: pa.Table, fingerprint: str) -> None:
+    table = table.cast(GENERATION_SCHEMA)
+    storage.write_parquet(uri, table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                                              FINGERPRINT_KEY: fingerprint.encode()}))
+
+
+def promote(output: str, done: set[str], fingerprint: str = "") -> list[str]:
+    """Promote complete staged files into ``output`` (without ids in ``done``, which grows; with a content digest
+    and this output's ``fingerprint``, written atomically); delete the rest. Returns the promoted files' URLs.
+
+    Staging is inside `META_DIR`, which only mpo-ray writes (never through a link: `check_ours`); a name that a
+    file mpo-ray did not write already takes in ``output`` is never replaced: the promoted file gets another."""
     fs, root = storage.filesystem(storage.join(output, META_DIR, "staging"))
     if not fs.exists(root):
         return []
@@ -176,13 +218,24 @@ def promote(output: str, done: set[str]) -> list[str]:
                 keep.append(i not in done)
                 done.add(i)
             if any(keep):  # without duplicates, with its content digest, atomically in place
-                storage.write_parquet(storage.join(output, name), table.filter(pa.array(keep)).cast(GENERATION_SCHEMA))
-                promoted.append(storage.join(output, name))
+                target = storage.join(output, name)
+                while storage.exists(target) and not owns_file(target):
+                    target = storage.join(output, f"{name.removesuffix('.parquet')}-{uuid.uuid4().hex[:8]}.parquet")
+                _write_rows(target, table.filter(pa.array(keep)), fingerprint)
+                promoted.append(target)
             fs.rm(path)
-        fs.rm(attempt, recursive=True)
-    if not fs.ls(root, detail=False):
-        fs.rm(root, recursive=True)
+        _remove_empty_dir(fs, attempt)
+    _remove_empty_dir(fs, root)
     return promoted
+
+
+def _remove_empty_dir(fs, path: str) -> None:
+    """Directories go only once empty: whatever else is in them stays."""
+    try:
+        if not fs.ls(path, detail=False):
+            fs.rmdir(path)
+    except OSError:
+        pass
 
 
 def _file_stats(uris: list[str]) -> dict:
@@ -206,20 +259,20 @@ def generate(config: Config, *, progress: bool = True) -> dict:
     t_start = time.perf_counter()
     lam, version = resolve_weights(config)
     fmt = check_corpus_location(g.prompts)
-    check_unique_ids(g.prompts, g.prompt_column, g.id_column)
+    corpus = check_unique_ids(g.prompts, g.prompt_column, g.id_column)
     check_models(config, [p for p, w in zip(config.policies, lam) if w != 0], reference=False, rewards=False)
     fingerprint, settings = check_output(config, lam, version)
+    rows = written_rows(output, fingerprint)
+    recovered = promote(output, set(rows), fingerprint)  # complete files a stopped run left behind
+    done = drop_stale(output, written_rows(output, fingerprint) if recovered else rows, corpus, fingerprint)
+    skipped = len(done)
 
     attempt = f"{datetime.datetime.now(datetime.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    plan, gen_s, done, skipped = None, 0.0, None, 0
+    plan, gen_s = None, 0.0
     try:
         with ray_session(log_to_driver=progress):
             data.configure(progress)
-            corpus = data.read_corpus(g.prompts, fmt, g.prompt_column)
-            done = written_ids(output)
-            recovered = promote(output, done)  # complete files a stopped run left behind
-            skipped = len(done)
-            todo = data.map_rows(corpus, prepare_rows, batch_size=g.batch_size, fn_kwargs={
+            todo = data.map_rows(data.read_corpus(g.prompts, fmt, g.prompt_column), prepare_rows, batch_size=g.batch_size, fn_kwargs={
                 "prompt_column": g.prompt_column, "id_column": g.id_column, "seed": g.seed, "done": frozenset(done)})
             pending = todo.count()  # one cheap pass: nothing to do means no replica starts
             if not pending and not done:
@@ -239,8 +292,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                                       staging=storage.join(output, META_DIR, "staging", attempt))
                 gen_s = time.perf_counter() - t0
     finally:  # even after a failure: keep every complete file (`done` grows with what is promoted)
-        done = written_ids(output) if done is None else done
-        promoted = promote(output, done)
+        promoted = promote(output, done, fingerprint)
 
     stats = _file_stats(promoted)
     summary = {

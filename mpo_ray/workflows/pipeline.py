@@ -98,6 +98,15 @@ def plan_batches(directory: str, ids: list[str], prompts: list[str], size: int, 
     return batches
 
 
+def _batch_rows(b: Batch) -> pa.Table:
+    """A stored batch's rows, trusted only if they read back as written and hold exactly its prompts and texts."""
+    rows = storage.read_parquet(b.uri, verify=True)
+    held = set(zip(rows.column("prompt_id").to_pylist(), rows.column("prompt").to_pylist()))
+    if held != set(zip(b.ids, b.prompts)):
+        raise storage.CorruptFile(f"{b.uri} holds the rows of other prompts than the batch of that name.")
+    return rows
+
+
 def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConfig, seed: int, metadata: dict,
                  rewards: bool = True, stream: StreamingBSMD | None = None,
                  with_models: Callable[[dict], object] | None = None, progress: bool = True) -> ScoreRun:
@@ -114,7 +123,7 @@ def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConf
     for b in batches:  # stored rows are reused only if they read back exactly as written
         if b.rows is None and b.stored:
             try:
-                b.rows = storage.read_parquet(b.uri, verify=True)
+                b.rows = _batch_rows(b)
             except storage.CorruptFile as exc:
                 log.warning("%s Scoring that batch again.", exc)
                 b.stored = False

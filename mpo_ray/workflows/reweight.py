@@ -23,7 +23,7 @@ from mpo_ray.core.solver import StreamingBSMD, evaluate_weights
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
-from mpo_ray.io.ownership import check_ours, mark_ours
+from mpo_ray.io.ownership import check_ours, mark_ours, remove_ours
 from mpo_ray.io.provenance import digest
 from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.workflows.pipeline import plan_batches, run_pipeline, score_fingerprint
@@ -42,7 +42,7 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
     t_start = time.perf_counter()
     ids, prompts = read_prompts(rw.prompts, prompt_column=rw.prompt_column, id_column=rw.id_column, limit=rw.max_prompts)
     check_prompt_lengths(check_models(config), ids, prompts, rw.sampling.max_new_tokens, rw.prompts)
-    check_ours(output, "reweight")
+    check_ours(output, "reweight", subdirs=("scores",))
     storage.check_writable(output)
     fingerprint = score_fingerprint(config, rw.sampling, rw.seed)
     scores_dir = storage.join(output, "scores")
@@ -54,10 +54,8 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
              rw.sampling.samples_per_prompt, len(config.policies), len(batches), resumed, scores_dir)
 
     mark_ours(output, "reweight", score_fingerprint=fingerprint)
-    if stale:  # this run's own earlier files (the directory is ours); the table must hold exactly this run's rows
-        log.info("reweight: removing %d score file(s) of other prompts, texts, models or settings", len(stale))
-        for uri in stale:
-            storage.remove(uri)
+    for uri in stale:  # the table must hold exactly this run's rows: earlier runs' files go, anything else stays
+        remove_ours(uri, output, why="scores of other prompts, texts, models or settings")
     stream = StreamingBSMD(len(config.policies), total_steps=len(ids), step_size=rw.solver.step_size) if rw.stream_bsmd else None
     run = run_pipeline(config, batches, sampling=rw.sampling, seed=rw.seed, metadata={"fingerprint": fingerprint},
                        stream=stream, progress=progress)
