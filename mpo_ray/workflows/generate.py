@@ -207,6 +207,8 @@ def promote(output: str, done: set[str], fingerprint: str = "") -> list[str]:
     for attempt in sorted(fs.ls(root, detail=False)):
         for path in sorted(fs.find(attempt)):
             name = path.rsplit("/", 1)[-1]
+            if not name.endswith(".parquet"):  # not Ray Data's: left alone (and the directory with it)
+                continue
             try:
                 with fs.open(path, "rb") as f:
                     table = pq.read_table(f)
