@@ -19,7 +19,14 @@ def derive_seed(seed: int, key: str, *extra: int) -> int:
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
+def id_text(raw_id) -> str | None:
+    """An id column's value as text, or None when it is missing (None, NaN, ""). A JSON id 1 and "1" are one id
+    (documented); CSV ids arrive as the text written, so ``007`` and ``7`` stay two."""
+    if raw_id is None or (isinstance(raw_id, float) and raw_id != raw_id):
+        return None
+    return str(raw_id) or None
+
+
 def row_id(raw_id, text: str) -> str:
-    """A corpus row's id: its id column as text (1 and "1" are one id), or the hash of its prompt when it has none."""
-    missing = raw_id is None or (isinstance(raw_id, float) and raw_id != raw_id) or not str(raw_id)
-    return prompt_id(text) if missing else str(raw_id)
+    """A corpus row's id: its id column as text (`id_text`), or the hash of its prompt when it has none."""
+    return id_text(raw_id) or prompt_id(text)

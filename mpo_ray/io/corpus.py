@@ -3,19 +3,29 @@
 Ids matter because seeds and resume both key on them: a prompt keeps its id
 (and so its samples) however the corpus is split or reordered. A corpus with
 no id column gets ``sha256(prompt)[:16]``.
+
+Text inputs follow one policy, shared with the feedback reader and Ray Data's
+reader (`runtime.data.read_corpus`) so that every path sees the same rows:
+UTF-8 with an optional byte-order mark (stripped, as for configs); every CSV
+cell is the text written in it (an id ``007`` stays ``007``, a prompt ``42`` is
+text), and a JSON row that names a key twice is refused rather than silently
+keeping the last value.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
+import re
+from collections.abc import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mpo_ray.core.errors import UserError
-from mpo_ray.core.seeds import prompt_id, row_id
+from mpo_ray.core.seeds import id_text, prompt_id, row_id
 from mpo_ray.io.storage import filesystem
 
 FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -38,8 +48,120 @@ def corpus_format(uri: str) -> str:
     raise UserError(f"prompt corpus {uri!r}: unknown file type; use .parquet, .jsonl, .csv or a `datasets` directory.")
 
 
-def _read_table(uri: str) -> pa.Table:
-    fmt = corpus_format(uri)
+# --- Text inputs: one policy for corpora and feedback --------------------------
+
+
+def decode_text(raw: bytes, label: str) -> str:
+    """UTF-8 text without a leading byte-order mark (editors on Windows add one; configs accept it too);
+    UserError naming the line of the first byte that is not UTF-8. ``label`` names the file in messages."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise UserError(f"{label}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
+                        "re-encode the file as UTF-8.") from None
+
+
+class _Object(dict):
+    """A JSON object that remembers the first key it was given twice (`json` would silently keep the last)."""
+
+    duplicate: str | None = None
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        obj.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return obj
+
+
+def loads(text: str):
+    """`json.loads`, with every object an `_Object` that records a duplicated key (checked by `json_row`)."""
+    return json.loads(text, object_pairs_hook=_object)
+
+
+def json_row(value, label: str, where: str, hint: str) -> dict:
+    """``value`` (one parsed row) as a dict if it is a JSON object naming each key once; UserError naming
+    ``where`` (a line or row) otherwise. Only a row's own keys (its columns) are checked."""
+    if not isinstance(value, dict):
+        raise UserError(f"{label}: {where} is a JSON {type(value).__name__}, not an object {hint}.")
+    if getattr(value, "duplicate", None) is not None:
+        raise UserError(f"{label}: {where} names the key {value.duplicate!r} twice (JSON would keep only the last); "
+                        f"keep one {value.duplicate!r} per row.")
+    return dict(value)
+
+
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def jsonl_rows(text: str, label: str, hint: str = "with a prompt column") -> list[dict]:
+    """One JSON object per line, checked line by line (errors name the line); blank lines are skipped.
+
+    Lines end at \\n, \\r\\n or \\r only: `str.splitlines` also breaks at U+2028, U+2029 and U+0085, which
+    JSON allows unescaped inside a string, and would cut such a prompt in two."""
+    rows = []
+    for number, line in enumerate(_LINE_BREAK.split(text), 1):
+        if not line.strip():
+            continue
+        try:
+            value = loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{label}: line {number} is not JSON ({exc.msg}); one JSON object per line.") from None
+        rows.append(json_row(value, label, f"line {number}", hint))
+    return rows
+
+
+def json_columns(rows: list[dict]) -> dict[str, list]:
+    """Rows → column name → values (None where a row lacks the key), values kept as parsed: a column may mix
+    types (ids 1 and "1" are one id; a prompt that is not text is reported by the caller, by row)."""
+    names = dict.fromkeys(k for row in rows for k in row)
+    return {name: [row.get(name) for row in rows] for name in names}
+
+
+def csv_text_options(names: Iterable[str]) -> pacsv.ConvertOptions:
+    """Arrow's CSV reader infers numbers, nulls and dates (``007`` → 7.0, ``1.10`` → 1.1, ``NA`` → null); a CSV
+    cell is text, so every column is read as the string written, empty cells as ""."""
+    return pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False,
+                                quoted_strings_can_be_null=False)
+
+
+def csv_header(source) -> list[str]:
+    """The column names of a CSV (bytes or a binary file object), as Arrow parses them (a leading BOM skipped)."""
+    stream = io.BytesIO(source) if isinstance(source, bytes) else source
+    return pacsv.open_csv(stream).schema.names
+
+
+def read_csv_text(text: str, label: str) -> pa.Table:
+    """A CSV as a table of strings (see `csv_text_options`); UserError when it does not parse or its header
+    names a column twice (Arrow keeps both, and a lookup by name would fail or silently take the last)."""
+    data = text.encode("utf-8")
+    try:
+        names = csv_header(data)
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise UserError(f"{label}: the header (line 1) names the column {twice!r} twice; give each column "
+                            "its own name.")
+        return pacsv.read_csv(io.BytesIO(data), convert_options=csv_text_options(names))
+    except pa.ArrowInvalid as exc:
+        raise UserError(f"{label} does not parse as CSV: {exc}") from None
+
+
+# --- Reading a corpus on the driver --------------------------------------------
+
+
+def _read_bytes(uri: str, fmt: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise UserError(f"prompt corpus {uri!r} could not be read as {fmt}: {exc}") from None
+
+
+def _read_table(uri: str, fmt: str) -> pa.Table:
     fs, path = filesystem(uri)
     try:
         if fmt == "datasets":
@@ -51,84 +173,59 @@ def _read_table(uri: str) -> pa.Table:
             return ds.data.table
         if fmt == "parquet":
             return pq.read_table(path, filesystem=fs)
-        with fs.open(path, "rb") as f:
-            raw = f.read()
     except (pa.ArrowInvalid, OSError) as exc:
         raise UserError(f"prompt corpus {uri!r} could not be read as {fmt}: {exc}") from None
-    text = _utf8(raw, uri)
-    if not text.strip():
-        return pa.table({})
-    return _read_csv(text, uri) if fmt == "csv" else _read_jsonl(text, uri)
-
-
-def _utf8(raw: bytes, uri: str) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"prompt corpus {uri!r}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
-                        "re-encode the file as UTF-8.") from None
-
-
-def _read_jsonl(text: str, uri: str) -> pa.Table:
-    try:
-        return pa.Table.from_pylist(_jsonl_rows(text, uri))
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise UserError(f"prompt corpus {uri!r}: columns hold mixed types ({exc}); give each key one type.") from None
-
-
-def _jsonl_rows(text: str, uri: str) -> list[dict]:
-    """One JSON object per line, checked line by line (errors name the line)."""
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"prompt corpus {uri!r}: line {number} is not JSON ({exc.msg}); one JSON object per line.") from None
-        if not isinstance(row, dict):
-            raise UserError(f"prompt corpus {uri!r}: line {number} is a JSON {type(row).__name__}, not an object with a "
-                            "prompt column.")
-        rows.append(row)
-    return rows
+    text = decode_text(_read_bytes(uri, fmt), f"prompt corpus {uri!r}")
+    return _read_csv(text, uri) if text.strip() else pa.table({})
 
 
 def _read_csv(text: str, uri: str) -> pa.Table:
     """A CSV whose rows are its lines: an unclosed quote would otherwise swallow every row after it."""
-    try:
-        table = pacsv.read_csv(io.BytesIO(text.encode("utf-8")))
-    except pa.ArrowInvalid as exc:
-        raise UserError(f"prompt corpus {uri!r} does not parse as CSV: {exc}") from None
+    table = read_csv_text(text, f"prompt corpus {uri!r}")
     for name in table.column_names:
         for row, value in enumerate(table.column(name).to_pylist()):
-            if isinstance(value, str) and ("\n" in value or "\r" in value):
+            if "\n" in value or "\r" in value:
                 raise UserError(f"prompt corpus {uri!r}: row {row}, column {name!r} spans several lines (an unclosed quote "
                                 "takes in the rows after it); fix the quoting, or use JSONL or Parquet for multi-line text.")
     return table
 
 
+def _read_columns(uri: str) -> tuple[list[str], int, Callable[[str], list]]:
+    """(column names, row count, name → values). JSON rows stay Python values, as Ray Data's reader gives them
+    to the generator; other formats are Arrow tables (CSV: all strings), converted one column at a time."""
+    fmt = corpus_format(uri)
+    if fmt == "json":
+        label = f"prompt corpus {uri!r}"
+        rows = jsonl_rows(decode_text(_read_bytes(uri, fmt), label), label)
+        columns = json_columns(rows)
+        return list(columns), len(rows), lambda name: columns[name]
+    table = _read_table(uri, fmt)
+    return table.column_names, table.num_rows, lambda name: table.column(name).to_pylist()
+
+
 def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "prompt_id", limit: int | None = None):
     """(ids, prompts) as two lists of str, validated; the whole corpus must fit the driver (reweighting sizes do)."""
-    table = _read_table(uri)
-    if table.num_rows == 0:
+    names, num_rows, column = _read_columns(uri)
+    if num_rows == 0:
         raise UserError(f"prompt corpus {uri!r} is empty; it needs at least one row with a `{prompt_column}` column.")
-    if prompt_column not in table.column_names:
+    if prompt_column not in names:
         raise UserError(
-            f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {table.column_names}. "
+            f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {names}. "
             "Set `prompt_column` in the config."
         )
-    prompts = table.column(prompt_column).to_pylist()
+    prompts = column(prompt_column)
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
     if bad:
         raise UserError(
             f"prompt corpus {uri!r}: column {prompt_column!r} must hold non-empty strings; row {bad[0]} is {prompts[bad[0]]!r} "
             f"({len(bad)} bad row(s) in all)."
         )
-    if id_column in table.column_names:
-        ids = [str(x) if x is not None else None for x in table.column(id_column).to_pylist()]
-        if any(i is None or not i for i in ids):
-            raise UserError(f"prompt corpus {uri!r}: column {id_column!r} has empty ids; fill them or drop the column.")
+    if id_column in names:
+        ids = [id_text(x) for x in column(id_column)]
+        empty = [row for row, i in enumerate(ids) if i is None]
+        if empty:
+            raise UserError(f"prompt corpus {uri!r}: column {id_column!r} has empty ids (row {empty[0]}, {len(empty)} in all); "
+                            "fill them or drop the column.")
     else:
         ids = [prompt_id(p) for p in prompts]
     seen: dict[str, int] = {}
@@ -144,24 +241,16 @@ def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "p
     return ids, prompts
 
 
-def check_unique_ids(uri: str, prompt_column: str, id_column: str) -> None:
+def check_unique_ids(uri: str, prompt_column: str, id_column: str) -> dict[str, str]:
     """One id, one text: generation writes one row per id, so two rows sharing an id (after normalising its type)
     with different texts are refused, naming both rows. Unreadable files are refused as in `read_prompts`;
-    rows that are not text are left for the generator to report as error rows."""
-    if corpus_format(uri) == "json":  # row by row: a prompt of another type is an error row later, not a refusal here
-        fs, path = filesystem(uri)
-        with fs.open(path, "rb") as f:
-            rows = _jsonl_rows(_utf8(f.read(), uri), uri)
-        if not any(prompt_column in r for r in rows):
-            return  # the reader names the missing column
-        prompts = [r.get(prompt_column) for r in rows]
-        raw_ids = [r.get(id_column) for r in rows]
-    else:
-        table = _read_table(uri)
-        if prompt_column not in table.column_names:
-            return  # the reader names the missing column
-        prompts = table.column(prompt_column).to_pylist()
-        raw_ids = table.column(id_column).to_pylist() if id_column in table.column_names else [None] * len(prompts)
+    rows that are not text are left for the generator to report as error rows. Returns id → text (what
+    generate's resume compares its rows with: an edited prompt is generated again)."""
+    names, _, column = _read_columns(uri)
+    if prompt_column not in names:
+        return {}  # the reader names the missing column
+    prompts = column(prompt_column)
+    raw_ids = column(id_column) if id_column in names else [None] * len(prompts)
     seen: dict[str, tuple[int, str]] = {}
     for row, (value, raw) in enumerate(zip(prompts, raw_ids)):
         text = value if isinstance(value, str) else ("" if value is None else str(value))
@@ -170,3 +259,4 @@ def check_unique_ids(uri: str, prompt_column: str, id_column: str) -> None:
             raise UserError(f"prompt corpus {uri!r}: rows {seen[key][0]} and {row} share the id {key!r} but not their text; "
                             "give each prompt its own id.")
         seen.setdefault(key, (row, text))
+    return {key: text for key, (_, text) in seen.items()}

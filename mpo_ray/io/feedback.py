@@ -16,11 +16,11 @@ import io
 import json
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
+from mpo_ray.io.corpus import decode_text, json_columns, json_row, jsonl_rows, loads, read_csv_text
 
 COLUMNS = ("prompt", "chosen", "rejected", "group")
 
@@ -49,39 +49,44 @@ class Feedback:
         return hashlib.sha256(rows.encode()).hexdigest()[:16]
 
 
-def _read_rows(uri: str) -> pa.Table:
+def _read_columns(uri: str) -> dict[str, list]:
+    """Column name → values. Text files follow the corpus reader's policy (`io.corpus`): a leading BOM is
+    stripped, CSV cells are text as written (a response ``42`` is a response), a JSON row naming a key twice is
+    refused; JSON values stay as parsed, so a row that is not text is named by `read_feedback`."""
+    label = f"feedback {uri!r}"
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         raise UserError(f"feedback {uri!r} does not exist; check the path (and `{{night}}` in it), or drop `nightly.feedback`.")
+    hint = f"with keys {list(COLUMNS)}"
     try:
         with fs.open(path, "rb") as f:
             raw = f.read()
         if path.endswith((".parquet", ".pq")):
-            return pq.read_table(io.BytesIO(raw))
+            return pq.read_table(io.BytesIO(raw)).to_pydict()
         if path.endswith(".csv"):
-            return pacsv.read_csv(io.BytesIO(raw)) if raw.strip() else pa.table({})
+            text = decode_text(raw, label)
+            return read_csv_text(text, label).to_pydict() if text.strip() else {}
         if path.endswith((".jsonl", ".json")):
-            text = raw.decode("utf-8")
-            rows = json.loads(text) if text.lstrip().startswith("[") else [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-            if not all(isinstance(r, dict) for r in rows):
-                raise UserError(f"feedback {uri!r}: every JSON row must be an object with keys {list(COLUMNS)}.")
-            return pa.Table.from_pylist(rows)
-    except (pa.ArrowException, json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
+            text = decode_text(raw, label)
+            if not text.lstrip().startswith("["):
+                return json_columns(jsonl_rows(text, label, hint))
+            return json_columns([json_row(r, label, f"row {i}", hint) for i, r in enumerate(loads(text))])  # a JSON array
+    except (pa.ArrowException, json.JSONDecodeError, OSError) as exc:
         raise UserError(f"feedback {uri!r} could not be read: {exc}") from None
     raise UserError(f"feedback {uri!r}: unknown file type; use .jsonl, .parquet or .csv.")
 
 
 def read_feedback(uri: str, objectives: list[str]) -> Feedback:
     """Read and validate preference pairs; ValueError naming the file, the row and the fix."""
-    table = _read_rows(uri)
-    if table.num_rows == 0:
+    columns = _read_columns(uri)
+    if not any(columns.values()):
         raise UserError(f"feedback {uri!r} is empty; it needs rows with columns {list(COLUMNS)} "
                          "(or leave `nightly.feedback` unset to run without it).")
-    missing = [c for c in COLUMNS if c not in table.column_names]
+    missing = [c for c in COLUMNS if c not in columns]
     if missing:
-        raise UserError(f"feedback {uri!r} lacks column(s) {missing}; it has {table.column_names}. "
+        raise UserError(f"feedback {uri!r} lacks column(s) {missing}; it has {list(columns)}. "
                          f"Each row needs {list(COLUMNS)}.")
-    cols = {c: table.column(c).to_pylist() for c in COLUMNS}
+    cols = {c: columns[c] for c in COLUMNS}
     for c in COLUMNS:
         bad = [i for i, v in enumerate(cols[c]) if not isinstance(v, str) or not v.strip()]
         if bad:

@@ -34,30 +34,88 @@ def configure(progress: bool) -> None:
 
 
 def read_corpus(uri: str, fmt: str, prompt_column: str):
-    """The corpus as a Ray Dataset; UserError when it does not parse, is empty or lacks the prompt column."""
+    """The corpus as a Ray Dataset; UserError when it does not parse, is empty or lacks the prompt column.
+
+    Rows reach the row stage holding the values `io.corpus` reads on the driver (where `check_unique_ids` has
+    already checked them), so ids and texts match on both sides: CSV cells as the strings written, JSON lines
+    parsed by `io.corpus` itself, a leading byte-order mark stripped, other columns as Arrow's Python values."""
     import ray
     import ray.data
 
-    if fmt == "datasets":
-        import datasets
-
-        ds = datasets.load_from_disk(uri)
-        ds = ray.data.from_huggingface(ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds)
-    else:
-        path, fs = arrow_path(uri)
-        read = {"parquet": ray.data.read_parquet, "csv": ray.data.read_csv}.get(fmt)
-        ds = read(path, filesystem=fs) if read else ray.data.read_json(path, lines=True, filesystem=fs)
     try:
+        if fmt == "datasets":
+            import datasets
+
+            ds = datasets.load_from_disk(uri)
+            ds = ray.data.from_huggingface(ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds)
+        elif fmt == "parquet":
+            path, fs = arrow_path(uri)
+            ds = ray.data.read_parquet(path, filesystem=fs)
+        elif fmt == "csv":
+            path, fs = arrow_path(uri)
+            ds = ray.data.read_csv(path, filesystem=fs, convert_options=_csv_as_text(uri))
+        else:
+            path, fs = arrow_path(uri)
+            ds = ray.data.read_binary_files(path, filesystem=fs).map_batches(
+                _parse_json_lines, batch_format="pyarrow", batch_size=None, fn_kwargs={"label": f"prompt corpus {uri!r}"})
         schema = ds.schema()  # one small read for text formats, the footer for Parquet
     except (ray.exceptions.RayError, pa.ArrowException, OSError) as exc:
         cause = str(getattr(exc, "cause", exc)).strip().splitlines()[-1][:300]
         raise UserError(f"prompt corpus {uri!r} could not be read: {cause}") from None
-    if schema is None:
+    if schema is None or not schema.names:
         raise UserError(f"prompt corpus {uri!r} is empty; it needs rows with a `{prompt_column}` column.")
     if prompt_column not in schema.names:
         raise UserError(f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {schema.names}. "
                         "Set `generate.prompt_column` in the config.")
+    if fmt in ("parquet", "datasets") and not all(_plain(t) for t in schema.types):
+        ds = ds.map_batches(_as_python_values, batch_format="pyarrow", batch_size=None)
     return ds
+
+
+def _plain(dtype: pa.DataType) -> bool:
+    """Whether Arrow → numpy keeps a column's values as the driver's ``to_pylist`` gives them (text does)."""
+    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+            or pa.types.is_null(dtype))
+
+
+def _python_column(values: list) -> pa.Array:
+    """Values as an Arrow column that reaches a numpy batch unchanged: text as a string column, anything else as
+    pickled Python objects. Arrow → numpy turns an int column with a null into floats (id 1 → "1.0"), a
+    timestamp into numpy's (another text), a list into an array; the driver sees Python's values."""
+    from ray.data.extensions import ArrowPythonObjectArray
+
+    if all(v is None or isinstance(v, str) for v in values):
+        return pa.array(values, pa.string())
+    return ArrowPythonObjectArray.from_objects(values)
+
+
+def _as_python_values(batch: pa.Table) -> pa.Table:
+    """A Parquet / `datasets` block whose non-text columns hold Python values (see `_python_column`)."""
+    return pa.table({name: batch.column(name) if _plain(batch.column(name).type)
+                     else _python_column(batch.column(name).to_pylist()) for name in batch.column_names})
+
+
+def _csv_as_text(uri: str):
+    """Arrow's convert options reading every column of the CSV as the text written (Arrow would infer ``007`` as
+    7.0 and a prompt ``42`` as a number); Arrow itself skips a leading byte-order mark."""
+    from mpo_ray.io.corpus import csv_header, csv_text_options
+
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return csv_text_options(csv_header(f))
+
+
+def _parse_json_lines(batch: pa.Table, label: str) -> pa.Table:
+    """Whole JSONL files (one per row of ``bytes``) → their rows, parsed by `io.corpus` as on the driver: a BOM
+    stripped, lines split as there, values as parsed (1 stays 1, "007" stays "007", a missing key is None).
+
+    Not `ray.data.read_json`: its pandas reader turns the string ``"007"`` into 7 and fails on a BOM; Arrow's
+    refuses a column that mixes types (ids 1 and "1", a prompt that is not text, which must become an error
+    row). Not `read_text` either: it splits lines at U+2028, which JSON allows inside a string."""
+    from mpo_ray.io.corpus import decode_text, json_columns, jsonl_rows
+
+    rows = [row for raw in batch.column("bytes").to_pylist() for row in jsonl_rows(decode_text(raw, label), label)]
+    return pa.table({name: _python_column(values) for name, values in json_columns(rows).items()})
 
 
 def map_rows(ds, fn, *, fn_kwargs: dict, batch_size: int):
