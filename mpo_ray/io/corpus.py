@@ -100,7 +100,7 @@ _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 def jsonl_rows(text: str, label: str, hint: str = "with a prompt column") -> list[dict]:
     """One JSON object per line, checked line by line (errors name the line); blank lines are skipped.
 
-    Lines end at \\n, \\r\\n or \\r only: `str.splitlines` also breaks at U+2028, U+2029 and U+0085, which
+    Lines end at LF, CRLF or CR only: `str.splitlines` also breaks at U+2028, U+2029 and U+0085, which
     JSON allows unescaped inside a string, and would cut such a prompt in two."""
     rows = []
     for number, line in enumerate(_LINE_BREAK.split(text), 1):
