@@ -3,6 +3,7 @@
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -63,12 +64,13 @@ def test_bad_output_locations_fail_before_any_work(tmp_path, capsys):
 
 def test_a_rerun_removes_only_what_a_demo_wrote(tmp_path):
     from mpo_ray.demo.run import _prepare_output
+    from mpo_ray.io import storage
     from mpo_ray.io.ownership import mark_ours
 
     out = tmp_path / "demo"
-    (out / "generations").mkdir(parents=True)
     mark_ours(str(out), "demo")
-    (out / "generations" / "old.parquet").write_text("x")
+    mark_ours(str(out / "generations" / "sweep"), "sweep")
+    storage.write_parquet(str(out / "generations" / "sweep" / "old.parquet"), pa.table({"x": [1]}))  # a sweep's file
     (out / "demo.json").write_text("{}")
     (out / "my-notes.txt").write_text("keep me")  # a user's file in the demo's directory
     _prepare_output(str(out))

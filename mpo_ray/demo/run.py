@@ -21,7 +21,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 
@@ -30,7 +29,7 @@ import numpy as np
 from mpo_ray.core.errors import UserError
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, REWARDS, adapter_paths, demo_prompts
 from mpo_ray.io import storage
-from mpo_ray.io.ownership import check_ours, mark_ours
+from mpo_ray.io.ownership import META_DIR, OWNER_FILE, check_ours, mark_ours, owns_file, remove_ours_tree
 from mpo_ray.runtime.session import ray_session
 
 log = logging.getLogger(__name__)
@@ -87,25 +86,60 @@ def demo_config(out: str, size: DemoSize, adapters: str | None = None, seed: int
     return config_from_dict(data, source="mpo-ray demo")
 
 
-# What a demo run writes, and so all that a rerun in the same directory may remove.
-ARTIFACTS = ("prompts", "reweight", "generations", "soup", "report.md", MARKER, "evaluation.json", "solver.png",
-             "objectives.png", "front.png")
+# What a demo run and its workflows write, and so all that a rerun in the same directory may remove (file by file).
+_SOUP_FILES = ("adapter_config.json", "adapter_model.safetensors", "soup.json")  # `models.soup.rewarded_soup`
+OWN_FILES = (
+    "report.md", MARKER, "evaluation.json", "solver.png", "objectives.png", "front.png",
+    "prompts/reweight.jsonl", "prompts/eval.jsonl",
+    "reweight/weights.json", "reweight/report.md", f"reweight/{OWNER_FILE}",
+    *(f"generations/mpo/{META_DIR}/{name}" for name in ("owner.json", "manifest.json", "summary.json")),
+    f"generations/mpo/{META_DIR}/staging/*/*",  # Ray Data's files, inside generate's own metadata directory
+    f"generations/sweep/{OWNER_FILE}", "generations/sweep/sweep.json",
+    *(f"soup/{d}/{name}" for d in ("soup", ".soup.tmp") for name in _SOUP_FILES),
+)
+OWN_PARQUET = ("reweight/scores/*.parquet", "generations/mpo/*.parquet", "generations/sweep/*.parquet")
+# The workflows' own directories: each must still be theirs (its marker, or nothing there yet) after a cleanup.
+WORKFLOW_DIRS = {"reweight": ("reweight", ("scores",)), "generations/mpo": ("generate", ()),
+                 "generations/sweep": ("sweep", ())}
 
 
-def _prepare_output(out: str) -> None:
-    """A fresh demo directory: in one an earlier demo made, remove that demo's artifacts (and nothing else);
-    refuse any other non-empty directory or a file."""
+def _prepare_output(out: str, sweep_files: tuple[str, ...] = ()) -> None:
+    """A fresh demo directory. In one an earlier demo made, remove the files that demo and its workflows wrote, one
+    by one (Parquet only if `owns_file`; never through a link), and the directories that leaves empty: a user's
+    files stay where they are, named in a warning. Refuse any other non-empty directory or a file, and, before
+    removing anything, what the demo could not then write without touching a user's file: a workflow directory it
+    would not accept, a link where the demo writes, a user's file in the soup (made anew) or at the name of a
+    sweep output (``sweep_files``)."""
     reuse = check_ours(out, "demo", what="--output")
     storage.check_writable(out)
     if reuse:
-        for name in ARTIFACTS:
-            path = os.path.join(out, name)
-            if os.path.isdir(path):
-                shutil.rmtree(path)
-            elif os.path.exists(path):
-                os.remove(path)
+        for sub, (kind, subdirs) in WORKFLOW_DIRS.items():
+            check_ours(os.path.join(out, sub), kind, what=f"--output's {sub}/", subdirs=subdirs)
+        for name in sweep_files:
+            path = os.path.join(out, "generations", "sweep", name)
+            if os.path.isfile(path) and not os.path.islink(path) and not owns_file(path):
+                raise UserError(f"--output {out!r}: generations/sweep/{name} is not a file mpo-ray wrote, and the demo "
+                                "writes that name; move it out of the directory, then rerun.")
+        remove_ours_tree(out, OWN_FILES, parquet=OWN_PARQUET, fresh=("soup/soup",), why="an earlier demo's output",
+                         what="--output")
     os.makedirs(out, exist_ok=True)
     mark_ours(out, "demo")
+
+
+def sweep_points(policies: list[str], size: DemoSize, mpo: list[float] | None) -> dict[str, list[float] | None]:
+    """The fixed-weight sets of step 3 (each single policy, the uniform mix, the grid) and MPO's λ, by label. Labels
+    use only the characters a sweep keeps in file names, so each set's file is `<label>.parquet`."""
+    from mpo_ray.workflows.sweep import point_label, simplex_grid
+
+    k = len(policies)
+    points = {name: np.eye(k)[i].tolist() for i, name in enumerate(policies)}
+    points["uniform"] = [1 / k] * k
+    if size.sweep_step:
+        for w in simplex_grid(k, size.sweep_step):  # vertices and centre are there already
+            if not any(np.allclose(w, v) for v in points.values()):
+                points[point_label(w)] = w.tolist()
+    points["MPO"] = mpo  # its own set even where it falls on a grid point
+    return points
 
 
 def _write_prompts(out: str, size: DemoSize) -> None:
@@ -120,7 +154,9 @@ def _solver_paths(config, out: str):
     from mpo_ray.core.estimator import score_arrays
     from mpo_ray.core.solver import evaluate_weights, solve_weights
 
-    table = storage.read_parquet_files(storage.list_files(os.path.join(out, "reweight", "scores")))
+    # only the files reweight wrote: a user's Parquet beside them cannot change the plot
+    table = storage.read_parquet_files([u for u in storage.list_files(os.path.join(out, "reweight", "scores"))
+                                        if owns_file(u)])
     a = score_arrays(table, config.policy_names)
     kw = dict(mask=a["mask"], log_importance=a["log_importance"])
     full = solve_weights(a["log_ratios"], **kw)
@@ -139,7 +175,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.workflows.generate import generate
     from mpo_ray.workflows.reweight import reweight
-    from mpo_ray.workflows.sweep import REFERENCE, point_label, run_sweep, simplex_grid, soup_specs
+    from mpo_ray.workflows.sweep import REFERENCE, run_sweep, soup_specs
 
     size = SIZES["quick" if quick else "default"]
     if eval_prompts is not None:
@@ -150,7 +186,8 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
         size = dataclasses.replace(size, eval_prompts=eval_prompts)
     out = os.path.abspath(output or "mpo-demo")
     config = demo_config(out, size, adapters, seed)  # checks the shipped adapters before anything runs
-    _prepare_output(out)
+    sets = [REFERENCE, *sweep_points(config.policy_names, size, None), "soup"]  # the sweep's files, by label
+    _prepare_output(out, sweep_files=tuple(f"{label}.parquet" for label in sets))
     storage.write_json(os.path.join(out, MARKER), {"size": asdict(size), "status": "running"})
     # Rewarded Soups (the paper's weight-space baseline): the adapters' parameters averaged uniformly; made
     # first, so that adapters which cannot be averaged fail before any model runs
@@ -182,13 +219,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
 
         step(3, "compare (sweep)", "generate with π_ref, each single policy, the uniform mix, MPO, a Rewarded Soup"
              + (" and a weight grid" if size.sweep_step else "") + "; score every response with every model")
-        points = {name: np.eye(k)[i].tolist() for i, name in enumerate(config.policy_names)}
-        points["uniform"] = [1 / k] * k
-        if size.sweep_step:
-            for w in simplex_grid(k, size.sweep_step):  # vertices and centre are there already
-                if not any(np.allclose(w, v) for v in points.values()):
-                    points[point_label(w)] = w.tolist()
-        points["MPO"] = list(artifact["weights"])  # its own set even where it falls on a grid point
+        points = sweep_points(config.policy_names, size, list(artifact["weights"]))
         sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points,
                           extra=soups, progress=progress)
 
@@ -307,7 +338,8 @@ def best_grid(points: list[dict], policies: list[str]) -> dict:
 def _generate_agreement(out: str) -> float:
     """Share of prompts where `generate` (Ray Data) wrote the same text as the sweep's MPO point: both use
     the same seeds and weights, so anything below 1 is floating-point drift between batch layouts."""
-    served = storage.read_parquet_files(storage.list_files(os.path.join(out, "generations", "mpo")))
+    served = storage.read_parquet_files([u for u in storage.list_files(os.path.join(out, "generations", "mpo"))
+                                         if owns_file(u)])  # generate's files, not a user's beside them
     swept = storage.read_parquet(os.path.join(out, "generations", "sweep", "MPO.parquet"))
     a = dict(zip(served["prompt_id"].to_pylist(), served["response"].to_pylist()))
     b = dict(zip(swept["prompt_id"].to_pylist(), swept["response"].to_pylist()))

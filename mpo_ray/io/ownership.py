@@ -16,8 +16,11 @@ in the directory is left alone and named in a warning.
 from __future__ import annotations
 
 import datetime
+import fnmatch
 import logging
+import os
 import posixpath
+import re
 
 from mpo_ray import __version__
 from mpo_ray.core.errors import UserError
@@ -106,3 +109,82 @@ def remove_ours(uri: str, root: str, *, why: str) -> bool:
     reason = f"{link} is a symbolic link" if link else "mpo-ray did not write it under this name"
     log.warning("left alone: %s (%s; %s). Move it out of %s if it should not be there.", uri, why, reason, root)
     return False
+
+
+_TMP_NAME = re.compile(re.escape(storage.TMP_PREFIX) + r"(probe-)?[0-9a-f]{32}")  # `storage`'s temporaries, exactly
+
+
+def _matches(parts: tuple[str, ...], patterns) -> bool:
+    """``parts`` (a relative path) matches one of ``patterns`` segment by segment (`*` never crosses a '/')."""
+    return any(len(p) == len(parts) and all(fnmatch.fnmatchcase(a, b) for a, b in zip(parts, p)) for p in patterns)
+
+
+def remove_ours_tree(root: str, files, *, parquet=(), fresh=(), why: str, what: str = "output") -> list[str]:
+    """Clear the local directory ``root`` of the files mpo-ray wrote into it, file by file, then of the directories
+    that leaves empty; returns what was left alone (relative paths, directories with a trailing '/').
+
+    A caller names what its workflows write, as '/'-separated patterns relative to ``root`` (`fnmatch` per segment):
+    ``files``, fixed-name files; ``parquet``, Parquet files, removed only when `owns_file`. `storage`'s own
+    temporaries in those directories go too. Only directories on a pattern's way are entered, and removed only once
+    empty; anything else stays and is named in one warning line. An owner marker stays while the directory it marks
+    keeps anything else, so the workflow that made that directory still accepts it (`check_ours`).
+
+    Nothing is removed, and UserError names the path, when a symbolic link stands where a pattern points (mpo-ray
+    never deletes or writes through one) or when one of the ``fresh`` directories (ones the caller makes anew, so they
+    must end up gone) holds anything mpo-ray did not write."""
+    if "://" in root:
+        raise UserError(f"{what} {root!r}: only a local directory can be cleared file by file; pass a local path.")
+    split = lambda p: tuple(s for s in p.split("/") if s)  # noqa: E731
+    files, parquet, fresh = [split(p) for p in files], [split(p) for p in parquet], [split(p) for p in fresh]
+    ways = {p[:i] for p in files + parquet for i in range(1, len(p))}  # the directories the patterns go through
+    ours, foreign, visited = [], [], []
+
+    def visit(parts: tuple[str, ...]) -> None:
+        visited.append(parts)
+        with os.scandir(os.path.join(root, *parts)) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        for entry in entries:
+            rel = (*parts, entry.name)
+            if entry.is_symlink():
+                if _matches(rel, files + parquet) or _matches(rel, ways):
+                    raise UserError(f"{what} {root!r}: {'/'.join(rel)!r} in it is a symbolic link where mpo-ray writes; "
+                                    "it never deletes or writes through one. Replace the link with a directory or file "
+                                    "of your own elsewhere, or choose another output.")
+                foreign.append(rel)
+            elif entry.is_dir(follow_symlinks=False):
+                if _matches(rel, ways):
+                    visit(rel)
+                elif rel != (META_DIR,):  # the root's own marker directory is the caller's to keep
+                    foreign.append((*rel, ""))
+            elif (_matches(rel, files) or _TMP_NAME.fullmatch(entry.name)
+                  or (_matches(rel, parquet) and owns_file(entry.path))):
+                ours.append(rel)
+            else:
+                foreign.append(rel)
+
+    visit(())
+    for f in fresh:
+        held = [r for r in foreign if len(r) > len(f) and _matches(r[: len(f)], [f])]
+        if held:
+            raise UserError(f"{what} {root!r}: {'/'.join(held[0][: len(f)])!r} holds "
+                            f"{', '.join('/'.join(r[len(f):]) for r in held)}, which mpo-ray did not write, and is made "
+                            "anew on every run; move those files out of it, then rerun.")
+    under = lambda rel, d: rel[: len(d)] == d  # noqa: E731
+    markers = [r for r in ours if r[-2:] == tuple(OWNER_FILE.split("/"))]
+    kept = [m for m in markers if any(under(f, m[:-2]) for f in foreign)]  # its directory keeps a user's file
+    removed = [r for r in ours if r not in kept]
+    for rel in removed:
+        storage.remove(os.path.join(root, *rel))  # refuses a link (none here: links are never entered)
+    for parts in sorted(visited, key=len, reverse=True):
+        if parts:
+            try:
+                os.rmdir(os.path.join(root, *parts))  # only once empty: whatever else is in it stays
+            except OSError:
+                pass
+    if removed:
+        log.info("removed %d file(s) from %s (%s)", len(removed), root, why)
+    left = ["/".join(r) for r in foreign]
+    if left:
+        log.warning("left alone in %s (%s; mpo-ray did not write them): %s. Move them out if they should not be there.",
+                    root, why, ", ".join(left))
+    return left
