@@ -37,24 +37,31 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
-    from mpo_ray.demo.policies import ADAPTER_DIR, train_demo_policies
+    from mpo_ray.demo.policies import ADAPTER_DIR, train_demo_policies  # light: torch loads once the output is checked
 
-    train_demo_policies(args.output or ADAPTER_DIR, only=args.only)
+    train_demo_policies(_local(args.output) or ADAPTER_DIR, only=args.only)  # refuses a foreign --output first
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from mpo_ray.io import storage
-    from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, objectives_from_config
+    from mpo_ray.workflows.evaluate import (
+        check_results_output,
+        evaluate_generations,
+        format_evaluations,
+        objectives_from_config,
+        write_results,
+    )
 
     config = _config(args)
+    if args.output:  # before any scoring: never over a file evaluate did not write, never into a directory
+        check_results_output(args.output)
     objectives = objectives_from_config(config)
     models = (config.reference.name, config.policy_names)  # MPO's own objective, where the files carry logp_ columns
     results = [evaluate_generations(g, objectives, reference=args.reference, name=g, models=models)
                for g in args.generations]
     print(format_evaluations(results))
     if args.output:
-        storage.write_text(args.output, json.dumps(results, indent=2) + "\n")
+        write_results(args.output, results)
     return 0
 
 
@@ -72,8 +79,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         k = len(config.policies)
         soups = {"soup": [1 / k] * k, **({"soup_mpo": points["MPO"]} if "MPO" in points else {})}
     summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, soups=soups,
-                        progress=not args.quiet)
-    plot_front(join(output, "front.png"), summary)
+                        progress=not args.quiet, figure=plot_front)  # front.png: written only over the sweep's own
     print(format_evaluations(summary["points"]))
     log.info("wrote %s and %s", join(output, "sweep.json"), join(output, "front.png"))
     return 0

@@ -3,9 +3,12 @@ through a link; a user's files stay, named in one warning; train-demo-policies r
 before anything loads and replaces an adapter only file by file. No model runs here: the workflows are stood in for
 by the files they write."""
 
+import hashlib
 import json
 import logging
 import os
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -190,3 +193,79 @@ def test_generate_agreement_reads_only_generates_files(tmp_path):
     _ours(tmp_path / "generations" / "mpo" / "part.parquet", table)
     _theirs(tmp_path / "generations" / "mpo" / "zz-mine.parquet", pa.table({"prompt_id": ["a"], "response": ["mine"]}))
     assert _generate_agreement(str(tmp_path)) == 1.0
+
+
+# --- 2. train-demo-policies --output DIR ---------------------------------------------------------------------
+
+
+def test_train_demo_policies_refuses_a_foreign_output_in_under_a_second_before_anything_loads(tmp_path):
+    theirs = tmp_path / "theirs"
+    _write(theirs / "README.md", "my readme")
+    _write(theirs / "concise" / "notes.md", "my notes")
+    code = ("import sys, time; from mpo_ray.cli import main; t = time.perf_counter(); "
+            f"rc = main(['train-demo-policies', '--output', {str(theirs)!r}]); "
+            "print(rc, time.perf_counter() - t, [m for m in ('torch', 'transformers', 'ray') if m in sys.modules])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    rc, seconds, loaded = done.stdout.split(" ", 2)
+    assert rc == "2" and float(seconds) < 1.0 and loaded.strip() == "[]", done
+    err = done.stderr.strip().splitlines()
+    assert len(err) == 1 and "was not made by `mpo-ray train-demo-policies`" in err[0] and str(theirs) in err[0]
+    assert (theirs / "README.md").read_text() == "my readme" and (theirs / "concise" / "notes.md").read_text() == "my notes"
+    assert sorted(p.name for p in theirs.iterdir()) == ["README.md", "concise"]  # no marker either
+
+
+def _digests(root):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
+            if p.is_file()}
+
+
+def test_train_demo_policies_output_check(tmp_path):
+    from mpo_ray.demo.policies import ADAPTER_DIR, KIND, check_output
+
+    shipped = _digests(ADAPTER_DIR)
+    assert check_output(ADAPTER_DIR) is True  # the shipped directory is ours by shipping, and stays unmarked
+    assert _digests(ADAPTER_DIR) == shipped and not (ADAPTER_DIR / META_DIR).exists()
+    assert check_output(tmp_path / "new") is False and not (tmp_path / "new").exists()
+    ours = tmp_path / "ours"
+    mark_ours(str(ours), KIND)
+    _write(ours / "concise" / "adapter_config.json", "{}")
+    assert check_output(ours) is False
+    other = tmp_path / "other"
+    mark_ours(str(other), "sweep")
+    with pytest.raises(UserError, match="holds the output of `mpo-ray sweep`"):
+        check_output(other)
+    (ours / "relevant").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.raises(UserError, match="'relevant' in it is a symbolic link"):
+        check_output(ours)
+
+
+def test_train_demo_policies_replaces_an_adapter_file_by_file(tmp_path, caplog):
+    from mpo_ray.demo.policies import install_adapter
+
+    final = tmp_path / "out" / "concise"
+    _write(final / "adapter_config.json", "old config")
+    _write(final / "adapter_model.bin", "old weights, an older format")
+    _write(final / "notes.md", "my notes")
+    _write(final / "runs" / "log.txt", "my log")
+    _write(tmp_path / "mine.json", "a user's file")
+    (final / "adapter_model.safetensors").symlink_to(tmp_path / "mine.json")  # replaced, never written through
+    new = tmp_path / "out" / ".concise-tmp"
+    _write(new / "adapter_config.json", "new config")
+    _write(new / "adapter_model.safetensors", "new weights")
+    with caplog.at_level(logging.WARNING, logger="mpo_ray"):
+        left = install_adapter(new, final)
+    assert (final / "adapter_config.json").read_text() == "new config"
+    assert (final / "adapter_model.safetensors").read_text() == "new weights"
+    assert not (final / "adapter_model.safetensors").is_symlink()
+    assert (tmp_path / "mine.json").read_text() == "a user's file"
+    assert not (final / "adapter_model.bin").exists() and not new.exists()
+    assert (final / "notes.md").read_text() == "my notes" and (final / "runs" / "log.txt").read_text() == "my log"
+    assert left == ["notes.md", "runs"]
+    assert any("notes.md" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
+
+    linked = tmp_path / "out" / "relevant"
+    linked.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    _write(new / "adapter_config.json", "new config")
+    with pytest.raises(UserError, match="is a symbolic link"):
+        install_adapter(new, linked)
+    assert not (tmp_path / "elsewhere").exists()

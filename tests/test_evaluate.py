@@ -114,7 +114,9 @@ def test_evaluate_command(tmp_path, capsys):
             "--output", str(tmp_path / "results.json")]
     assert main(argv) == 0
     assert "min win rate" in capsys.readouterr().out
-    [r] = json.loads((tmp_path / "results.json").read_text())
+    written = json.loads((tmp_path / "results.json").read_text())
+    assert written["format"] == "mpo-ray/evaluation"  # how a rerun knows the file as evaluate's own
+    [r] = written["results"]
     assert r["objectives"]["concise"]["win_rate"] == 0.0 and r["objectives"]["upbeat"]["win_rate"] == 1.0
     assert r["min_win_rate"] == 0.0 and r["worst_objective"] == "concise"
     assert main(["evaluate", tiny, str(tmp_path / "missing")]) == 2

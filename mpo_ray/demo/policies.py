@@ -16,6 +16,10 @@ Recipe (the MPO paper's way of making π_k): sample responses to the training
 prompts from π_ref itself, rank them by the objective's score, pair best with
 worst, train a LoRA adapter with DPO. The adapters ship in
 ``mpo_ray/demo/data/adapters/``; `mpo-ray train-demo-policies` rebuilds them.
+
+Whose files: another --output is refused unless it is new, empty or made by this command (`io.ownership`); the
+shipped directory is this command's by shipping. An adapter is replaced file by file, only the files training
+writes, so a user's notes beside them stay. torch loads only once training starts: a refused output costs nothing.
 """
 
 from __future__ import annotations
@@ -24,18 +28,21 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.demo import objectives
-from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, train_dpo
+from mpo_ray.io import storage
+from mpo_ray.io.ownership import check_ours, mark_ours
+
+if TYPE_CHECKING:
+    from mpo_ray.demo.dpo import DPOConfig
 
 log = logging.getLogger(__name__)
 OBJECTIVES = {"concise": objectives.brevity, "relevant": objectives.relevance, "enthusiastic": objectives.enthusiasm}
@@ -44,6 +51,15 @@ DATA_DIR = Path(__file__).parent / "data"
 ADAPTER_DIR = DATA_DIR / "adapters"
 PROMPTS = DATA_DIR / "demo_prompts.jsonl"
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+KIND = "train-demo-policies"  # the owner marker's kind
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")  # what peft saves, config last
+REPORT_FILES = ("training.json", "README.md")  # beside the adapters: the run's record and its report
+
+
+def _dpo_config() -> DPOConfig:
+    from mpo_ray.demo.dpo import DPOConfig  # torch: imported when a config is made, not with this module
+
+    return DPOConfig()
 
 
 @dataclass
@@ -56,7 +72,7 @@ class TrainDemoConfig:
     eval_temperature: float = 0.7
     min_score_gap: float = 1e-6  # pairs whose two responses score the same teach nothing
     seed: int = 0
-    dpo: DPOConfig = field(default_factory=DPOConfig)
+    dpo: DPOConfig = field(default_factory=_dpo_config)
     # Length is the easiest signal to learn: 60 steps drove `concise` to a reward margin of 9 and
     # gibberish (measured); 36 steps shorten answers and keep them English.
     max_steps: dict = field(default_factory=lambda: {"concise": 36})
@@ -76,6 +92,59 @@ def adapter_paths(root: str | os.PathLike = ADAPTER_DIR) -> dict[str, Path]:
     if missing:
         raise UserError(f"demo adapters missing: {missing}; rebuild them with `mpo-ray train-demo-policies`")
     return paths
+
+
+def check_output(output: str | os.PathLike) -> bool:
+    """Whether ``output`` may take the adapters: UserError (one line, nothing loaded yet) for a file, a symbolic link
+    where an adapter goes, or a non-empty directory this command did not make. True for the shipped adapter
+    directory: it ships with the package, so it is this command's without a marker (none is written there)."""
+    output = Path(output)
+    shipped = output.resolve() == ADAPTER_DIR.resolve()
+    links = [name for name in OBJECTIVES if (output / name).is_symlink()]
+    if shipped and links:
+        raise UserError(f"--output {str(output)!r}: {links[0]!r} in it is a symbolic link; the adapters are never "
+                        "written through one. Replace the link with a directory.")
+    if not shipped:
+        check_ours(str(output), KIND, what="--output", subdirs=tuple(OBJECTIVES))
+    storage.check_writable(str(output))
+    return shipped
+
+
+def install_adapter(new: str | os.PathLike, final: str | os.PathLike) -> list[str]:
+    """Move a freshly saved adapter (the directory ``new``, emptied and removed) into ``final`` file by file: each
+    file replaces the one of its name (`os.replace`: atomic, and a link is replaced, never written through),
+    adapter files of an older save that this one lacks go, and anything else in ``final`` (a user's notes) stays,
+    named in a warning. Never a whole directory: ``final`` may hold files that are not ours. Returns those."""
+    new, final = Path(new), Path(final)
+    if final.is_symlink():
+        raise UserError(f"adapter directory {str(final)!r} is a symbolic link; the adapters are never written through "
+                        "one. Replace the link with a directory, then rerun.")
+    final.mkdir(exist_ok=True)
+    names = sorted((p.name for p in new.iterdir()),
+                   key=lambda n: ADAPTER_FILES.index(n) if n in ADAPTER_FILES else -1)  # the config goes in last
+    for name in names:
+        os.replace(new / name, final / name)
+    new.rmdir()
+    for name in ADAPTER_FILES:
+        old = final / name
+        if name not in names and old.is_file() and not old.is_symlink():
+            old.unlink()
+    left = sorted(p.name for p in final.iterdir() if p.name not in names)
+    if left:
+        log.warning("left alone in %s (train-demo-policies did not write them): %s", final, ", ".join(left))
+    return left
+
+
+def _discard(tmp: Path) -> None:
+    """Remove a temporary adapter directory this run made (its files are all this run's), file by file."""
+    if tmp.is_dir() and not tmp.is_symlink():
+        for p in tmp.iterdir():
+            if p.is_file() or p.is_symlink():
+                p.unlink()
+        try:
+            tmp.rmdir()
+        except OSError:
+            log.warning("could not remove %s; it holds something training did not write", tmp)
 
 
 def _log(msg: str, quiet: bool):
@@ -131,24 +200,26 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
                         *, only: list[str] | None = None, quiet: bool = False) -> dict:
     """Sample, rank, DPO-train one adapter per objective, check each moved its objective; write `output`.
 
-    Writes are atomic per adapter (a temp directory renamed into place), so an
-    interrupted run leaves the previous adapters intact.
+    ``output`` is checked before anything loads (`check_output`). Each adapter is saved to a temporary directory,
+    then installed file by file (`install_adapter`): an interrupted run leaves the previous adapters whole, and
+    nothing but the files training writes is ever replaced.
     """
+    unknown = sorted(set(only or ()) - set(OBJECTIVES))
+    if unknown:
+        raise UserError(f"unknown objective(s) {unknown}; choose from {list(OBJECTIVES)}")
+    shipped = check_output(output)
+    output = Path(output)
+
+    import torch
     from transformers import AutoModelForCausalLM
 
     from mpo_ray.config import PolicySpec
+    from mpo_ray.demo.dpo import PreferencePairs, train_dpo
     from mpo_ray.io.cache import cache_dir
     from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.models.policies import load_policies, resolve_model
 
     config = config or TrainDemoConfig()
-    unknown = sorted(set(only or ()) - set(OBJECTIVES))
-    if unknown:
-        raise UserError(f"unknown objective(s) {unknown}; choose from {list(OBJECTIVES)}")
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    if not os.access(output, os.W_OK):
-        raise UserError(f"cannot write the adapters to {output}: not writable; pass --output DIR")
     torch.manual_seed(config.seed)
     t_start = time.perf_counter()
     train = demo_prompts("train")[: config.train_prompts]
@@ -181,18 +252,20 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
 
         dpo = dataclasses.replace(config.dpo, max_steps=config.max_steps.get(obj, config.dpo.max_steps))
         model, history = train_dpo(base, pairs, dpo, pad_id=ref.pad_token_id, progress=progress)
+        if not shipped:
+            mark_ours(str(output), KIND)  # just before the first file: a run refused earlier leaves nothing
+        output.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{obj}-", dir=output))
-        model.save_pretrained(tmp)
-        (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card; training.json says it all
-        tmp.chmod(0o755)
-        cfg_path = tmp / "adapter_config.json"
-        adapter_cfg = json.loads(cfg_path.read_text())
-        adapter_cfg["base_model_name_or_path"] = BASE_MODEL_ID  # not this machine's cache path
-        cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
-        final = output / obj
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            model.save_pretrained(tmp)
+            (tmp / "README.md").unlink(missing_ok=True)  # peft's empty model card; training.json says it all
+            cfg_path = tmp / "adapter_config.json"
+            adapter_cfg = json.loads(cfg_path.read_text())
+            adapter_cfg["base_model_name_or_path"] = BASE_MODEL_ID  # not this machine's cache path
+            cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True))
+            install_adapter(tmp, output / obj)
+        finally:
+            _discard(tmp)
         summary["objectives"][obj] = {"pairs": len(pairs), "steps": len(history), "train_seconds": round(time.perf_counter() - t0, 1),
                                       "final": history[-1], "history": history}
     t_trained = time.perf_counter()
@@ -221,8 +294,8 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     summary["seconds"] = {"sampling": round(t_sampled - t_start, 1), "training": round(t_trained - t_sampled, 1),
                           "evaluation": round(time.perf_counter() - t_trained, 1),
                           "total": round(time.perf_counter() - t_start, 1)}
-    (output / "training.json").write_text(json.dumps(summary, indent=2))
-    (output / "README.md").write_text(_training_report(summary))
+    storage.write_text(str(output / "training.json"), json.dumps(summary, indent=2))  # atomic; replaces a link, never
+    storage.write_text(str(output / "README.md"), _training_report(summary))  # writes through it
     _log(_training_report(summary), quiet)
     return summary
 

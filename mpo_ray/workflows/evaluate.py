@@ -9,12 +9,15 @@ objectives" — the number MPO maximises — meaningful.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Mapping
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mpo_ray import __version__
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.stats import (
     mean_ci,
@@ -26,26 +29,128 @@ from mpo_ray.core.stats import (
 )
 from mpo_ray.core.yardstick import implicit_objective
 from mpo_ray.io import storage
+from mpo_ray.io.ownership import FORMAT as OWNER_FORMAT
+from mpo_ray.io.ownership import OWNER_FILE
 
 REQUIRED = ("prompt_id", "prompt", "response")
+GENERATION_KINDS = ("generate", "sweep")  # the workflows whose outputs are generations (`ownership` markers)
+EVALUATION_FORMAT = "mpo-ray/evaluation"
+_OURS = re.compile(r'\A\s*\{\s*"format"\s*:\s*"' + re.escape(EVALUATION_FORMAT) + '"')
 
 
 def read_generations(uri: str) -> pa.Table:
-    """A generation Parquet file or directory (the `generate` output), checked; error rows dropped."""
+    """A generation Parquet file or directory (the `generate` or `sweep` output), checked; error rows dropped.
+
+    Refused in one line, never misread: a directory another workflow made (a reweight run's scores/ hold several
+    samples per prompt, not generations); a file mpo-ray wrote that changed since (its content digest); a prompt
+    id twice (a backup copy beside the original would count its rows twice). A renamed copy of one of our files
+    is read (its content still verified): evaluating only reads. A Parquet file of the user's own has no digest to
+    check and is read as it is."""
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
         raise UserError(f"generations {uri!r} do not exist; pass the output of `mpo-ray generate` (a Parquet file or directory)")
-    files = storage.list_files(uri) if fs.isdir(path) else [uri]
+    is_dir = fs.isdir(path)
+    _check_made_by(uri, is_dir)
+    files = storage.list_files(uri) if is_dir else [uri]
     files = [f for f in files if f.endswith(".parquet")]
     if not files:
         raise UserError(f"generations {uri!r} hold no Parquet files")
-    table = storage.read_parquet_files(files)
+    tables, seen = [], {}
+    for f in files:
+        table = _read_verified(f)
+        if "prompt_id" in table.column_names:
+            for pid in table.column("prompt_id").to_pylist():
+                if pid in seen:
+                    where = f"both {seen[pid]} and {f}" if seen[pid] != f else f"{f} twice"
+                    raise UserError(f"generations {uri!r}: prompt id {pid!r} is in {where}; each prompt must be there "
+                                    "once (move the copy or the other run's file out).")
+                seen[pid] = f
+        tables.append(table)
+    table = pa.concat_tables(tables, promote_options="default")
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
         raise UserError(f"generations {uri!r} lack column(s) {missing}; they have {table.column_names}")
     if "error" in table.column_names:
         table = table.filter(pc.is_null(table["error"]))
     return table
+
+
+def _check_made_by(uri: str, is_dir: bool) -> None:
+    """UserError when the nearest owner marker above ``uri`` (its own, or up to two directories up: a reweight
+    run's scores/, a store's score cache) is not a generating workflow's, or ``uri`` is a whole sweep."""
+    here = uri if "://" in uri else os.path.abspath(uri)
+    start = here = here.rstrip("/") if is_dir else _parent(here)
+    for _ in range(3):
+        if here is None:
+            return
+        marker = storage.join(here, OWNER_FILE)
+        if storage.exists(marker):
+            try:
+                owner = storage.read_json(marker)
+                kind = owner.get("kind") if owner.get("format") == OWNER_FORMAT else None
+            except (OSError, ValueError, AttributeError):
+                kind = None
+            if kind == "sweep" and is_dir and here == start:
+                raise UserError(f"generations {uri!r} are a whole sweep, one file per weight vector; pass the points' "
+                                f"files, such as {storage.join(uri, 'MPO.parquet')!r}.")
+            if kind in GENERATION_KINDS:
+                return
+            what = f"the output of `mpo-ray {kind}`" if kind else f"marked by an unreadable {marker!r}"
+            raise UserError(f"generations {uri!r} are not generations: {here!r} is {what}; pass the output of "
+                            "`mpo-ray generate` or a point's file of `mpo-ray sweep`.")
+        here = _parent(here)
+
+
+def _parent(uri: str) -> str | None:
+    """The directory above ``uri``; None above a bucket or below the filesystem's root."""
+    protocol, _, path = uri.rpartition("://")
+    path = path.rstrip("/")
+    if "/" not in path.strip("/"):
+        return None
+    parent = path.rsplit("/", 1)[0]
+    return f"{protocol}://{parent}" if protocol else parent
+
+
+def _read_verified(uri: str) -> pa.Table:
+    """A file mpo-ray wrote, verified against its content digest (UserError if changed); any other as it is."""
+    meta = storage.parquet_metadata(uri)
+    if meta is None:
+        raise UserError(f"generations file {uri!r} is not readable Parquet; pass Parquet files only.")
+    if storage.DIGEST_KEY not in meta:
+        return storage.read_parquet(uri)  # not mpo-ray's: nothing to verify it against
+    written_as = meta.get(storage.NAME_KEY, b"").decode("utf-8", "replace")
+    try:
+        if not written_as or written_as == storage.basename(uri):
+            return storage.read_parquet(uri, verify=True)
+        table = storage.read_parquet(uri)  # a renamed copy: verify its values only (the name check is for writers)
+        if storage.table_digest(table) != meta[storage.DIGEST_KEY].decode("ascii", "replace"):
+            raise storage.CorruptFile(f"{uri} does not match the digest it was written with (changed on disk).")
+        return table
+    except storage.CorruptFile as exc:
+        raise UserError(f"generations: {exc} Generate it again; if you changed it on purpose, write it without "
+                        "mpo-ray's metadata (table.replace_schema_metadata(None)).") from None
+
+
+def check_results_output(uri: str) -> None:
+    """Before any scoring: UserError when ``uri`` is a directory, a link, or a file that is not an earlier
+    evaluation's (recognised by its first bytes: `write_results` puts ``format`` first)."""
+    fs, path = storage.filesystem(uri)
+    if storage.is_link(uri):
+        raise UserError(f"--output {uri!r} is a symbolic link; give the path of a new file (mpo-ray never writes through one).")
+    if not fs.exists(path):
+        return
+    if fs.isdir(path):
+        raise UserError(f"--output {uri!r} is a directory; give a file name, such as {storage.join(uri, 'results.json')!r}.")
+    with fs.open(path, "rb") as f:
+        head = f.read(256).decode("utf-8", "replace")
+    if not _OURS.match(head):
+        raise UserError(f"--output {uri!r} exists and is not an evaluation mpo-ray wrote; give a new file name "
+                        "(mpo-ray does not overwrite files it did not write).")
+
+
+def write_results(uri: str, results: list[dict]) -> None:
+    """The evaluations as JSON, ``format`` first, so that a later run knows the file as its own from its first bytes."""
+    storage.write_json(uri, {"format": EVALUATION_FORMAT, "library_version": __version__, "results": results})
 
 
 def objectives_from_config(config) -> dict[str, Callable]:

@@ -6,16 +6,39 @@ models each time). All points use the same per-prompt seeds as `generate`, so
 two points differ by their weights only, not by sampling luck. The same actor
 scores each response under π_ref and every policy (`logp_<name>` columns), so
 every point is also measured on MPO's own objective (`core.yardstick`).
+
+Resuming. A point's file carries, in its Parquet footer, the fingerprint of what
+produced its rows (`point_fingerprints`): its weights, the models it mixes and
+the models that score it (by content: a model or adapter retrained in place is a
+new one; a soup by the adapters and λ it averages), the prompt ids and texts, and
+the decoding settings with the seed. A rerun reuses a point's file only when that
+fingerprint is unchanged and the file reads back as written; otherwise it
+generates the point again, logging which part changed, so sweep.json never states
+settings its rows were not made with. The batch size is not part of it: a row
+depends on its own seed only.
+
+Whose files. The directory is the sweep's own (`check_ours`). Only files mpo-ray's
+sweep wrote under that very name are replaced (`owns_file`); any other file at a
+point's name (a user's, a copy, a link) is refused before work starts. sweep.json
+and front.png are fixed names in that directory and are replaced only when they
+are the sweep's: sweep.json by its ``format`` key, front.png by a digest that
+sweep.json records before the figure is written (so a run stopped in between
+still recognises the figure it left).
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import os
 import time
+import uuid
+from collections.abc import Callable
 
 import numpy as np
+import pyarrow as pa
 
 from mpo_ray.config import Config, PolicySpec
 from mpo_ray.core.errors import UserError
@@ -23,7 +46,8 @@ from mpo_ray.core.seeds import derive_seed
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
-from mpo_ray.io.ownership import check_ours, mark_ours
+from mpo_ray.io.ownership import check_ours, mark_ours, owns_file
+from mpo_ray.io.provenance import digest, model_identity, tree_digest
 from mpo_ray.runtime.actors import start_generator
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
@@ -31,6 +55,10 @@ from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_con
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
+SUMMARY_FILE, FIGURE_FILE = "sweep.json", "front.png"
+SUMMARY_FORMAT = "mpo-ray/sweep"
+FINGERPRINT_KEY = b"mpo_ray.fingerprint"  # the key generate's files use: what produced the rows
+PARTS_KEY = b"mpo_ray.sweep_point"  # the fingerprint's parts (JSON): a rerun says which one changed
 
 
 def simplex_grid(k: int, step: float) -> np.ndarray:
@@ -50,11 +78,12 @@ def point_label(weights) -> str:
 
 def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | None], max_prompts: int | None = None,
               extra: dict[str, PolicySpec] | None = None, soups: dict[str, list[float]] | None = None,
-              progress: bool = True) -> dict:
+              progress: bool = True, figure: Callable[[str, dict], None] | None = None) -> dict:
     """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), and once per ``extra``
     policy on its own, and per ``soups`` label a Rewarded Soup of the policies at that λ (`soup_specs`,
     under `output`/soups/); evaluate every set against the reference with the config's rewards;
-    write `output`/<label>.parquet and sweep.json."""
+    write `output`/<label>.parquet and sweep.json, and with ``figure(uri, summary)`` (`demo.plots.plot_front`)
+    front.png. A point whose file holds rows of the same fingerprint is reused, any other generated again."""
     from tqdm.auto import tqdm
 
     g = config.section("generate")
@@ -66,12 +95,14 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
             raise UserError(f"sweep point {label!r} has weights {w}; it needs {k} finite non-negative numbers, not all zero")
     objectives = objectives_from_config(config)
     ids, prompts = read_prompts(g.prompts, prompt_column=g.prompt_column, id_column=g.id_column, limit=max_prompts)
-    check_ours(output, "sweep")
+    check_ours(output, "sweep", subdirs=("soups",))
     storage.check_writable(output)
-    seeds = [derive_seed(g.seed, pid) for pid in ids]
-    params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.num_candidates}
     points = {REFERENCE: None, **{label: w for label, w in points.items() if label != REFERENCE}}
     extra = dict(extra or {})
+    files = point_files(output, [*points, *extra, *(soups or {})])  # refused here, before anything is written
+    figure_digests = check_fixed_files(output)
+    seeds = [derive_seed(g.seed, pid) for pid in ids]
+    params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.num_candidates}
     if soups:  # written inside the sweep's own directory, so it is marked first
         mark_ours(output, "sweep")
         extra.update(soup_specs(config, storage.join(output, "soups"), soups))
@@ -79,6 +110,8 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
     vectors = {label: [1.0] + [0.0] * (k + len(extra)) if w is None else [0.0] + [float(x) for x in w] + [0.0] * len(extra)
                for label, w in points.items()}
     vectors.update({label: [0.0] * (1 + k + i) + [1.0] + [0.0] * (len(extra) - i - 1) for i, label in enumerate(extra)})
+    parts = point_fingerprints(specs, k, vectors, ids, prompts, {**params, "seed": g.seed})
+    todo = stale_points(files, parts)
 
     t0 = time.perf_counter()
     tables = {}
@@ -87,17 +120,19 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
         worker = None
         try:
             for label, weights in tqdm(vectors.items(), desc="sweep", unit="point", disable=not progress):
-                uri = storage.join(output, f"{_slug(label)}.parquet")
-                if storage.exists(uri):  # resume: a finished point is not generated again, if it reads back intact
+                uri = files[label]
+                if todo[label] is None:  # resume: the same fingerprint; reused if the file reads back intact
                     try:
                         tables[label] = storage.read_parquet(uri, verify=True)
                         continue
                     except storage.CorruptFile as exc:
                         log.warning("%s Generating that point again.", exc)
+                else:
+                    log.info("sweep: generating point %r (%s)", label, todo[label])
                 worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
                 tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size,
                                                 score=(config.reference.name, *config.policy_names))
-                storage.write_parquet(uri, tables[label])
+                write_point(uri, tables[label], parts[label])
         finally:
             if worker is not None:
                 worker.kill()
@@ -107,15 +142,138 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
                                  models=(config.reference.name, config.policy_names), seed=g.seed)
         w = points.get(label)
         r["weights"] = None if w is None else list(map(float, w))
+        r["fingerprint"] = digest(parts[label])
         results.append(r)
-    summary = {"policies": config.policy_names, "prompts": len(ids), "generation": params,
+    summary = {"format": SUMMARY_FORMAT, "policies": config.policy_names, "prompts": len(ids), "generation": params,
                "seconds": round(time.perf_counter() - t0, 1), "points": results}
-    storage.write_json(storage.join(output, "sweep.json"), summary)
+    write_outputs(output, summary, figure, figure_digests)
     return summary
 
 
 def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
+
+
+# --- Resuming: which points' files hold rows made the way this run would make them ---------------------
+
+
+def point_files(output: str, labels: list[str]) -> dict[str, str]:
+    """label → its file; UserError when two labels share a file name, or a file at a point's name is not one
+    mpo-ray's sweep wrote under that name (a user's file is never replaced: move it, or choose another output)."""
+    files, by_name = {}, {}
+    for label in labels:
+        name = f"{_slug(label)}.parquet"
+        if by_name.setdefault(name, label) != label:
+            raise UserError(f"sweep points {by_name[name]!r} and {label!r} would both be written to {name}; rename one.")
+        files[label] = uri = storage.join(output, name)
+        if storage.is_link(uri) or (storage.exists(uri) and not owns_file(uri)):
+            raise UserError(f"sweep output {output!r}: {name} is not a file mpo-ray's sweep wrote under that name (point "
+                            f"{label!r} would replace it); move it out of the directory, or choose another --output.")
+    return files
+
+
+def point_fingerprints(specs: list[PolicySpec], k: int, vectors: dict[str, list[float]], ids: list[str],
+                       prompts: list[str], decoding: dict) -> dict[str, dict[str, str]]:
+    """label → the digests of what its rows depend on: ``weights`` (the models it mixes, by name, and their λ),
+    ``models`` (those models by content and settings), ``scorers`` (π_ref and the K policies, whose log-probs
+    every point's file carries), ``prompts`` (ids and texts) and ``decoding`` (sampling settings, num_candidates,
+    seed). ``specs`` are [π_ref, π_1..π_K, extras...], the order of every vector."""
+    from mpo_ray.models.policies import local_files
+
+    described = [{**s.model_dump(), "content": model_identity(s, local_files)["content"]} for s in specs]
+    common = {"scorers": digest(described[: 1 + k]), "prompts": digest([list(ids), list(prompts)]),
+              "decoding": digest(decoding)}
+    out = {}
+    for label, vector in vectors.items():
+        used = [(i, float(w)) for i, w in enumerate(vector) if w != 0]  # zeros: an added soup changes no other point
+        out[label] = {"weights": digest([(specs[i].name, w) for i, w in used]),
+                      "models": digest([described[i] for i, _ in used]), **common}
+    return out
+
+
+def stale_points(files: dict[str, str], parts: dict[str, dict[str, str]]) -> dict[str, str | None]:
+    """label → why its point must be generated, or None when its file holds rows of the same fingerprint
+    (read from the footer only; the rows are verified when read)."""
+    out = {}
+    for label, p in parts.items():
+        uri = files[label]
+        if not storage.exists(uri):
+            out[label] = "not generated yet"
+            continue
+        meta = storage.parquet_metadata(uri) or {}
+        if meta.get(FINGERPRINT_KEY, b"").decode("utf-8", "replace") == digest(p):
+            out[label] = None
+            continue
+        try:
+            before = json.loads(meta[PARTS_KEY])
+            changed = sorted(key for key in p if before.get(key) != p[key]) or ["fingerprint"]
+            out[label] = f"{storage.basename(uri)} was made with other {', '.join(changed)}"
+        except (KeyError, ValueError, AttributeError):
+            out[label] = f"{storage.basename(uri)} carries no sweep fingerprint (an older mpo-ray wrote it)"
+    return out
+
+
+def write_point(uri: str, table: pa.Table, parts: dict[str, str]) -> None:
+    """A point's rows, atomically, with their fingerprint (and its parts) in the footer."""
+    meta = {**(table.schema.metadata or {}), FINGERPRINT_KEY: digest(parts).encode(), PARTS_KEY: json.dumps(parts).encode()}
+    storage.write_parquet(uri, table.replace_schema_metadata(meta))
+
+
+# --- sweep.json and front.png: fixed names, replaced only when the sweep wrote them --------------------
+
+
+def _sha256(uri: str) -> str:
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def check_fixed_files(output: str) -> list[str]:
+    """The digest of the front.png there now (empty when there is none); UserError, before any work, when
+    sweep.json or front.png is there and is not the sweep's. sweep.json is ours when it carries our ``format``
+    (or, written before it did, the summary's own keys); front.png when sweep.json records its digest (a sweep
+    of an older mpo-ray recorded none: any PNG beside its sweep.json is taken as its figure)."""
+    summary_uri, figure_uri = storage.join(output, SUMMARY_FILE), storage.join(output, FIGURE_FILE)
+    how = "move it out of the directory, or choose another --output."
+    previous = None
+    if storage.is_link(summary_uri) or storage.exists(summary_uri):
+        try:
+            previous = None if storage.is_link(summary_uri) else storage.read_json(summary_uri)
+        except (OSError, ValueError):
+            pass
+        legacy = isinstance(previous, dict) and "format" not in previous and {"policies", "points", "generation"} <= set(previous)
+        if not (isinstance(previous, dict) and (previous.get("format") == SUMMARY_FORMAT or legacy)):
+            raise UserError(f"sweep output {output!r}: {SUMMARY_FILE} there is not a summary mpo-ray's sweep wrote; {how}")
+    if not (storage.is_link(figure_uri) or storage.exists(figure_uri)):
+        return []
+    if not storage.is_link(figure_uri) and previous is not None:
+        current = _sha256(figure_uri)
+        recorded = previous.get("figure_sha256")
+        if current in (recorded or []) or (recorded is None and "format" not in previous and _is_png(figure_uri)):
+            return [current]
+    raise UserError(f"sweep output {output!r}: {FIGURE_FILE} there is not a figure mpo-ray's sweep drew; {how}")
+
+
+def _is_png(uri: str) -> bool:
+    fs, path = storage.filesystem(uri)
+    with fs.open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def write_outputs(output: str, summary: dict, figure: Callable[[str, dict], None] | None, previous: list[str]) -> None:
+    """sweep.json, then front.png. sweep.json records the new figure's digest, and the one there now, before the
+    figure is replaced: a run stopped in between leaves a figure the next run still knows as its own."""
+    data = None
+    if figure is not None:  # drawn in memory first: its digest goes into sweep.json before it is written
+        scratch = f"memory://mpo-ray-sweep-{uuid.uuid4().hex}/{FIGURE_FILE}"
+        figure(scratch, summary)
+        fs, path = storage.filesystem(scratch)
+        data = fs.cat_file(path)
+        fs.rm(path.rsplit("/", 1)[0], recursive=True)
+    digests = list(dict.fromkeys(previous + ([hashlib.sha256(data).hexdigest()] if data is not None else [])))
+    storage.write_json(storage.join(output, SUMMARY_FILE), {**summary, "figure_sha256": digests})
+    if data is not None:
+        storage.write_bytes(storage.join(output, FIGURE_FILE), data)
 
 
 def sweep_points(config: Config, step: float, weights_uri: str | None = None) -> dict[str, list[float]]:
@@ -130,11 +288,14 @@ def sweep_points(config: Config, step: float, weights_uri: str | None = None) ->
     return points
 
 
+SOUP_RECORD = "soup.json"
+
+
 def soup_specs(config: Config, directory: str, weights: dict[str, list[float]]) -> dict[str, PolicySpec]:
     """Rewarded Soups of the config's LoRA adapters (`models/soup.py`), one per labelled λ, as extra sweep
-    policies; a soup already in ``directory`` from the same adapters and λ is reused (a resumed sweep)."""
-    import json
-
+    policies. A soup already in ``directory`` is reused only when it was made from the same adapters, by content
+    (an adapter retrained in place would otherwise be served as its old soup), and the same λ; a soup made
+    otherwise is refused, never silently replaced."""
     from mpo_ray.models.policies import resolve_model
     from mpo_ray.models.soup import rewarded_soup
 
@@ -147,16 +308,39 @@ def soup_specs(config: Config, directory: str, weights: dict[str, list[float]]) 
         raise UserError(f"Rewarded Soups are written next to the sweep; {directory!r} is not a local directory. "
                         "Pass a local --output.")
     adapters = [resolve_model(p.adapter) for p in config.policies]
+    contents = [tree_digest(a) for a in adapters]
     out = {}
     for label, w in weights.items():
         path = os.path.join(directory, _slug(label))
-        record = os.path.join(path, "soup.json")
-        same = os.path.exists(record) and json.loads(storage.read_text(record)) == {"adapters": adapters, "weights": list(w)}
-        if not same:
+        wanted = {"adapters": adapters, "weights": list(w), "contents": contents}
+        if os.path.lexists(path):
+            _check_soup(path, wanted)
+        else:
             rewarded_soup(adapters, list(w), path)
+            storage.write_json(os.path.join(path, SOUP_RECORD), wanted)  # with the adapters' contents
         out[label] = PolicySpec(name=label, model=config.policies[0].model, revision=config.policies[0].revision,
                                 adapter=path)
     return out
+
+
+def _check_soup(path: str, wanted: dict) -> None:
+    """UserError, saying what differs, unless the soup at ``path`` was made as ``wanted``."""
+    record = os.path.join(path, SOUP_RECORD)
+    try:
+        made = None if os.path.islink(path) or os.path.islink(record) else json.loads(storage.read_text(record))
+    except (OSError, ValueError):
+        made = None
+    if made == wanted:
+        return
+    if not isinstance(made, dict):
+        why = f"is not a soup mpo-ray made (no readable {SOUP_RECORD}, or a link)"
+    elif made.get("weights") != wanted["weights"]:
+        why = f"was made with λ = {made.get('weights')}, not {wanted['weights']}"
+    elif "contents" not in made:
+        why = "was made by an older mpo-ray, which did not record its adapters' contents"
+    else:
+        why = "was made from other adapters (other paths, or retrained since)"
+    raise UserError(f"soup {path} exists and {why}; delete it to make it again, or choose another --output.")
 
 
 def default_output(config: Config) -> str:
