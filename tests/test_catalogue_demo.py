@@ -269,3 +269,60 @@ def test_train_demo_policies_replaces_an_adapter_file_by_file(tmp_path, caplog):
     with pytest.raises(UserError, match="is a symbolic link"):
         install_adapter(new, linked)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_train_demo_policies_marks_its_output_and_replaces_adapters_file_by_file(tmp_path, monkeypatch):
+    """The whole command with its models stood in for: a new directory gets the marker; in its own directory a rerun
+    replaces the adapters' files and its report, and a user's files beside them stay."""
+    import transformers
+
+    import mpo_ray.demo.dpo as dpo
+    import mpo_ray.models.decoding as decoding
+    import mpo_ray.models.policies as model_policies
+    from mpo_ray.demo import policies
+    from mpo_ray.demo.policies import KIND, OBJECTIVES, TrainDemoConfig, train_demo_policies
+
+    class Model:
+        def save_pretrained(self, path):  # what peft writes
+            for name, text in (("adapter_config.json", "{}"), ("adapter_model.safetensors", "new"), ("README.md", "")):
+                (path / name).write_text(text)
+
+    class Policy:
+        pad_token_id = 0
+
+        def __init__(self, name):
+            self.name = name
+
+        def encode_prompts(self, prompts):
+            return [[1] for _ in prompts]
+
+    class Mixed:
+        def __init__(self, members, weights):
+            pass
+
+        def generate(self, prompts, **kw):
+            return [SimpleNamespace(text="Yes!") for _ in prompts]
+
+    monkeypatch.setattr(policies, "_self_samples", lambda ref, prompts, *a: [
+        [SimpleNamespace(text="Yes!", token_ids=[1]), SimpleNamespace(text=f"{p} well", token_ids=[1, 2])]
+        for p in prompts])
+    monkeypatch.setattr(model_policies, "load_policies", lambda specs: [Policy(s.name) for s in specs])
+    monkeypatch.setattr(model_policies, "resolve_model", lambda *a, **k: "base")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: object())
+    monkeypatch.setattr(dpo, "train_dpo", lambda *a, **k: (Model(), [{"loss": 0.5, "margin": 1.0, "accuracy": 1.0}]))
+    monkeypatch.setattr(decoding, "MixedPolicy", Mixed)
+    config = TrainDemoConfig(train_prompts=4, eval_prompts=2)
+
+    new = tmp_path / "new"
+    train_demo_policies(new, config, quiet=True)
+    assert storage.read_json(str(new / OWNER_FILE))["kind"] == KIND
+    assert sorted(p.name for p in new.iterdir()) == sorted([META_DIR, "README.md", "training.json", *OBJECTIVES])
+
+    _write(new / "concise" / "notes.md", "my notes")
+    _write(new / "my-runs" / "log.txt", "my log")
+    (new / "concise" / "adapter_model.safetensors").write_text("old")
+    train_demo_policies(new, config, quiet=True)
+    assert (new / "concise" / "adapter_model.safetensors").read_text() == "new"
+    assert json.loads((new / "concise" / "adapter_config.json").read_text())["base_model_name_or_path"] == policies.BASE_MODEL_ID
+    assert (new / "concise" / "notes.md").read_text() == "my notes" and (new / "my-runs" / "log.txt").read_text() == "my log"
+    assert not [p for p in new.iterdir() if p.name.startswith(".")]  # no temporary adapter directory left

@@ -53,7 +53,6 @@ PROMPTS = DATA_DIR / "demo_prompts.jsonl"
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KIND = "train-demo-policies"  # the owner marker's kind
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")  # what peft saves, config last
-REPORT_FILES = ("training.json", "README.md")  # beside the adapters: the run's record and its report
 
 
 def _dpo_config() -> DPOConfig:
@@ -201,8 +200,8 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     """Sample, rank, DPO-train one adapter per objective, check each moved its objective; write `output`.
 
     ``output`` is checked before anything loads (`check_output`). Each adapter is saved to a temporary directory,
-    then installed file by file (`install_adapter`): an interrupted run leaves the previous adapters whole, and
-    nothing but the files training writes is ever replaced.
+    then installed file by file (`install_adapter`, a few renames): a run stopped while training leaves the previous
+    adapters as they were, and nothing but the files training writes is ever replaced.
     """
     unknown = sorted(set(only or ()) - set(OBJECTIVES))
     if unknown:
