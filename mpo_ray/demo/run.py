@@ -100,7 +100,7 @@ OWN_FILES = (
 OWN_PARQUET = ("reweight/scores/*.parquet", "generations/mpo/*.parquet", "generations/sweep/*.parquet")
 # The workflows' own directories: each must still be theirs (its marker, or nothing there yet) after a cleanup.
 WORKFLOW_DIRS = {"reweight": ("reweight", ("scores",)), "generations/mpo": ("generate", ()),
-                 "generations/sweep": ("sweep", ())}
+                 "generations/sweep": ("sweep", ("soups",))}  # the subdirectories each workflow checks for links
 
 
 def _prepare_output(out: str, sweep_files: tuple[str, ...] = ()) -> None:
