@@ -7,7 +7,7 @@
 #   infra/local-cluster.sh status       nodes, resources, and the env to submit jobs
 #   infra/local-cluster.sh env          print the `export` lines the jobs CLI needs
 #   infra/local-cluster.sh pids         the processes `stop` would end
-#   infra/local-cluster.sh stop         stop every process this cluster started
+#   infra/local-cluster.sh stop         stop the processes this script started, and their Ray children
 #
 # Then, from the repo root:
 #
@@ -40,12 +40,20 @@
 #   unpacked working_dir, and one node's cleanup then deletes it under another
 #   node's running processes. Keep $MPO_CLUSTER_DIR short: Unix socket paths
 #   are limited to ~107 characters.
-# * `stop` ends exactly this cluster's processes, by pid: each node is started
-#   under setsid with MPO_LOCAL_CLUSTER=<dir> in its environment, and `stop`
-#   takes every process whose command line names the cluster's directory or
-#   whose environment has the marker, everything in their sessions, and all
-#   their descendants (workers, actors, job drivers); TERM, then KILL after
-#   10 s. It never kills by name: `ray stop` would end every Ray on the machine.
+# * `stop` ends exactly the processes this script started, and their Ray
+#   children, by pid: never by name or command line (`ray stop` would end every
+#   Ray on the machine; a command-line match ends a user's `tail -f` of a log in
+#   here). Each node's `ray start` runs in a new session of its own; right after
+#   it returns, every process of that session (gcs_server, raylet, dashboard,
+#   agents, ...) is recorded in $DIR/state as PROC=<pid>,<starttime>,<session>,
+#   the starttime (/proc/<pid>/stat) guarding against a reused pid. `stop`
+#   signals the recorded processes still alive (same starttime), the members of
+#   their sessions (only while a recorded member lives: the session is still the
+#   one this script made), their descendants by parent pid (workers, actors, job
+#   drivers, which Ray starts in sessions of their own), and the orphans among
+#   those, known by MPO_LOCAL_CLUSTER=<dir>, which only this script sets and Ray
+#   passes down; TERM, then KILL after 10 s, each pid checked against its
+#   starttime just before it is signalled. Never this script or its callers.
 #
 # Settings (environment): MPO_CLUSTER_DIR (default /tmp/mpo-ray-cluster-$UID),
 # MPO_HEAD_CPUS (0: the head only coordinates, as on KubeRay), MPO_WORKER_CPUS (1),
@@ -122,57 +130,130 @@ free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-# pids of every live process of this cluster, found (without `ps` or names) as:
-# processes whose command line names $DIR (gcs_server, raylets, log monitors, ...)
-# or whose environment carries the MPO_LOCAL_CLUSTER marker (job drivers, and
-# daemons whose title Ray has not rewritten), everything in their sessions (each
-# `ray start` runs under setsid), and all their descendants (workers, actors,
-# job drivers, which Ray starts in sessions of their own). Never this script.
-cluster_pids() {
-    "$PY" - "$DIR" <<'PYEOF'
-import os, sys
-cluster_dir = sys.argv[1].rstrip("/") + "/"
-marker = b"MPO_LOCAL_CLUSTER=" + cluster_dir[:-1].encode()
+# The processes of this cluster, by pid and starttime (see the header). One
+# helper, `procs CMD ...`:
+#   launch LOG TIMEOUT -- CMD...  run CMD in a new session (MPO_LOCAL_CLUSTER=$DIR
+#                                 in its environment), wait; record its session's
+#                                 processes in $DIR/state (also on failure)
+#   find                          pid:starttime of every live process of this cluster
+#   signal SIG PID:START...       signal those still alive with that starttime
+#   alive PID:START...            those still alive with that starttime (zombies are gone)
+PROCS_PY='
+import os, signal, subprocess, sys
 
-def read(pid, name):
+cluster_dir, state_file = sys.argv[1], os.path.join(sys.argv[1], "state")
+marker = b"MPO_LOCAL_CLUSTER=" + cluster_dir.encode()
+
+def stat(pid):
+    """(state, ppid, session, starttime) of a live process, or None."""
     try:
-        with open(f"/proc/{pid}/{name}", "rb") as f:
-            return f.read()
-    except OSError:  # gone, or not ours to read
-        return b""
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()  # fields 3.. of proc(5); the name may hold spaces
+    return fields[0], int(fields[1]), int(fields[3]), int(fields[19])
 
-procs = {}
-for pid in map(int, filter(str.isdigit, os.listdir("/proc"))):
-    stat = read(pid, "stat")
-    if stat:
-        fields = stat[stat.rindex(b")") + 2:].split()
-        procs[pid] = (int(fields[1]), int(fields[3]))  # ppid, session id
-mine = {os.getpid()}
-p = os.getppid()
-while p > 1 and p in procs and p not in mine:  # this process and its ancestors
-    mine.add(p)
-    p = procs[p][0]
+def table():
+    return {pid: s for pid, s in ((int(p), stat(p)) for p in os.listdir("/proc") if p.isdigit()) if s}
 
-def is_root(pid):
-    argv = read(pid, "cmdline").split(b"\0")
-    ray_program = any(b"/ray/" in arg for arg in argv[:3])  # gcs_server, raylet, .../ray/_private/*.py
-    return (ray_program and any(cluster_dir.encode() in arg for arg in argv)) or marker in read(pid, "environ").split(b"\0")
+def tokens(args):
+    for t in args:
+        pid, start = t.split(":")
+        yield int(pid), int(start)
 
-roots = set(filter(is_root, procs))
-sessions = {procs[pid][1] for pid in roots} - {procs[pid][1] for pid in mine} - {0, 1}
-found = roots | {pid for pid, (_, sid) in procs.items() if sid in sessions}
-children = {}
-for pid, (ppid, _) in procs.items():
-    children.setdefault(ppid, []).append(pid)
-stack = list(found)
-while stack:
-    for child in children.get(stack.pop(), []):
-        if child not in found:
-            found.add(child)
-            stack.append(child)
-print("\n".join(map(str, sorted(found - mine))))
-PYEOF
-}
+def live(pid, start):
+    s = stat(pid)
+    return s is not None and s[3] == start and s[0] != b"Z"
+
+def descendants(procs, roots):
+    children = {}
+    for pid, s in procs.items():
+        children.setdefault(s[1], []).append(pid)
+    found, stack = set(roots), list(roots)
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+def recorded():
+    try:
+        with open(state_file) as f:
+            lines = [line.strip() for line in f]
+    except OSError:
+        return set()
+    return {tuple(map(int, line[5:].split(","))) for line in lines if line.startswith("PROC=")}
+
+def record(entries):
+    known = recorded()
+    with open(state_file, "a") as f:
+        for pid, start, sid in sorted(set(entries) - known):
+            f.write(f"PROC={pid},{start},{sid}\n")
+
+def launch(log, timeout, command):
+    with open(log, "wb") as out:
+        child = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                 start_new_session=True, env={**os.environ, "MPO_LOCAL_CLUSTER": cluster_dir})
+    s = stat(child.pid)
+    if s:
+        record([(child.pid, s[3], child.pid)])  # at once: a stopped start still leaves its session known
+    try:
+        code = child.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
+        code = 124
+    procs = table()
+    members = descendants(procs, [pid for pid, s in procs.items() if s[2] == child.pid])
+    record([(pid, procs[pid][3], procs[pid][2]) for pid in members if pid in procs])
+    return code
+
+def find():
+    procs = table()
+    mine, p = {os.getpid()}, os.getppid()
+    while p > 1 and p in procs and p not in mine:  # this helper, this script and its callers
+        mine.add(p)
+        p = procs[p][1]
+    alive = {(pid, sid) for pid, start, sid in recorded() if pid in procs and procs[pid][3] == start}
+    sessions = {sid for pid, sid in alive if procs[pid][2] == sid}  # still the sessions this script made
+    roots = {pid for pid, _ in alive} | {pid for pid, s in procs.items() if s[2] in sessions}
+    for pid in procs:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\0"):
+                    roots.add(pid)
+        except OSError:  # gone, or not ours to read
+            pass
+    for pid in sorted(descendants(procs, roots) - mine):
+        if pid in procs and procs[pid][0] != b"Z":
+            print(f"{pid}:{procs[pid][3]}")
+
+command = sys.argv[2]
+if command == "launch":
+    sep = sys.argv.index("--")
+    sys.exit(launch(sys.argv[3], float(sys.argv[4]), sys.argv[sep + 1:]))
+elif command == "find":
+    find()
+elif command == "signal":
+    sig = getattr(signal, "SIG" + sys.argv[3])
+    for pid, start in tokens(sys.argv[4:]):
+        if live(pid, start):  # checked just before: a reused pid is never signalled
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+elif command == "alive":
+    for pid, start in sorted(set(tokens(sys.argv[3:]))):
+        if live(pid, start):
+            print(f"{pid}:{start}")
+'
+
+procs() { "$PY" -c "$PROCS_PY" "$DIR" "$@"; }
+
+# pid:starttime of every live process of this cluster (see PROCS_PY's find).
+cluster_procs() { procs find; }
 
 # The ports `start` recorded in $DIR/state, read as data (never sourced).
 read_state() {
@@ -184,6 +265,7 @@ read_state() {
     while IFS='=' read -r key value; do
         case "$key" in
             GCS_PORT|DASHBOARD_PORT|CLIENT_PORT|WORKERS) ;;
+            PROC) [[ "$value" =~ ^[0-9]+,[0-9]+,[0-9]+$ ]] || die "bad PROC in $DIR/state"; continue ;;
             *) die "unexpected line in $DIR/state" ;;
         esac
         [[ "$value" =~ ^[0-9]+$ ]] || die "bad $key in $DIR/state"
@@ -240,7 +322,7 @@ cmd_start() {
     [[ "$workers" =~ ^[0-9]+$ ]] || die "start N: N must be a number of workers, got '$workers'"
     check_dir  # before anything runs: a directory that is not ours is never touched
     command -v ray >/dev/null || die "ray not on PATH; activate the project's environment first"
-    if [ -n "$(cluster_pids)" ]; then
+    if [ -n "$(cluster_procs)" ]; then
         die "a cluster is already running from $DIR; run '$0 stop' first"
     fi
     case "$DIR_KIND" in
@@ -260,14 +342,14 @@ cmd_start() {
     local common=(--node-ip-address 127.0.0.1 --object-store-memory "$OBJECT_STORE"
                   --dashboard-agent-listen-port 0 --disable-usage-stats)
     echo "local-cluster: head on 127.0.0.1:$GCS_PORT (dashboard http://127.0.0.1:$DASHBOARD_PORT)"
-    MPO_LOCAL_CLUSTER="$DIR" timeout "$START_TIMEOUT" setsid -w ray start --head --port "$GCS_PORT" --num-cpus "$HEAD_CPUS" \
+    procs launch "$DIR/head.log" "$START_TIMEOUT" -- ray start --head --port "$GCS_PORT" --num-cpus "$HEAD_CPUS" \
         --include-dashboard true --dashboard-host 127.0.0.1 --dashboard-port "$DASHBOARD_PORT" \
-        --ray-client-server-port "$CLIENT_PORT" --temp-dir "$DIR/head" "${common[@]}" > "$DIR/head.log" 2>&1 < /dev/null \
+        --ray-client-server-port "$CLIENT_PORT" --temp-dir "$DIR/head" "${common[@]}" \
         || { cat "$DIR/head.log" >&2; cmd_stop >&2; die "head failed to start"; }
     for i in $(seq 1 "$workers"); do
         echo "local-cluster: worker $i (num-cpus $WORKER_CPUS, resource node_$i)"
-        MPO_LOCAL_CLUSTER="$DIR" timeout "$START_TIMEOUT" setsid -w "$PY" -c "$RAY_START_WORKER" start --address "127.0.0.1:$GCS_PORT" --num-cpus "$WORKER_CPUS" \
-            --resources "{\"node_$i\": 1}" --temp-dir "$DIR/w$i" "${common[@]}" > "$DIR/worker-$i.log" 2>&1 < /dev/null \
+        procs launch "$DIR/worker-$i.log" "$START_TIMEOUT" -- "$PY" -c "$RAY_START_WORKER" start --address "127.0.0.1:$GCS_PORT" \
+            --num-cpus "$WORKER_CPUS" --resources "{\"node_$i\": 1}" --temp-dir "$DIR/w$i" "${common[@]}" \
             || { cat "$DIR/worker-$i.log" >&2; cmd_stop >&2; die "worker $i failed to start"; }
     done
     wait_for_nodes $((workers + 1))
@@ -279,53 +361,38 @@ cmd_status() {
     read_state
     cluster_env
     local pids
-    pids=$(cluster_pids | wc -l)
+    pids=$(cluster_procs | wc -l)
     echo "local-cluster: $DIR, $pids processes, GCS 127.0.0.1:$GCS_PORT, dashboard http://127.0.0.1:$DASHBOARD_PORT"
     [ "$pids" -gt 0 ] || { echo "local-cluster: not running"; return 3; }
     ray status --address "127.0.0.1:$GCS_PORT"
 }
 
-# the given pids that are still alive (zombies count as gone)
-alive() {
-    "$PY" - "$@" <<'PYEOF'
-import sys
-for pid in sys.argv[1:]:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        continue
-    if stat[stat.rindex(b")") + 2:].split()[0] != b"Z":
-        print(pid)
-PYEOF
-}
-
 cmd_stop() {
-    local pids grace=10
-    check_dir  # processes are found by $DIR: never act on a directory that is not ours
+    local found grace=10
+    check_dir  # processes are found through $DIR/state: never act on a directory that is not ours
     # Everything is collected before anything is killed: once the daemons are
     # gone, their leftover children could no longer be traced to this cluster.
-    pids=$(cluster_pids)
-    if [ -z "$pids" ]; then
+    found=$(cluster_procs)
+    if [ -z "$found" ]; then
         echo "local-cluster: nothing running from $DIR"
         return 0
     fi
-    echo "local-cluster: stopping $(echo "$pids" | wc -w) processes"
+    echo "local-cluster: stopping $(echo "$found" | wc -w) processes"
     # shellcheck disable=SC2086
-    kill -TERM $pids 2>/dev/null || true
+    procs signal TERM $found
     for _ in $(seq 1 $((grace * 2))); do
         sleep 0.5
         # shellcheck disable=SC2046,SC2086
-        pids=$(alive $pids $(cluster_pids) | sort -un)
-        [ -z "$pids" ] && break
+        found=$(procs alive $found $(cluster_procs))
+        [ -z "$found" ] && break
     done
-    if [ -n "$pids" ]; then
+    if [ -n "$found" ]; then
         # shellcheck disable=SC2086
-        kill -KILL $pids 2>/dev/null || true
+        procs signal KILL $found
         sleep 1
         # shellcheck disable=SC2046,SC2086
-        pids=$(alive $pids $(cluster_pids) | sort -un)
-        [ -z "$pids" ] || die "still running after SIGKILL: $pids"
+        found=$(procs alive $found $(cluster_procs))
+        [ -z "$found" ] || die "still running after SIGKILL: $(echo "$found" | cut -d: -f1 | tr '\n' ' ')"
     fi
     echo "local-cluster: stopped"
 }
@@ -335,6 +402,6 @@ case "${1:-}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) print_env ;;
-    pids) check_dir; cluster_pids ;;
+    pids) check_dir; cluster_procs | cut -d: -f1 ;;
     *) echo "usage: $0 start [N] | stop | status | env | pids" >&2; exit 2 ;;
 esac
