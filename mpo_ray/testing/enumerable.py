@@ -22,20 +22,27 @@ What this gives the estimator study (docs/design.md §1):
 * the exact dual F(λ) and the exact λ* = argmin F over the simplex, found by
   :func:`~mpo_ray.core.solver.solve_weights` with every response as a sample
   and ``log_importance = log π_ref(y)``: the solver's self-normalised base
-  weights are then exactly π_ref(y), so its F̂ *is* F.
+  weights are then exactly π_ref(y), so its F̂ *is* F;
+* what a server actually serves (issue 19), exactly: the token-level mixture,
+  resampling one of n token-level candidates ∝ π_λ/q (``resampling_logp``, the
+  decoder's ``num_candidates``), a token-by-token sampler that couples sets
+  through shared uniforms as the demo's shared seeds do, the exact MaxMin
+  objective J of any table (``objective``), and the λ best for a one-candidate
+  server (``tuned_token_weights``, ``equalised_token_weights``).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
 from mpo_ray.core.solver import WeightsResult, solve_weights
 
-__all__ = ["EnumerableWorld", "make_world", "scale_for_kl", "sample_sequences", "logsumexp"]
+__all__ = ["EnumerableWorld", "make_world", "scale_for_kl", "sample_sequences", "logsumexp", "resampling_logp",
+           "simplex_grid", "tuned_token_weights", "equalised_token_weights"]
 
 EOS = 0
 
@@ -217,6 +224,103 @@ class EnumerableWorld:
     def sample_geometric(self, lam, n, rng):
         return self.sample(self.geometric_token_logp(lam), n, rng)
 
+    # What a decoder actually serves (issue 19): the token-level mixture, n-candidate resampling, and the exact
+    # MaxMin objective J of any table, so serving modes can be compared with F(λ*) without sampling noise.
+
+    def subset(self, rows) -> EnumerableWorld:
+        """The world restricted to the prompts ``rows``: a reweight or eval sample drawn from the population."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return replace(self, ref_token_logp=self.ref_token_logp[rows],
+                       policy_token_logp=self.policy_token_logp[:, rows])
+
+    def token_mixture(self, lam) -> np.ndarray:
+        """(N, P, V) next-token log-probs softmax_v(Σ_k λ_k log π_k(v|prefix)): the decoder's step distribution."""
+        lam = np.asarray(lam, dtype=np.float64)
+        return _log_softmax(np.einsum("k,kipv->ipv", lam, self.policy_token_logp))
+
+    def resampled_logp(self, lam, n, **kwargs) -> np.ndarray:
+        """(N, S) exact log-probs of ``num_candidates = n`` at λ: n token-level draws, one kept ∝ π_λ/q.
+
+        ``n`` an int gives (N, S); a sequence of ints gives (len(n), N, S). See :func:`resampling_logp`.
+        """
+        return resampling_logp(self.target_logp(lam), self.geometric_token_logp(lam), n, **kwargs)
+
+    def served_logp(self, lam, candidates: int = 1, **kwargs) -> np.ndarray:
+        """(N, S) log-probs of what ``MixedPolicy.generate(num_candidates=candidates)`` serves at λ (temperature 1)."""
+        if candidates == 1:
+            return self.geometric_token_logp(lam)
+        return self.resampled_logp(lam, int(candidates), **kwargs)
+
+    def served_values(self, logp: np.ndarray) -> np.ndarray:
+        """(K,) exact E_x E_π[ℓ_k] of the policy whose (N, S) log-probs are ``logp``."""
+        return np.einsum("is,isk->k", np.exp(logp), self.log_ratios) / self.num_prompts
+
+    def served_kl(self, logp: np.ndarray) -> float:
+        """Exact KL(π‖π_ref) averaged over prompts, nats, of the (N, S) table ``logp``."""
+        p = np.exp(logp)
+        return float(np.where(p > 0, p * (logp - self.ref_logp), 0.0).sum(axis=1).mean())
+
+    def objective(self, logp: np.ndarray) -> float:
+        """Exact J(π) = min_k E_x E_π[ℓ_k] − KL(π‖π_ref) of the table ``logp`` (core/yardstick.py's J)."""
+        return float(self.served_values(logp).min() - self.served_kl(logp))
+
+    @cached_property
+    def children(self) -> np.ndarray:
+        """(P, V): after prefix p and token v, the next prefix's index (≥ 0), or −(s + 1) if response s ends."""
+        prefix_index = {p: i for i, p in enumerate(self.prefixes)}
+        seq_index = {s: i for i, s in enumerate(self.sequences)}
+        V = self.ref_token_logp.shape[-1]
+        out = np.empty((len(self.prefixes), V), dtype=np.int64)
+        for i, p in enumerate(self.prefixes):
+            for v in range(V):
+                nxt = p + (v,)
+                out[i, v] = prefix_index[nxt] if nxt in prefix_index else -(seq_index[nxt] + 1)
+        return out
+
+    def sample_tokens(self, token_logp: np.ndarray, uniforms: np.ndarray) -> np.ndarray:
+        """Response indices drawn token by token, one uniform per step, as ``models/decoding.py`` draws them.
+
+        ``token_logp`` (N, P, V) next-token log-probs; ``uniforms`` (N, B, T ≥ max_len): B draws per prompt.
+        Inverse CDF over token ids in order, like the decoder's ``_inverse_cdf``: sets decoded with the same
+        uniforms are coupled as the demo's sets are (the same seed per prompt for every set).
+        """
+        N, B = uniforms.shape[:2]
+        state = np.zeros((N, B), dtype=np.int64)  # prefix index; () is prefix 0
+        done = np.full((N, B), -1, dtype=np.int64)
+        rows = np.arange(N)[:, None]
+        for t in range(max(len(s) for s in self.sequences)):
+            cdf = np.cumsum(np.exp(token_logp[rows, state]), axis=-1)  # (N, B, V)
+            tok = (cdf <= (uniforms[..., t] * cdf[..., -1])[..., None]).sum(-1)
+            tok = np.minimum(tok, cdf.shape[-1] - 1)
+            nxt = self.children[state, tok]
+            live = done < 0
+            ended = live & (nxt < 0)
+            done[ended] = -nxt[ended] - 1
+            state = np.where(live & (nxt >= 0), nxt, state)
+        return done
+
+    def sample_served(self, lam, candidates: int, token_uniforms: np.ndarray, pick_uniforms=None) -> np.ndarray:
+        """(N, B) responses served at λ with ``num_candidates = candidates``, exactly by the decoder's rule.
+
+        ``token_uniforms`` (N, B, candidates, T): candidate c of draw b decodes with its own stream; with more
+        than one candidate, ``pick_uniforms`` (N, B) keeps one by inverse CDF on softmax(log w),
+        log w = log π̃_λ − log q (``generate``'s logprob + log_normalizer − proposal_logprob at temperature 1).
+        """
+        N, B, n, T = token_uniforms.shape
+        if n != candidates:
+            raise ValueError(f"token_uniforms has {n} candidates per draw, expected {candidates}")
+        q_tok = self.token_mixture(lam)
+        cand = self.sample_tokens(q_tok, token_uniforms.reshape(N, B * n, T)).reshape(N, B, n)
+        if n == 1:
+            return cand[..., 0]
+        log_w = self.target_logp(lam) - self.sequence_logp(q_tok)  # (N, S), up to a per-prompt constant
+        lw = np.take_along_axis(log_w, cand.reshape(N, -1), axis=1).reshape(N, B, n)
+        prob = np.exp(lw - lw.max(-1, keepdims=True))
+        cdf = np.cumsum(prob / prob.sum(-1, keepdims=True), axis=-1)
+        pick = np.minimum((cdf <= (pick_uniforms * cdf[..., -1])[..., None]).sum(-1), n - 1)
+        return np.take_along_axis(cand, pick[..., None], axis=-1)[..., 0]
+
+
 
 def make_world(
     num_prompts: int = 32,
@@ -282,3 +386,129 @@ def scale_for_kl(target_kl: float, *, low: float = 0.01, high: float = 50.0, ite
         mid = 0.5 * (low + high)
         low, high = (mid, high) if mean_kl(mid) < target_kl else (low, mid)
     return 0.5 * (low + high)
+
+
+def resampling_logp(log_target, log_proposal, n, *, step: float = 0.3, tol: float = 1e-15):
+    """Exact log-probs of sampling-importance-resampling: n i.i.d. draws from q, one kept with probability ∝ w.
+
+    This is ``num_candidates = n`` in ``models/decoding.py``: candidates drawn independently (duplicates
+    count separately), one picked by inverse CDF on softmax(log w) with w = π_λ/q up to a constant. With
+    w normalised so that E_q w = 1 and S_{n−1} the sum of n − 1 i.i.d. weights,
+
+        P_n(y) = n q(y) w(y) E[1 / (w(y) + S_{n−1})],   1/a = ∫_0^∞ e^{−ta} dt,
+        E[1 / (w + S_{n−1})] = ∫_0^∞ e^{−tw} φ(t)^{n−1} dt,  φ(t) = E_q e^{−tW} = Σ_y q(y) e^{−t w(y)},
+
+    a one-dimensional integral per response instead of a sum over S^{n−1} tuples. With t = e^u the
+    integrand is analytic and bounded in the strip |Im u| < π/2 and decays double-exponentially, so the
+    trapezoid rule of step ``step`` is accurate to about exp(−π²/step) (1e−14 at 0.3) on a per-prompt
+    range that cuts each tail below ``tol`` relative to the integral. P_1 = q and P_n → π_λ as n → ∞.
+
+    ``log_target``, ``log_proposal``: (N, S) log-probs (normalisation irrelevant), the target's support inside the
+    proposal's. ``n``: an int (returns (N, S)) or a sequence of ints (returns (len(n), N, S)).
+    """
+    log_target = np.asarray(log_target, dtype=np.float64)
+    log_q = np.asarray(log_proposal, dtype=np.float64)
+    log_q = log_q - logsumexp(log_q)[:, None]
+    ns = np.atleast_1d(np.asarray(n, dtype=np.int64))
+    if ns.ndim != 1 or ns.size == 0 or (ns < 1).any():
+        raise ValueError(f"n must be a positive int or a sequence of them, got {n!r}")
+    with np.errstate(invalid="ignore"):
+        log_w = np.where(np.isfinite(log_q), log_target - log_q, -np.inf)
+    log_w = log_w - logsumexp(log_q + log_w)[:, None]  # E_q w = 1
+    w = np.exp(log_w)
+    support = np.isfinite(log_q) & (w > 0)
+    w_max = np.where(support, w, 0.0).max(axis=1)
+    w_min = np.where(support, w, np.inf).min(axis=1)
+    n_max = float(ns.max())
+    lo = np.log(tol / (w_max + n_max))  # ∫_{−∞}^{lo} ≤ e^lo, and the integral is ≥ 1/(w + n − 1)
+    hi = np.log((np.log(1.0 / tol) + np.log1p(n_max / w_min)) / w_min)  # e^{−e^hi·w} tail below tol
+    nodes = int(np.ceil((hi - lo).max() / step)) + 1
+    q = np.exp(log_q)
+    acc = np.zeros((ns.size, *w.shape))
+    chunk = max(1, int(2e6 // max(1, w.size)))
+    for start in range(0, nodes, chunk):
+        t = np.exp(lo[:, None] + step * np.arange(start, min(nodes, start + chunk))[None, :])  # (N, M) nodes
+        decay = np.exp(-t[:, None, :] * w[:, :, None])  # (N, S, M): e^{−t w(y)}
+        phi = np.einsum("is,ism->im", q, decay)  # φ(t); all terms positive, so plain sums lose nothing
+        decay *= t[:, None, :]  # dt = t du
+        for j, nj in enumerate(ns):
+            acc[j] += np.einsum("ism,im->is", decay, phi ** (nj - 1))
+    with np.errstate(divide="ignore"):
+        out = np.log(ns.astype(np.float64))[:, None, None] + log_q + log_w + np.log(acc) + np.log(step)
+    out = np.where(support[None], out, -np.inf)
+    return out[0] if np.ndim(n) == 0 else out
+
+
+def simplex_grid(num: int, resolution: int) -> np.ndarray:
+    """(G, num) every point of the simplex with coordinates in multiples of 1/resolution."""
+    points = [c for c in itertools.product(range(resolution + 1), repeat=num - 1) if sum(c) <= resolution]
+    return np.array([(*c, resolution - sum(c)) for c in points], dtype=np.float64) / resolution
+
+
+def tuned_token_weights(world: EnumerableWorld, *, resolution: int = 10, tol: float = 1e-4,
+                        starts=()) -> tuple[np.ndarray, float]:
+    """(λ, J): the λ whose *token-level* mixture has the largest exact J found, and that J.
+
+    The token-level mixture at λ* is not π_λ*, so the best weights for a one-candidate server differ from λ*.
+    J of the token-level mixture is a minimum (not smooth) and not known to be concave in λ, so: the best of a
+    simplex grid, λ*, the equalising λ (:func:`equalised_token_weights`) and ``starts``, then a pattern search
+    (fixed tangent directions, step halved when none improves) down to ``tol``. A search, not a certificate:
+    the J returned is a lower bound on the best token-level J, and never below the token-level J at λ*.
+    """
+    K = world.num_policies
+
+    def j(lam):
+        return world.objective(world.geometric_token_logp(lam))
+
+    points = [*simplex_grid(K, resolution), world.exact.weights, equalised_token_weights(world),
+              *(np.asarray(s, dtype=np.float64) for s in starts)]
+    values = [j(lam) for lam in points]
+    lam, best = points[int(np.argmax(values))], float(max(values))
+    pairs = [np.eye(K)[a] - np.eye(K)[b] for a in range(K) for b in range(K) if a != b]
+    extra = np.random.default_rng(0).standard_normal((4 * K, K))
+    extra -= extra.mean(axis=1, keepdims=True)
+    dirs = [d / np.linalg.norm(d) for d in (*pairs, *extra)]
+    delta = 1.0 / resolution
+    while delta > tol:
+        cands = [np.clip(lam + delta * d, 0.0, None) for d in dirs]
+        cands = [c / c.sum() for c in cands]
+        vals = [j(c) for c in cands]
+        k = int(np.argmax(vals))
+        if vals[k] > best + 1e-12:
+            lam, best = cands[k], float(vals[k])
+        else:
+            delta /= 2
+    return lam, best
+
+
+def equalised_token_weights(world: EnumerableWorld, *, steps: int = 300, tol: float = 1e-6) -> np.ndarray:
+    """λ at which the token-level mixture serves every weighted objective equally (the limit of sampled rounds).
+
+    The rounds of issue 19 sample the token-level mixture at λ̂, measure the served E[ℓ_k] and move weight to the
+    worst-served objective; with infinitely many samples per round that is exponentiated-gradient on the served
+    values, λ ← λ ⊙ exp(−η (v(λ) − λ·v)), whose rest point has v_k = min v wherever λ_k > 0. η grows
+    by half after a step that shrinks the spread of v over the support and halves after one that does not. This
+    equalises the served values; it need not maximise J of the token-level mixture, whose KL also moves with λ
+    (compare :func:`tuned_token_weights`).
+    """
+    K = world.num_policies
+    lam = np.full(K, 1.0 / K)
+
+    def spread(lam, v):
+        on = lam > 1e-6
+        return float(v[on].max() - v.min())
+
+    v = world.served_values(world.geometric_token_logp(lam))
+    eta = 1.0 / max(float(v.max() - v.min()), 1e-12)
+    for _ in range(steps):
+        s = spread(lam, v)
+        if s < tol:
+            break
+        new = lam * np.exp(-eta * (v - lam @ v))
+        new /= new.sum()
+        v_new = world.served_values(world.geometric_token_logp(new))
+        if spread(new, v_new) < s:
+            lam, v, eta = new, v_new, eta * 1.5
+        else:
+            eta /= 2
+    return lam
