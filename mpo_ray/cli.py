@@ -6,12 +6,20 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import warnings
 
 from mpo_ray import __version__
+from mpo_ray.benchmarks import int_between, non_negative_int, positive_int
 from mpo_ray.core.errors import UserError
+from mpo_ray.runtime.session import install_signal_handlers, received_signal, set_verbose
 
 log = logging.getLogger("mpo_ray")
+
+VERBOSE_HELP = ("also show what Ray, torch and transformers print (INFO lines, workers' output, library warnings); "
+                "by default only mpo-ray's own lines")
 
 
 def _local(path: str | None) -> str | None:
@@ -135,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Mixing Preference Optimization on Ray: mix single-objective policies into one MaxMin policy.",
     )
     parser.add_argument("--version", action="version", version=f"mpo-ray {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = sub.add_parser("demo", help="MPO end to end on SmolLM2 with three DPO-trained LoRA policies (local Ray)")
@@ -142,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="fewer prompts and tokens: a smoke test in a few minutes")
     demo.add_argument("--adapters", default=None, help="directory of the three adapters (default: the shipped ones; "
                       "see train-demo-policies)")
-    demo.add_argument("--seed", type=int, default=0, help="seed of the demo's sampling and generation (default 0)")
-    demo.add_argument("--eval-prompts", type=int, default=None, metavar="N",
+    demo.add_argument("--seed", type=non_negative_int, default=0, help="seed of the demo's sampling and generation (default 0)")
+    demo.add_argument("--eval-prompts", type=int_between(1, 50), default=None, metavar="N",
                       help="held-out prompts to evaluate on (up to 50; default 24, --quick 8): tighter intervals, more time")
     demo.set_defaults(func=_cmd_demo)
 
@@ -165,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--step", type=float, default=0.25, help="grid step on the simplex, 1/n (default 0.25)")
     sw.add_argument("--weights", default=None, help="the MPO point: a weights.json, a run directory, a weights store "
                     "(its `latest`) or STORE/versions/NIGHT")
-    sw.add_argument("--max-prompts", type=int, default=None, help="use only the first N corpus prompts")
+    sw.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help="use only the first N corpus prompts")
     sw.add_argument("--soup", action="store_true", help="also Rewarded Soups of the policies' LoRA adapters: uniform, "
                     "and at the MPO weights when --weights is given")
     sw.add_argument("--output", default=None, help="output directory (default: generate.output + '-sweep')")
@@ -204,11 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["solver", "estimator", "decode", "generate"])
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
+    for command in sub.choices.values():  # global, and also accepted after the command (SUPPRESS: not given keeps False)
+        command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def setup_logging(quiet: bool = False) -> None:
-    """mpo-ray's progress lines on stderr (warnings only with --quiet); Ray and transformers keep their own."""
+    """mpo-ray's progress lines on stderr (warnings only with --quiet); what libraries say: `quiet_libraries`."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("mpo_ray")
@@ -217,15 +228,57 @@ def setup_logging(quiet: bool = False) -> None:
     root.propagate = False
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """Without --verbose the terminal carries mpo-ray's own lines and nothing of Ray's, torch's or transformers'.
+
+    Ray: `runtime.session.set_verbose` (workers' output, notices, Ray Data's console log). Here, for this
+    process: the FutureWarnings, UserWarnings and deprecations that torch, transformers and peft raise on every
+    load (unless -W / PYTHONWARNINGS chose otherwise), and transformers' own logger below ERROR (inherited by a
+    local cluster's workers).
+    """
+    set_verbose(verbose)
+    if verbose:
+        return
+    if not sys.warnoptions:
+        for category in (FutureWarning, UserWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.filterwarnings("ignore", category=category)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+# What the interruption line may promise. These commands write every artifact whole (io.storage: a temporary
+# name, then a rename); the ones that "resume" reuse what a stopped run finished (score batches, generated files,
+# sweep points), the demo starts its directory afresh. The others (bench, train-demo-policies) promise nothing.
+RERUN = {"generate": "resume", "nightly": "resume", "reweight": "resume", "sweep": "resume", "demo": "start again",
+         "evaluate": "start again"}
+
+
+def interrupted_line(command: str, signum: int) -> str:
+    line = f"mpo-ray {command}: interrupted by {signal.Signals(signum).name}"
+    return line + (f"; nothing half-written, rerun the same command to {RERUN[command]}" if command in RERUN else "")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 on success; 2 with one line for a user's mistake (UserError); anything else is a bug: traceback, exit 1."""
+    """Exit 0 on success; 2 with one line for a user's mistake (UserError); 128 + N with one line when signal N
+    (SIGINT, SIGTERM) stopped it; anything else is a bug: traceback, exit 1."""
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "quiet", False))
+    quiet_libraries(args.verbose)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    if main_thread:
+        install_signal_handlers()
     try:
         return args.func(args)
     except UserError as exc:
         print(f"mpo-ray {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: every `finally` below ran (Ray is shut down); one line, no traceback
+        signum = received_signal() or signal.SIGINT
+        print(interrupted_line(args.command, signum), file=sys.stderr)
+        return 128 + signum
+    finally:
+        for s, handler in previous.items():  # for callers in-process (tests); a process that exits drops them anyway
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
 
 
 if __name__ == "__main__":

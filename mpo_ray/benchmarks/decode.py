@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from mpo_ray.benchmarks import positive_int, positive_int_list
 from mpo_ray.config import PolicySpec
 from mpo_ray.models.decoding import MixedPolicy
 from mpo_ray.models.policies import load_policies, resolve_model
@@ -129,26 +130,26 @@ def run(label, policies_for, ks, prompts, args):
 
 def main(argv: list[str] | None = None) -> list[tuple]:
     p = argparse.ArgumentParser(prog="mpo-ray bench decode", description=__doc__.split("\n\n")[0])
-    p.add_argument("--k", default="1,2,3", help="policy counts to mix (default 1,2,3)")
+    p.add_argument("--k", type=positive_int_list, default="1,2,3", help="policy counts to mix (default 1,2,3)")
     p.add_argument("--families", default="seeds,system,lora",
                    help="seeds = K separate models, system = K system prompts on one base, lora = K adapters on one base")
-    p.add_argument("--prompts", type=int, default=8, help="batch size B")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--hidden-size", type=int, default=64, help="tiny model width")
-    p.add_argument("--layers", type=int, default=2, help="tiny model depth")
+    p.add_argument("--prompts", type=positive_int, default=8, help="batch size B")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--hidden-size", type=positive_int, default=64, help="tiny model width")
+    p.add_argument("--layers", type=positive_int, default=2, help="tiny model depth")
     p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
     p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
     p.add_argument("--model", default=None, help="also this model directory / hub id")
     p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (1 keeps figures steady on a busy shared machine)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ks = [int(k) for k in args.k.split(",")]
+    ks = args.k
     args.families = args.families.split(",")
     prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

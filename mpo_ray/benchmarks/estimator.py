@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpo_ray.benchmarks import non_negative_int, positive_int
 from mpo_ray.core.estimator import split_counts
 from mpo_ray.core.solver import WeightsResult, evaluate_weights, solve_weights
 from mpo_ray.testing.enumerable import EnumerableWorld, logsumexp, make_world, sample_sequences, scale_for_kl
@@ -343,14 +344,14 @@ def print_case(world: EnumerableWorld, rows: dict, proposals, ms, **kwargs) -> N
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="mpo-ray bench estimator", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--prompts", type=int, default=64)
-    p.add_argument("--samples", type=int, nargs="+", default=[4, 16, 64], help="m values (per prompt)")
-    p.add_argument("--seeds", type=int, default=4, help="seeds per cell (the world itself is fixed)")
+    p.add_argument("--prompts", type=positive_int, default=64)
+    p.add_argument("--samples", type=positive_int, nargs="+", default=[4, 16, 64], help="m values (per prompt)")
+    p.add_argument("--seeds", type=positive_int, default=4, help="seeds per cell (the world itself is fixed)")
     p.add_argument("--case", choices=[*CASES, "both"], default="both")
     p.add_argument("--proposals", nargs="+", choices=PROPOSALS, default=list(PROPOSALS))
-    p.add_argument("--rounds", type=int, default=2, help="rounds for adaptive / geometric")
+    p.add_argument("--rounds", type=positive_int, default=2, help="rounds for adaptive / geometric")
     p.add_argument("--ref-floor", type=float, default=0.2, help="α_ref in the adaptive rounds")
-    p.add_argument("--world-seed", type=int, default=0)
+    p.add_argument("--world-seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
 
     cases = list(CASES) if args.case == "both" else [args.case]

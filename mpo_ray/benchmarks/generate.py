@@ -19,6 +19,7 @@ import os
 import tempfile
 import time
 
+from mpo_ray.benchmarks import positive_int, positive_int_list
 from mpo_ray.benchmarks.decode import PROMPTS
 from mpo_ray.config import load_config
 from mpo_ray.core.seeds import derive_seed
@@ -56,12 +57,13 @@ def pipeline(args, overrides: dict, corpus: str, out: str, n: int) -> dict:
 def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(prog="mpo-ray bench generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=os.path.normpath(TINY), help="YAML config whose policies to mix (default: tiny.yaml)")
-    p.add_argument("--prompts", type=int, default=1024, help="corpus size")
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--replicas", default="1,2", help="pipeline replica counts to run (skipped when the CPUs/GPUs are short)")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray cluster (default: all)")
-    p.add_argument("--loop-threads", type=int, default=None,
+    p.add_argument("--prompts", type=positive_int, default=1024, help="corpus size")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--replicas", type=positive_int_list, default="1,2",
+                   help="pipeline replica counts to run (skipped when the CPUs/GPUs are short)")
+    p.add_argument("--num-cpus", type=positive_int, default=None, help="CPUs of the local Ray cluster (default: all)")
+    p.add_argument("--loop-threads", type=positive_int, default=None,
                    help="torch threads of the loop (default: what one replica gets, max(1, CPUs - 1); the torch default "
                         "oversubscribes a busy small machine)")
     args = p.parse_args(argv)
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ray.init(address="local", num_cpus=args.num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
         try:
             res = ray.cluster_resources()
-            for n in [int(r) for r in args.replicas.split(",")]:
+            for n in args.replicas:
                 if (res.get("GPU", 0) or res.get("CPU", 0)) < n:
                     print(f"  skipping {n} replicas: the cluster has {res}", flush=True)
                     continue

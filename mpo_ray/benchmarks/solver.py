@@ -13,6 +13,7 @@ import time
 
 import numpy as np
 
+from mpo_ray.benchmarks import non_negative_int, positive_float, positive_int
 from mpo_ray.core.solver import solve_weights
 
 
@@ -26,11 +27,11 @@ def synthetic_table(n: int, m: int, k: int, seed: int = 0) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="mpo-ray bench solver", description=__doc__)
-    p.add_argument("--prompts", type=int, default=100_000)
-    p.add_argument("--samples", type=int, default=16)
-    p.add_argument("--objectives", type=int, default=5)
-    p.add_argument("--tol", type=float, default=1e-9)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts", type=positive_int, default=100_000)
+    p.add_argument("--samples", type=positive_int, default=16)
+    p.add_argument("--objectives", type=positive_int, default=5)
+    p.add_argument("--tol", type=positive_float, default=1e-9)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()

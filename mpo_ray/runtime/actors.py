@@ -13,11 +13,19 @@
 Each actor asks for one GPU when the cluster has GPUs and a CPU share
 otherwise; actors restart on failure (``max_restarts``) and their calls are
 retried (``max_task_retries``), so killing one mid-run costs a reload, not the run.
+
+Results come back through `get`: a UserError raised inside a worker (a reward
+function's output, a policy that does not load there) is raised again as itself,
+one line at the CLI, not as Ray's wrapping of the worker's traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import re
+import sys
 import uuid
 
 import numpy as np
@@ -25,6 +33,7 @@ import pyarrow as pa
 import ray
 
 from mpo_ray.config import Config, PolicySpec, ResourcesConfig, RewardSpec
+from mpo_ray.core.errors import UserError
 from mpo_ray.runtime.resources import plan_resources
 
 
@@ -131,19 +140,86 @@ class ModelGroup:
                 f"{ray.cluster_resources()} but each asks for {self.options}. Add nodes, lower resources.*, "
                 "or raise resources.startup_timeout_s."
             )
-        return ray.get(refs)
+        return get(refs)  # a constructor's UserError (a policy that does not load on that node) surfaces here
 
     def kill(self) -> None:
         for a in self.actors:
             ray.kill(a, no_restart=True)
 
 
+# --------------------------------------------------------------------------- #
+# Results, and the user's mistakes made inside workers
+# --------------------------------------------------------------------------- #
+
+_RAISED_LINE = re.compile(r"^([A-Za-z_][\w.]*): (.*)$", re.MULTILINE)  # "package.module.Class: message" in a traceback
+_RAY_DATA_WRAPPERS = ("ray.exceptions.UserCodeException", "ray.data.exceptions.RayDataUserCodeException")
+
+
+def _user_error_class(path: str):
+    """The UserError (sub)class a traceback names, or None."""
+    module_name, _, name = path.rpartition(".")
+    module = sys.modules.get(module_name)
+    if module is None and module_name.startswith("mpo_ray."):
+        with contextlib.suppress(ImportError):
+            module = importlib.import_module(module_name)
+    cls = getattr(module, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, UserError) else None
+
+
+def user_error_in(exc: BaseException) -> UserError | None:
+    """The UserError a Ray error carries, else None (a bug, whose Ray traceback the caller keeps).
+
+    A task or actor method that raised one arrives as ``RayTaskError(UserError)``: an instance of both, whose
+    message is the worker's whole traceback (9 lines at the CLI instead of 1); ``.cause`` is the original. An
+    actor whose constructor raised one arrives as ``ActorDiedError``, and a Ray Data UDF's (``map_batches``)
+    as ``RayTaskError(UserCodeException)``: both keep only the worker's traceback as text, so the exception
+    line is read back from it, and only when the UserError is the last exception raised there (Ray Data's
+    UserCodeException wrapper aside): a bug raised while handling a UserError stays a bug.
+    """
+    cause = exc
+    while isinstance(cause, ray.exceptions.RayTaskError):  # a task that called a task: the innermost cause
+        cause = cause.cause
+    if isinstance(cause, UserError):
+        return cause
+    init_failed = isinstance(exc, ray.exceptions.RayActorError) and getattr(exc, "_actor_init_failed", False)
+    if not (init_failed or isinstance(cause, ray.exceptions.UserCodeException)):
+        return None
+    raised = [m.groups() for m in _RAISED_LINE.finditer(str(exc))]
+    while raised and raised[-1][0] in _RAY_DATA_WRAPPERS:
+        raised.pop()
+    cls = _user_error_class(raised[-1][0]) if raised else None
+    if cls is None:
+        return None
+    try:
+        return cls(raised[-1][1])
+    except TypeError:  # a subclass that takes other arguments
+        return UserError(raised[-1][1])
+
+
+@contextlib.contextmanager
+def user_errors():
+    """A UserError raised inside a worker comes out of the block as itself (one line at the CLI); bugs unchanged."""
+    try:
+        yield
+    except ray.exceptions.RayError as exc:
+        error = user_error_in(exc)
+        if error is None:
+            raise
+        raise error from None
+
+
+def get(refs):
+    """``ray.get``, with the user's mistakes made inside workers re-raised as themselves (`user_errors`)."""
+    with user_errors():
+        return ray.get(refs)
+
+
 def gather_arrays(refs: list) -> np.ndarray:
-    return np.concatenate(ray.get(refs)) if refs else np.zeros(0)
+    return np.concatenate(get(refs)) if refs else np.zeros(0)
 
 
 def gather_samples(refs: list) -> dict:
-    parts = ray.get(refs)
+    parts = get(refs)
     return {
         "token_ids": [t for p in parts for t in p["token_ids"]],
         "text": [t for p in parts for t in p["text"]],
@@ -185,7 +261,7 @@ class Generator:
         self.handle = handle
 
     def generate(self, *args, **kwargs):
-        return ray.get(self.handle.generate.remote(*args, **kwargs))
+        return get(self.handle.generate.remote(*args, **kwargs))
 
     def kill(self) -> None:
         ray.kill(self.handle, no_restart=True)

@@ -26,11 +26,26 @@ def arrow_path(uri: str):
 
 
 def configure(progress: bool) -> None:
-    """Ray Data's progress bars and log level follow ``progress``."""
+    """Ray Data's progress bars follow ``progress``; its console lines need ``--verbose`` too.
+
+    Ray Data logs to the console on every run: execution plans at INFO, progress as INFO lines when stdout
+    is no terminal, a "no available CPUs, the Dataset job will hang" warning once the actor pool holds the
+    CPUs it was given, and ERROR lines that repeat the exception the driver raises anyway. Its console
+    handler gets them only when verbose (``runtime.session.set_verbose``); its log file (the session's
+    ``logs/ray-data``) keeps everything either way.
+    """
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = progress
-    logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.ERROR)
+    from mpo_ray.runtime.session import is_verbose
+
+    verbose = is_verbose()
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = progress
+    context.enable_operator_progress_bars = verbose  # quiet: one bar per dataset, not one per stage
+    level = (logging.INFO if progress else logging.ERROR) if verbose else logging.CRITICAL + 1
+    for handler in logging.getLogger("ray.data").handlers:  # the console's, not the file's
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(level)
 
 
 def read_corpus(uri: str, fmt: str, prompt_column: str):
@@ -130,11 +145,16 @@ def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: dict, *, batch_s
     """Rows → ``worker_cls`` replicas (``plan``: concurrency, num_gpus, num_cpus) → Parquet files under ``staging``."""
     import ray.data
 
+    from mpo_ray.runtime.actors import user_errors
+    from mpo_ray.runtime.session import spend_restart_notice
+
     rows = ds.map_batches(
         worker_cls, batch_format="pyarrow", batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=plan["concurrency"]), num_gpus=plan["num_gpus"], num_cpus=plan["num_cpus"],
         fn_constructor_kwargs=worker_kwargs,
     )
     path, fs = arrow_path(staging)
-    rows.write_parquet(path, filesystem=fs, schema=GENERATION_SCHEMA, min_rows_per_file=rows_per_file,
-                       max_rows_per_file=rows_per_file)
+    spend_restart_notice()  # the actor pool below would print a C++ notice on the terminal
+    with user_errors():  # a worker's UserError (its constructor's or a batch's) as one line, not Ray Data's wrapping
+        rows.write_parquet(path, filesystem=fs, schema=GENERATION_SCHEMA, min_rows_per_file=rows_per_file,
+                           max_rows_per_file=rows_per_file)
