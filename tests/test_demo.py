@@ -37,8 +37,10 @@ def test_bad_flags_are_usage_errors(capsys, argv, message):
 
 
 def test_eval_prompts_out_of_range_fail_before_any_work(tmp_path, capsys):
-    assert main(["demo", "--quick", "--eval-prompts", "0", "--output", str(tmp_path / "out")]) == 2
-    assert "--eval-prompts must be between 1 and 50" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:  # argparse's usage error, before anything loads
+        main(["demo", "--quick", "--eval-prompts", "0", "--output", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "--eval-prompts" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

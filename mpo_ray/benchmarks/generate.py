@@ -50,8 +50,9 @@ def in_process_loop(config, ids: list[str], prompts: list[str]) -> dict:
 def pipeline(args, overrides: dict, corpus: str, out: str, n: int) -> dict:
     from mpo_ray.workflows.generate import generate
 
-    cfg = load_config(args.config, overrides={**overrides, "generate.prompts": corpus, "generate.concurrency": n})
-    return generate(cfg, output=out, progress=False)
+    cfg = load_config(args.config, overrides={**overrides, "generate.prompts": corpus, "generate.concurrency": n,
+                                              "generate.output": out})
+    return generate(cfg, progress=False)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -48,6 +48,7 @@ from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
 from mpo_ray.io.ownership import check_ours, mark_ours, owns_file
 from mpo_ray.io.provenance import digest, model_identity, tree_digest
+from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.runtime.actors import start_generator
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
@@ -95,6 +96,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
             raise UserError(f"sweep point {label!r} has weights {w}; it needs {k} finite non-negative numbers, not all zero")
     objectives = objectives_from_config(config)
     ids, prompts = read_prompts(g.prompts, prompt_column=g.prompt_column, id_column=g.id_column, limit=max_prompts)
+    check_prompt_lengths(check_models(config), ids, prompts, g.max_new_tokens, g.prompts)  # before Ray, as every workflow
     check_ours(output, "sweep", subdirs=("soups",))
     storage.check_writable(output)
     points = {REFERENCE: None, **{label: w for label, w in points.items() if label != REFERENCE}}
