@@ -129,3 +129,75 @@ def test_shared_uniforms_couple_sets_like_the_demos_shared_seeds(tiny):
     c = tiny.sample_served(np.array([0.25, 0.25, 0.5]), 1, u)
     np.testing.assert_array_equal(a, b)
     assert (a == c).mean() > 0.5  # nearby weights, mostly the same draw
+
+
+# --- the benchmarks' helpers (bench serving, bench protocol), on tiny sizes ---------------------------------------
+
+
+def test_smallest_candidates_is_the_first_n_within_the_target(world):
+    from mpo_ray.benchmarks.serving import smallest_candidates
+
+    lam, f = world.exact.weights, world.exact.dual
+    gap = lambda n: f - world.objective(world.served_logp(lam, n))  # noqa: E731
+    target = 0.5 * gap(2)
+    n = smallest_candidates(world, lam, target)
+    assert n is not None and n > 2 and gap(n) <= target < gap(n - 1)
+    assert smallest_candidates(world, lam, 10.0) == 1
+    assert smallest_candidates(world, lam, 1e-9, n_max=8) is None
+
+
+def test_paired_intervals_equal_core_paired_difference():
+    from mpo_ray.benchmarks.protocol import bootstrap_indices, paired_j_intervals, resample_weights
+    from mpo_ray.core.stats import paired_difference
+    from mpo_ray.core.yardstick import implicit_min
+
+    rng = np.random.default_rng(3)
+    E, K = 17, 3
+    sets = [(rng.normal(size=(E, K)) + 0.3 * j, rng.normal(size=E)) for j in range(3)]
+    ids = [f"p{i:03d}" for i in range(E)]  # sorted as core sorts them
+    got = paired_j_intervals(sets, [1, 2], resample_weights(bootstrap_indices(E, 2000, seed=7)))
+    for j, (d, lo, hi) in zip([1, 2], got):
+        ref = paired_difference(implicit_min, (ids, *sets[0]), (ids, *sets[j]), seed=7)
+        assert d == pytest.approx(ref["difference"], abs=1e-12)
+        assert [lo, hi] == pytest.approx(ref["ci95"], abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from mpo_ray.benchmarks.protocol import make_setup
+
+    return make_setup(make_world(60, 3, scale=2.0, correlation=[[1, 0.8, 0.5], [0.8, 1, 0.5], [0.5, 0.5, 1]],
+                                 seed=2), candidates=2)
+
+
+def test_win_rate_of_pi_ref_against_itself_is_one_half(setup):
+    from mpo_ray.benchmarks.protocol import exact_min_win_rate
+
+    assert exact_min_win_rate(setup, setup.world.ref_logp) == pytest.approx(0.5, abs=1e-12)
+    assert setup.truth["uniform"] <= setup.truth["f"] and setup.truth["mpo_star"] <= setup.truth["f"]
+
+
+def test_protocol_replica_is_deterministic_and_consistent_with_truth(setup):
+    from mpo_ray.benchmarks.protocol import replica, report
+
+    kw = dict(reweight=((8, 4), (16, 2)), evals=((10, 1), (20, 2)), resamples=20, test_resamples=200)
+    a, b = replica(setup, 0, **kw), replica(setup, 0, **kw)
+    assert a[8, 4][10, 1] == b[8, 4][10, 1] and a[16, 2]["j_true"] == b[16, 2]["j_true"]
+    for cell in a.values():
+        assert cell["j_true"] <= setup.truth["f"] + 1e-9
+        assert cell["dj_uniform"] == pytest.approx(cell["j_true"] - setup.truth["uniform"])
+        assert cell["covered"].shape == (3,) and 0 <= cell["win_true"] <= 1
+        for E, s in ((10, 1), (20, 2)):
+            c = cell[E, s]
+            assert c["ci"][0] <= c["ci"][1] and 0 <= c["win_coupled"] <= 1
+    text = report(setup, [a, replica(setup, 1, **kw)], reweight=kw["reweight"], evals=kw["evals"], resamples=20)
+    assert "coverage" in text and "power" in text
+
+
+def test_serving_benchmark_prints_every_mode(capsys):
+    from mpo_ray.benchmarks.serving import main
+
+    main(["--prompts", "40", "--worlds", "easy", "--seeds", "2", "--reweight-prompts", "12"])
+    out = capsys.readouterr().out
+    for mode in ("token-level at λ*", "resample n=16 at λ*", "token-level at tuned λ", "π_ref", "smallest n within"):
+        assert mode in out

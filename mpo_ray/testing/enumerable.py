@@ -306,20 +306,25 @@ class EnumerableWorld:
         than one candidate, ``pick_uniforms`` (N, B) keeps one by inverse CDF on softmax(log w),
         log w = log π̃_λ − log q (``generate``'s logprob + log_normalizer − proposal_logprob at temperature 1).
         """
-        N, B, n, T = token_uniforms.shape
-        if n != candidates:
-            raise ValueError(f"token_uniforms has {n} candidates per draw, expected {candidates}")
+        if token_uniforms.shape[2] != candidates:
+            raise ValueError(f"token_uniforms has {token_uniforms.shape[2]} candidates per draw, expected {candidates}")
         q_tok = self.token_mixture(lam)
-        cand = self.sample_tokens(q_tok, token_uniforms.reshape(N, B * n, T)).reshape(N, B, n)
+        log_w = self.target_logp(lam) - self.sequence_logp(q_tok)  # (N, S), up to a per-prompt constant
+        return self.sample_resampled(q_tok, log_w, token_uniforms, pick_uniforms)
+
+    def sample_resampled(self, token_logp: np.ndarray, log_w: np.ndarray, token_uniforms: np.ndarray,
+                         pick_uniforms=None) -> np.ndarray:
+        """(N, B): per draw, n candidates decoded token by token from ``token_logp`` (N, P, V), one kept by inverse CDF
+        on softmax of the (N, S) ``log_w`` of the candidates (a single policy: log_w = 0, a uniform pick)."""
+        N, B, n, T = token_uniforms.shape
+        cand = self.sample_tokens(token_logp, token_uniforms.reshape(N, B * n, T)).reshape(N, B, n)
         if n == 1:
             return cand[..., 0]
-        log_w = self.target_logp(lam) - self.sequence_logp(q_tok)  # (N, S), up to a per-prompt constant
-        lw = np.take_along_axis(log_w, cand.reshape(N, -1), axis=1).reshape(N, B, n)
+        lw = np.take_along_axis(np.asarray(log_w, dtype=np.float64), cand.reshape(N, -1), axis=1).reshape(N, B, n)
         prob = np.exp(lw - lw.max(-1, keepdims=True))
         cdf = np.cumsum(prob / prob.sum(-1, keepdims=True), axis=-1)
         pick = np.minimum((cdf <= (pick_uniforms * cdf[..., -1])[..., None]).sum(-1), n - 1)
         return np.take_along_axis(cand, pick[..., None], axis=-1)[..., 0]
-
 
 
 def make_world(
