@@ -436,8 +436,8 @@ def resampling_logp(log_target, log_proposal, n, *, step: float = 0.3, tol: floa
         decay = np.exp(-t[:, None, :] * w[:, :, None])  # (N, S, M): e^{−t w(y)}
         phi = np.einsum("is,ism->im", q, decay)  # φ(t); all terms positive, so plain sums lose nothing
         decay *= t[:, None, :]  # dt = t du
-        for j, nj in enumerate(ns):
-            acc[j] += np.einsum("ism,im->is", decay, phi ** (nj - 1))
+        powers = phi[:, :, None] ** (ns - 1)[None, None, :]  # (N, M, len(ns))
+        acc += np.moveaxis(np.matmul(decay, powers), -1, 0)  # Σ over nodes, every n in one batched product
     with np.errstate(divide="ignore"):
         out = np.log(ns.astype(np.float64))[:, None, None] + log_q + log_w + np.log(acc) + np.log(step)
     out = np.where(support[None], out, -np.inf)
