@@ -123,16 +123,13 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+BENCHMARKS = ("solver", "estimator", "serving", "protocol", "decode", "generate", "checkpoint")  # mpo_ray/benchmarks/<name>.py
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
-    if args.what == "solver":
-        from mpo_ray.benchmarks.solver import main
-    elif args.what == "estimator":
-        from mpo_ray.benchmarks.estimator import main
-    elif args.what == "generate":
-        from mpo_ray.benchmarks.generate import main
-    else:
-        from mpo_ray.benchmarks.decode import main
-    main(args.rest)
+    import importlib
+
+    importlib.import_module(f"mpo_ray.benchmarks.{args.what}").main(args.rest)
     return 0
 
 
@@ -209,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     night.set_defaults(func=_cmd_nightly)
 
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
-    bench.add_argument("what", choices=["solver", "estimator", "decode", "generate"])
+    bench.add_argument("what", choices=BENCHMARKS)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
     for command in sub.choices.values():  # global, and also accepted after the command (SUPPRESS: not given keeps False)
