@@ -416,8 +416,10 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         "Win rate = share of prompts where the response scores higher on that objective than π_ref's response "
         "to the same prompt (ties count ½); the min win rate is the MaxMin view of the measurable objectives. "
         "J = min_k E[log π_k/π_ref] − KL(π‖π_ref), in nats, measured on the set's own samples: the objective MPO "
-        "maximises over all policies, so no set should beat MPO on it beyond noise. Intervals: 95%, bootstrap "
-        "over prompts.",
+        "maximises over all policies. Only the sequence-level π_λ* is guaranteed best on it; MPO here is served as "
+        "the token-level mixture at the estimated λ̂, which can fall short of it, so a set beating MPO beyond noise "
+        "says λ̂ or its decoding is off. The J estimate (a minimum of means) is biased low, more for balanced sets "
+        "such as MPO's. Intervals: 95%, bootstrap over prompts.",
         "",
         format_evaluations(shown),
         "",

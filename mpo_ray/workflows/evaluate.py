@@ -4,7 +4,7 @@ win rates against reference generations, and the MaxMin view.
 Objectives live on different scales (words, distinct words, upbeat words per
 ten), so their raw means cannot be compared with each other; win rates against
 π_ref's answers to the same prompts can, which makes "the minimum over
-objectives" — the number MPO maximises — meaningful.
+objectives" — a programmatic proxy for the MaxMin quantity MPO maximises — meaningful.
 """
 
 from __future__ import annotations
