@@ -8,8 +8,7 @@ write_parquet, with the replica plan `plan_replicas` makes on 2 CPUs), run three
 
     plain       written straight into the output, nothing to resume with (the timing baseline)
     checkpoint  the same, with DataContext.checkpoint_config = CheckpointConfig(id_column="prompt_id", ...)
-    staging     today's protocol: written_ids / promote (copied from generate.py at 6590bc5, so that
-                edits in flight there cannot move the figures) around a write into staging
+    staging     today's protocol: generate's own written_rows / promote around a write into staging
 
 Cases: an uninterrupted run (twice, modes interleaved); a rerun over a complete output; one
 output file deleted, then rerun; one output file's values changed (its footer kept), then
@@ -47,6 +46,8 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from mpo_ray.io.ownership import META_DIR
 
 SEED = 7
 CKPT_DIR = "ckpt"  # the checkpoint directory, a sibling of the output (never inside it)
@@ -96,67 +97,23 @@ def _seed(pid: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{SEED}:{pid}".encode()).digest()[:8], "little") & (2**63 - 1)
 
 
-# --- Today's staging protocol, as generate.py has it at 6590bc5 (written_ids, promote), self-contained ---------
+# --- Today's staging protocol: generate's own functions (written_rows, promote), under one fingerprint -----------
 
-DIGEST_KEY = b"bench.content_sha256"
-META_DIR = "__mpo_ray__"
-
-
-def _digest(table: pa.Table) -> str:
-    h = hashlib.sha256()
-    for name in table.column_names:
-        h.update(name.encode() + b"\0" + json.dumps(table.column(name).to_pylist(), default=repr).encode() + b"\0")
-    return h.hexdigest()
-
-
-def _write_sealed(path: str, table: pa.Table) -> None:
-    """Atomically (temporary file, then rename), with the digest of the values in the footer."""
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{uuid.uuid4().hex}")
-    pq.write_table(table.replace_schema_metadata({DIGEST_KEY: _digest(table).encode()}), tmp)
-    os.replace(tmp, path)
+FINGERPRINT = "bench-checkpoint"  # the settings' fingerprint generate would stamp; one run's files share it
 
 
 def written_ids(out: str) -> set[str]:
-    """Ids in the output's files that read back exactly as written; a changed or unreadable file is removed."""
-    ids = set()
-    for f in sorted(glob.glob(os.path.join(out, "*.parquet"))):
-        try:
-            t = pq.read_table(f)
-            ok = (t.schema.metadata or {}).get(DIGEST_KEY, b"").decode() == _digest(t.replace_schema_metadata(None))
-        except (pa.ArrowException, OSError):
-            ok = False
-        if not ok:
-            os.remove(f)
-            continue
-        ids.update(t.column("prompt_id").to_pylist())
-    return ids
+    """Ids in the output's files that read back exactly as written (generate's `written_rows`)."""
+    from mpo_ray.workflows.generate import written_rows
+
+    return set(written_rows(out, FINGERPRINT))
 
 
 def promote(out: str, done: set[str]) -> int:
-    """Staged files whose footer reads → the output, less ids in ``done`` (which grows), sealed; the rest deleted."""
-    from mpo_ray.io.schemas import GENERATION_SCHEMA
+    """generate's `promote`: staged files whose footer reads → the output, less ids in ``done``, sealed."""
+    from mpo_ray.workflows.generate import promote as promote_staged
 
-    root, n = os.path.join(out, META_DIR, "staging"), 0
-    for attempt in sorted(glob.glob(os.path.join(root, "*"))):
-        for path in sorted(glob.glob(os.path.join(attempt, "**", "*"), recursive=True)):
-            if not os.path.isfile(path):
-                continue
-            try:
-                table = pq.read_table(path)
-            except (pa.ArrowException, OSError):  # no footer: the writer was stopped mid-file
-                os.remove(path)
-                continue
-            keep = []
-            for i in table.column("prompt_id").to_pylist():
-                keep.append(i not in done)
-                done.add(i)
-            if any(keep):
-                _write_sealed(os.path.join(out, os.path.basename(path)),
-                              table.filter(pa.array(keep)).replace_schema_metadata(None).cast(GENERATION_SCHEMA))
-                n += 1
-            os.remove(path)
-        shutil.rmtree(attempt, ignore_errors=True)
-    return n
+    return len(promote_staged(out, done, FINGERPRINT))
 
 
 _RAY_DATA_LOG_LEVEL = logging.ERROR  # a child logs warnings too (to its own log file)
@@ -448,6 +405,8 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
     from ray.data.checkpoint import CheckpointConfig
     from ray.data.checkpoint.checkpoint_writer import CheckpointWriter
 
+    from mpo_ray.workflows.generate import _write_rows
+
     d = os.path.join(root, "per-file")
     os.makedirs(os.path.join(d, "staged"))
     ids = [f"p{i:06d}" for i in range(rows_per_file)]
@@ -462,8 +421,7 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
         t1 = time.perf_counter()
         writer.commit_checkpoint(writer.write_pending_checkpoint(table.column("prompt_id"), f"f{i:06d}"))
         t2 = time.perf_counter()
-        t = pq.read_table(staged)
-        _write_sealed(os.path.join(d, f"f{i:06d}.parquet"), t.replace_schema_metadata(None))
+        _write_rows(os.path.join(d, f"f{i:06d}.parquet"), pq.read_table(staged), FINGERPRINT)
         os.remove(staged)
         t3 = time.perf_counter()
         for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
