@@ -272,3 +272,19 @@ def test_unsealed_weights_are_accepted_with_a_one_line_warning(tmp_path, caplog)
     path.write_text(json.dumps(storage.sealed(doc) | {"weights": [0.4, 0.6]}))  # a sealed file that changed: refused
     with pytest.raises(UserError, match="does not match the digest"):
         WeightsArtifact.read(str(path))
+
+
+def test_sweep_probes_its_reward_functions_before_ray(rewards_module, tmp_path):
+    """sweep evaluates with the rewards only after generating every point: they are probed before Ray starts."""
+    import ray
+
+    from mpo_ray.workflows.sweep import run_sweep
+
+    corpus = tmp_path / "prompts.jsonl"
+    corpus.write_text('{"prompt_id": "1", "prompt": "hello"}\n')
+    config = config_from_dict(base(rewards=[{"name": "r", "function": f"{rewards_module}:raises"}],
+                                   generate={"prompts": str(corpus), "max_new_tokens": 4}), source="c.yaml")
+    with pytest.raises(UserError, match=r"reward 'r' \(catalogue_rewards:raises\) raised RuntimeError") as e:
+        run_sweep(config, output=str(tmp_path / "sweep"), points={"a": [1.0, 0.0]}, progress=False)
+    one_line(e)
+    assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
