@@ -240,3 +240,5 @@ def test_generate_rerun_keeps_a_users_file_and_regenerates_an_edited_prompt(loca
     ids = table.column("prompt_id").to_pylist()
     assert sorted(ids) == [f"p{i}" for i in range(6)]
     assert dict(zip(ids, table.column("prompt").to_pylist()))["p3"] == "Tell me about three."
+    manifest = json.loads((out / META_DIR / "manifest.json").read_text())  # the served distribution is named
+    assert manifest["serving"]["mode"] == "token-level" and summary["serving"]["num_candidates"] == 1

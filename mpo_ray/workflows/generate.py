@@ -40,6 +40,7 @@ from mpo_ray import __version__
 from mpo_ray.config import Config
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.seeds import derive_seed, row_id
+from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import check_unique_ids, corpus_format
@@ -281,7 +282,8 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                 raise UserError(f"prompt corpus {g.prompts!r} is empty; it needs rows with a `{g.prompt_column}` column.")
             mark_ours(output, "generate")
             storage.write_json(storage.join(output, META_DIR, "manifest.json"),
-                               {"fingerprint": fingerprint, "settings": settings, "library_version": __version__})
+                               {"fingerprint": fingerprint, "settings": settings, "serving": serving(g.num_candidates),
+                                "library_version": __version__})
             log.info("generate: %d prompts already in %s%s; %d to generate", len(done), output,
                      f" ({len(recovered)} file(s) recovered)" if recovered else "", pending)
             if pending:
@@ -299,7 +301,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
     stats = _file_stats(promoted)
     summary = {
         **stats, "skipped": skipped, "output_rows": len(done), "output": output,
-        "weights_version": version, "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
+        "weights_version": version, "serving": serving(g.num_candidates), "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
         "tokens_per_s": round(stats["generated_tokens"] / gen_s, 2) if gen_s else 0.0,
         "rows_per_s": round(stats["rows"] / gen_s, 2) if gen_s else 0.0,
         "wall_s": round(time.perf_counter() - t_start, 3), "replicas": plan, "attempt": attempt,

@@ -13,6 +13,7 @@ import pyarrow as pa
 from mpo_ray import __version__
 from mpo_ray.config import Config, SamplingConfig, SolverConfig
 from mpo_ray.core.estimator import bootstrap_weights, estimate_tables, score_arrays, solve_table
+from mpo_ray.core.serving import serving
 from mpo_ray.core.solver import evaluate_weights
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.workflows.pipeline import model_identities, reward_columns_by_objective
@@ -77,6 +78,8 @@ def build_artifact(config: Config, *, version: str, estimate: str, estimates: di
         models={"reference": identities[0], "policies": identities[1:]},
         rewards=[r.model_dump() for r in config.rewards],
         timings_s=timings, placement=placement, created_at=created_at, library_version=__version__, seed=seed,
+        serving={**serving(1), "note": "λ is solved for the sequence-level π_λ; generate.num_candidates = n > 1 "
+                                        "serves nearer it (mpo-ray bench serving measures the gap)"},
         **extra,
     )
 

@@ -43,6 +43,7 @@ import pyarrow as pa
 from mpo_ray.config import Config, PolicySpec
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.seeds import derive_seed
+from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import read_prompts
@@ -147,6 +148,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
         r["fingerprint"] = digest(parts[label])
         results.append(r)
     summary = {"format": SUMMARY_FORMAT, "policies": config.policy_names, "prompts": len(ids), "generation": params,
+               "serving": serving(g.num_candidates),
                "seconds": round(time.perf_counter() - t0, 1), "points": results}
     write_outputs(output, summary, figure, figure_digests)
     return summary
