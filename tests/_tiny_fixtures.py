@@ -16,6 +16,9 @@ from mpo_ray.testing import build_tiny_family, build_tiny_model, token_by_token_
 _ROOT = Path(tempfile.mkdtemp(prefix="mpo-ray-tiny-"))
 atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
 
+# The dtype of every policy the model tests load: exactness tests need float32 ("auto" is bf16 on CUDA).
+EXACT_DTYPE = "float32"
+
 # Prompts of very different lengths, so batches are padded.
 PROMPTS = [
     "hello there",
@@ -27,9 +30,10 @@ PROMPTS = [
 
 @cache
 def tiny_family(kind: str, k: int, arch: str = "llama", eos_boost: float = 2.0) -> tuple:
-    """K loaded tiny policies with one vocabulary (built and loaded once per session)."""
+    """K loaded tiny policies with one vocabulary (built and loaded once per session), in float32 on
+    every device: the tests compare against exact references, and dtype "auto" is bfloat16 on CUDA."""
     root = _ROOT / f"{kind}-{k}-{arch}-{eos_boost}"
-    specs = build_tiny_family(root, k, kind=kind, arch=arch, eos_boost=eos_boost)
+    specs = build_tiny_family(root, k, kind=kind, arch=arch, eos_boost=eos_boost, dtype=EXACT_DTYPE)
     return tuple(load_policies(specs))
 
 
@@ -50,5 +54,5 @@ def reference_mixture(policies, weights, prompt: str, response: list[int]) -> tu
         return 0.0, 0.0
     s = sum(w * reference_logprobs(p, prompt, response) for p, w in zip(policies, weights) if w != 0)
     log_z = torch.logsumexp(s, dim=-1)
-    target = s.gather(-1, torch.tensor(response)[:, None]).squeeze(1)
+    target = s.gather(-1, torch.tensor(response, device=s.device)[:, None]).squeeze(1)
     return float((target - log_z).sum()), float(log_z.sum())

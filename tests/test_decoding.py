@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _tiny_fixtures import PROMPTS, reference_mixture, tiny_family, tiny_model_path
+from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family, tiny_model_path
 
 from mpo_ray import Generation, MixedPolicy, PolicySpec, load_policies, score_sequences
 from mpo_ray.models.scoring import pad_left
@@ -92,7 +92,7 @@ def test_base_rows_and_adapter_rows_mix_in_one_forward():
     """A reference (adapters off) and two adapters of one base: one group, '__base__' rows."""
     lora = tiny_family("lora", 2)
     base = lora[0].spec.model
-    policies = load_policies([PolicySpec("ref", base), *(p.spec for p in lora)])
+    policies = load_policies([PolicySpec("ref", base, dtype=EXACT_DTYPE), *(p.spec for p in lora)])
     weights = [-0.5, 0.8, 0.7]  # a DeRa-style negative exponent on the reference
     gens = MixedPolicy(policies, weights).generate(PROMPTS, max_new_tokens=8, seed=4)
     for prompt, g in zip(PROMPTS, gens):

@@ -51,7 +51,7 @@ def test_lora_adapters_are_selected_per_row():
     """Each adapter policy gets its own adapter in a forward; the base none."""
     a, b = tiny_family("lora", 2)
     [ids] = a.encode_prompts(["hello there"])
-    x = torch.tensor([ids])
+    x = torch.tensor([ids], device=a.device)
     with torch.no_grad():
         out_a = a.model(x, **a.forward_kwargs(1)).logits
         out_b = a.model(x, **b.forward_kwargs(1)).logits
@@ -177,7 +177,8 @@ def test_smollm2_default_model_end_to_end():
 
     path = policies_module.default_model_path()
     base, brief = load_policies(
-        [PolicySpec("base", str(path)), PolicySpec("brief", str(path), system_prompt="Answer in one word.")]
+        [PolicySpec("base", str(path), dtype="float32"),  # exactness against HF generate and scoring: not bf16 on CUDA
+         PolicySpec("brief", str(path), system_prompt="Answer in one word.", dtype="float32")]
     )
     assert base.model is brief.model
     tok = base.tokenizer
@@ -191,7 +192,7 @@ def test_smollm2_default_model_end_to_end():
     greedy = MixedPolicy([base, brief], [1.0, 0.0]).generate(prompts, max_new_tokens=24, temperature=0)
     assert "Paris" in greedy[0].text and greedy[0].finish_reason == "stop"
     [ids] = base.encode_prompts(prompts[:1])
-    hf = base.model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
+    hf = base.model.generate(torch.tensor([ids], device=base.device), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
     assert greedy[0].token_ids == hf[: len(greedy[0].token_ids)]
     scores = score_sequences(base, prompts, [g.token_ids for g in greedy])
     np.testing.assert_allclose([g.logprob for g in greedy], scores, atol=1e-3, rtol=1e-4)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _tiny_fixtures import PROMPTS, reference_logprobs, tiny_family
+from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_logprobs, tiny_family
 
 from mpo_ray import PolicySpec, load_policies, score_sequences
 
@@ -20,7 +20,7 @@ def reference_score(policy, prompt, response):
     if not response:
         return 0.0
     lp = reference_logprobs(policy, prompt, response)
-    return float(lp[np.arange(len(response)), response].sum())
+    return float(lp.cpu()[np.arange(len(response)), response].sum())
 
 
 @pytest.mark.parametrize(
@@ -91,9 +91,9 @@ def test_a_base_and_its_adapters_share_one_module_and_score_as_if_loaded_alone()
     """The reference policy is usually the base the LoRA policies were trained from."""
     lora = tiny_family("lora", 2)
     base, adapter = lora[0].spec.model, lora[0].spec.adapter
-    ref, p0 = load_policies([PolicySpec("ref", base), PolicySpec("p0", base, adapter=adapter)])
+    ref, p0 = load_policies([PolicySpec("ref", base, dtype=EXACT_DTYPE), PolicySpec("p0", base, adapter=adapter, dtype=EXACT_DTYPE)])
     assert ref.model is p0.model
-    [alone] = load_policies([PolicySpec("alone", base)])
+    [alone] = load_policies([PolicySpec("alone", base, dtype=EXACT_DTYPE)])
     responses = random_responses(len(PROMPTS), len(ref.tokenizer), seed=3)
     np.testing.assert_allclose(score_sequences(ref, PROMPTS, responses), score_sequences(alone, PROMPTS, responses), atol=1e-5)
     np.testing.assert_allclose(score_sequences(p0, PROMPTS, responses), score_sequences(lora[0], PROMPTS, responses), atol=1e-5)

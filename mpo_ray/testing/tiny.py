@@ -137,29 +137,35 @@ def build_lora_adapter(base: str | Path, path: str | Path, *, seed: int, rank: i
     return Path(path)
 
 
-def build_tiny_family(root: str | Path, k: int, *, kind: str = "seeds", seed: int = 0, **model_kwargs) -> list[PolicySpec]:
-    """K tiny policies with one shared vocabulary, as PolicySpecs.
+def build_tiny_family(
+    root: str | Path, k: int, *, kind: str = "seeds", seed: int = 0, dtype: str = "auto", **model_kwargs
+) -> list[PolicySpec]:
+    """K tiny policies with one shared vocabulary, as PolicySpecs of dtype `dtype`.
 
     kind="seeds": K independent models (different random seeds, same arch and
     tokenizer); "lora": K LoRA adapters on one base saved under root/base;
     "system": K system-prompted variants of one base. The base of "lora" and
     "system" is the natural reference policy: PolicySpec("ref", root/"base").
+    Tests about exactness pass dtype="float32": "auto" is bfloat16 on CUDA.
     """
     root = Path(root)
     if kind == "seeds":
         return [
-            PolicySpec(f"p{i}", str(build_tiny_model(root / f"p{i}", seed=seed + i, **model_kwargs)))
+            PolicySpec(f"p{i}", str(build_tiny_model(root / f"p{i}", seed=seed + i, **model_kwargs)), dtype=dtype)
             for i in range(k)
         ]
     base = str(build_tiny_model(root / "base", seed=seed, **model_kwargs))
     if kind == "lora":
         return [
-            PolicySpec(f"p{i}", base, adapter=str(build_lora_adapter(base, root / f"lora{i}", seed=seed + 1 + i)))
+            PolicySpec(f"p{i}", base, adapter=str(build_lora_adapter(base, root / f"lora{i}", seed=seed + 1 + i)), dtype=dtype)
             for i in range(k)
         ]
     if kind == "system":
         words = ["helpful", "harmless", "funny", "brief", "poetic", "formal", "kind", "curious"]
-        return [PolicySpec(f"p{i}", base, system_prompt=f"You are a {words[i % len(words)]} assistant.") for i in range(k)]
+        return [
+            PolicySpec(f"p{i}", base, system_prompt=f"You are a {words[i % len(words)]} assistant.", dtype=dtype)
+            for i in range(k)
+        ]
     raise ValueError(f"kind must be 'seeds', 'lora' or 'system', got {kind!r}")
 
 
@@ -167,15 +173,18 @@ def token_by_token_logprobs(model, prefix_ids: list[int], continuation: list[int
     """Reference log-softmax rows [len(continuation), V] from full, unpadded, uncached forwards.
 
     One forward per prefix length: slow and obviously right, which is the point.
+    The input is built on the model's device (CUDA as well as CPU); the rows come
+    back as float32 on that device.
     """
+    device = next(model.parameters()).device
     rows = []
     seq = list(prefix_ids)
     for tok in continuation:
         with torch.no_grad():
-            logits = model(torch.tensor([seq]), **forward_kwargs).logits[0, -1].float()
+            logits = model(torch.tensor([seq], device=device), **forward_kwargs).logits[0, -1].float()
         rows.append(torch.log_softmax(logits, -1))
         seq.append(tok)
-    return torch.stack(rows) if rows else torch.zeros(0)
+    return torch.stack(rows) if rows else torch.zeros(0, device=device)
 
 
 def describe(path: str | Path) -> dict:
