@@ -299,3 +299,38 @@ def test_policy_specs_are_loaded_for_you():
     assert "a^0.5 * b^0.5" in repr(mixed)
     [g] = mixed.generate(["hi"], max_new_tokens=2, seed=0)
     assert isinstance(g.logprob, float) and isinstance(g.token_ids, list) and isinstance(g.token_ids[0], int)
+
+
+@pytest.mark.parametrize("call", ["generate", "sequence_logprob"])
+def test_a_failed_forward_leaves_no_per_row_adapter_state(call):
+    """A forward that raises half-way through a call over rows of several adapters (out of memory, an interrupt)
+    must not leave peft's per-row `adapter_names` hooks on the shared module: later calls, with other row
+    counts or one policy alone, work and give what they gave before."""
+    from mpo_ray.models.policies import drop_row_adapter_hooks
+
+    policies = tiny_family("lora", 2)
+    mixed = MixedPolicy(policies, [0.5, 0.5])
+    responses = [[10, 11], [12, 13, 14], [], [15]]
+    before = score_sequences(policies[0], PROMPTS[:1], responses[:1])
+    expected = mixed.generate(PROMPTS[:1], max_new_tokens=4, seed=0)
+    failures = []
+
+    def fail_once(module, args):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("injected failure")
+
+    layer = next(m for name, m in policies[0].model.named_modules() if name.endswith("layers.1"))
+    handle = layer.register_forward_pre_hook(fail_once)
+    try:
+        with pytest.raises(RuntimeError, match="injected failure"):
+            if call == "generate":
+                mixed.generate(PROMPTS, max_new_tokens=4, seed=0)
+            else:
+                mixed.sequence_logprob(PROMPTS, responses)
+    finally:
+        handle.remove()
+    assert failures == [1]
+    assert drop_row_adapter_hooks(policies[0].model) == 0  # nothing was left behind
+    np.testing.assert_array_equal(score_sequences(policies[0], PROMPTS[:1], responses[:1]), before)
+    assert mixed.generate(PROMPTS[:1], max_new_tokens=4, seed=0) == expected

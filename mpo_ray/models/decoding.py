@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from mpo_ray.config import PolicySpec
-from mpo_ray.models.policies import Policy, check_same_vocabulary, load_policies
+from mpo_ray.models.policies import Policy, check_same_vocabulary, forward, load_policies
 from mpo_ray.models.scoring import (
     check_context,
     check_prompts,
@@ -106,8 +106,8 @@ class _Group:
 
     @torch.no_grad()
     def _forward(self, ids, pos) -> torch.Tensor:
-        out = self.model(
-            input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
+        out = forward(
+            self.model, input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
             use_cache=True, logits_to_keep=1, **self.kwargs,
         )
         return out.logits[:, -1]

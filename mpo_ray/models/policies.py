@@ -141,6 +141,45 @@ class Policy:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# peft's per-row adapter selection: forward pre-hooks it installs on every LoRA layer for one call.
+_PEFT_ROW_HOOKS = frozenset({"_adapter_names_pre_forward_hook", "_alora_offsets_pre_forward_hook"})
+
+
+def forward(model, **kwargs):
+    """``model(**kwargs)``, never leaving per-row adapter state behind when it fails.
+
+    With ``adapter_names`` peft hooks its choice of adapter per row onto every LoRA layer for the call
+    and takes the hooks off after a forward that returns only (its context manager has no ``finally``).
+    A forward that raises (out of memory, an interrupt, a bad input) would leave them on, and every later
+    forward of that shared module, with or without adapter_names, would fail "Length of `adapter_names`
+    should be the same as the number of inputs". So whatever peft left hooked is taken off here.
+    """
+    ok = False
+    try:
+        out = model(**kwargs)
+        ok = True
+        return out
+    finally:
+        if not ok:
+            drop_row_adapter_hooks(model)
+
+
+def drop_row_adapter_hooks(model) -> int:
+    """Remove peft's per-row adapter hooks (`adapter_names`, aLoRA offsets) left on `model`'s layers
+    by a forward that did not finish; returns how many. Outside a forward there should be none."""
+    if not hasattr(model, "peft_config"):
+        return 0
+    dropped = 0
+    for module in model.modules():
+        hooks = module._forward_pre_hooks
+        for key, hook in list(hooks.items()):
+            if getattr(getattr(hook, "func", None), "__name__", None) in _PEFT_ROW_HOOKS:
+                del hooks[key]
+                module._forward_pre_hooks_with_kwargs.pop(key, None)
+                dropped += 1
+    return dropped
+
+
 def check_same_vocabulary(policies: list[Policy]) -> None:
     """Refuse to mix policies whose tokenizers disagree, saying which and how."""
     first = policies[0]

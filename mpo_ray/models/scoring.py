@@ -20,7 +20,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from mpo_ray.models.policies import Policy
+from mpo_ray.models.policies import Policy, forward
 
 
 def check_prompts(prompts) -> list[str]:
@@ -130,8 +130,8 @@ def response_logprobs(policies: list[Policy], prompt_ids: list[list[list[int]]],
     ids, mask = pad_left(rows, policies[0].pad_token_id, policies[0].device)
     context, kwargs = forward_setup(policies, num_b)
     with context:
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
+        logits = forward(
+            model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
             logits_to_keep=width + 1, **kwargs,
         ).logits[:, :-1]
     return torch.log_softmax(logits.float(), dim=-1).view(num_g, num_b, width, -1)
