@@ -198,3 +198,21 @@ def test_smollm2_default_model_end_to_end():
     np.testing.assert_allclose([g.logprob for g in greedy], scores, atol=1e-3, rtol=1e-4)
     mixed = MixedPolicy([base, brief], [0.5, 0.5]).generate(prompts, max_new_tokens=16, seed=0)
     assert all(g.log_normalizer <= 1e-4 for g in mixed)
+
+
+def test_the_kv_cache_keyword_follows_the_models_forward():
+    """Decoding passes its KV cache as `cache` where the model's forward takes it (transformers deprecates
+    `past_key_values`, removed in 5.40), else as `past_key_values` (older releases, remote-code models)."""
+    import inspect
+
+    from mpo_ray.models.policies import cache_keyword
+
+    class Older(torch.nn.Module):
+        def forward(self, input_ids=None, attention_mask=None, past_key_values=None, use_cache=None):
+            return None
+
+    assert cache_keyword(Older()) == "past_key_values"
+    for model in (tiny_family("lora", 2)[0].model, tiny_family("seeds", 1, arch="gpt2")[0].model):
+        keyword = cache_keyword(model)  # a peft wrapper is looked through to the model it passes kwargs to
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        assert keyword in inspect.signature(base.forward).parameters

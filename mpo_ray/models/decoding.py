@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from mpo_ray.config import PolicySpec
-from mpo_ray.models.policies import Policy, check_same_vocabulary, forward, load_policies
+from mpo_ray.models.policies import Policy, cache_keyword, check_same_vocabulary, forward, load_policies
 from mpo_ray.models.scoring import (
     check_context,
     check_prompts,
@@ -75,6 +75,7 @@ class _Group:
         self.policies, self.model = policies, policies[0].model
         self.weights = torch.tensor(weights, dtype=torch.float32)
         self.device = policies[0].device
+        self.cache_kw = cache_keyword(self.model)  # `cache`, or `past_key_values` where the model predates it
 
     def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, stack: ExitStack) -> torch.Tensor:
         """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V].
@@ -107,8 +108,8 @@ class _Group:
     @torch.no_grad()
     def _forward(self, ids, pos) -> torch.Tensor:
         out = forward(
-            self.model, input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache,
-            use_cache=True, logits_to_keep=1, **self.kwargs,
+            self.model, input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+            **{self.cache_kw: self.cache}, **self.kwargs,
         )
         return out.logits[:, -1]
 

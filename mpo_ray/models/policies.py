@@ -17,6 +17,7 @@ Instruct, comes from the hub or, offline, from the GGUF in the PyPI wheel
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import subprocess
@@ -24,7 +25,7 @@ import sys
 import tempfile
 import zipfile
 from contextlib import contextmanager
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 import torch
@@ -162,6 +163,23 @@ def forward(model, **kwargs):
     finally:
         if not ok:
             drop_row_adapter_hooks(model)
+
+
+def cache_keyword(model) -> str:
+    """The forward keyword that takes a KV cache object: ``cache`` where the model's forward has it
+    (transformers' cache API; ``past_key_values`` is deprecated there, removed in 5.40), else
+    ``past_key_values`` (transformers releases before the rename, remote-code models)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper passes kwargs on
+    return _cache_keyword(type(base))
+
+
+@cache
+def _cache_keyword(model_type: type) -> str:
+    try:
+        params = inspect.signature(model_type.forward).parameters
+    except (TypeError, ValueError):  # no inspectable signature: the keyword every release accepts
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def drop_row_adapter_hooks(model) -> int:
