@@ -242,3 +242,26 @@ def test_generate_rerun_keeps_a_users_file_and_regenerates_an_edited_prompt(loca
     assert dict(zip(ids, table.column("prompt").to_pylist()))["p3"] == "Tell me about three."
     manifest = json.loads((out / META_DIR / "manifest.json").read_text())  # the served distribution is named
     assert manifest["serving"]["mode"] == "token-level" and summary["serving"]["num_candidates"] == 1
+
+
+def test_a_generate_rerun_after_an_adapter_was_retrained_in_place_is_refused(tmp_path, monkeypatch):
+    """Rows made by the old adapter never sit beside the new one's under one weights_version."""
+    from mpo_ray.config import load_config
+    from mpo_ray.workflows.generate import check_output
+
+    monkeypatch.setenv("MPO_RAY_CACHE", str(tmp_path / "cache"))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"r": 8}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x01" * 64)
+    config = load_config(TINY, overrides={"generate.output": str(tmp_path / "gen"), "generate.weights": [0.5, 0.3, 0.2],
+                                          "policies": [{"name": "concise", "model": "tiny:base", "adapter": str(adapter)},
+                                                       {"name": "detailed", "model": "tiny:base", "adapter": "tiny:lora-2"},
+                                                       {"name": "upbeat", "model": "tiny:base", "adapter": "tiny:lora-3"}]})
+    fingerprint, settings = check_output(config, [0.5, 0.3, 0.2], "v")
+    mark_ours(str(tmp_path / "gen"), "generate")
+    storage.write_json(str(tmp_path / "gen" / META_DIR / "manifest.json"), {"fingerprint": fingerprint, "settings": settings})
+    assert check_output(config, [0.5, 0.3, 0.2], "v")[0] == fingerprint  # nothing changed: resumed
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x02" * 64)  # retrained in place, same size
+    with pytest.raises(UserError, match=r"holds generations made with other settings \(changed: \['models'\]\)"):
+        check_output(config, [0.5, 0.3, 0.2], "v")
