@@ -46,7 +46,7 @@ class DemoSize:
     serve: bool = True  # step 2, MPO through `generate` (Ray Data); the sweep's MPO point holds the same rows
 
 
-SIZES = {  # wall on 2 CPU cores, nothing else running: default 13 min 50 s, quick 3 min 3 s (fresh Ray, all sets)
+SIZES = {  # wall on 2 CPU cores, nothing else running: default 4 min 20 s, quick about 1 min (fresh Ray, all sets)
     "default": DemoSize(reweight_prompts=24, samples_per_prompt=8, sample_tokens=32, eval_prompts=24,
                         generate_tokens=32, sweep_step=0.5),
     "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=16, eval_prompts=8,
