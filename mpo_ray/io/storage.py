@@ -159,8 +159,9 @@ def list_files(uri: str, suffix: str = ".parquet") -> list[str]:
     return sorted(names)
 
 
-def read_parquet(uri: str, *, verify: bool = False) -> pa.Table:
-    """A Parquet file; with ``verify``, CorruptFile unless it reads back exactly as `write_parquet` wrote it."""
+def read_parquet(uri: str, *, verify: bool = False, same_name: bool = True) -> pa.Table:
+    """A Parquet file; with ``verify``, CorruptFile unless it reads back exactly as `write_parquet` wrote it,
+    under the name it was written with (``same_name=False``: a renamed copy's values are still verified)."""
     fs, path = filesystem(uri)
     if not verify:
         with fs.open(path, "rb") as f:
@@ -179,7 +180,7 @@ def read_parquet(uri: str, *, verify: bool = False) -> pa.Table:
         raise CorruptFile(f"{uri} carries no content digest; it was not written by this mpo-ray or was rewritten.")
     if not matches:
         raise CorruptFile(f"{uri} does not match the digest it was written with (changed on disk).")
-    if name is not None and name.decode("utf-8", "replace") != basename(uri):
+    if same_name and name is not None and name.decode("utf-8", "replace") != basename(uri):
         raise CorruptFile(f"{uri} is a copy of {name.decode('utf-8', 'replace')!r}, not the file written under this name.")
     return table
 
