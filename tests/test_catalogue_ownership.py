@@ -19,7 +19,7 @@ from mpo_ray.io import storage
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours, owns_file, remove_ours
 from mpo_ray.io.provenance import tree_digest
 from mpo_ray.io.schemas import GENERATION_SCHEMA
-from mpo_ray.workflows.generate import FINGERPRINT_KEY, _write_rows, drop_stale, promote, written_rows
+from mpo_ray.workflows.generate import _write_rows, drop_stale, promote, written_rows
 from mpo_ray.workflows.pipeline import Batch, _batch_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -156,7 +156,7 @@ def test_a_prompt_edited_since_generation_is_generated_again_not_served_stale(tm
     assert done == {"a"}
     assert pq.read_table(out / "part-1.parquet").column("prompt_id").to_pylist() == ["a"]
     assert owns_file(str(out / "part-1.parquet"))
-    assert pq.read_metadata(out / "part-1.parquet").metadata[FINGERPRINT_KEY] == FP.encode()
+    assert pq.read_metadata(out / "part-1.parquet").metadata[storage.FINGERPRINT_KEY] == FP.encode()
 
 
 def test_a_score_batch_copied_over_another_batchs_name_is_not_reused(tmp_path):

@@ -62,7 +62,7 @@ def _sweep(out, calls, config=None, points=POINTS, max_prompts=2, **kw):
 
 
 def _fingerprint(uri):
-    return pq.ParquetFile(uri).schema_arrow.metadata[sweep.FINGERPRINT_KEY].decode()
+    return pq.ParquetFile(uri).schema_arrow.metadata[storage.FINGERPRINT_KEY].decode()
 
 
 # --- 1. sweep: a point is reused only when what produced it is unchanged --------------------------------

@@ -122,6 +122,7 @@ def exists(uri: str) -> bool:
 
 DIGEST_KEY = b"mpo_ray.content_sha256"
 NAME_KEY = b"mpo_ray.file"  # the name a file was written under: a copy under another name is not the file we wrote
+FINGERPRINT_KEY = b"mpo_ray.fingerprint"  # what produced the rows (settings, models, prompts): the resume key
 
 
 class CorruptFile(UserError):
@@ -136,10 +137,12 @@ def table_digest(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def write_parquet(uri: str, table: pa.Table) -> None:
+def write_parquet(uri: str, table: pa.Table, *, fingerprint: str | None = None) -> None:
     """Atomically, with the values' digest and the file's own name in its metadata (checked by
-    ``read_parquet(verify=True)``; the name is how `ownership` tells our files from a user's)."""
-    metadata = {**(table.schema.metadata or {}), DIGEST_KEY: table_digest(table).encode(), NAME_KEY: basename(uri).encode()}
+    ``read_parquet(verify=True)``; the name is how `ownership` tells our files from a user's), and the
+    ``fingerprint`` of what produced the rows, which a resumed run compares with its own."""
+    metadata = {**(table.schema.metadata or {}), DIGEST_KEY: table_digest(table).encode(), NAME_KEY: basename(uri).encode(),
+                **({FINGERPRINT_KEY: fingerprint.encode()} if fingerprint is not None else {})}
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(metadata), buf)
     _write_atomic(uri, buf.getvalue())

@@ -150,9 +150,6 @@ def _read(uris: list[str], columns: list[str]) -> pa.Table:
     return pa.concat_tables([one(u) for u in uris]) if uris else GENERATION_SCHEMA.empty_table().select(columns)
 
 
-FINGERPRINT_KEY = b"mpo_ray.fingerprint"  # a generation file's settings: a file of another output is not this one's
-
-
 def written_rows(output: str, fingerprint: str) -> dict[str, tuple[str, str]]:
     """prompt id → (prompt text, file) for the rows the output holds in files this output's runs wrote.
 
@@ -161,7 +158,7 @@ def written_rows(output: str, fingerprint: str) -> dict[str, tuple[str, str]]:
     rows: dict[str, tuple[str, str]] = {}
     for uri in storage.list_files(output):
         meta = storage.parquet_metadata(uri) or {}
-        if not owns_file(uri) or meta.get(FINGERPRINT_KEY, b"").decode() != fingerprint:
+        if not owns_file(uri) or meta.get(storage.FINGERPRINT_KEY, b"").decode() != fingerprint:
             log.warning("left alone: %s (not written by this output's runs); its rows are not counted as generated.", uri)
             continue
         try:
@@ -190,9 +187,8 @@ def drop_stale(output: str, rows: dict[str, tuple[str, str]], corpus: dict[str, 
 
 
 def _write_rows(uri: str, table: pa.Table, fingerprint: str) -> None:
-    table = table.cast(GENERATION_SCHEMA)
-    storage.write_parquet(uri, table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                                              FINGERPRINT_KEY: fingerprint.encode()}))
+    """Generation rows with this output's fingerprint: a file of another output is not taken for this one's."""
+    storage.write_parquet(uri, table.cast(GENERATION_SCHEMA), fingerprint=fingerprint)
 
 
 def promote(output: str, done: set[str], fingerprint: str = "") -> list[str]:

@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 REFERENCE = "reference"
 SUMMARY_FILE, FIGURE_FILE = "sweep.json", "front.png"
 SUMMARY_FORMAT = "mpo-ray/sweep"
-FINGERPRINT_KEY = b"mpo_ray.fingerprint"  # the key generate's files use: what produced the rows
 PARTS_KEY = b"mpo_ray.sweep_point"  # the fingerprint's parts (JSON): a rerun says which one changed
 
 
@@ -205,7 +204,7 @@ def stale_points(files: dict[str, str], parts: dict[str, dict[str, str]]) -> dic
             out[label] = "not generated yet"
             continue
         meta = storage.parquet_metadata(uri) or {}
-        if meta.get(FINGERPRINT_KEY, b"").decode("utf-8", "replace") == digest(p):
+        if meta.get(storage.FINGERPRINT_KEY, b"").decode("utf-8", "replace") == digest(p):
             out[label] = None
             continue
         try:
@@ -219,8 +218,8 @@ def stale_points(files: dict[str, str], parts: dict[str, dict[str, str]]) -> dic
 
 def write_point(uri: str, table: pa.Table, parts: dict[str, str]) -> None:
     """A point's rows, atomically, with their fingerprint (and its parts) in the footer."""
-    meta = {**(table.schema.metadata or {}), FINGERPRINT_KEY: digest(parts).encode(), PARTS_KEY: json.dumps(parts).encode()}
-    storage.write_parquet(uri, table.replace_schema_metadata(meta))
+    meta = {**(table.schema.metadata or {}), PARTS_KEY: json.dumps(parts).encode()}
+    storage.write_parquet(uri, table.replace_schema_metadata(meta), fingerprint=digest(parts))
 
 
 # --- sweep.json and front.png: fixed names, replaced only when the sweep wrote them --------------------
