@@ -65,8 +65,11 @@ def test_multinode_actors_spread_and_match_single_node(tmp_path):
 
 
 def test_killing_a_policy_actor_and_the_driver(tmp_path):
+    # one prompt per batch: twelve batches, so a kill after the first lands mid-run however fast the machine is
+    # (with three batches the run could finish, and its actors go, before the killer looked for them)
+    one_per_batch = {"reweight.batch_prompts": 1}
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
-        reference = reweight(tiny().with_overrides({"reweight.output": str(tmp_path / "clean")}), progress=False)
+        reference = reweight(tiny().with_overrides({**one_per_batch, "reweight.output": str(tmp_path / "clean")}), progress=False)
 
         # 1. kill a policy actor while the run is in flight: Ray restarts it, the call is retried.
         out = str(tmp_path / "actor-killed")
@@ -76,15 +79,17 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
             wait_for_batches(out, 1)
             for a in ray.util.list_named_actors(all_namespaces=True):  # GCS only: works without a dashboard
                 if "-concise-" in a["name"]:
+                    mid_run = len(storage.list_files(os.path.join(out, "scores"))) < 12
                     ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=False)
-                    killed.append(a["name"])
+                    killed.append((a["name"], mid_run))
                     return
 
         thread = threading.Thread(target=killer)
         thread.start()
-        result = reweight(tiny().with_overrides({"reweight.output": out}), progress=False)
+        result = reweight(tiny().with_overrides({**one_per_batch, "reweight.output": out}), progress=False)
         thread.join()
         assert killed, "the policy actor was not found to kill"
+        assert killed[0][1], "the kill landed after the last batch: it tested nothing"
         np.testing.assert_allclose(result["weights"], reference["weights"], atol=1e-6)
         assert sorted(keys(out)) == sorted(keys(str(tmp_path / "clean")))
 
