@@ -36,8 +36,8 @@ so a row's output depends on its seed only, not on the rest of the batch.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import ExitStack
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ from mpo_ray.models.scoring import (
 )
 
 
-@dataclass
+@dataclasses.dataclass
 class Generation:
     text: str
     token_ids: list[int]
@@ -66,6 +66,10 @@ class Generation:
     log_normalizer: float  # Σ_t log z_t (≤ 0 for weights on the simplex)
     num_tokens: int
     proposal_logprob: float = 0.0  # log-prob under the distribution actually sampled (tempered / top-k / top-p)
+    # num_candidates = n > 1 only: log of the mean importance weight π̃_λ/q over the prompt's n candidates, an
+    # unbiased estimate of the partition function Z(x) = Σ_y Π_k π_k(y|x)^λ_k (its log is biased low, by Jensen).
+    # With it log π_λ(y|x) ≈ logprob + log_normalizer − log_partition: what a KL estimate of a resampled set needs.
+    log_partition: float | None = None
 
 
 class _Group:
@@ -228,7 +232,8 @@ class MixedPolicy:
                              dtype=torch.float64)
         u = torch.tensor([np.random.default_rng([s]).random() for s in seeds], dtype=torch.float64)
         pick = _inverse_cdf(torch.softmax(log_w, -1), u).tolist()
-        return [g[i] for g, i in zip(groups, pick)]
+        log_z = (torch.logsumexp(log_w, -1) - np.log(num_candidates)).tolist()
+        return [dataclasses.replace(g[i], log_partition=z) for g, i, z in zip(groups, pick, log_z)]
 
     @torch.no_grad()
     def sample_candidates(
