@@ -59,6 +59,11 @@ def test_defaults_fill_in():
         (lambda d: d["reweight"].update(sampling={"temperature": 0}), r"temperature` must be > 0"),
         (lambda d: d["reweight"].update(sampling={"top_p": 1.5}), r"top_p` must be in"),
         (lambda d: d["reweight"].update(sampling={"proposal": "mixture", "temperature": 0.7}), r"needs untempered"),
+        (lambda d: d["reweight"].update(sampling={"proposal": "geometric", "top_k": 5}), r"is `geometric`, which needs untempered"),
+        (lambda d: d["reweight"].update(sampling={"proposal": "geometric", "geometric_share": 0}),
+         r"`reweight.sampling.geometric_share` must be in \(0, 1\], got 0"),
+        (lambda d: d["reweight"].update(sampling={"proposal": "geometric", "geometric_share": 1.5}),
+         r"`reweight.sampling.geometric_share` must be in \(0, 1\], got 1.5"),
         (lambda d: d["policies"][0].update(dtype="float8"), r"`policies\[0\]\.dtype` must be one of \['auto'"),
         (lambda d: d["resources"] if False else d.update(resources={"replicas": 0}), r"`resources.replicas` must be >= 1"),
         # strict types: no string numbers, no bools as numbers
@@ -253,3 +258,14 @@ def test_loading_a_config_imports_nothing_heavy(code):
     check = code + "; import sys; print(sorted({'torch', 'ray', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_geometric_share_enters_the_score_fingerprint_only_with_the_geometric_proposal():
+    """Other runs' stored batches keep their fingerprint (a new setting must not make every old batch stale)."""
+    from mpo_ray.config import SamplingConfig
+
+    assert "geometric_share" not in SamplingConfig().fingerprint()
+    assert SamplingConfig(geometric_share=0.3).fingerprint() == SamplingConfig().fingerprint()
+    geometric = SamplingConfig(proposal="geometric").fingerprint()
+    assert geometric["geometric_share"] == 0.5
+    assert SamplingConfig(proposal="geometric", geometric_share=0.25).fingerprint() != geometric

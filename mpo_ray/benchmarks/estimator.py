@@ -18,6 +18,12 @@ at the same total budget of m samples per prompt:
   target π_λ stay bounded.
 * ``geometric``: as ``adaptive``, but later rounds draw from the normalised
   token-level mixture at λ̂ (what a replica hosting all K policies samples).
+* ``geometric-batches``: the pipeline's ``sampling.proposal: geometric`` as
+  implemented: the prompts in B batches (``--batches``) are the rounds. Batch 0
+  is ``mixture``; batch b draws a share s (``--share``) of its m samples per
+  prompt from the token-level mixture at the λ̂ solved on batches < b, the
+  rest as ``mixture`` (``core.estimator.proposal_counts``), each batch
+  weighted by the balance heuristic over its own components.
 * ``adaptive-ess``: ``adaptive`` with two rounds, where round 1's samples go
   to prompts in proportion to 1/ESS at λ̂ (same total N·m, at most 4m each).
 
@@ -40,11 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpo_ray.benchmarks import non_negative_int, positive_int
-from mpo_ray.core.estimator import split_counts
+from mpo_ray.core.estimator import proposal_counts, split_counts
 from mpo_ray.core.solver import WeightsResult, evaluate_weights, solve_weights
 from mpo_ray.testing.enumerable import EnumerableWorld, logsumexp, make_world, sample_sequences, scale_for_kl
 
-PROPOSALS = ("reference", "mixture", "adaptive", "geometric", "adaptive-ess")
+PROPOSALS = ("reference", "mixture", "adaptive", "geometric", "geometric-batches", "adaptive-ess")
 
 # The two worlds the issue asks about (K = 3, 4 tokens, responses ≤ 3 tokens: 40 per prompt), named by the
 # measurable that defines them: the mean KL(π_k‖π_ref) = E_{π_k}[ℓ_k]; the offset scale is solved for it.
@@ -96,7 +102,7 @@ def balance_logp(parts) -> np.ndarray:
     """
     N = parts[0][1].shape[0]
     counts = np.stack([np.broadcast_to(np.asarray(c, dtype=np.float64), (N,)) for c, _ in parts], axis=-1)  # (N, R)
-    with np.errstate(divide="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # a prompt not drawn yet (batches): NaN, and masked
         log_share = np.log(counts / counts.sum(axis=1, keepdims=True))
     logq = np.stack([q for _, q in parts], axis=-1)  # (N, S, R)
     return logsumexp(logq + log_share[:, None, :], axis=-1)
@@ -131,9 +137,9 @@ class _Pool:
         log_imp = np.where(mask, self.world.ref_logp[rows, safe] - self.log_q()[rows, safe], 0.0)
         return Draw(idx, mask, L, log_imp, len(self.parts))
 
-    def solve(self) -> WeightsResult:
+    def solve(self, rows: slice = slice(None)) -> WeightsResult:
         d = self.draw()
-        return solve_weights(d.log_ratios, mask=d.mask, log_importance=d.log_importance)
+        return solve_weights(d.log_ratios[rows], mask=d.mask[rows], log_importance=d.log_importance[rows])
 
 
 def round_sizes(m: int, rounds: int, first_min: int) -> list[int]:
@@ -169,12 +175,27 @@ def _add_stratified(pool: _Pool, n: int, alpha: np.ndarray) -> None:
         pool.add(comp[..., c], int(n_c))
 
 
+def batch_bounds(num_prompts: int, batches: int) -> np.ndarray:
+    """Start of each of ``batches`` contiguous prompt batches, and the end (as even as possible)."""
+    return np.concatenate([[0], np.cumsum(split_counts(num_prompts, min(batches, num_prompts)))])
+
+
+def _batch_counts(world: EnumerableWorld, m: int, batches: int, share: float) -> np.ndarray:
+    """(B, N, K + 2) per-prompt counts of π_ref, each π_k and the mixture at λ̂ in each batch's balance heuristic."""
+    bounds = batch_bounds(world.num_prompts, batches)
+    out = np.zeros((len(bounds) - 1, world.num_prompts, world.num_policies + 2), dtype=np.int64)
+    for b, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
+        out[b, lo:hi] = proposal_counts(m, world.num_policies, share if b else None)
+    return out
+
+
 def draw_table(world: EnumerableWorld, proposal: str, m: int, seed: int, *, rounds: int = 2,
-               ref_floor: float = 0.2, stratify: bool = True) -> Draw:
+               ref_floor: float = 0.2, stratify: bool = True, batches: int = 4, share: float = 0.5) -> Draw:
     """The (N, m, K) log-ratio table and its log importance weights for one proposal at budget m per prompt.
 
     ``stratify`` (``adaptive`` only): draw each round's arithmetic mixture with
-    fixed component counts rather than i.i.d. from q_r.
+    fixed component counts rather than i.i.d. from q_r. ``batches``, ``share``:
+    ``geometric-batches`` only.
     """
     if proposal not in PROPOSALS:
         raise ValueError(f"proposal must be one of {PROPOSALS}, got {proposal!r}")
@@ -199,6 +220,13 @@ def draw_table(world: EnumerableWorld, proposal: str, m: int, seed: int, *, roun
                 _add_stratified(pool, n, _adaptive_alpha(lam, ref_floor))
             else:
                 pool.add(world.mixture_logp(_adaptive_alpha(lam, ref_floor)), n)
+    elif proposal == "geometric-batches":
+        bounds = batch_bounds(world.num_prompts, batches)
+        for b, counts in enumerate(_batch_counts(world, m, batches, share)):
+            for c in range(K + 1):
+                pool.add(world.component_logp[..., c], counts[:, c])
+            if b:
+                pool.add(world.geometric_token_logp(pool.solve(slice(0, bounds[b])).weights), counts[:, -1])
     else:  # adaptive-ess
         first = min(m, max(K + 1, m // 2))
         _add_mixture(pool, first)
@@ -233,7 +261,7 @@ def allocate_by_ess(ess: np.ndarray, total: int, cap: int) -> np.ndarray:
 
 
 def limiting_proposal_logp(world: EnumerableWorld, proposal: str, m: int, *, rounds: int = 2,
-                           ref_floor: float = 0.2) -> np.ndarray | None:
+                           ref_floor: float = 0.2, batches: int = 4, share: float = 0.5) -> np.ndarray | None:
     """(N, S) log q of the balance heuristic a proposal uses once its intermediate λ̂ equals λ*.
 
     None for ``adaptive-ess``, whose per-prompt counts depend on the sampled ESS.
@@ -243,6 +271,10 @@ def limiting_proposal_logp(world: EnumerableWorld, proposal: str, m: int, *, rou
     if proposal == "adaptive-ess":
         return None
     K, lam = world.num_policies, world.exact.weights
+    if proposal == "geometric-batches":
+        counts = _batch_counts(world, m, batches, share).sum(axis=0)  # each prompt sits in one batch
+        comp = np.concatenate([world.component_logp, world.geometric_token_logp(lam)[..., None]], axis=-1)
+        return balance_logp([(counts[:, c], comp[..., c]) for c in range(K + 2)])
     sizes = [m] if proposal == "mixture" else round_sizes(m, rounds, K + 1)
     comp = world.component_logp
     parts = [(n, comp[..., c]) for c, n in enumerate(split_counts(sizes[0], K + 1))]
@@ -320,7 +352,7 @@ def run_case(world: EnumerableWorld, proposals, ms, seeds, **kwargs) -> dict:
 
 
 def print_case(world: EnumerableWorld, rows: dict, proposals, ms, **kwargs) -> None:
-    print(f"  {'proposal':<13}{'m':>4}  {'L1 |λ̂−λ*| mean ± sd':>20}  {'pred':>6}  {'ESS@λ̂':>7}  {'ESS@unif':>8}  "
+    print(f"  {'proposal':<18}{'m':>4}  {'L1 |λ̂−λ*| mean ± sd':>20}  {'pred':>6}  {'ESS@λ̂':>7}  {'ESS@unif':>8}  "
           f"{'ms/est':>7}")
     for m in ms:
         for p in proposals:
@@ -330,7 +362,7 @@ def print_case(world: EnumerableWorld, rows: dict, proposals, ms, **kwargs) -> N
             pred = predicted_l1(world, logq, m) if logq is not None else None
             pred = f"{'—':>6}" if pred is None else f"{'>2':>6}" if pred > 2 else f"{pred:6.3f}"
             print(
-                f"  {p:<13}{m:>4}  {l1.mean():>11.3f} ± {l1.std(ddof=1) if l1.size > 1 else 0.0:.3f}  {pred}"
+                f"  {p:<18}{m:>4}  {l1.mean():>11.3f} ± {l1.std(ddof=1) if l1.size > 1 else 0.0:.3f}  {pred}"
                 f"  {np.mean([e.ess for e in est]):>7.2f}  {np.mean([e.ess_uniform for e in est]):>8.2f}"
                 f"  {1e3 * np.mean([e.seconds for e in est]):>7.1f}"
             )
@@ -339,6 +371,13 @@ def print_case(world: EnumerableWorld, rows: dict, proposals, ms, **kwargs) -> N
         best = min(mean, key=mean.get)
         others = ", ".join(f"{p} {mean[p] / max(mean[best], 1e-12):.1f}×" for p in proposals if p != best)
         print(f"  m={m}: best {best} (L1 {mean[best]:.3f}); error relative to it: {others}")
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -351,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--proposals", nargs="+", choices=PROPOSALS, default=list(PROPOSALS))
     p.add_argument("--rounds", type=positive_int, default=2, help="rounds for adaptive / geometric")
     p.add_argument("--ref-floor", type=float, default=0.2, help="α_ref in the adaptive rounds")
+    p.add_argument("--batches", type=positive_int, default=4, help="prompt batches for geometric-batches")
+    p.add_argument("--share", type=_share, default=0.5,
+                   help="geometric-batches: share of m drawn from the mixture at λ̂ after batch 0")
     p.add_argument("--world-seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
 
@@ -362,9 +404,9 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"case {name!r} with --prompts {args.prompts}: {exc}")
         print(describe_world(name, world))
         t0 = time.perf_counter()
-        rows = run_case(world, args.proposals, args.samples, range(args.seeds), rounds=args.rounds,
-                        ref_floor=args.ref_floor)
-        print_case(world, rows, args.proposals, args.samples, rounds=args.rounds, ref_floor=args.ref_floor)
+        kwargs = dict(rounds=args.rounds, ref_floor=args.ref_floor, batches=args.batches, share=args.share)
+        rows = run_case(world, args.proposals, args.samples, range(args.seeds), **kwargs)
+        print_case(world, rows, args.proposals, args.samples, **kwargs)
         print(f"  ({time.perf_counter() - t0:.1f}s for {len(rows) * args.seeds} estimates)\n")
 
 

@@ -143,14 +143,21 @@ class SamplingConfig(DecodingParams):
     temperature: Annotated[float, Field(gt=0)] = 1.0  # greedy samples would all be one response
     # mixture: m/(K+1) samples from π_ref and from each policy, balance-heuristic weighted. Measured in an enumerable
     # world (`mpo-ray bench estimator`): policies 4 nats from π_ref, m = 16, L1 error of λ̂ 0.03 vs 0.43 for reference.
-    proposal: Literal["reference", "mixture"] = "mixture"
+    # geometric: batches after the first draw `geometric_share` of m from the served token-level mixture at the λ
+    # solved on the batches before (one more actor, hosting all K policies), the rest as mixture (docs/design.md §1).
+    proposal: Literal["reference", "mixture", "geometric"] = "mixture"
+    geometric_share: float = Field(0.5, gt=0, le=1)  # geometric only
 
     @model_validator(mode="after")
     def _mixture_is_untempered(self):
-        if self.proposal == "mixture" and (self.temperature != 1.0 or self.top_k or self.top_p):
-            raise Invalid("proposal", "is `mixture`, which needs untempered sampling (temperature 1, no top_k/top_p): "
-                                      "the importance weights assume samples from the mixture itself.")
+        if self.proposal in ("mixture", "geometric") and (self.temperature != 1.0 or self.top_k or self.top_p):
+            raise Invalid("proposal", f"is `{self.proposal}`, which needs untempered sampling (temperature 1, no "
+                                      "top_k/top_p): the importance weights assume samples from the mixture itself.")
         return self
+
+    def fingerprint(self) -> dict:
+        """The settings a score row depends on (`geometric_share` only when used: other runs' fingerprints stay)."""
+        return self.model_dump(exclude=set() if self.proposal == "geometric" else {"geometric_share"})
 
 
 class ReweightConfig(_Strict):

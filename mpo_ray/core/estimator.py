@@ -8,6 +8,8 @@ log importance weights log π_ref − log q for samples drawn from a proposal q
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pyarrow as pa
 
@@ -20,10 +22,24 @@ def split_counts(total: int, parts: int) -> list[int]:
     return [base + (i < extra) for i in range(parts)]
 
 
+def proposal_counts(m: int, num_policies: int, geometric_share: float | None = None) -> list[int]:
+    """Samples per prompt from π_ref, each π_k and the token-level mixture at a solved λ (last), summing to m.
+
+    The `mixture` split (m over π_ref and the K policies) takes what the mixture at λ does not: with a
+    ``geometric_share`` s, round(s·m) samples (at least 1) come from it. Rounds of the `geometric` proposal
+    (the pipeline's batches after the first, `mpo-ray bench estimator`'s ``geometric-batches``) both use this.
+    """
+    g = 0 if geometric_share is None else min(m, max(1, math.floor(geometric_share * m + 0.5)))
+    return [*split_counts(m - g, num_policies + 1), g]
+
+
 def log_mixture(logps: np.ndarray, counts: list[int]) -> np.ndarray:
-    """Balance-heuristic proposal log q = log Σ_c (n_c/m) π_c(y|x), from (n, C) log-probs."""
-    logw = np.log(np.asarray(counts, dtype=np.float64) / sum(counts))
-    a = logps + logw
+    """Balance-heuristic proposal log q = log Σ_c (n_c/m) π_c(y|x), from (n, C) log-probs; components that drew
+    no sample (n_c = 0) drop out."""
+    used = np.flatnonzero(np.asarray(counts) > 0)
+    counts = np.asarray(counts, dtype=np.float64)[used]
+    logw = np.log(counts / counts.sum())
+    a = np.asarray(logps, dtype=np.float64)[:, used] + logw
     top = a.max(axis=1, keepdims=True)
     return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
 

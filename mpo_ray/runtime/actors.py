@@ -4,6 +4,10 @@
   (as the reference sampler, or as one component of a mixture proposal) and
   *scores* token ids teacher-forced. Sampling and scoring live in one class
   because the reference does both and every policy may be asked to sample.
+* ``MixtureActor`` hosts all K policies in one process (the served token-level
+  mixture needs every policy's next-token distribution at each step): it samples
+  the mixture at a given λ and teacher-forces its log-prob, for the `geometric`
+  proposal.
 * ``RewardActor`` hosts a reward source: a `transformers` sequence-classifier
   or a Python function ``module:function``.
 * ``ModelGroup`` is the driver's handle on the replicas of one model: it splits
@@ -36,6 +40,10 @@ from mpo_ray.config import Config, PolicySpec, ResourcesConfig, RewardSpec
 from mpo_ray.core.errors import UserError
 from mpo_ray.runtime.resources import plan_resources
 
+# The sampler label (score table's `sampler`, worker group, actor name) of the token-level mixture at a solved λ;
+# not a valid model name (config.schema.Name), so it cannot collide with the reference or a policy.
+MIXTURE_SAMPLER = "@mix"
+
 
 def _set_threads(num_cpus: float) -> None:
     import torch
@@ -66,17 +74,49 @@ class PolicyActor:
 
     def sample(self, prompts: list[str], seeds: list[int], params: dict) -> dict:
         """One response per row (repeat a prompt for m samples); each row seeded on its own."""
-        gens = self.sampler.generate(prompts, seed=seeds, **params)
-        return {
-            "token_ids": [g.token_ids for g in gens],
-            "text": [g.text for g in gens],
-            "logp_proposal": np.array([g.proposal_logprob for g in gens], dtype=np.float64),
-        }
+        return _samples(self.sampler.generate(prompts, seed=seeds, **params))
 
     def score(self, prompts: list[str], token_ids: list[list[int]]) -> np.ndarray:
         from mpo_ray.models.scoring import score_sequences
 
         return score_sequences(self.policy, prompts, token_ids)
+
+
+def _samples(gens) -> dict:
+    """What a sampling call returns (see `gather_samples`)."""
+    return {
+        "token_ids": [g.token_ids for g in gens],
+        "text": [g.text for g in gens],
+        "logp_proposal": np.array([g.proposal_logprob for g in gens], dtype=np.float64),
+    }
+
+
+@ray.remote
+class MixtureActor:
+    """The K policies in one process: samples of the token-level mixture at any λ, and its teacher-forced log-prob."""
+
+    def __init__(self, specs: list, num_cpus: float = 1.0):
+        from mpo_ray.models.generator import BatchGenerator
+
+        _set_threads(num_cpus)
+        self.generator = BatchGenerator(specs)
+
+    def info(self) -> dict:
+        return {"name": MIXTURE_SAMPLER, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                "device": str(self.generator.policies[0].device), "policies": [p.name for p in self.generator.policies]}
+
+    def _mixed(self, weights):
+        from mpo_ray.models.decoding import MixedPolicy
+
+        return MixedPolicy(self.generator.policies, weights)  # built per call: λ changes every batch
+
+    def sample(self, prompts: list[str], seeds: list[int], weights: list[float], params: dict) -> dict:
+        return _samples(self._mixed(weights).generate(prompts, seed=seeds, **params))
+
+    def score(self, prompts: list[str], token_ids: list[list[int]], weights: list[float]) -> np.ndarray:
+        """log π̃_λ(y|x) of the untempered token-level mixture: not a function of the sequence-level log π_k,
+        since every step has its own normaliser."""
+        return self._mixed(weights).sequence_logprob(prompts, token_ids)[0]
 
 
 @ray.remote
@@ -227,13 +267,17 @@ def gather_samples(refs: list) -> dict:
     }
 
 
-def start_groups(config: Config, *, rewards: bool = True) -> tuple[dict[str, ModelGroup], dict[str, ModelGroup]]:
-    """A worker group per model (reference and policies) and, with ``rewards``, per reward source."""
+def start_groups(config: Config, *, rewards: bool = True,
+                 mixture: bool = False) -> tuple[dict[str, ModelGroup], dict[str, ModelGroup]]:
+    """A worker group per model (reference and policies), with ``mixture`` one more hosting all K policies
+    (`MIXTURE_SAMPLER`, sized like one model's), and with ``rewards`` one per reward source."""
     specs = [config.reference, *config.policies]
     reward_specs = list(config.rewards) if rewards else []
-    plan = plan_resources(config.resources, len(specs) + len(reward_specs))
+    plan = plan_resources(config.resources, len(specs) + len(reward_specs) + mixture)
     run_id = uuid.uuid4().hex[:8]
     groups = {s.name: ModelGroup(s.name, PolicyActor, s, plan, config.resources, run_id) for s in specs}
+    if mixture:
+        groups[MIXTURE_SAMPLER] = ModelGroup(MIXTURE_SAMPLER, MixtureActor, list(config.policies), plan, config.resources, run_id)
     reward_groups = {r.name: ModelGroup(r.name, RewardActor, r, {**plan, "num_gpus": 0.0 if r.function else plan["num_gpus"]},
                                         config.resources, run_id) for r in reward_specs}
     return groups, reward_groups

@@ -1,7 +1,8 @@
 """The score pipeline: prompts → samples → every model's score → atomic Parquet batches → streaming steps.
 
     for each batch (rows already stored or cached are read, not recomputed):
-        sample m responses per prompt (from π_ref, or from π_ref and every policy: the mixture proposal)
+        sample m responses per prompt (from π_ref; or from π_ref and every policy: the mixture proposal; and, for
+            the geometric proposal, from the served mixture at the λ solved on the batches before)
         every policy, the reference and each reward source score them, in parallel (one worker group each)
         write the batch's rows as one atomic Parquet file
         one streaming-BSMD step per prompt (the paper's way), when asked
@@ -28,14 +29,14 @@ import pyarrow as pa
 
 from mpo_ray import __version__
 from mpo_ray.config import Config, SamplingConfig
-from mpo_ray.core.estimator import log_mixture, score_arrays, split_counts
+from mpo_ray.core.estimator import log_mixture, proposal_counts, score_arrays
 from mpo_ray.core.seeds import derive_seed
-from mpo_ray.core.solver import StreamingBSMD
+from mpo_ray.core.solver import StreamingBSMD, solve_weights
 from mpo_ray.io import storage
 from mpo_ray.io.provenance import digest, model_identity
 from mpo_ray.io.schemas import score_table_schema
 from mpo_ray.models.policies import local_files
-from mpo_ray.runtime.actors import gather_arrays, gather_samples, start_groups
+from mpo_ray.runtime.actors import MIXTURE_SAMPLER, gather_arrays, gather_samples, start_groups
 from mpo_ray.runtime.session import ray_session
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def model_identities(config: Config) -> list[dict]:
 def score_fingerprint(config: Config, sampling: SamplingConfig, seed: int) -> str:
     """Everything a score row depends on besides its prompt: models (by content), sampling, seed, reward sources."""
     return digest({
-        "sampling": sampling.model_dump(), "seed": seed, "models": model_identities(config),
+        "sampling": sampling.fingerprint(), "seed": seed, "models": model_identities(config),
         "rewards": [r.model_dump() for r in config.rewards],
     }, 12)
 
@@ -114,11 +115,16 @@ def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConf
 
     ``with_models(groups)``, when given, runs once more on the started worker groups (nightly scores its
     feedback pairs there), even when every batch was already scored.
+
+    With the `geometric` proposal the batches are rounds: batch b samples the token-level mixture at the λ
+    solved on batches < b (`proposal_weights`), so a resumed run, which reads those batches back, draws at the
+    same λ. A stored batch drawn at another λ (an earlier batch's prompts changed since) is drawn again.
     """
     from tqdm.auto import tqdm
 
     schema = score_table_schema(config.policy_names, [r.name for r in config.rewards] if rewards else [])
     timings, placement, tables, extra = Timings(), {}, [], None
+    geometric = sampling.proposal == "geometric"
     t0 = time.perf_counter()
     for b in batches:  # stored rows are reused only if they read back exactly as written
         if b.rows is None and b.stored:
@@ -129,55 +135,93 @@ def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConf
                 b.stored = False
     timings.io += time.perf_counter() - t0
     todo = [b for b in batches if b.rows is None]
-    needs_models = bool(todo) or with_models is not None
-    with ray_session(log_to_driver=progress) if needs_models else contextlib.nullcontext():
+    with contextlib.ExitStack() as stack:
         groups, reward_groups = {}, {}
-        try:
-            if needs_models:
+
+        def start(scoring: bool) -> None:
+            """Start the worker groups on first need (a stored batch found stale may need them late)."""
+            if groups:
+                return
+            stack.enter_context(ray_session(log_to_driver=progress))
+            stack.callback(lambda: [g.kill() for g in {**groups, **reward_groups}.values()])
+            t0 = time.perf_counter()
+            started, started_rewards = start_groups(config, rewards=rewards and scoring, mixture=geometric and scoring)
+            groups.update(started)
+            reward_groups.update(started_rewards)
+            placement.update({n: g.info(config.resources.startup_timeout_s) for n, g in {**groups, **reward_groups}.items()})
+            timings.startup = time.perf_counter() - t0
+
+        if todo:
+            start(scoring=True)
+        bar = tqdm(batches, desc="score", unit="batch", disable=not progress or not batches)
+        for b in bar:
+            weights = None
+            if geometric and tables:
                 t0 = time.perf_counter()
-                groups, reward_groups = start_groups(config, rewards=rewards and bool(todo))
-                placement = {n: g.info(config.resources.startup_timeout_s) for n, g in {**groups, **reward_groups}.items()}
-                timings.startup = time.perf_counter() - t0
-            bar = tqdm(batches, desc="score", unit="batch", disable=not progress or not batches)
-            for b in bar:
-                if b.rows is not None:
-                    table = b.rows
-                else:
-                    table = _score_batch(config, groups, reward_groups, b, sampling, seed, schema, timings)
-                    t0 = time.perf_counter()
-                    meta = {**metadata, "version": __version__, "batch": b.uri.rsplit("/", 1)[-1]}
-                    storage.write_parquet(b.uri, table.replace_schema_metadata({"mpo_ray": json.dumps(meta)}))
-                    timings.io += time.perf_counter() - t0
-                tables.append(table.replace_schema_metadata(None).cast(schema))
-                if stream is not None:
-                    t0 = time.perf_counter()
-                    arrays = score_arrays(table, config.policy_names)
-                    stream.update(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"])
-                    timings.solver += time.perf_counter() - t0
-                    bar.set_postfix_str(f"λ={np.round(stream.average, 3).tolist()}")
-            if with_models is not None:
-                extra = with_models(groups)
-        finally:
-            for g in {**groups, **reward_groups}.values():
-                g.kill()
+                weights = proposal_weights(pa.concat_tables(tables), config.policy_names)
+                timings.solver += time.perf_counter() - t0
+            if geometric and b.stored and b.rows is not None and not _drawn_at(b.rows, weights):
+                log.warning("%s was drawn at another λ than the batches before it now solve to (%s); drawing it again.",
+                            b.uri, weights)
+                b.rows, b.stored = None, False
+            if b.rows is not None:
+                table = b.rows
+            else:
+                start(scoring=True)
+                table = _score_batch(config, groups, reward_groups, b, sampling, seed, schema, timings, weights)
+                t0 = time.perf_counter()
+                meta = {**metadata, "version": __version__, "batch": b.uri.rsplit("/", 1)[-1]}
+                if geometric:
+                    meta["geometric_weights"] = weights
+                storage.write_parquet(b.uri, table.replace_schema_metadata({"mpo_ray": json.dumps(meta)}))
+                timings.io += time.perf_counter() - t0
+            tables.append(table.replace_schema_metadata(None).cast(schema))
+            if stream is not None:
+                t0 = time.perf_counter()
+                arrays = score_arrays(table, config.policy_names)
+                stream.update(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"])
+                timings.solver += time.perf_counter() - t0
+                bar.set_postfix_str(f"λ={np.round(stream.average, 3).tolist()}")
+        if with_models is not None:
+            start(scoring=bool(todo))
+            extra = with_models(groups)
     table = pa.concat_tables(tables) if tables else schema.empty_table()
     return ScoreRun(table, timings, placement, extra)
 
 
+def proposal_weights(table: pa.Table, policy_names: list[str]) -> list[float]:
+    """The λ the `geometric` proposal samples next: the full solve of the implicit estimate over ``table``
+    (deterministic, so rows read back give the λ they were drawn with)."""
+    arrays = score_arrays(table, policy_names)
+    return solve_weights(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"]).weights.tolist()
+
+
+def _drawn_at(rows: pa.Table, weights: list[float] | None) -> bool:
+    """Whether a stored batch was drawn at ``weights`` (None: from no mixture at λ, as batch 0)."""
+    meta = json.loads((rows.schema.metadata or {}).get(b"mpo_ray", b"{}"))
+    drawn = meta.get("geometric_weights")
+    if drawn is None or weights is None:
+        return drawn is None and weights is None
+    return len(drawn) == len(weights) and np.allclose(drawn, weights, rtol=0.0, atol=1e-6)
+
+
 def _score_batch(config: Config, groups: dict, reward_groups: dict, batch: Batch, sampling: SamplingConfig, seed: int,
-                 schema: pa.Schema, timings: Timings) -> pa.Table:
+                 schema: pa.Schema, timings: Timings, weights: list[float] | None = None) -> pa.Table:
     """Sample, then score with every model and reward source; rows prompt-major, samples in order."""
-    rows, counts = _sample(config, groups, batch, sampling, seed, timings)
+    rows, parts = _sample(config, groups, batch, sampling, seed, timings, weights)
     t0 = time.perf_counter()
     models = [config.reference.name, *config.policy_names]
     model_refs = {n: groups[n].submit("score", rows["prompt"], rows["response_token_ids"]) for n in models}
+    if weights is not None:  # the mixture at λ: its log-prob of every row, for the balance heuristic
+        model_refs[MIXTURE_SAMPLER] = groups[MIXTURE_SAMPLER].submit("score", rows["prompt"], rows["response_token_ids"],
+                                                                     weights=weights)
     reward_refs = {n: g.submit("score", rows["prompt"], rows["response"]) for n, g in reward_groups.items()}
     logp = {n: gather_arrays(r) for n, r in model_refs.items()}
     reward = {n: gather_arrays(r) for n, r in reward_refs.items()}
     timings.scoring += time.perf_counter() - t0
 
-    if sampling.proposal == "mixture":
-        logq = log_mixture(np.stack([logp[n] for n in models], axis=1), counts)
+    if sampling.proposal in ("mixture", "geometric"):
+        logq = log_mixture(np.stack([logp[n] for n, _ in parts], axis=1), [c for _, c in parts])
     elif sampling.temperature == 1.0 and not sampling.top_k and not sampling.top_p:
         logq = logp[config.reference.name]  # the proposal is π_ref itself: importance weights are exactly 1
     else:
@@ -194,20 +238,25 @@ def _score_batch(config: Config, groups: dict, reward_groups: dict, batch: Batch
     return pa.table(columns, schema=schema).take(pa.array(order))
 
 
-def _sample(config: Config, groups: dict, batch: Batch, sampling: SamplingConfig, seed: int, timings: Timings):
-    """m responses per prompt, split over the samplers (π_ref, and each policy for the mixture proposal)."""
-    samplers = [config.reference.name] + (config.policy_names if sampling.proposal == "mixture" else [])
-    counts = split_counts(sampling.samples_per_prompt, len(samplers))
-    rows, refs = defaultdict(list), []
-    for c, (name, n) in enumerate(zip(samplers, counts)):
-        if not n:
-            continue
-        offset = sum(counts[:c])
+def _sample(config: Config, groups: dict, batch: Batch, sampling: SamplingConfig, seed: int, timings: Timings,
+            weights: list[float] | None = None):
+    """m responses per prompt, split over the samplers: π_ref; and each policy (mixture proposal); and, given
+    ``weights``, the token-level mixture at them (geometric proposal). Returns the rows and (sampler, count) pairs."""
+    m = sampling.samples_per_prompt
+    if sampling.proposal == "reference":
+        parts = [(config.reference.name, m)]
+    else:
+        counts = proposal_counts(m, len(config.policies), sampling.geometric_share if weights is not None else None)
+        parts = [(n, c) for n, c in zip([config.reference.name, *config.policy_names, MIXTURE_SAMPLER], counts) if c]
+    rows, refs, offset = defaultdict(list), [], 0
+    for name, n in parts:
         r_ids = [pid for pid in batch.ids for _ in range(n)]
         r_idx = [offset + j for _ in batch.ids for j in range(n)]
         r_prompts = [p for p in batch.prompts for _ in range(n)]
         seeds = [derive_seed(seed, pid, j) for pid, j in zip(r_ids, r_idx)]
-        refs.append((name, r_ids, r_idx, r_prompts, groups[name].submit("sample", r_prompts, seeds, params=sampling.params())))
+        at = {"weights": weights} if name == MIXTURE_SAMPLER else {}
+        refs.append((name, r_ids, r_idx, r_prompts, groups[name].submit("sample", r_prompts, seeds, params=sampling.params(), **at)))
+        offset += n
     t0 = time.perf_counter()
     for name, r_ids, r_idx, r_prompts, part_refs in refs:
         out = gather_samples(part_refs)
@@ -219,7 +268,7 @@ def _sample(config: Config, groups: dict, batch: Batch, sampling: SamplingConfig
         rows["response"] += out["text"]
         rows["sampler_logq"] += list(out["logp_proposal"])
     timings.sampling += time.perf_counter() - t0
-    return rows, counts
+    return rows, parts
 
 
 def reward_columns_by_objective(config: Config) -> list[str]:
