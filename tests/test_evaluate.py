@@ -23,6 +23,7 @@ def gen_table(responses, ids=None, errors=None):
     return pa.table({
         "prompt_id": ids or [f"p{i}" for i in range(n)], "prompt": ["q"] * n, "response": responses,
         "finish_reason": ["stop"] * n, "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n,
+        "log_partition": [None] * n, "target_logprob": [None] * n,
         "weights_version": ["v"] * n, "seed": list(range(n)), "error": errors or [None] * n,
     }, schema=GENERATION_SCHEMA)
 

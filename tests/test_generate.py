@@ -240,7 +240,8 @@ def test_cli_reports_input_errors_in_one_line(tmp_path, capsys):
 
 def _rows(ids) -> pa.Table:
     return pa.table({"prompt_id": ids, "prompt": ids, "response": ids, "finish_reason": ["stop"] * len(ids),
-                     "num_tokens": [1] * len(ids), "log_normalizer": [0.0] * len(ids), "sample_logprob": [None] * len(ids), "weights_version": ["v"] * len(ids),
+                     "num_tokens": [1] * len(ids), "log_normalizer": [0.0] * len(ids), "sample_logprob": [None] * len(ids),
+                     "log_partition": [None] * len(ids), "target_logprob": [None] * len(ids), "weights_version": ["v"] * len(ids),
                      "seed": [1] * len(ids), "error": [None] * len(ids)}, schema=GENERATION_SCHEMA)
 
 

@@ -127,5 +127,12 @@ def test_generated_rows_carry_their_own_and_every_models_logprob(tmp_path):
     assert plain["response"].to_pylist() == mixed["response"].to_pylist()
     with pytest.raises(ValueError, match="cannot score with"):
         generator.rows(ids[:1], prompts[:1], [1], [0.5, 0.5], params, "v", score=("nobody",))
-    resampled = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], {**params, "num_candidates": 2}, "v")
-    assert resampled["sample_logprob"].null_count == 3
+    resampled = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], {**params, "num_candidates": 2}, "v",
+                               score=tuple(names))
+    assert resampled["sample_logprob"].null_count == 3 and resampled["target_logprob"].null_count == 0
+    # target_logprob = log π̃_λ(y) − log Ẑ(x), and log π̃_λ(y) = Σ_k λ_k log π_k(y) is what teacher forcing gives
+    lam_logp = 0.5 * resampled[f"logp_{names[0]}"].to_numpy() + 0.5 * resampled[f"logp_{names[1]}"].to_numpy()
+    np.testing.assert_allclose(resampled["target_logprob"].to_numpy() + resampled["log_partition"].to_numpy(),
+                               lam_logp, atol=2e-3)
+    assert has_logprobs(resampled, names[0], names[1:])
+    assert mixed["log_partition"].null_count == 3 and mixed["target_logprob"].null_count == 3

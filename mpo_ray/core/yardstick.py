@@ -9,6 +9,14 @@ for π_ref, any single policy, any other mix, a Rewarded Soup. A set beating MPO
 therefore means λ̂ (or its decoding) is off. On samples y ~ π with their own log-prob log π(y|x),
 ℓ_k and log π − log π_ref are per-sample unbiased terms of the two expectations; prompts are the
 bootstrap unit, so each prompt's samples are averaged first.
+
+Resampled sets (``num_candidates`` = n > 1) have no closed-form log-prob: what is served is p_n, one of n
+token-level candidates kept ∝ π_λ/q. For them the KL term uses the *target's* log-prob at the served sample,
+log π_λ(y|x) ≈ logprob + log_normalizer − log Ẑ(x) (``target_logprob``; Ẑ the mean importance weight over the
+prompt's n candidates). That is not KL(p_n‖π_ref): over y ~ p_n, E[log π_λ − log π_ref] = KL(p_n‖π_ref) −
+KL(p_n‖π_λ) ≤ KL(p_n‖π_ref) (Gibbs), while log Ẑ is biased low (Jensen), which raises it again; both vanish as
+n → ∞. Measured against exact truth (tests/test_served_kl.py, `mpo-ray bench serving`): the substitute's
+expectation sits within a few hundredths of a nat of the exact KL(p_n‖π_ref) at n = 4 (docs/design.md §1).
 """
 
 from __future__ import annotations
@@ -18,8 +26,24 @@ import numpy as np
 from mpo_ray.core.stats import paired_bootstrap, paired_difference
 
 
+def served_logprob(sample_logprob, target_logprob=None) -> tuple[np.ndarray, str]:
+    """Each row's log-prob for the KL term, and which kind it is: ``exact`` (``sample_logprob``, the distribution
+    that drew the row) or ``target`` (resampled rows: ``target_logprob``, π_λ's estimated log-prob at the served
+    sample, see the module notes). None/NaN marks a missing value; a set must be one kind throughout."""
+    exact = np.array([np.nan if v is None else v for v in np.asarray(sample_logprob, dtype=object)], dtype=np.float64)
+    if np.all(np.isfinite(exact)):
+        return exact, "exact"
+    if target_logprob is not None and not np.any(np.isfinite(exact)):
+        target = np.array([np.nan if v is None else v for v in np.asarray(target_logprob, dtype=object)],
+                          dtype=np.float64)
+        if np.all(np.isfinite(target)):
+            return target, "target"
+    raise ValueError("served_logprob: every row needs sample_logprob, or (resampled sets) every row target_logprob")
+
+
 def implicit_terms(prompt_ids, sample_logprob, logp_ref, logp_policies) -> tuple[list, np.ndarray, np.ndarray]:
-    """Per prompt (sorted ids): the mean ℓ_k over its samples [P, K] and the mean log π − log π_ref [P]."""
+    """Per prompt (sorted ids): the mean ℓ_k over its samples [P, K] and the mean log π − log π_ref [P].
+    ``sample_logprob`` is each row's log π(y|x) (`served_logprob`)."""
     ids = np.asarray(prompt_ids)
     ref = np.asarray(logp_ref, dtype=np.float64)
     ell = np.asarray(logp_policies, dtype=np.float64).reshape(len(ids), -1) - ref[:, None]
@@ -39,10 +63,12 @@ def implicit_min(ell: np.ndarray, kl: np.ndarray) -> float:
 
 
 def implicit_objective(prompt_ids, sample_logprob, logp_ref, logp_policies, names: list[str], *,
-                       seed: int = 0) -> dict:
+                       seed: int = 0, target_logprob=None) -> dict:
     """J with a bootstrap 95% interval over prompts, each E[ℓ_k] and the KL with theirs, and the
-    per-prompt table (`per_prompt`) that `compare_implicit` pairs on."""
-    ids, ell, kl = implicit_terms(prompt_ids, sample_logprob, logp_ref, logp_policies)
+    per-prompt table (`per_prompt`) that `compare_implicit` pairs on. ``kl_estimate`` says what the KL term is:
+    ``exact`` (the sampler's own log-probs) or ``target`` (resampled rows: ``target_logprob``, see the module notes)."""
+    logprob, kind = served_logprob(sample_logprob, target_logprob)
+    ids, ell, kl = implicit_terms(prompt_ids, logprob, logp_ref, logp_policies)
     j, lo, hi = paired_bootstrap(implicit_min, ell, kl, seed=seed)
     values = {}
     for k, name in enumerate(names):
@@ -50,7 +76,7 @@ def implicit_objective(prompt_ids, sample_logprob, logp_ref, logp_policies, name
         values[name] = {"mean": m, "ci95": [a, b]}
     kl_m, kl_lo, kl_hi = paired_bootstrap(np.mean, kl, seed=seed)
     return {"implicit_min": j, "implicit_min_ci95": [lo, hi], "values": values, "kl": kl_m, "kl_ci95": [kl_lo, kl_hi],
-            "prompts": len(ids), "per_prompt": {"prompt_ids": ids, "ell": ell.tolist(), "kl": kl.tolist()}}
+            "kl_estimate": kind, "prompts": len(ids), "per_prompt": {"prompt_ids": ids, "ell": ell.tolist(), "kl": kl.tolist()}}
 
 
 def compare_implicit(a: dict, b: dict, *, seed: int = 0) -> dict:

@@ -42,7 +42,7 @@ import numpy as np
 from mpo_ray.core.solver import WeightsResult, solve_weights
 
 __all__ = ["EnumerableWorld", "make_world", "scale_for_kl", "sample_sequences", "logsumexp", "resampling_logp",
-           "simplex_grid", "tuned_token_weights", "equalised_token_weights"]
+           "log_mean_weight", "simplex_grid", "tuned_token_weights", "equalised_token_weights"]
 
 EOS = 0
 
@@ -260,6 +260,17 @@ class EnumerableWorld:
         p = np.exp(logp)
         return float(np.where(p > 0, p * (logp - self.ref_logp), 0.0).sum(axis=1).mean())
 
+    def served_kl_estimate(self, lam, n: int, **kwargs) -> float:
+        """Exact expectation of the KL term `core.yardstick` uses for a set served with ``num_candidates = n`` at λ:
+        over the served y ~ p_n and its n candidates, log π̃_λ(y) − log Ẑ(x) − log π_ref(y) with Ẑ the candidates'
+        mean importance weight (``target_logprob``). Equals E_{p_n}[log π_λ − log π_ref] − E[log Ẑ/Z]: the first
+        term is KL(p_n‖π_ref) − KL(p_n‖π_λ), the second ≥ 0 (Jensen); log Ẑ does not depend on which candidate is
+        kept, so its expectation is over n i.i.d. draws from q. Averaged over prompts, nats."""
+        target, q = self.target_logp(lam), self.geometric_token_logp(lam)
+        p_n = self.served_logp(lam, n, **kwargs)
+        term = np.where(np.exp(p_n) > 0, np.exp(p_n) * (target - self.ref_logp), 0.0).sum(axis=1)
+        return float((term - log_mean_weight(target, q, n, **kwargs)).mean())
+
     def objective(self, logp: np.ndarray) -> float:
         """Exact J(π) = min_k E_x E_π[ℓ_k] − KL(π‖π_ref) of the table ``logp`` (core/yardstick.py's J)."""
         return float(self.served_values(logp).min() - self.served_kl(logp))
@@ -441,6 +452,39 @@ def resampling_logp(log_target, log_proposal, n, *, step: float = 0.3, tol: floa
     with np.errstate(divide="ignore"):
         out = np.log(ns.astype(np.float64))[:, None, None] + log_q + log_w + np.log(acc) + np.log(step)
     out = np.where(support[None], out, -np.inf)
+    return out[0] if np.ndim(n) == 0 else out
+
+
+def log_mean_weight(log_target, log_proposal, n, *, step: float = 0.3, tol: float = 1e-15):
+    """(N,) exact E[log W̄] with W̄ the mean of n i.i.d. importance weights w = π/q under q, normalised so E_q w = 1:
+    how far E[log Ẑ] falls below log Z when Ẑ is the mean weight of n candidates (≤ 0 by Jensen, → 0 as n → ∞).
+
+    Frullani, log a = ∫_0^∞ (e^{−t} − e^{−ta}) dt / t, gives E[log Σ_j w_j] = ∫_0^∞ (e^{−t} − φ(t)^n) dt / t with
+    φ(t) = Σ_y q(y) e^{−t w(y)}, the same transform as :func:`resampling_logp`; with t = e^u, the trapezoid rule.
+    ``n`` an int gives (N,); a sequence of ints gives (len(n), N).
+    """
+    log_target = np.asarray(log_target, dtype=np.float64)
+    log_q = np.asarray(log_proposal, dtype=np.float64)
+    log_q = log_q - logsumexp(log_q)[:, None]
+    ns = np.atleast_1d(np.asarray(n, dtype=np.int64))
+    if ns.ndim != 1 or ns.size == 0 or (ns < 1).any():
+        raise ValueError(f"n must be a positive int or a sequence of them, got {n!r}")
+    with np.errstate(invalid="ignore"):
+        log_w = np.where(np.isfinite(log_q), log_target - log_q, -np.inf)
+    log_w = log_w - logsumexp(log_q + log_w)[:, None]
+    w = np.exp(log_w)
+    q = np.exp(log_q)
+    w_min = np.where(np.isfinite(log_q) & (w > 0), w, np.inf).min(axis=1)
+    lo = np.log(tol / ns.max())  # below: integrand ≈ (n − 1) t
+    hi = np.log((np.log(1.0 / tol) + 1.0) / np.minimum(w_min, 1.0))  # above: e^{−t} and φ(t)^n ≤ e^{−n t w_min} gone
+    nodes = int(np.ceil((hi.max() - lo) / step)) + 1
+    acc = np.zeros((ns.size, w.shape[0]))
+    chunk = max(1, int(2e6 // max(1, w.size)))
+    for start in range(0, nodes, chunk):
+        t = np.exp(lo + step * np.arange(start, min(nodes, start + chunk)))  # (M,)
+        phi = np.einsum("is,ism->im", q, np.exp(-t[None, None, :] * w[:, :, None]))  # (N, M)
+        acc += (np.exp(-t)[None, None, :] - phi[None] ** ns[:, None, None]).sum(axis=-1)
+    out = acc * step - np.log(ns.astype(np.float64))[:, None]
     return out[0] if np.ndim(n) == 0 else out
 
 

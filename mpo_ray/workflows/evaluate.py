@@ -171,8 +171,8 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
                          models: tuple[str, list[str]] | None = None, seed: int = 0) -> dict:
     """Per-objective mean ± 95% CI; with `reference` generations (same prompt ids), win rates
     and the MaxMin view `min_win_rate` (the worst objective's win rate). With ``models`` = (π_ref's name,
-    the policies' names) and generations that carry ``sample_logprob`` and those models' ``logp_<name>``
-    columns (`sweep` writes them), also MPO's own objective (`implicit`, `core.yardstick`).
+    the policies' names) and generations that carry ``sample_logprob`` (or, resampled, ``target_logprob``) and
+    those models' ``logp_<name>`` columns (`sweep` writes them), also MPO's own objective (`implicit`, `core.yardstick`).
 
     `generations` and `reference` are URIs or tables with prompt_id, prompt, response.
     """
@@ -207,18 +207,27 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
         result["wins"] = {"prompt_ids": [ids[i] for i in both], **{obj: w.tolist() for obj, w in wins.items()}}
     if models is not None and has_logprobs(table, *models):
         ref_name, names = models
-        column = lambda c: table[c].to_numpy(zero_copy_only=False)  # noqa: E731
         result["implicit"] = implicit_objective(
-            table["prompt_id"].to_pylist(), column("sample_logprob"), column(f"logp_{ref_name}"),
-            np.stack([column(f"logp_{n}") for n in names], axis=1), names, seed=seed)
+            table["prompt_id"].to_pylist(), _column(table, "sample_logprob"), _column(table, f"logp_{ref_name}"),
+            np.stack([_column(table, f"logp_{n}") for n in names], axis=1), names, seed=seed,
+            target_logprob=_column(table, "target_logprob"))
     return result
 
 
+def _column(table: pa.Table, name: str) -> np.ndarray:
+    """A float column as numpy, nulls as NaN; a column the file predates (``target_logprob``) as all NaN."""
+    if name not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    return table[name].to_numpy(zero_copy_only=False).astype(np.float64)
+
+
 def has_logprobs(table: pa.Table, reference: str, policies: list[str]) -> bool:
-    """Whether a generation table can measure MPO's own objective: every row's sampling log-prob and
-    every model's log-prob of it are there."""
-    needed = ["sample_logprob", f"logp_{reference}", *(f"logp_{n}" for n in policies)]
-    return all(c in table.column_names and table[c].null_count == 0 for c in needed)
+    """Whether a generation table can measure MPO's own objective: every model's log-prob of every row, and every
+    row's sampling log-prob (``sample_logprob``) or, for a resampled set, its target's (``target_logprob``; a
+    column missing from an older file counts as null)."""
+    full = lambda c: c in table.column_names and table[c].null_count == 0  # noqa: E731
+    return (full("sample_logprob") or full("target_logprob")) and all(
+        full(c) for c in (f"logp_{reference}", *(f"logp_{n}" for n in policies)))
 
 
 def compare_min_win_rates(a: dict, b: dict, *, seed: int = 0) -> dict:

@@ -46,7 +46,7 @@ from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import check_unique_ids, corpus_format
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours, owns_file, remove_ours
 from mpo_ray.io.provenance import digest
-from mpo_ray.io.schemas import GENERATION_SCHEMA
+from mpo_ray.io.schemas import GENERATION_SCHEMA, with_generation_columns
 from mpo_ray.models.generator import GenerationWorker
 from mpo_ray.models.preflight import check_models
 from mpo_ray.runtime import data
@@ -188,7 +188,7 @@ def drop_stale(output: str, rows: dict[str, tuple[str, str]], corpus: dict[str, 
 
 def _write_rows(uri: str, table: pa.Table, fingerprint: str) -> None:
     """Generation rows with this output's fingerprint: a file of another output is not taken for this one's."""
-    storage.write_parquet(uri, table.cast(GENERATION_SCHEMA), fingerprint=fingerprint)
+    storage.write_parquet(uri, with_generation_columns(table).cast(GENERATION_SCHEMA), fingerprint=fingerprint)
 
 
 def promote(output: str, done: set[str], fingerprint: str = "") -> list[str]:
