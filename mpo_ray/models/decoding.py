@@ -37,7 +37,9 @@ so a row's output depends on its seed only, not on the rest of the batch.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from contextlib import ExitStack
+from functools import cache
 
 import numpy as np
 import torch
@@ -56,6 +58,8 @@ from mpo_ray.models.scoring import (
     right_aligned_targets,
 )
 
+log = logging.getLogger(__name__)
+
 
 @dataclasses.dataclass
 class Generation:
@@ -73,7 +77,9 @@ class Generation:
 
 
 class _Group:
-    """Policies sharing one module, during one call: one forward, one KV cache, rows policy-major."""
+    """Policies sharing one module, during one decode: one forward over their G×R rows (policy-major),
+    one KV cache. The cache is static where the model supports it (preallocated for prompt + new
+    tokens, written in place, one fixed-shape attention mask), else a growing DynamicCache."""
 
     def __init__(self, policies: list[Policy], weights: list[float]):
         self.policies, self.model = policies, policies[0].model
@@ -81,30 +87,38 @@ class _Group:
         self.device = policies[0].device
         self.cache_kw = cache_keyword(self.model)  # `cache`, or `past_key_values` where the model predates it
 
-    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, stack: ExitStack) -> torch.Tensor:
+    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, max_new: int, stack: ExitStack) -> torch.Tensor:
         """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V].
-        `stack` holds the adapter activation (if any) until the decode ends."""
-        from transformers import DynamicCache
-
-        ids, self.mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
-        pos = position_ids(self.mask)
+        `stack` holds the adapters' activation until the decode ends."""
+        ids, mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
+        pos = position_ids(mask)
         self.pos = pos[:, -1]
         context, self.kwargs = forward_setup(self.policies, len(rows))
         stack.enter_context(context)
-        self.cache = DynamicCache(config=self.model.config)
+        self.cache, self.static = _kv_cache(self.model, ids.shape[1] + max_new)
+        # static: one [rows, prompt + new] mask for the whole decode (slots ahead are cut by causality);
+        # dynamic: the mask grows with the cache
+        self.mask = torch.cat([mask, mask.new_ones((len(mask), max_new))], 1) if self.static else mask
         return self._forward(ids, pos)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (the same token to each policy's copy of a row)."""
         tokens = tokens.to(self.device).repeat(len(self.policies))[:, None]
-        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], dim=1)
+        if not self.static:
+            self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], dim=1)
         self.pos = self.pos + 1
         return self._forward(tokens, self.pos[:, None])
 
-    def keep(self, keep: torch.Tensor) -> None:
-        """Drop finished rows: keep[r] for each of the R current rows."""
-        rows = torch.cat([keep.nonzero().squeeze(1) + g * len(keep) for g in range(len(self.policies))]).to(self.device)
-        self.cache.batch_select_indices(rows)
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only rows `index` of the R current ones (in every policy's block)."""
+        per_policy = len(self.pos) // len(self.policies)
+        rows = torch.cat([index.to(self.device) + g * per_policy for g in range(len(self.policies))])
+        if self.static:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+                layer.batch_size = len(rows)
+        else:
+            self.cache.batch_select_indices(rows)
         self.mask, self.pos = self.mask[rows], self.pos[rows]
         index = rows.tolist()
         self.kwargs = {k: [v[i] for i in index] for k, v in self.kwargs.items()}
@@ -122,6 +136,26 @@ class _Group:
         lp = torch.log_softmax(logits.float(), dim=-1).to(device)
         lp = lp.view(len(self.policies), -1, lp.shape[-1])
         return torch.einsum("g,grv->rv", self.weights.to(device), lp)
+
+
+def _kv_cache(model, length: int):
+    """(cache, static): a StaticCache of `length` slots where the model declares a static-shape forward
+    (transformers' own flag for it), else a DynamicCache, the reason logged once per model class."""
+    from transformers import DynamicCache, StaticCache
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(type(base), "_can_compile_fullgraph", False):
+        return StaticCache(config=base.config, max_cache_len=length), True
+    _log_dynamic(type(base).__name__)
+    return DynamicCache(config=base.config), False
+
+
+@cache
+def _log_dynamic(model_class: str) -> None:
+    log.info("%s does not declare a static-shape forward: decoding it with a growing KV cache", model_class)
+
+
+SYNC_EVERY = 8  # steps between the host's looks at the device (early stop, stop strings, finiteness, compaction)
 
 
 MAX_ABS_WEIGHT = 1e4  # largest |λ_k| accepted (module docstring: float32 resolution of the mixed scores)
@@ -268,41 +302,76 @@ class MixedPolicy:
         return [out[i : i + num_candidates] for i in range(0, len(out), num_candidates)]
 
     def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos):
-        """The token loop over all rows at once; returns tokens, lengths, stopped, (logprob, log z, log q)."""
-        n = len(rows)
-        tokens = torch.full((n, max_new), self.policies[0].pad_token_id, dtype=torch.long)
-        lengths = torch.zeros(n, dtype=torch.long)
-        stopped = torch.zeros(n, dtype=torch.bool)
-        scores = torch.zeros(3, n, dtype=torch.float64)
-        eos = torch.tensor(self.eos_token_ids, device=self.device)
-        stop_window = max((len(s.encode()) for s in stop), default=0) + 1  # every token holds >= 1 byte
-        alive = torch.arange(n)
+        """The token loop over all rows at once; returns tokens, lengths, finished, (logprob, log z, log q).
+
+        Everything per token stays on the device: the tokens, each step's scores (zero once a row is
+        finished) and which rows are finished. Every SYNC_EVERY steps (and at the end) the host looks:
+        it ends rows at stop strings (exactly at the token that completed one), refuses non-finite
+        scores naming the prompt and the step, stops when every row is finished, and drops finished
+        rows from the caches once they are a quarter of them."""
+        n, dev = len(rows), self.device
+        pad = self.policies[0].pad_token_id
+        tokens = torch.full((n, max_new), pad, dtype=torch.long, device=dev)
+        steps = torch.zeros((max_new, 3, n), dtype=torch.float64, device=dev)
+        length = torch.full((n,), max_new, dtype=torch.long, device=dev)  # tokens of a finished row
+        finished = torch.zeros(n, dtype=torch.bool, device=dev)
+        eos = torch.tensor(self.eos_token_ids, device=dev)
+        alive = torch.arange(n, device=dev)  # rows still in the caches
+        uniforms = uniforms.to(dev)
         groups = self._groups()
+        looked = 0  # steps the host has looked at
         with ExitStack() as stack:  # adapter activations last for the whole decode
-            logits = [g.prefill(ids, rows, stack) for g, ids in zip(groups, encoded)]
+            logits = [g.prefill(ids, rows, max_new, stack) for g, ids in zip(groups, encoded)]
             for t in range(max_new):
                 s = self._mix(groups, logits)
                 log_z = torch.logsumexp(s, dim=-1)
-                tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[alive.to(uniforms.device), t])
-                step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double().cpu()
-                self._check_finite_rows(step, _SCORES, alive, rows, f"at new token {t}")
-                scores[:, alive] += step
-                tokens[alive, t] = tok.cpu()
-                lengths[alive] += 1
-                done = torch.zeros(len(alive), dtype=torch.bool) if ignore_eos else torch.isin(tok, eos).cpu()
-                if stop:
-                    tails = self.tokenizer.batch_decode(tokens[alive, max(0, t + 1 - stop_window) : t + 1])
-                    done |= torch.tensor([any(x in tail for x in stop) for tail in tails])
-                stopped[alive] |= done
-                if t == max_new - 1 or done.all():
+                tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[alive, t])
+                live = ~finished[alive]
+                step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double()
+                steps[t, :, alive] = torch.where(live, step, 0.0)
+                tokens[alive, t] = torch.where(live, tok, pad)
+                if not ignore_eos:
+                    ended = live & torch.isin(tok, eos)
+                    length[alive] = torch.where(ended, t + 1, length[alive])
+                    finished[alive] = finished[alive] | ended
+                if t + 1 < max_new and (t + 1) % SYNC_EVERY:
+                    logits = [g.step(tok) for g in groups]
+                    continue
+                self._look(tokens, steps, length, finished, rows, looked, t + 1, stop)
+                looked = t + 1
+                if t + 1 == max_new or bool(finished.all()):
                     break
-                if done.any():
-                    keep = ~done
-                    alive, tok = alive[keep], tok[keep.to(tok.device)]
+                done = finished[alive]
+                if 4 * int(done.sum()) >= len(alive):
+                    keep = (~done).nonzero().squeeze(1)
+                    alive, tok = alive[keep], tok[keep]
                     for g in groups:
                         g.keep(keep)
                 logits = [g.step(tok) for g in groups]
-        return tokens, lengths, stopped, scores
+        return tokens.cpu(), length.cpu(), finished.cpu(), steps.sum(0).cpu()
+
+    def _look(self, tokens, steps, length, finished, rows, start: int, end: int, stop: list[str]) -> None:
+        """The host's look at steps [start, end): stop strings end rows, non-finite scores are refused."""
+        if stop:
+            window = max(len(x.encode()) for x in stop) + 1  # every token holds >= 1 byte
+            host_tokens, host_length = tokens[:, :end].cpu(), length.cpu()
+            for t in range(start, end):
+                candidates = (host_length > t).nonzero().squeeze(1)  # rows that drew token t
+                if not len(candidates):
+                    break
+                tails = self.tokenizer.batch_decode(host_tokens[candidates, max(0, t + 1 - window) : t + 1])
+                hit = candidates[torch.tensor([any(x in tail for x in stop) for tail in tails], dtype=torch.bool)]
+                if len(hit):
+                    host_length[hit] = t + 1
+                    cut = hit.to(tokens.device)
+                    length[cut] = t + 1
+                    finished[cut] = True
+                    tokens[cut, t + 1 :] = self.policies[0].pad_token_id
+                    steps[t + 1 :, :, cut] = 0.0
+        bad = ~torch.isfinite(steps[start:end]).all(1)  # [steps, rows]
+        if bool(bad.any()):
+            t = start + int(bad.any(1).nonzero()[0, 0])
+            self._check_finite_rows(steps[t].cpu(), _SCORES, np.arange(len(rows)), rows, f"at new token {t}")
 
     def _check_finite_rows(self, values: torch.Tensor, names, row_ids, prompt_of_row, where: str) -> None:
         """values [len(names), R], one column per row: raise naming the first non-finite row's prompt."""

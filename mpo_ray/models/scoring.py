@@ -14,13 +14,18 @@ tokens only, so a padded row computes exactly what the unpadded one would.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import cache
 
 import numpy as np
 import torch
 
+from mpo_ray.models.lora import batched_lora
 from mpo_ray.models.policies import Policy, forward
+
+log = logging.getLogger(__name__)
 
 
 def check_prompts(prompts) -> list[str]:
@@ -103,16 +108,28 @@ def position_ids(mask: torch.Tensor) -> torch.Tensor:
 
 
 def forward_setup(policies: list[Policy], rows_per_policy: int):
-    """(context, forward kwargs) for one forward over the rows of `policies`, which
-    share one module, policy-major: one policy activates itself for the stretch;
-    several select their adapters per row."""
+    """(context, forward kwargs) for forwards over the rows of `policies`, which share one module,
+    policy-major: one policy activates itself for the stretch; several LoRA adapters run as one batched
+    delta (`models/lora.py`), or, where that cannot compute a layer exactly, select their adapters per row
+    through peft (the reason logged once)."""
     if len(policies) == 1:
         return policies[0].activated(), {}
+    model = policies[0].model
+    if hasattr(model, "peft_config"):
+        batched = batched_lora(model, [p.adapter_name for p in policies])
+        if not isinstance(batched, str):
+            return batched.active(), {}
+        _log_fallback(batched)
     kwargs = {}
     for policy in policies:
         for key, value in policy.forward_kwargs(rows_per_policy).items():
             kwargs.setdefault(key, []).extend(value)
     return nullcontext(), kwargs
+
+
+@cache
+def _log_fallback(why: str) -> None:
+    log.info("LoRA adapters selected per row by peft (slower), since %s", why)
 
 
 @torch.no_grad()
