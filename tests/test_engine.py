@@ -1,0 +1,128 @@
+"""The decoding engine's parts, each against the slow, obviously right path it replaces:
+the batched LoRA delta against peft's per-row adapters, the static KV cache against a growing one,
+and the device-side loop (compaction, stop strings, host looks) against teacher-forced recomputation."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family
+
+from mpo_ray import MixedPolicy, PolicySpec, load_policies
+from mpo_ray.models import decoding
+from mpo_ray.models.lora import batched_lora
+from mpo_ray.models.scoring import response_logprobs
+
+
+def peft_rows(policies, prompts, responses):
+    """response_logprobs through peft's own per-row `adapter_names` (what the batched delta replaces)."""
+    from mpo_ray.models import scoring
+
+    original = scoring.batched_lora
+    scoring.batched_lora = lambda model, adapters: "forced off by the test"
+    try:
+        return response_logprobs(policies, [p.encode_prompts(prompts) for p in policies], responses)
+    finally:
+        scoring.batched_lora = original
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])  # gpt2: LoRA around Conv1D (fan_in_fan_out)
+def test_batched_lora_delta_equals_peft_per_row_adapters(arch):
+    lora = tiny_family("lora", 3, arch=arch)
+    base = load_policies([PolicySpec("ref", lora[0].spec.model, dtype=EXACT_DTYPE)])[0]
+    # the reference shares the adapters' module when loaded with them: a '__base__' block among adapter blocks
+    policies = load_policies([PolicySpec("ref", lora[0].spec.model, dtype=EXACT_DTYPE), *(p.spec for p in lora)])
+    assert policies[0].model is policies[1].model and base.model is not policies[0].model
+    assert not isinstance(batched_lora(policies[0].model, [p.adapter_name for p in policies]), str)
+    responses = [[10, 11, 12], [40] * 5, [7], [3, 4]]
+    fast = response_logprobs(policies, [p.encode_prompts(PROMPTS) for p in policies], responses)
+    slow = peft_rows(policies, PROMPTS, responses)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapter_with_bias_falls_back_to_peft_per_row_and_says_why(tmp_path, caplog):
+    """A LoRA with a bias on B is not the plain two-GEMM delta: peft's own per-row path computes it, exactly."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lora = tiny_family("lora", 2)
+    base_path = lora[0].spec.model
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
+                           LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_bias=True,
+                                      init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.normal_(0.0, 0.3)
+    model.save_pretrained(tmp_path / "biased")
+    policies = load_policies([*(p.spec for p in lora),
+                              PolicySpec("biased", base_path, adapter=str(tmp_path / "biased"), dtype=EXACT_DTYPE)])
+    why = batched_lora(policies[0].model, [p.adapter_name for p in policies])
+    assert isinstance(why, str) and "'biased' is not a plain bias-free linear LoRA" in why
+    weights = [0.3, 0.3, 0.4]
+    with caplog.at_level(logging.INFO, logger="mpo_ray.models.scoring"):
+        gens = MixedPolicy(policies, weights).generate(PROMPTS, max_new_tokens=6, seed=2)
+    assert "selected per row by peft" in caplog.text
+    for prompt, g in zip(PROMPTS, gens):
+        assert (g.logprob, g.log_normalizer) == tuple(
+            pytest.approx(x, abs=1e-4) for x in reference_mixture(policies, weights, prompt, g.token_ids))
+
+
+@pytest.mark.parametrize("kind", ["seeds", "lora"])
+def test_static_and_growing_caches_decode_the_same(kind, monkeypatch):
+    policies = tiny_family(kind, 2)
+    mixed = MixedPolicy(policies, [0.4, 0.6])
+    static = mixed.generate(PROMPTS * 2, max_new_tokens=20, seed=5)
+    model_class = type(policies[0].model.get_base_model() if kind == "lora" else policies[0].model)
+    monkeypatch.setattr(model_class, "_can_compile_fullgraph", False)
+    assert not decoding._kv_cache(policies[0].model, 8)[1]
+    growing = mixed.generate(PROMPTS * 2, max_new_tokens=20, seed=5)
+    assert [g.token_ids for g in static] == [g.token_ids for g in growing]
+    np.testing.assert_allclose([g.logprob for g in static], [g.logprob for g in growing], atol=1e-4)
+
+
+def test_long_decodes_compact_finished_rows_and_stay_exact(monkeypatch):
+    """Rows finish at different steps, over several host looks, with compaction: every row equals its
+    teacher-forced recomputation and what it decodes alone; the host looks once per SYNC_EVERY steps."""
+    policies = tiny_family("lora", 2, eos_boost=1.5)
+    weights = [0.5, 0.5]
+    mixed = MixedPolicy(policies, weights)
+    looks, keeps = [], []
+    look, keep = MixedPolicy._look, decoding._Group.keep
+    monkeypatch.setattr(MixedPolicy, "_look", lambda self, *a: (looks.append(a[5]), look(self, *a))[1])
+    monkeypatch.setattr(decoding._Group, "keep", lambda self, index: (keeps.append(len(index)), keep(self, index))[1])
+    prompts, seeds = PROMPTS * 4, list(range(16))
+    gens = mixed.generate(prompts, max_new_tokens=48, seed=seeds)
+    lengths = sorted(g.num_tokens for g in gens)
+    assert lengths[0] < 16 and len(set(lengths)) > 3, lengths  # the world finishes rows at many different steps
+    assert keeps, "no compaction happened"
+    assert len(looks) <= 48 // decoding.SYNC_EVERY and looks == sorted(looks)
+    for i in (0, 5, 10, 15):
+        [alone] = mixed.generate([prompts[i]], max_new_tokens=48, seed=[seeds[i]])
+        assert alone.token_ids == gens[i].token_ids
+        logprob, log_norm = reference_mixture(policies, weights, prompts[i], gens[i].token_ids)
+        assert (gens[i].logprob, gens[i].log_normalizer) == (pytest.approx(logprob, abs=1e-4),
+                                                            pytest.approx(log_norm, abs=1e-4))
+
+
+def test_stop_strings_found_between_host_looks_end_rows_at_their_token():
+    """A stop string completed at step t between two looks ends the row at t exactly: its scores are those
+    of the tokens up to t (teacher-forced), never of the tokens decoded after t until the host looked."""
+    import re
+
+    policies = tiny_family("seeds", 2)
+    mixed = MixedPolicy(policies, [0.5, 0.5])
+    free = mixed.generate(PROMPTS, max_new_tokens=24, seed=9, ignore_eos=True)
+    # an ASCII pair late in some row's text (a stop string's bytes then sit in whole tokens)
+    row, stop = next((i, m.group()) for i, g in enumerate(free) for m in re.finditer(r"[a-z]{2}", g.text)
+                     if m.start() >= 3)
+    cut = mixed.generate(PROMPTS, max_new_tokens=24, seed=9, ignore_eos=True, stop=[stop])
+    g = cut[row]
+    assert g.finish_reason == "stop" and stop not in g.text and 1 < g.num_tokens < 24
+    assert g.token_ids == free[row].token_ids[: g.num_tokens]
+    assert stop in policies[0].tokenizer.decode(g.token_ids) and stop not in policies[0].tokenizer.decode(g.token_ids[:-1])
+    lp, ln = mixed.sequence_logprob([PROMPTS[row]], [g.token_ids])
+    assert (g.logprob, g.log_normalizer) == (pytest.approx(lp[0], abs=1e-4), pytest.approx(ln[0], abs=1e-4))
