@@ -130,6 +130,7 @@ class _Pool:
         idx = np.concatenate(self.indices, axis=1)
         # Present samples first in each row (keeps tables dense when counts vary by prompt).
         idx = -np.sort(-idx, axis=1)
+        idx = idx[:, : max(1, int((idx >= 0).sum(axis=1).max()))]  # rounds of other prompts' batches pad with −1
         mask = idx >= 0
         safe = np.where(mask, idx, 0)
         rows = np.arange(idx.shape[0])[:, None]
