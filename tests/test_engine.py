@@ -126,3 +126,16 @@ def test_stop_strings_found_between_host_looks_end_rows_at_their_token():
     assert stop in policies[0].tokenizer.decode(g.token_ids) and stop not in policies[0].tokenizer.decode(g.token_ids[:-1])
     lp, ln = mixed.sequence_logprob([PROMPTS[row]], [g.token_ids])
     assert (g.logprob, g.log_normalizer) == (pytest.approx(lp[0], abs=1e-4), pytest.approx(ln[0], abs=1e-4))
+
+
+def test_bench_decode_prints_ratios_and_fractions_of_the_bound(capsys):
+    from mpo_ray.benchmarks import decode as bench
+
+    rows = bench.main(["--k", "1,2", "--batch", "1,2", "--families", "lora", "--max-new-tokens", "2", "--repeats", "1",
+                       "--hidden-size", "32"])
+    assert [(r["k"], r["batch"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
+    for r in rows:
+        for key in ("mixed_tok_s", "one_tok_s", "mix_over_one", "mix_over_sep", "bandwidth_fraction", "compute_fraction"):
+            assert np.isfinite(r[key]) and r[key] > 0, (key, r)
+    out = capsys.readouterr().out
+    assert "copy bandwidth" in out and "% bw bound" in out

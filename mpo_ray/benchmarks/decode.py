@@ -1,13 +1,16 @@
-"""`mpo-ray bench decode`: MixedPolicy.generate against K separate HF generates.
+"""`mpo-ray bench decode`: MixedPolicy.generate against one model's and K models' HF generate, and
+against the hardware bound.
 
-For K = 1, 2, 3 policies, times (a) `MixedPolicy.generate` producing B×T mixed
-tokens and (b) each of the K policies' own `transformers` `generate` on the
-same prompts, one after another (K×B×T tokens), in one run, and prints the
-cost ratio t_mixed / t_separate. docs/design.md §5: mixing K separate models reads
-all K models per token, so the honest target is a ratio ≤ 1.1; system-prompted
-or LoRA variants of one base run as one forward over K×B rows and should come
-in under 1. Every row decodes exactly T tokens (EOS ignored / suppressed) and
-both sides decode greedily, so the work is identical. Figures, not asserts.
+For K = 1, 2, 3 policies and each batch size B, times (a) `MixedPolicy.generate` producing B×T mixed
+tokens, (b) each of the K policies' own `transformers` `generate` on the same prompts, one after
+another (K×B×T tokens) and (c) the first policy's generate alone, in one run, and prints
+t_mixed / t_one and t_mixed / t_K_separate (wall, and process CPU time, steadier on a shared CPU).
+Every row decodes exactly T tokens (EOS ignored / suppressed), greedily on both sides.
+
+The bound (issue 18): a decode step must read every distinct module's weights once (bandwidth bound:
+a copy bandwidth measured here over the parameter bytes, in steps/s, × B mixed tokens a step) and
+multiply K×B rows by them (compute bound: a matmul peak measured here over 2 × params × K flops a mixed
+token). Each mixed figure is printed as a fraction of both. Figures, not asserts.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from mpo_ray.benchmarks import positive_int, positive_int_list
 from mpo_ray.config import PolicySpec
 from mpo_ray.models.decoding import MixedPolicy
-from mpo_ray.models.policies import load_policies, resolve_model
+from mpo_ray.models.policies import load_policies, resolve_dtype, resolve_model
 from mpo_ray.models.scoring import pad_left
 from mpo_ray.testing import build_lora_adapter, build_tiny_family
 
@@ -57,15 +60,54 @@ def timed(fns, repeats: int) -> list[tuple[float, float]]:
     times = [[] for _ in fns]
     for r in range(repeats + 1):  # the first round is a warm-up
         for fn, ts in zip(fns, times):
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            _sync()
             t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
+            _sync()
             if r:
                 ts.append((time.perf_counter() - t0, time.process_time() - c0))
     return [(statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts)) for ts in times]
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def hardware(device: str, dtype: torch.dtype) -> dict:
+    """What this device does at best: copy bandwidth (bytes read + written per second) and matmul peak."""
+    size = (2 << 30) if device.startswith("cuda") else (256 << 20)
+    x = torch.empty(size // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    n = 8192 if device.startswith("cuda") else 1024
+    a = torch.randn(n, n, dtype=dtype, device=device)
+    b = torch.randn(n, n, dtype=dtype, device=device)
+    (t_copy, _), (t_mm, _) = timed([lambda: y.copy_(x), lambda: a @ b], 3)
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else _cpu_name()
+    return {"name": name, "bandwidth": 2 * size / t_copy, "flops": 2 * n**3 / t_mm}
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or "CPU"
+
+
+def model_cost(policies) -> tuple[int, int]:
+    """(bytes a decode step reads: every distinct module's parameters; matmul parameters of one policy's
+    forward: all but an untied input embedding, which is a lookup)."""
+    modules = {id(p.model): p.model for p in policies}.values()
+    read = sum(t.numel() * t.element_size() for m in modules for t in m.parameters())
+    model = policies[0].model
+    params = sum(t.numel() for t in model.parameters())
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if embed.data_ptr() != head.data_ptr():
+        params -= embed.numel()
+    return read, params
 
 
 def tiny_policies(kind, k, root, args):
@@ -104,27 +146,39 @@ def random_llama_1b(path: Path, tokenizer_from: str) -> Path:
     return path
 
 
-def run(label, policies_for, ks, prompts, args):
-    print(f"\n{label}: B={len(prompts)} prompts, T={args.max_new_tokens} new tokens, median of {args.repeats}")
-    print(f"{'family':8} {'K':>2} {'mixed tok/s':>12} {'one generate tok/s':>19} {'t_mixed / t_K_separate':>23}"
-          f" {'(CPU time)':>10}")
+def run(label, policies_for, ks, batches, args, hw):
+    print(f"\n{label}: T={args.max_new_tokens} new tokens, median of {args.repeats}")
+    print(f"{'family':8} {'K':>2} {'B':>4} {'mixed tok/s':>11} {'one gen tok/s':>13} {'t_mix/t_one':>11} {'(CPU)':>6}"
+          f" {'t_mix/t_K_sep':>13} {'(CPU)':>6} {'% bw bound':>10} {'% compute':>9}")
     rows = []
     for kind in args.families:
         policies = policies_for(kind, max(ks))
         for k in ks:
+            read, params = model_cost(policies[:k])
             mixed = MixedPolicy(policies[:k], [1.0 / k] * k)
-            (t_mix, c_mix), (t_sep, c_sep), (t_one, _) = timed(
-                [
-                    lambda: mixed.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=0, ignore_eos=True),
-                    lambda: separate_generate(policies[:k], prompts, args.max_new_tokens),
-                    lambda: separate_generate(policies[:1], prompts, args.max_new_tokens),
-                ],
-                args.repeats,
-            )
-            tokens = len(prompts) * args.max_new_tokens
-            print(f"{kind:8} {k:>2} {tokens / t_mix:12.1f} {tokens / t_one:19.1f} {t_mix / t_sep:22.2f}×"
-                  f" {c_mix / c_sep:9.2f}×", flush=True)
-            rows.append((label, kind, k, tokens / t_mix, tokens / t_one, t_mix / t_sep, c_mix / c_sep))
+            for b in batches:
+                prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
+                (t_mix, c_mix), (t_sep, c_sep), (t_one, c_one) = timed(
+                    [
+                        lambda: mixed.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=0,
+                                               ignore_eos=True),
+                        lambda: separate_generate(policies[:k], prompts, args.max_new_tokens),
+                        lambda: separate_generate(policies[:1], prompts, args.max_new_tokens),
+                    ],
+                    args.repeats,
+                )
+                tokens = b * args.max_new_tokens
+                bw_bound = hw["bandwidth"] / read * b  # mixed tok/s if a step cost only reading the weights
+                compute_bound = hw["flops"] / (2 * params * k)
+                row = dict(label=label, family=kind, k=k, batch=b, mixed_tok_s=tokens / t_mix, one_tok_s=tokens / t_one,
+                           mix_over_one=t_mix / t_one, mix_over_one_cpu=c_mix / c_one, mix_over_sep=t_mix / t_sep,
+                           mix_over_sep_cpu=c_mix / c_sep, bandwidth_fraction=tokens / t_mix / bw_bound,
+                           compute_fraction=tokens / t_mix / compute_bound)
+                print(f"{kind:8} {k:>2} {b:>4} {row['mixed_tok_s']:11.1f} {row['one_tok_s']:13.1f}"
+                      f" {row['mix_over_one']:10.2f}× {row['mix_over_one_cpu']:5.2f}× {row['mix_over_sep']:12.2f}×"
+                      f" {row['mix_over_sep_cpu']:5.2f}× {100 * row['bandwidth_fraction']:9.1f}%"
+                      f" {100 * row['compute_fraction']:8.1f}%", flush=True)
+                rows.append(row)
     return rows
 
 
@@ -133,7 +187,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     p.add_argument("--k", type=positive_int_list, default="1,2,3", help="policy counts to mix (default 1,2,3)")
     p.add_argument("--families", default="seeds,system,lora",
                    help="seeds = K separate models, system = K system prompts on one base, lora = K adapters on one base")
-    p.add_argument("--prompts", type=positive_int, default=8, help="batch size B")
+    p.add_argument("--batch", "--prompts", dest="batch", type=positive_int_list, default="8",
+                   help="batch sizes B to sweep, comma-separated (default 8)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--hidden-size", type=positive_int, default=64, help="tiny model width")
@@ -151,21 +206,24 @@ def main(argv: list[str] | None = None) -> list[tuple]:
         torch.set_num_threads(args.threads)
     ks = args.k
     args.families = args.families.split(",")
-    prompts = (PROMPTS * (args.prompts // len(PROMPTS) + 1))[: args.prompts]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device={device} dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}")
+    dtype = resolve_dtype(args.dtype, torch.device(device))
+    hw = hardware(device, dtype)
+    print(f"device={device} ({hw['name']}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}"
+          f"\nmeasured: copy bandwidth {hw['bandwidth'] / 1e9:.1f} GB/s (read + write), {dtype} matmul peak"
+          f" {hw['flops'] / 1e12:.2f} TFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
         if not args.no_tiny:
             label = f"tiny llama (hidden {args.hidden_size}, {args.layers} layers, vocab 384)"
-            rows += run(label, lambda kind, k: tiny_policies(kind, k, root, args), ks, prompts, args)
+            rows += run(label, lambda kind, k: tiny_policies(kind, k, root, args), ks, args.batch, args, hw)
         models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
         if args.random_1b:
             models.append(str(random_llama_1b(Path(root) / "llama-1b", resolve_model("default"))))
         for model in models:
             path = resolve_model(model)
             label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
-            rows += run(label, lambda kind, k: model_policies(kind, k, path, root, args), ks, prompts, args)
+            rows += run(label, lambda kind, k: model_policies(kind, k, path, root, args), ks, args.batch, args, hw)
     return rows
 
 
