@@ -139,3 +139,17 @@ def test_bench_decode_prints_ratios_and_fractions_of_the_bound(capsys):
             assert np.isfinite(r[key]) and r[key] > 0, (key, r)
     out = capsys.readouterr().out
     assert "copy bandwidth" in out and "% bw bound" in out
+
+
+@pytest.mark.slow  # torch.compile of a tiny model: ~30 s on two CPU cores
+def test_the_compiled_step_decodes_what_the_eager_step_does(caplog):
+    """compile=True gives the same rows as eager decoding (after compaction too: a second shape), and logs
+    each shape's compile time."""
+    policies = tiny_family("lora", 2, eos_boost=1.5)
+    eager = MixedPolicy(policies, [0.4, 0.6]).generate(PROMPTS * 2, max_new_tokens=20, seed=list(range(8)))
+    with caplog.at_level(logging.INFO, logger="mpo_ray.models.decoding"):
+        compiled = MixedPolicy(policies, [0.4, 0.6], compile=True).generate(PROMPTS * 2, max_new_tokens=20,
+                                                                             seed=list(range(8)))
+    assert [g.token_ids for g in compiled] == [g.token_ids for g in eager]
+    np.testing.assert_allclose([g.logprob for g in compiled], [g.logprob for g in eager], atol=1e-4)
+    assert "compiled the decode step for 16 rows" in caplog.text  # 2 policies x 8 rows

@@ -155,7 +155,7 @@ def run(label, policies_for, ks, batches, args, hw):
         policies = policies_for(kind, max(ks))
         for k in ks:
             read, params = model_cost(policies[:k])
-            mixed = MixedPolicy(policies[:k], [1.0 / k] * k)
+            mixed = MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
             for b in batches:
                 prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
                 (t_mix, c_mix), (t_sep, c_sep), (t_one, c_one) = timed(
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
+    p.add_argument("--compile", action="store_true",
+                   help="mixed decode step through torch.compile (CUDA graphs on a GPU); the warm-up round compiles")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (1 keeps figures steady on a busy shared machine)")
     args = p.parse_args(argv)

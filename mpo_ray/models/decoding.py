@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from contextlib import ExitStack
 from functools import cache
 
@@ -81,11 +82,12 @@ class _Group:
     one KV cache. The cache is static where the model supports it (preallocated for prompt + new
     tokens, written in place, one fixed-shape attention mask), else a growing DynamicCache."""
 
-    def __init__(self, policies: list[Policy], weights: list[float]):
+    def __init__(self, policies: list[Policy], weights: list[float], compile: bool = False):
         self.policies, self.model = policies, policies[0].model
         self.weights = torch.tensor(weights, dtype=torch.float32)
         self.device = policies[0].device
         self.cache_kw = cache_keyword(self.model)  # `cache`, or `past_key_values` where the model predates it
+        self.compile = compile
 
     def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, max_new: int, stack: ExitStack) -> torch.Tensor:
         """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V].
@@ -107,6 +109,8 @@ class _Group:
         if not self.static:
             self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.mask), 1))], dim=1)
         self.pos = self.pos + 1
+        if self.compile and self.static:
+            return self._compiled_step(tokens, self.pos[:, None])
         return self._forward(tokens, self.pos[:, None])
 
     def keep(self, index: torch.Tensor) -> None:
@@ -131,6 +135,29 @@ class _Group:
         )
         return out.logits[:, -1]
 
+    def _compiled_step(self, ids, pos) -> torch.Tensor:
+        """The one-token forward through torch.compile: fixed shapes (static cache, fixed mask), so it
+        compiles once per batch size; the first call's compile time is logged. Falls back to eager for
+        good, the reason logged, if the model does not compile."""
+        step = _compiled(self.model)
+        if step is None:
+            return self._forward(ids, pos)
+        key = (len(ids), self.mask.shape[1])
+        seen = self.model.__dict__.setdefault("_mpo_compiled_shapes", set())
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                out = step(self.model, ids, self.mask, pos, self.cache_kw, self.cache, self.kwargs)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same rows
+            self.model.__dict__["_mpo_compiled"] = None
+            log.warning("decoding %s eagerly: torch.compile failed (%s: %s)", type(self.model).__name__,
+                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            return self._forward(ids, pos)
+        if key not in seen:
+            seen.add(key)
+            log.info("compiled the decode step for %d rows x %d slots in %.1f s", *key, time.perf_counter() - start)
+        return out
+
     def mixed_term(self, logits: torch.Tensor, device) -> torch.Tensor:
         """Σ_g λ_g log π_g(·) over this group's policies: [G*R, V] logits → [R, V]."""
         lp = torch.log_softmax(logits.float(), dim=-1).to(device)
@@ -150,6 +177,20 @@ def _kv_cache(model, length: int):
     return DynamicCache(config=base.config), False
 
 
+def _one_token(model, ids, mask, pos, cache_kw, kv, kwargs):
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{cache_kw: kv}, **kwargs)
+    return out.logits[:, -1].clone()  # out of the compiled region's (CUDA graph's) reused buffers
+
+
+def _compiled(model):
+    """The compiled one-token step for `model`, made once and kept on it (None once it failed)."""
+    if "_mpo_compiled" not in model.__dict__:
+        mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else None
+        model.__dict__["_mpo_compiled"] = torch.compile(_one_token, mode=mode, dynamic=False)
+    return model.__dict__["_mpo_compiled"]
+
+
 @cache
 def _log_dynamic(model_class: str) -> None:
     log.info("%s does not declare a static-shape forward: decoding it with a growing KV cache", model_class)
@@ -165,7 +206,9 @@ _SCORES = ("logprob", "log_normalizer", "proposal_logprob")
 class MixedPolicy:
     """The log-linear mixture of `policies` (Policy objects or PolicySpecs) with exponents `weights`."""
 
-    def __init__(self, policies, weights):
+    def __init__(self, policies, weights, *, compile: bool = False):
+        """``compile``: run the decode step through torch.compile (CUDA graphs on a GPU) where the cache is
+        static; a model that cannot compile decodes eagerly, the reason logged."""
         policies = list(policies)
         if not policies:
             raise ValueError("policies is empty; pass at least one Policy (or PolicySpec)")
@@ -206,7 +249,7 @@ class MixedPolicy:
                 "use exponents of a sensible size (on the simplex for MPO)"
             )
         check_same_vocabulary(policies)
-        self.policies, self.weights = policies, weights
+        self.policies, self.weights, self.compile = policies, weights, bool(compile)
         by_module: dict[int, list[int]] = {}
         for k in np.flatnonzero(weights):
             by_module.setdefault(id(policies[k].model), []).append(int(k))
@@ -231,7 +274,7 @@ class MixedPolicy:
         return encoded
 
     def _groups(self) -> list[_Group]:
-        return [_Group(ps, ws) for ps, ws in zip(self._members, self._member_weights)]
+        return [_Group(ps, ws, self.compile) for ps, ws in zip(self._members, self._member_weights)]
 
     def _mix(self, groups: list[_Group], group_logits: list[torch.Tensor]) -> torch.Tensor:
         terms = [g.mixed_term(logits, self.device) for g, logits in zip(groups, group_logits)]
