@@ -153,3 +153,12 @@ def test_the_compiled_step_decodes_what_the_eager_step_does(caplog):
     assert [g.token_ids for g in compiled] == [g.token_ids for g in eager]
     np.testing.assert_allclose([g.logprob for g in compiled], [g.logprob for g in eager], atol=1e-4)
     assert "compiled the decode step for 16 rows" in caplog.text  # 2 policies x 8 rows
+
+
+def test_bench_score_prints_rates_and_fractions_of_the_compute_bound(capsys):
+    from mpo_ray.benchmarks import score as bench
+
+    rows = bench.main(["--k", "2", "--batch", "2", "--response-tokens", "4", "--repeats", "1", "--hidden-size", "32"])
+    assert [r["what"] for r in rows] == ["one policy", "mixture of K=2"]
+    assert all(np.isfinite(r["tokens_s"]) and 0 < r["compute_fraction"] for r in rows)
+    assert "% compute bound" in capsys.readouterr().out
