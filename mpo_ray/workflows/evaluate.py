@@ -246,7 +246,7 @@ def format_evaluations(results: list[dict]) -> str:
     if has_wins:
         head += [f"{o} win rate" for o in objs] + ["min win rate (95% CI)"]
     if has_implicit:
-        head += ["MPO objective J, nats (95% CI)"]
+        head += ["MPO objective J, nats (95% CI)", "J bias-corrected (95% CI)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         cells = [str(r["name"])]
@@ -258,6 +258,13 @@ def format_evaluations(results: list[dict]) -> str:
             cells += [f"{r['objectives'][o]['win_rate']:.2f}" for o in objs] + [f"**{r['min_win_rate']:.2f}** [{lo:.2f}, {hi:.2f}]"]
         if has_implicit:
             j = r["implicit"]
-            cells.append(f"{j['implicit_min']:.1f} [{j['implicit_min_ci95'][0]:.1f}, {j['implicit_min_ci95'][1]:.1f}]")
+            cells.append(f"{j['implicit_min']:.1f} [{j['implicit_min_ci95'][0]:.1f}, {j['implicit_min_ci95'][1]:.1f}]"
+                         + ("" if j.get("kl_estimate", "exact") == "exact" else " †"))
+            bc = j.get("implicit_min_corrected")
+            cells.append("" if bc is None else
+                         f"{bc:.1f} [{j['implicit_min_corrected_ci95'][0]:.1f}, {j['implicit_min_corrected_ci95'][1]:.1f}]")
         lines.append("| " + " | ".join(cells) + " |")
+    if has_implicit and any(r["implicit"].get("kl_estimate", "exact") != "exact" for r in results):
+        lines += ["", "† resampled set: its KL term is π_λ's log-prob at the served samples with Z estimated from the "
+                  "candidates (`core.yardstick`), not the served distribution's own."]
     return "\n".join(lines)
