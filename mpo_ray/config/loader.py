@@ -1,21 +1,16 @@
-"""Reading a config: YAML, then overrides, then validation, then path resolution.
+"""Reading a config file: strict YAML, then document.py's overrides, validation and path resolution.
 
 safe_load lets the last of two equal keys win and reads `on:` as True; a config is
-the record of a run, so both are refused. Overrides (CLI flags) take the same
-validation and path resolution as the file, so a flag cannot set what the file
-could not. A pydantic ValidationError becomes one line naming the file and key.
+the record of a run, so both are refused.
 """
 
-import copy
 import os
 import re
-import types
-import typing
 
 import yaml
-from pydantic import BaseModel, ValidationError
 
-from mpo_ray.config.schema import Config, ConfigError, Invalid
+from mpo_ray.config.document import Config, config_from_dict
+from mpo_ray.config.schema import ConfigError
 
 _TAG = "tag:yaml.org,2002:"
 
@@ -85,125 +80,3 @@ def load_config(path, overrides: dict | None = None) -> Config:
     if data is None:
         raise ConfigError(f"{path} is empty; see workflows/configs/tiny.yaml for an example.")
     return config_from_dict(data, source=path, base_dir=os.path.dirname(os.path.abspath(path)), overrides=overrides)
-
-
-def config_from_dict(data, *, source: str = "<dict>", base_dir: str | None = None, overrides: dict | None = None) -> Config:
-    """Validate a parsed config. ``overrides`` maps dotted keys to values (None sets the key to null: its default)
-    and may create sections; with ``base_dir``, relative paths resolve as in :func:`load_config`."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of keys, got {type(data).__name__}.")
-    data, given = copy.deepcopy(data), list(overrides or {})
-    for dotted in given:
-        node, *parents, leaf = [data, *dotted.split(".")]
-        for i, part in enumerate(parents):
-            if node.get(part) is None:  # a section the file lacks
-                node[part] = {}
-            node = node[part]
-            if not isinstance(node, dict):
-                raise ConfigError(f"{source}: cannot apply override `{dotted}`: `{'.'.join(parents[:i + 1])}` is not a mapping.")
-        node[leaf] = copy.deepcopy(overrides[dotted])
-        for group in getattr(_locate((*parents, leaf))[1], "alternatives", ()):  # a flag beats the file's other choice
-            for other in (o for o in group if leaf in group and o != leaf and ".".join([*parents, o]) not in given):
-                node.pop(other, None)
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source}: {_explain(exc, given)}") from None
-    config = _resolve_paths(config, base_dir) if base_dir else config
-    config._source, config._base_dir = source, base_dir
-    return config
-
-
-_EXPECTED = {"int_type": "int", "float_type": "a number", "bool_type": "true or false", "string_type": "str",
-             "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
-_BOUNDS = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
-_UNIONS = (typing.Union, types.UnionType)
-
-
-def _locate(loc: tuple):
-    """(dotted key, the model holding its last named part, that field's info if the key ends there, ends at a union arm)."""
-    path, tp, parent, info, arm = "", Config, None, None, False
-    for item in loc:
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if typing.get_origin(tp) in _UNIONS and len(args) == 1:  # X | None
-            tp, args = args[0], typing.get_args(args[0])
-        info, arm = None, False
-        if isinstance(tp, type) and issubclass(tp, BaseModel):
-            parent, info = tp, tp.model_fields.get(item)
-            tp = info.annotation if info else None
-        elif typing.get_origin(tp) in _UNIONS:  # pydantic names the alternative it tried: not part of the key
-            tp, arm = None, True
-            continue
-        else:
-            tp = args[0] if typing.get_origin(tp) is list else None
-        if item != "[key]":
-            path += f"[{item}]" if isinstance(item, int) else f".{item}" if path else str(item)
-    return path, parent, info, arm
-
-
-def _explain(exc: ValidationError, overridden: list[str]) -> str:
-    # A union (generate.weights) reports a type error per alternative: an error inside the one that fit comes first.
-    errors = sorted(((e, *_locate(e["loc"])) for e in exc.errors()), key=lambda e: e[4] and e[0]["type"] in _EXPECTED)
-    err, path, parent, info, arm = errors[0]
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    why = f" ({info.description})" if info is not None and info.description else ""
-    if kind == "extra_forbidden":
-        text = f"unknown key `{path}`; allowed here: {sorted(parent.model_fields) if parent else []}."
-    elif kind == "value_error" and isinstance(ctx.get("error"), Invalid):
-        key = ctx["error"].key
-        path, text = path + key if key.startswith("[") or not path else f"{path}.{key}" if key else path, ctx["error"].why
-    elif kind == "missing":
-        text = "is required."
-    elif kind in _EXPECTED:
-        wanted = [_EXPECTED[e[0]["type"]] for e in errors if arm and e[1] == path and e[0]["type"] in _EXPECTED]
-        got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        text = f"must be {' or '.join(dict.fromkeys(wanted or [_EXPECTED[kind]]))}, got {got} ({type(value).__name__})."
-    elif kind == "literal_error":
-        text = f"must be one of {list(typing.get_args(info.annotation)) if info else ctx.get('expected')}, got {value!r}."
-    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bounds = {k: getattr(m, k) for m in (info.metadata if info else []) for k in _BOUNDS if hasattr(m, k)} or ctx
-        low = [("(" if k == "gt" else "[") + str(v) for k, v in bounds.items() if k in ("gt", "ge")]
-        high = [str(v) + (")" if k == "lt" else "]") for k, v in bounds.items() if k in ("lt", "le")]
-        text = f"in {low[0]}, {high[0]}" if low and high else " and ".join(_BOUNDS[k].format(v) for k, v in bounds.items())
-        text = f"must be {text}, got {value!r}{why}."
-    elif kind in ("finite_number", "string_too_short", "too_short"):
-        text = {"finite_number": f"must be a finite number, got {value!r}.", "string_too_short": "must not be empty.",
-                "too_short": f"is empty{why}."}[kind]
-    else:
-        text = err["msg"].removeprefix("Value error, ").rstrip(".") + "."
-    if any(path == k or path.startswith((k + ".", k + "[")) for k in overridden):
-        text = text.rstrip(".") + " (set by an override)."
-    return f"`{path}` {text}" if path and kind != "extra_forbidden" else text
-
-
-def _local_output(p: str | None) -> str | None:
-    """Outputs are where you run the command: relative local paths resolve against the working directory."""
-    return p if p is None or "://" in p else os.path.abspath(os.path.expanduser(p))
-
-
-# Per section: inputs, which resolve against the config file, and outputs, against the working directory. A
-# generate weights_uri is usually another command's output; a nightly store is this job's output and the next input.
-_INPUTS = {"reweight": ("prompts",), "generate": ("prompts",), "nightly": ("prompts", "feedback")}
-_OUTPUTS = {"reweight": ("output",), "generate": ("output", "weights_uri"), "nightly": ("store",)}
-
-
-def _resolve_paths(c: Config, base_dir: str) -> Config:
-    """Make relative local model/adapter/data paths relative to the config file, not the working directory."""
-
-    def fix(p: str | None, must_look_local: bool = False) -> str | None:
-        if p is None or "://" in p or os.path.isabs(p) or p.startswith(("default", "tiny:")):
-            return p
-        if must_look_local and not p.startswith((".", "~")):
-            return p  # a hub id such as org/model
-        return os.path.normpath(os.path.join(base_dir, os.path.expanduser(p)))
-
-    def spec(s):
-        return s.model_copy(update={"model": fix(s.model, True), "adapter": fix(s.adapter)})
-
-    update = {"reference": spec(c.reference), "policies": [spec(p) for p in c.policies],
-              "rewards": [r.model_copy(update={"model": fix(r.model, True)}) for r in c.rewards]}
-    for name in _INPUTS:
-        if (section := getattr(c, name)) is not None:
-            update[name] = section.model_copy(update={**{k: fix(getattr(section, k)) for k in _INPUTS[name]},
-                                                      **{k: _local_output(getattr(section, k)) for k in _OUTPUTS[name]}})
-    return c.model_copy(update=update)

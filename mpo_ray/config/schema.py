@@ -9,7 +9,7 @@ owns every field it relates; loader.py turns failures into one-line errors.
 import re
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.names import VERSION_NAME
@@ -160,22 +160,39 @@ class SamplingConfig(DecodingParams):
         return self.model_dump(exclude=set() if self.proposal == "geometric" else {"geometric_share"})
 
 
-class ReweightConfig(_Strict):
-    """One offline solve for λ over a prompt set (`mpo-ray reweight`)."""
+class ScoringSection(_Strict):
+    """What `reweight` and `nightly` share: the prompts, the score table's sampling, the solve and its seed.
+
+    One base, so both sections mean the same by each key and `workflows/solve.py` prepares and solves either.
+    """
 
     prompts: str
     prompt_column: str = "prompt"
     id_column: str = "prompt_id"
     max_prompts: int | None = Field(None, ge=1)
     batch_prompts: int = Field(16, ge=1)
-    output: str | None = None
     estimate: Literal["implicit", "rewards"] = "implicit"
-    stream_bsmd: bool = True  # run BSMD as batches arrive (the paper's way) before the full solve
-    min_median_ess: float = Field(2.0, ge=0)  # warn below this
     bootstrap_resamples: int = Field(200, ge=0)  # λ's 90% interval from prompts resampled this often (0: none)
     seed: int = Field(0, ge=0)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     solver: SolverConfig = Field(default_factory=SolverConfig)
+
+    @property
+    def ess_floor(self) -> float:
+        """The median ESS below which the artifact flags `ess.low`."""
+        raise NotImplementedError
+
+
+class ReweightConfig(ScoringSection):
+    """One offline solve for λ over a prompt set (`mpo-ray reweight`)."""
+
+    output: str | None = None
+    stream_bsmd: bool = True  # run BSMD as batches arrive (the paper's way) before the full solve
+    min_median_ess: float = Field(2.0, ge=0)  # warn below this
+
+    @property
+    def ess_floor(self) -> float:
+        return self.min_median_ess
 
 
 class GenerateConfig(DecodingParams):
@@ -229,7 +246,7 @@ class GateConfig(_Strict):
     max_ci_width: float | None = Field(None, gt=0, le=1)  # widest 90% interval of any λ_k allowed (None: not checked)
 
 
-class NightlyConfig(_Strict):
+class NightlyConfig(ScoringSection):
     """Nightly reweighting over fresh prompts and feedback into a versioned weights store (`mpo-ray nightly`).
 
     ``{night}`` in ``prompts`` and ``feedback`` is replaced by the night id
@@ -237,21 +254,15 @@ class NightlyConfig(_Strict):
     table, sampling and solver settings mean what they mean under ``reweight``.
     """
 
-    prompts: str
     store: str
     feedback: str | None = None  # preference pairs: prompt, chosen, rejected, group (a policy name)
     night: Annotated[str, _matching(NIGHT_ID, "use a date such as 2025-06-01 (letters, digits, '.', '_', '-')")] | None = None
-    prompt_column: str = "prompt"
-    id_column: str = "prompt_id"
-    max_prompts: int | None = Field(None, ge=1)
-    batch_prompts: int = Field(16, ge=1)
-    estimate: Literal["implicit", "rewards"] = "implicit"
-    bootstrap_resamples: int = Field(200, ge=0)  # λ's 90% interval from prompts resampled this often (0: none)
-    seed: int = Field(0, ge=0)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    solver: SolverConfig = Field(default_factory=SolverConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     lock_timeout_s: float = Field(600.0, gt=0)  # a store lock older than this was left by a crashed run and is broken
+
+    @property
+    def ess_floor(self) -> float:
+        return self.gate.min_median_ess
 
     @model_validator(mode="after")
     def _gate_can_pass(self):
@@ -261,76 +272,4 @@ class NightlyConfig(_Strict):
                                                  "so no night could pass; lower it or sample more.")
         if self.gate.max_ci_width is not None and self.bootstrap_resamples == 0:
             raise Invalid("gate.max_ci_width", "needs λ's intervals; set `bootstrap_resamples` above 0.")
-        return self
-
-
-class Config(_Strict):
-    """The whole file: the reference, K policies (one per objective), rewards, β, and one section per workflow."""
-
-    reference: PolicySpec
-    policies: list[PolicySpec] = Field(min_length=1, description="list one policy per objective")
-    beta: float = Field(0.1, gt=0, description="the KL strength the policies were aligned with")
-    rewards: list[RewardSpec] = []
-    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
-    reweight: ReweightConfig | None = None
-    generate: GenerateConfig | None = None
-    nightly: NightlyConfig | None = None
-    _source: str = PrivateAttr("<dict>")  # set by the loader, never from YAML
-    _base_dir: str | None = PrivateAttr(None)  # where relative inputs resolve; None: they stay as written
-
-    @property
-    def source(self) -> str:
-        """Where the config came from, for error messages."""
-        return self._source
-
-    @property
-    def policy_names(self) -> list[str]:
-        return [p.name for p in self.policies]
-
-    def with_overrides(self, overrides: dict) -> "Config":
-        """This config with dotted-key overrides, validated and resolved as if they had been in the file."""
-        from mpo_ray.config.loader import config_from_dict  # the loader imports this module
-
-        return config_from_dict(self.model_dump(), source=self.source, base_dir=self._base_dir, overrides=overrides)
-
-    def section(self, name: str):
-        """The workflow section ``name``, or a clear error when the file has none."""
-        value = getattr(self, name)
-        if value is None:
-            raise ConfigError(f"{self.source} has no `{name}:` section; add one to run `mpo-ray {name}`.")
-        return value
-
-    @model_validator(mode="after")
-    def _sections_agree(self):
-        names = self.policy_names
-        seen = {self.reference.name}
-        for i, p in enumerate(self.policies):
-            if p.name in seen:
-                raise Invalid(f"policies[{i}].name", f"is {p.name!r} again; names must be unique across reference and policies.")
-            if (column := f"logp_{p.name}") in FIXED_LOGP_COLUMNS:  # the reference may be `ref`: its column is logp_ref anyway
-                raise Invalid(f"policies[{i}].name", f"is {p.name!r}, but the score table's column `{column}` holds "
-                                                     f"{FIXED_LOGP_COLUMNS[column]}; rename the policy.")
-            seen.add(p.name)
-        rewards = set()
-        for i, r in enumerate(self.rewards):
-            if r.name in rewards:
-                raise Invalid(f"rewards[{i}].name", f"is {r.name!r} again; reward names must be unique (each is a column "
-                                                    f"`reward_{r.name}`).")
-            if r.name in seen:  # a model and a reward run as actors named after them: the second name is taken
-                raise Invalid(f"rewards[{i}].name", f"is {r.name!r}, the name of a model (reference or policy); give the "
-                                                    "reward its own name.")
-            rewards.add(r.name)
-        for i, r in enumerate(self.rewards):
-            if r.objective is not None and r.objective not in names:
-                raise Invalid(f"rewards[{i}].objective", f"is {r.objective!r}, not one of the policies {names}.")
-        covered = [r.objective or "" for r in self.rewards]
-        for key in ("reweight", "nightly"):
-            if getattr(self, key) is not None and getattr(self, key).estimate == "rewards" and sorted(covered) != sorted(names):
-                raise Invalid(f"{key}.estimate", "is `rewards`, which needs exactly one reward source per policy (set `objective:` "
-                                                 f"on each); policies without one: {[p for p in names if p not in covered]}.")
-        weights = self.generate.weights if self.generate else None
-        if isinstance(weights, list) and len(weights) != len(names):
-            raise Invalid("generate.weights", f"has {len(weights)} entries for {len(names)} policies {names}; give one per policy, in order.")
-        if isinstance(weights, dict) and sorted(weights) != sorted(names):
-            raise Invalid("generate.weights", f"names {sorted(weights)}, but the policies are {names}; give one weight per policy name.")
         return self
