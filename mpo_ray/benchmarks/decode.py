@@ -197,6 +197,8 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
     p.add_argument("--model", default=None, help="also this model directory / hub id")
     p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory of the random 1B model (default: SmolLM2's, which needs the default model)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
     p.add_argument("--compile", action="store_true",
@@ -221,7 +223,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
             rows += run(label, lambda kind, k: tiny_policies(kind, k, root, args), ks, args.batch, args, hw)
         models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
         if args.random_1b:
-            models.append(str(random_llama_1b(Path(root) / "llama-1b", resolve_model("default"))))
+            models.append(str(random_llama_1b(Path(root) / "llama-1b", args.tokenizer or resolve_model("default"))))
         for model in models:
             path = resolve_model(model)
             label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
