@@ -9,6 +9,7 @@ import pytest
 
 from mpo_ray.cli import main
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
+from mpo_ray.demo.run import CANDIDATES
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 
@@ -114,6 +115,15 @@ def test_quick_demo_end_to_end(tmp_path):
     # untempered π_ref scored by π_ref: the decoder's log-probs and teacher forcing agree, so its KL is 0
     assert abs(by_kind["reference"]["kl"]) < 1e-3 and by_kind["mpo"]["kl"] > 0
     assert summary["best_grid"]["name"] in kinds
+    cand = {c["name"]: c["candidates"] for c in summary["comparison"]}
+    assert cand["MPO"] == cand["uniform"] == CANDIDATES > 1 and cand["reference"] == cand["soup"] == 1
+    assert by_kind["mpo"]["kl_estimate"] == "target" and by_kind["reference"]["kl_estimate"] == "exact"
+    assert summary["serving"]["mixtures"]["num_candidates"] == CANDIDATES
+    assert summary["serving"]["mixtures"]["decoding_cost"] == CANDIDATES and summary["serving"]["single models"]["mode"] == "one model"
+    assert 0 < summary["power"]["power"] < 1 and set(summary["primary"]) == {"uniform", "soup"}
+    for c in summary["primary"].values():
+        assert c["ci95"][0] <= c["mpo_minus"] <= c["ci95"][1] and c["detectable_80"] > 0
+        assert c["within_noise"] == (c["ci95"][0] <= 0 <= c["ci95"][1])
     cal = summary["calibration"]  # λ̂'s predicted E[ℓ_k] against MPO's own samples
     assert set(cal["measured"]) == set(OBJECTIVES) and cal["apart"] == (cal["gap_ci95"][0] > 0) and cal["gap"] >= 0
 
@@ -127,7 +137,10 @@ def test_quick_demo_end_to_end(tmp_path):
     assert not (out / "generations" / "mpo").exists() and summary["generate_matches_sweep"] is None  # --quick skips it
     mpo = pq.read_table(out / "generations" / "sweep" / "MPO.parquet")
     assert mpo.column_names[: len(GENERATION_SCHEMA)] == GENERATION_SCHEMA.names and mpo["weights_version"][0].as_py() == "MPO"
-    assert {"logp_ref", *(f"logp_{n}" for n in OBJECTIVES)} <= set(mpo.column_names) and mpo["sample_logprob"].null_count == 0
+    assert {"logp_ref", *(f"logp_{n}" for n in OBJECTIVES)} <= set(mpo.column_names)
+    # mixtures are resampled among CANDIDATES: no closed-form sampling log-prob, π_λ's estimated one instead
+    assert mpo["sample_logprob"].null_count == mpo.num_rows and mpo["target_logprob"].null_count == 0
+    assert pq.read_table(out / "generations" / "sweep" / f"{next(iter(OBJECTIVES))}.parquet")["sample_logprob"].null_count == 0
     for name in ["reference", *OBJECTIVES, "uniform", "soup", "MPO"]:
         t = pq.read_table(out / "generations" / "sweep" / f"{name}.parquet")
         assert sorted(t["prompt_id"].to_pylist()) == sorted(eval_ids)
@@ -137,7 +150,9 @@ def test_quick_demo_end_to_end(tmp_path):
 
     report = (out / "report.md").read_text()
     for needle in ("Mixing weights", "min win rate", "objectives.png", "solver.png", "front.png", "paired bootstrap",
-                   "90% intervals", "MPO's own objective J", "Best fixed-weight mixture", "Calibration:"):
+                   "90% intervals", "MPO's own objective J", "Best fixed-weight mixture", "Calibration:",
+                   "Pre-registered comparisons and their power", "MPO − `uniform` on J", "bias-corrected",
+                   f"resample one of {CANDIDATES}"):
         assert needle in report
     for png in ("solver.png", "objectives.png", "front.png"):
         data = (out / png).read_bytes()

@@ -12,7 +12,10 @@ The demo runs the real workflows in order:
                MPO's own objective J (`core.yardstick`) and the objectives' win rates against π_ref;
 5. report   — report.md and PNG plots.
 
-Every set is sampled untempered, so both yardsticks judge the very policies the theory is about.
+Every set is sampled untempered, so both yardsticks judge the very policies the theory is about; mixtures are
+served by resampling among CANDIDATES token-level candidates (near the sequence-level π_λ the theory is about),
+single models by one draw (the same distribution). Two comparisons on J are pre-registered (MPO − uniform, MPO −
+soup), with their power against `bench protocol`'s effect stated before any number.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mpo_ray.core.errors import UserError
+from mpo_ray.core.serving import serving
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, REWARDS, adapter_paths, demo_prompts
 from mpo_ray.io import storage
 from mpo_ray.io.ownership import META_DIR, OWNER_FILE, check_ours, mark_ours, owns_file, remove_ours_tree
@@ -46,14 +50,28 @@ class DemoSize:
     serve: bool = True  # step 2, MPO through `generate` (Ray Data); the sweep's MPO point holds the same rows
 
 
-SIZES = {  # wall on 2 CPU cores, nothing else running: default 4 min 20 s, quick about 1 min (fresh Ray, all sets)
-    "default": DemoSize(reweight_prompts=24, samples_per_prompt=8, sample_tokens=32, eval_prompts=24,
+SIZES = {  # budget on prompts (issue 19): bench protocol finds 48 × 4 brings λ̂ nearer λ* than 24 × 8 at the same cost
+    "default": DemoSize(reweight_prompts=48, samples_per_prompt=4, sample_tokens=32, eval_prompts=50,
                         generate_tokens=32, sweep_step=0.5),
     "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=16, eval_prompts=8,
                       generate_tokens=16, sweep_step=None, serve=False),
 }
 # Untempered: J(π) is a property of the policy itself, and a tempered π_λ* is no longer the MaxMin optimum.
-GENERATION = {"temperature": 1.0}
+# Mixtures (MPO, the uniform mix, the grid) are served by resampling one of CANDIDATES token-level candidates ∝ π_λ/q:
+# at λ* that is within 0.026 nats of F(λ*) in `bench serving`'s hard world (0.115 for the token-level mixture), at
+# 4× the decoding. Every mixture gets the same n, so the comparison between them is fair; a set one model serves
+# (π_ref, a single policy, the soup) draws one candidate, which is the same distribution (`sweep.point_candidates`).
+CANDIDATES = 4
+GENERATION = {"temperature": 1.0, "num_candidates": CANDIDATES}
+# Pre-registered (issue 19): the primary comparisons, stated before any number is seen; every other comparison (the
+# best other set, the single policies, the weight grid, the min win rate) is secondary.
+PRIMARY = ("uniform", "soup")
+# The effect the power statement is computed against: `mpo-ray bench protocol` (100 replicas; hard world, policies
+# ≈ 4 nats from π_ref, mixtures resampled among 4 candidates, λ̂ from 48 × 4): exact ΔJ(MPO − uniform) and the
+# per-prompt SD of the paired ΔĴ. Their ratio d is what transfers (an assumption: the demo's own d is unknown).
+PROTOCOL_EFFECT = {"effect": 0.330, "sd": 3.31, "measured_power": "0.09 [0.05, 0.16] at 48×4, 50×1",
+                   "source": "mpo-ray bench protocol (100 replicas): 48×4, SD at 1000×1 (the SD measured at 50 prompts, "
+                             "2.69, understates it: the per-prompt terms are heavy-tailed)"}
 YARDSTICKS = {"implicit_min": "MPO's own objective J (nats)", "min_win_rate": "the worst objective's win rate vs π_ref"}
 MARKER = "demo.json"
 
@@ -198,6 +216,9 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
              "(--eval-prompts N, up to %d, for tighter intervals)", size.reweight_prompts, size.samples_per_prompt,
              size.sample_tokens, size.eval_prompts, size.generate_tokens,
              f"; weight grid step {size.sweep_step}" if size.sweep_step else "", len(demo_prompts("eval")))
+    log.info("serving: %s", serving_sentence())
+    plan = power_plan(size.eval_prompts)
+    log.info("pre-registered: %s", plan["sentence"])
     t0, times = time.perf_counter(), {}
 
     def step(i: int, key: str, what: str):
@@ -228,6 +249,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     mpo = by_name["MPO"]
     shown = [by_name[n] for n in (REFERENCE, *config.policy_names, "uniform", "soup", "MPO")]
     headline = headlines(sweep["points"], seed)
+    primary = primary_comparisons(sweep["points"], seed)
     agreement = _generate_agreement(out) if size.serve else None
     storage.write_json(os.path.join(out, "evaluation.json"), {"points": sweep["points"], "policies": config.policy_names})
 
@@ -246,6 +268,8 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
                "weights_ci": artifact.get("weights_ci"),
                "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
                "comparison": [comparison_entry(r, config.policy_names, soup_weights=[1 / k] * k) for r in sweep["points"]],
+               "serving": {"mixtures": serving(CANDIDATES), "single models": serving(1, one_model=True)},
+               "power": plan, "primary": primary,
                "headline": headline, "best_grid": best_grid(sweep["points"], config.policy_names),
                "calibration": calibration(artifact, mpo),
                "generate_matches_sweep": agreement,
@@ -270,8 +294,58 @@ def comparison_entry(r: dict, policies: list[str], soup_weights: list[float]) ->
     yardsticks with their 95% intervals."""
     j, kind = r.get("implicit", {}), _kind(r["name"], policies)
     return {"name": r["name"], "kind": kind, "weights": soup_weights if kind == "soup" else r.get("weights"),
+            "candidates": r.get("serving", {}).get("num_candidates"),
             "implicit_min": j.get("implicit_min"), "implicit_min_ci95": j.get("implicit_min_ci95"),
-            "kl": j.get("kl"), "min_win_rate": r["min_win_rate"], "min_win_rate_ci95": r["min_win_rate_ci95"]}
+            "implicit_min_corrected": j.get("implicit_min_corrected"),
+            "implicit_min_corrected_ci95": j.get("implicit_min_corrected_ci95"),
+            "kl": j.get("kl"), "kl_estimate": j.get("kl_estimate"),
+            "min_win_rate": r["min_win_rate"], "min_win_rate_ci95": r["min_win_rate_ci95"]}
+
+
+def serving_sentence() -> str:
+    """What each set serves and what it costs, for the log and the report."""
+    return (f"mixtures (MPO, uniform, grid) resample one of {CANDIDATES} token-level candidates ∝ π_λ/q "
+            f"(cost: {CANDIDATES}× the decoding of the token-level mixture; nearer the sequence-level π_λ, not equal "
+            f"to it); π_ref, each single policy and the soup draw one sample (cost 1×: for one model, resampling "
+            "would serve the same distribution)")
+
+
+def power_plan(eval_prompts: int) -> dict:
+    """The power of the primary test at this size, against the effect `bench protocol` measured, stated before any
+    number of this run is seen (normal approximation, `core.stats.normal_power`)."""
+    from mpo_ray.core.stats import detectable_effect, normal_power
+
+    effect, sd = PROTOCOL_EFFECT["effect"], PROTOCOL_EFFECT["sd"]
+    power = normal_power(effect, sd, eval_prompts)
+    needed = int(np.ceil((detectable_effect(sd, 1) / effect) ** 2))  # the n at which the detectable effect is this one
+    sentence = (f"MPO − uniform and MPO − soup on J (paired bootstrap 95%, over {eval_prompts} prompts); power "
+                f"against the MPO − uniform effect bench protocol measured in its exact world (ΔJ = {effect:.3f} nats at "
+                f"per-prompt SD {sd:.2f}, "
+                f"d = {effect / sd:.3f}) is {power:.2f} by the normal approximation (the benchmark measured "
+                f"{PROTOCOL_EFFECT['measured_power']}); 80% power would take about {needed} prompts. A 'within noise' "
+                "verdict at this power is the expected outcome even if MPO is ahead by that much: it does not mean the "
+                "sets are equal, only that differences outside the interval are unlikely.")
+    return {"effect": effect, "sd": sd, "d": effect / sd, "eval_prompts": eval_prompts, "power": power,
+            "prompts_for_80": needed, "detectable_80_at_sd": detectable_effect(sd, eval_prompts),
+            "source": PROTOCOL_EFFECT["source"], "sentence": sentence}
+
+
+def primary_comparisons(points: list[dict], seed: int) -> dict:
+    """The pre-registered comparisons on J: MPO − uniform and MPO − soup, paired over prompts, raw and bootstrap
+    bias-corrected (J is a minimum of means, biased low, more for the balanced set), with the difference this run
+    could detect with 80% power at its own measured noise."""
+    from mpo_ray.core.stats import detectable_effect
+    from mpo_ray.core.yardstick import compare_implicit
+
+    by = {p["name"]: p for p in points}
+    out = {}
+    for other in PRIMARY:
+        c = compare_implicit(by["MPO"]["implicit"], by[other]["implicit"], seed=seed)
+        sd = c["se"] * c["prompts"] ** 0.5
+        out[other] = {"mpo_minus": c["difference"], "ci95": c["ci95"], "within_noise": c["within_noise"],
+                      "corrected": c["corrected"], "prompts": c["prompts"], "sd_per_prompt": sd,
+                      "detectable_80": detectable_effect(sd, c["prompts"])}
+    return out
 
 
 def headlines(points: list[dict], seed: int) -> dict:
@@ -298,7 +372,7 @@ def headlines(points: list[dict], seed: int) -> dict:
 def calibration(artifact, mpo: dict) -> dict:
     """Does λ̂ balance the objectives on MPO's own samples? At the MaxMin optimum every objective with
     λ_k > 0 has the same value E[ℓ_k]; the solver says so of its estimate. ``measured`` is each E[ℓ_k]
-    on fresh samples of the served (token-level) mixture, with 95% intervals; ``gap`` is best − worst
+    on fresh samples of the served mixture (resampled among CANDIDATES), with 95% intervals; ``gap`` is best − worst
     served objective with a paired bootstrap 95% interval, and ``apart`` says it excludes 0: λ̂ under-serves
     the worst (picked on the same data, so ``apart`` leans towards yes)."""
     from mpo_ray.core.stats import paired_bootstrap
@@ -320,7 +394,7 @@ def _calibration_sentence(c: dict) -> str:
     lo, hi = c["gap_ci95"]
     gap = f"`{c['best']}` − `{c['worst']}` = {c['gap']:.1f} [{lo:.1f}, {hi:.1f}]"
     verdict = (f"{gap}, so λ̂ under-serves `{c['worst']}` beyond noise (a low ESS biases the estimate, and the decoder "
-               "serves the token-level mixture, not the sequence-level one the solver models)" if c["apart"] else
+               f"serves {CANDIDATES}-candidate resampling, near but not equal to the sequence-level π_λ̂ the solver models)" if c["apart"] else
                f"{gap}, within noise")
     return (f"Calibration: the solver predicts E[ℓ_k] under λ̂ of {predicted} (nats); on MPO's own samples they are "
             f"{values}: {verdict}.")
@@ -369,6 +443,17 @@ def _headline_sentence(key: str, h: dict) -> str:
             f"(95% CI [{f(lo)}, {f(hi)}], paired bootstrap over {h['prompts']} prompts): {verdict}.**")
 
 
+def _primary_sentence(other: str, c: dict) -> str:
+    """One pre-registered comparison: raw and bias-corrected, what the interval does and does not say."""
+    lo, hi = c["ci95"]
+    bc, (blo, bhi) = c["corrected"]["difference"], c["corrected"]["ci95"]
+    verdict = ("within noise: the interval holds 0; this run cannot tell them apart, which is not evidence that they "
+               f"are equal (it could detect a difference of about {c['detectable_80']:.1f} nats with 80% power)"
+               if c["within_noise"] else "MPO ahead beyond noise" if lo > 0 else "MPO behind beyond noise")
+    return (f"**MPO − `{other}` on J: {c['mpo_minus']:+.2f} nats (95% CI [{lo:+.2f}, {hi:+.2f}]; bias-corrected "
+            f"{bc:+.2f} [{blo:+.2f}, {bhi:+.2f}]; {c['prompts']} prompts): {verdict}.**")
+
+
 def _best_grid_sentence(b: dict) -> str:
     lo, hi = b["min_win_rate_ci95"]
     where = ("above ½ beyond noise: one mixture serves every objective better than π_ref" if lo > 0.5 else
@@ -395,6 +480,12 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         f"{size['sample_tokens']} tokens, drawn evenly from π_ref and each policy (the mixture proposal). "
         f"Generation: {size['eval_prompts']} held-out prompts, up to {size['generate_tokens']} tokens, untempered "
         "(the policies themselves, which is what both yardsticks judge), the same seed per prompt for every set.",
+        f"Serving: {serving_sentence()}.",
+        "",
+        "## Pre-registered comparisons and their power (stated before the numbers)",
+        "",
+        f"Primary: {summary['power']['sentence']} Secondary: MPO against the best other set, the single policies, the "
+        "weight grid, and the min win rate.",
         "",
         "## Mixing weights λ (MaxMin over the implicit DPO rewards)",
         "",
@@ -416,10 +507,13 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         "Win rate = share of prompts where the response scores higher on that objective than π_ref's response "
         "to the same prompt (ties count ½); the min win rate is the MaxMin view of the measurable objectives. "
         "J = min_k E[log π_k/π_ref] − KL(π‖π_ref), in nats, measured on the set's own samples: the objective MPO "
-        "maximises over all policies. Only the sequence-level π_λ* is guaranteed best on it; MPO here is served as "
-        "the token-level mixture at the estimated λ̂, which can fall short of it, so a set beating MPO beyond noise "
-        "says λ̂ or its decoding is off. The J estimate (a minimum of means) is biased low, more for balanced sets "
-        "such as MPO's. Intervals: 95%, bootstrap over prompts.",
+        "maximises over all policies. Only the sequence-level π_λ* (at the true λ*) is guaranteed best on it; MPO here "
+        f"is the estimated λ̂ served by resampling among {CANDIDATES} candidates, which comes near π_λ̂ but not onto it, "
+        "so a set beating MPO beyond noise says λ̂ or its serving is off. For resampled sets the KL term uses π_λ's "
+        "log-prob at the served samples with its normaliser estimated from the candidates (the served distribution "
+        "has none in closed form; in bench serving's exact worlds this biases J by −0.001 to −0.015 nats at n = 4). "
+        "J (a minimum of means) is biased low, more for balanced sets such as MPO's: the bootstrap bias-corrected J "
+        "is shown beside it. Intervals: 95%, bootstrap over prompts.",
         "",
         format_evaluations(shown),
         "",
@@ -427,6 +521,11 @@ def demo_report(config, artifact: dict, shown: list[dict], summary: dict, exampl
         f"(95% CI [{mpo['min_win_rate_ci95'][0]:.2f}, {mpo['min_win_rate_ci95'][1]:.2f}]); the single policies' worst "
         f"objectives win between {worst_single['min_win_rate']:.2f} (`{worst_single['name']}`) and "
         f"{best_single['min_win_rate']:.2f} (`{best_single['name']}`).",
+        "",
+        "Primary (pre-registered):",
+        "",
+        *[line for other, c in summary["primary"].items() for line in (_primary_sentence(other, c), "")],
+        "Secondary:",
         "",
         *[line for key in YARDSTICKS for line in (_headline_sentence(key, summary["headline"][key]), "")],
         "The best other set is picked on these same prompts, which flatters it: a difference in MPO's favour "

@@ -5,7 +5,9 @@ every weight vector in turn (a Ray Data pipeline per point would reload the
 models each time). All points use the same per-prompt seeds as `generate`, so
 two points differ by their weights only, not by sampling luck. The same actor
 scores each response under π_ref and every policy (`logp_<name>` columns), so
-every point is also measured on MPO's own objective (`core.yardstick`).
+every point is also measured on MPO's own objective (`core.yardstick`). With `generate.num_candidates` = n > 1
+every mixture point resamples among n candidates; a point one model serves untempered draws one, the same
+distribution at 1/n of the cost (`point_candidates`); sweep.json records each point's serving mode.
 
 Resuming. A point's file carries, in its Parquet footer, the fingerprint of what
 produced its rows (`point_fingerprints`): its weights, the models it mixes and
@@ -113,6 +115,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
                for label, w in points.items()}
     vectors.update({label: [0.0] * (1 + k + i) + [1.0] + [0.0] * (len(extra) - i - 1) for i, label in enumerate(extra)})
     parts = point_fingerprints(specs, k, vectors, ids, prompts, {**params, "seed": g.seed})
+    candidates = {label: point_candidates(vectors[label], params) for label in vectors}
     todo = stale_points(files, parts)
 
     t0 = time.perf_counter()
@@ -132,7 +135,8 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
                 else:
                     log.info("sweep: generating point %r (%s)", label, todo[label])
                 worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
-                tables[label] = worker.generate(label, weights, ids, prompts, seeds, params, g.batch_size,
+                tables[label] = worker.generate(label, weights, ids, prompts, seeds,
+                                                {**params, "num_candidates": candidates[label]}, g.batch_size,
                                                 score=(config.reference.name, *config.policy_names))
                 write_point(uri, tables[label], parts[label])
         finally:
@@ -145,6 +149,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
         w = points.get(label)
         r["weights"] = None if w is None else list(map(float, w))
         r["fingerprint"] = digest(parts[label])
+        r["serving"] = serving(candidates[label], one_model=sum(1 for w in vectors[label] if w != 0) == 1)
         results.append(r)
     summary = {"format": SUMMARY_FORMAT, "policies": config.policy_names, "prompts": len(ids), "generation": params,
                "serving": serving(g.num_candidates),
@@ -184,14 +189,25 @@ def point_fingerprints(specs: list[PolicySpec], k: int, vectors: dict[str, list[
     from mpo_ray.models.policies import local_files
 
     described = [{**s.model_dump(), "content": model_identity(s, local_files)["content"]} for s in specs]
-    common = {"scorers": digest(described[: 1 + k]), "prompts": digest([list(ids), list(prompts)]),
-              "decoding": digest(decoding)}
+    common = {"scorers": digest(described[: 1 + k]), "prompts": digest([list(ids), list(prompts)])}
     out = {}
     for label, vector in vectors.items():
         used = [(i, float(w)) for i, w in enumerate(vector) if w != 0]  # zeros: an added soup changes no other point
+        own = {**decoding, "num_candidates": point_candidates(vector, decoding)} if "num_candidates" in decoding else decoding
         out[label] = {"weights": digest([(specs[i].name, w) for i, w in used]),
-                      "models": digest([described[i] for i, _ in used]), **common}
+                      "models": digest([described[i] for i, _ in used]), **common, "decoding": digest(own)}
     return out
+
+
+def point_candidates(vector, decoding: dict) -> int:
+    """Candidates a point decodes per response: the configured ``num_candidates`` for a mixture of two or more models;
+    1 for a point one model serves (π_ref, a single policy, a soup) when decoding is untempered and untruncated, since
+    its candidates' importance weights π/q are then all equal and keeping one of n i.i.d. draws is the same
+    distribution as drawing one, at 1/n of the cost. Tempered or truncated, resampling moves even one model back
+    towards its untempered self, so the configured number stays."""
+    n = int(decoding.get("num_candidates", 1))
+    untempered = decoding.get("temperature", 1.0) == 1.0 and not decoding.get("top_k") and decoding.get("top_p") in (None, 1.0)
+    return 1 if untempered and sum(1 for w in vector if w != 0) == 1 else n
 
 
 def stale_points(files: dict[str, str], parts: dict[str, dict[str, str]]) -> dict[str, str | None]:
