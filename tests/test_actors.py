@@ -20,3 +20,17 @@ def test_split_counts_and_balance_heuristic():
     assert split_counts(8, 3) == [3, 3, 2] and sum(split_counts(5, 4)) == 5
     logps = np.log(np.array([[0.2, 0.4], [0.1, 0.1]]))
     np.testing.assert_allclose(np.exp(log_mixture(logps, [1, 3])), [0.25 * 0.2 + 0.75 * 0.4, 0.1])
+
+
+def test_both_placement_plans_are_one_type(monkeypatch):
+    """Model actors and generate's replicas are planned into the same record (its `replicas` is generate's concurrency)."""
+    from mpo_ray.config import GenerateConfig, ResourcesConfig
+    from mpo_ray.runtime import resources
+
+    monkeypatch.setattr(resources.ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(resources.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    models = resources.plan_resources(ResourcesConfig(), 4)
+    replicas = resources.plan_replicas(GenerateConfig(prompts="p"))
+    assert models == resources.Placement(replicas=1, num_gpus=0.0, num_cpus=0.5, threads=1)
+    assert replicas == resources.Placement(replicas=1, num_gpus=0.0, num_cpus=1.0, threads=1)
+    assert replicas["concurrency"] == replicas.replicas and replicas["threads"] == replicas.threads  # generate.py's reads

@@ -187,8 +187,8 @@ def test_score_cache_reuses_rows_by_prompt_id_and_text(store_uri):
     cache = ScoreCache(WeightsStore(store_uri), "fp")
     rows = pa.table({"prompt_id": ["a", "a", "b", "b"], "sample_idx": [0, 1, 0, 1], "prompt": ["A?", "A?", "B?", "B?"],
                      "logp_ref": [-1.0, -2.0, -3.0, -4.0]})
-    cache.add("part-2025-06-01-00000.parquet", rows)
-    cache.add("part-2025-06-02-00000.parquet", rows.slice(0, 2))  # a again (a concurrent run): used once only
+    storage.write_parquet(storage.join(cache.uri, "part-2025-06-01-00000.parquet"), rows)
+    storage.write_parquet(storage.join(cache.uri, "part-2025-06-02-00000.parquet"), rows.slice(0, 2))  # a again (a concurrent run): used once only
     found, ids = cache.lookup(["a", "b", "c"], ["A?", "B, edited?", "C?"])
     assert ids == {"a"} and found.num_rows == 2 and found.column("logp_ref").to_pylist() == [-1.0, -2.0]
     assert ScoreCache(WeightsStore(store_uri), "other-models").lookup(["a"], ["A?"]) == (None, set())
@@ -344,8 +344,8 @@ def stub_scoring(monkeypatch, during=None):
         planned["plan"] = real_plan(config)
         return planned["plan"]
 
-    def run_pipeline(config, batches, *, with_models=None, **_):
-        plan = planned["plan"]
+    def run_pipeline(models, section, batches, **_):
+        plan, config = planned["plan"], models.config
         if during:
             during(plan)
         ids = [i for b in batches for i in b.ids]
@@ -358,11 +358,14 @@ def stub_scoring(monkeypatch, during=None):
                    "sampler": ["ref"] * (n * m), "logp_ref": np.full(n * m, -5.0), "logp_proposal": np.full(n * m, -5.0)}
         for name in schema.names[len(columns):]:
             columns[name] = -5.0 + 0.3 * rng.normal(size=n * m)
-        margins = rng.normal(size=(len(plan.feedback), len(NAMES))) if with_models else None
-        return ScoreRun(pa.table(columns, schema=schema), Timings(), {}, margins)
+        return ScoreRun(pa.table(columns, schema=schema), Timings(), {})
+
+    def score_feedback(models, fb):
+        return np.random.default_rng(len(fb)).normal(size=(len(fb), len(NAMES)))
 
     monkeypatch.setattr(nightly, "plan_night", plan_night)
     monkeypatch.setattr(nightly, "run_pipeline", run_pipeline)
+    monkeypatch.setattr(nightly, "_score_feedback", score_feedback)
 
 
 def test_a_night_whose_latest_moves_meanwhile_writes_nothing_and_exits_4(tmp_path, monkeypatch, capsys):

@@ -55,7 +55,7 @@ def test_later_batches_draw_from_the_mixture_at_the_lambda_of_the_batches_before
             assert drawn is None  # nothing solved yet: the mixture proposal
         else:  # the full solve over the batches before, as the resumed run recomputes it
             arrays = score_arrays(_concat(before), config.policy_names)
-            expected = solve_weights(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"])
+            expected = solve_weights(arrays.log_ratios, mask=arrays.mask, log_importance=arrays.log_importance)
             np.testing.assert_allclose(drawn, expected.weights, rtol=0, atol=1e-12)
         counts = proposal_counts(M, K, config.reweight.sampling.geometric_share if b else None)
         names = [config.reference.name, *config.policy_names, MIXTURE_SAMPLER]

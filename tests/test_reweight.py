@@ -39,7 +39,7 @@ def test_reweight_end_to_end_matches_solver_on_its_table(first_run):
     assert table.num_rows == 12 * m
     assert {"prompt_id", "sample_idx", "response_token_ids", "logp_ref", "logp_concise", "reward_brevity"} <= set(table.column_names)
     arrays = score_arrays(table, config.policy_names)
-    expected = solve_weights(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"])
+    expected = solve_weights(arrays.log_ratios, mask=arrays.mask, log_importance=arrays.log_importance)
     np.testing.assert_allclose(artifact["weights"], expected.weights, atol=1e-9)
     on_disk = json.loads(open(os.path.join(out, "weights.json")).read())
     assert on_disk["weights"] == artifact["weights"] and on_disk["policies"] == config.policy_names

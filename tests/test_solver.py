@@ -359,7 +359,7 @@ def test_normalize_rewards_rejects_bad_rewards():
 
 
 def test_streaming_bsmd_matches_batch_bsmd_walk_and_is_order_deterministic():
-    from mpo_ray.core.solver import StreamingBSMD
+    from mpo_ray.core.streaming import StreamingBSMD
 
     rng = np.random.default_rng(3)
     L = rng.normal(size=(60, 6, 3)) + np.array([0.3, 0.0, -0.3])
@@ -382,7 +382,7 @@ def test_streaming_bsmd_matches_batch_bsmd_walk_and_is_order_deterministic():
 
 
 def _complex_calls():
-    from mpo_ray.core.solver import StreamingBSMD
+    from mpo_ray.core.streaming import StreamingBSMD
 
     L = np.random.default_rng(0).normal(size=(3, 4, 2))
     return {
@@ -405,7 +405,8 @@ def test_solver_refuses_complex_input(which):
 
 
 def test_solver_refuses_unrepresentable_magnitudes():
-    from mpo_ray.core.solver import MAX_NATS, StreamingBSMD
+    from mpo_ray.core.streaming import StreamingBSMD
+    from mpo_ray.core.table import MAX_NATS
 
     L = np.random.default_rng(1).normal(size=(3, 4, 2))
     huge = L.copy()
@@ -447,7 +448,7 @@ def _assert_finite_result(r):
 def test_solver_never_returns_non_finite_results():
     """Extreme-but-finite tables (magnitudes from 1e-300 to 1e300, constant columns, lopsided importance
     weights, masks): every public entry point either answers with finite numbers or raises ValueError."""
-    from mpo_ray.core.solver import StreamingBSMD
+    from mpo_ray.core.streaming import StreamingBSMD
 
     rng = np.random.default_rng(2024)
     answered = refused = 0
@@ -496,15 +497,15 @@ def test_solver_never_returns_non_finite_results():
 
 def test_solver_final_check_refuses_non_finite_output(monkeypatch):
     """The last line of defence: should the arithmetic ever produce NaN, it is raised, not returned."""
-    from mpo_ray.core import solver
+    from mpo_ray.core import table
 
-    real = solver._Table.evaluate
+    real = table.Table.evaluate
 
     def poisoned(self, lam, hessian=False):
         f, g, w, H = real(self, lam, hessian)
         return f, np.full_like(g, np.nan), w, H
 
-    monkeypatch.setattr(solver._Table, "evaluate", poisoned)
+    monkeypatch.setattr(table.Table, "evaluate", poisoned)
     with pytest.raises(ValueError, match="values came out non-finite.*refusing to return it"):
         evaluate_weights(np.zeros((2, 3, 2)), [0.5, 0.5])
 

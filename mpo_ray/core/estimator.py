@@ -9,6 +9,7 @@ log importance weights log π_ref − log q for samples drawn from a proposal q
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -44,7 +45,22 @@ def log_mixture(logps: np.ndarray, counts: list[int]) -> np.ndarray:
     return (top + np.log(np.exp(a - top).sum(axis=1, keepdims=True)))[:, 0]
 
 
-def score_arrays(table: pa.Table, policy_names: list[str], reward_columns: list[str] = ()) -> dict:
+@dataclass(frozen=True)
+class ScoreArrays:
+    """A score table as the solver's dense arrays: N prompts (first-seen order) × m sample slots."""
+
+    prompt_ids: list[str]
+    log_ratios: np.ndarray  # (N, m, K): ℓ_k = log π_k − log π_ref
+    mask: np.ndarray  # (N, m) bool: the sample is present
+    log_importance: np.ndarray  # (N, m): log π_ref − log q
+    rewards: np.ndarray | None = None  # (N, m, R) with reward columns asked for
+
+    def __getitem__(self, key: str):
+        """Transitional: readers that still index the arrays by name (demo/run.py) read the same fields."""
+        return getattr(self, key)
+
+
+def score_arrays(table: pa.Table, policy_names: list[str], reward_columns: list[str] = ()) -> ScoreArrays:
     """(N, m, K) log-ratios, mask, log-importance and rewards from score-table rows, prompts in first-seen order."""
     ids = table.column("prompt_id").to_pylist()
     idx = np.asarray(table.column("sample_idx").to_numpy(), dtype=np.int64)
@@ -65,27 +81,26 @@ def score_arrays(table: pa.Table, policy_names: list[str], reward_columns: list[
     log_imp[rows, idx] = ref - table.column("logp_proposal").to_numpy()
     L = cube([f"logp_{p}" for p in policy_names])
     L[rows, idx, :] -= ref[:, None]
-    return {"prompt_ids": list(order), "log_ratios": L, "mask": mask, "log_importance": log_imp,
-            "rewards": cube(list(reward_columns)) if reward_columns else None}
+    return ScoreArrays(list(order), L, mask, log_imp, cube(list(reward_columns)) if reward_columns else None)
 
 
-def estimate_tables(arrays: dict, beta: float) -> dict[str, np.ndarray]:
+def estimate_tables(arrays: ScoreArrays, beta: float) -> dict[str, np.ndarray]:
     """The (N, m, K) tables each estimate solves: the implicit log-ratios, and with one reward column per objective
     the rewards normalised by the paper's operator."""
-    tables = {"implicit": arrays["log_ratios"]}
-    if arrays["rewards"] is not None:
-        tables["rewards"] = normalize_rewards(arrays["rewards"], beta, mask=arrays["mask"], log_importance=arrays["log_importance"])
+    tables = {"implicit": arrays.log_ratios}
+    if arrays.rewards is not None:
+        tables["rewards"] = normalize_rewards(arrays.rewards, beta, mask=arrays.mask, log_importance=arrays.log_importance)
     return tables
 
 
-def solve_table(arrays: dict, *, beta: float, method: str = "full", tol: float = 1e-9, steps: int | None = None,
+def solve_table(arrays: ScoreArrays, *, beta: float, method: str = "full", tol: float = 1e-9, steps: int | None = None,
                 step_size: float | None = None, batch_prompts: int = 1, seed: int = 0,
                 init=None) -> dict[str, WeightsResult]:
     """Each estimate's solve (see :func:`estimate_tables`), by estimate name."""
-    kwargs = dict(mask=arrays["mask"], log_importance=arrays["log_importance"], method=method, tol=tol,
+    kwargs = dict(mask=arrays.mask, log_importance=arrays.log_importance, method=method, tol=tol,
                   steps=steps, step_size=step_size, init=init, seed=seed)
     if method == "bsmd":
-        kwargs["batch_prompts"] = min(batch_prompts, arrays["mask"].shape[0])
+        kwargs["batch_prompts"] = min(batch_prompts, arrays.mask.shape[0])
     return {name: solve_weights(L, **kwargs) for name, L in estimate_tables(arrays, beta).items()}
 
 

@@ -21,25 +21,8 @@ Two methods:
   on random prompt batches, step ``c/√T``, averaged iterate). Right when
   prompts stream by once; slower to converge, O(1/√T).
 
-Input contract (refused with a ValueError naming the argument, never served):
-
-* Every numeric argument must be real: complex arrays are refused, not
-  silently truncated to their real part.
-* ``log_ratios`` and ``log_importance`` must satisfy |x| ≤ ``MAX_NATS`` = 1e6
-  nats (present samples only; masked ones are ignored), and so must the
-  log-ratios :func:`normalize_rewards` would return (and ``rewards/beta``).
-  Why 1e6: the solver works in float64 with log-sum-exps of ``base + L·λ``
-  and a Hessian built from products ``L_k·L_l``; those overflow only near
-  1e154, but the certificate's round-off grows like |L|·1e-13 (about 1e-7
-  nats at 1e6, so the default ``tol=1e-9`` may end ``converged=False``:
-  raise ``tol`` for tables that large) and a log-ratio of 1e6 nats
-  (a probability ratio e^1000000) is already a units bug, not data.
-  Rescaling instead would not be exact: F̂ is not invariant to scaling L
-  (only ``log_importance`` is invariant, to a per-prompt shift, which the
-  error message suggests).
-* As a last line of defence every public entry point checks its own
-  output: a non-finite λ, value, gap or dual is raised as a ValueError,
-  never returned.
+Inputs are validated by :mod:`mpo_ray.core.table` (its docstring is the input contract);
+:mod:`mpo_ray.core.streaming` runs BSMD over batches as they arrive.
 """
 
 from __future__ import annotations
@@ -49,12 +32,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["WeightsResult", "SolverHistory", "StreamingBSMD", "solve_weights", "normalize_rewards", "evaluate_weights"]
+from mpo_ray.core.table import (
+    MAX_NATS, Table, build_table, check_magnitude, check_simplex, is_real, positive_int,
+)
+
+__all__ = ["WeightsResult", "SolverHistory", "solve_weights", "normalize_rewards", "evaluate_weights"]
 
 OBJECTIVES = ("maxmin", "fixed")
 METHODS = ("full", "bsmd")
-_SIMPLEX_ATOL = 1e-6  # how far user-given weights may stray from Σλ = 1
-MAX_NATS = 1e6  # largest |log-ratio| / |log_importance| accepted (see the module docstring)
 
 
 @dataclass(frozen=True)
@@ -123,51 +108,6 @@ class WeightsResult:
         }
 
 
-# --------------------------------------------------------------------------- #
-# The estimator on a fixed table
-# --------------------------------------------------------------------------- #
-
-
-class _Table:
-    """A validated log-ratio table with its masks folded into base log-weights.
-
-    ``base[i, j]`` is the normalised log importance weight of sample j of
-    prompt i (−inf where masked), so every quantity below is a log-sum-exp
-    over ``base + L @ λ``; masked ratios are zeroed so they never make NaN.
-    """
-
-    def __init__(self, log_ratios: np.ndarray, base: np.ndarray):
-        self.L = log_ratios
-        self.base = base
-        self.N, self.m, self.K = log_ratios.shape
-
-    def subset(self, rows: np.ndarray) -> _Table:
-        return _Table(self.L[rows], self.base[rows])
-
-    def weights(self, lam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per-prompt log-normaliser (N,) and self-normalised weights w (N, m)."""
-        a = self.base + self.L @ lam
-        top = a.max(axis=1, keepdims=True)
-        e = np.exp(a - top)
-        s = e.sum(axis=1, keepdims=True)
-        return (top + np.log(s))[:, 0], e / s
-
-    def dual(self, lam: np.ndarray) -> float:
-        return float(self.weights(lam)[0].mean())
-
-    def evaluate(self, lam: np.ndarray, hessian: bool = False):
-        """F̂(λ), its gradient g (K,), per-prompt w, and optionally the Hessian (K, K)."""
-        lse, w = self.weights(lam)
-        mu = np.einsum("ij,ijk->ik", w, self.L)  # per-prompt values under π_λ
-        g = mu.mean(axis=0)
-        H = None
-        if hessian:
-            flat = self.L.reshape(-1, self.K)
-            second = (flat * w.reshape(-1, 1)).T @ flat
-            H = (second - mu.T @ mu) / self.N
-        return float(lse.mean()), g, w, H
-
-
 def _certificate(lam: np.ndarray, g: np.ndarray) -> float:
     """Σ_k λ_k (g_k − min g): a sum of non-negative terms, so never negative in floating point."""
     return float(np.sum(lam * (g - g.min())))
@@ -208,7 +148,7 @@ def _newton_direction(lam: np.ndarray, g: np.ndarray, H: np.ndarray) -> np.ndarr
     return d
 
 
-def _line_search(table: _Table, lam, d, f, slope, t_max, blocking):
+def _line_search(table: Table, lam, d, f, slope, t_max, blocking):
     """Backtracking (Armijo) along d from min(1, t_max); returns (t, λ_new).
 
     A step clipped at the boundary sets the blocking coordinate to exactly
@@ -227,7 +167,7 @@ def _line_search(table: _Table, lam, d, f, slope, t_max, blocking):
     return 0.0, lam
 
 
-def _solve_full(table: _Table, lam: np.ndarray, tol: float, max_steps: int):
+def _solve_full(table: Table, lam: np.ndarray, tol: float, max_steps: int):
     weights_hist, gap_hist = [], []
     for it in range(max_steps + 1):
         f, g, _, H = table.evaluate(lam, hessian=True)
@@ -254,19 +194,7 @@ def _solve_full(table: _Table, lam: np.ndarray, tol: float, max_steps: int):
 # --------------------------------------------------------------------------- #
 
 
-def _default_step_size(table: _Table, lam: np.ndarray) -> float:
-    """c in η = c/√T from the entropic mirror-descent bound c = √(2 log K)/G.
-
-    G is the typical spread of per-prompt gradients at the start (only the
-    spread across objectives moves exponentiated gradient, not the level).
-    """
-    _, w = table.weights(lam)
-    mu = np.einsum("ij,ijk->ik", w, table.L)
-    spread = float(np.sqrt(np.mean((mu.max(axis=1) - mu.min(axis=1)) ** 2)))
-    return math.sqrt(2.0 * math.log(table.K)) / max(spread, 1e-12)
-
-
-def _solve_bsmd(table: _Table, lam, steps, step_size, batch_prompts, seed):
+def _solve_bsmd(table: Table, lam, steps, step_size, batch_prompts, seed):
     rng = np.random.default_rng(seed)
     eta = step_size / math.sqrt(steps)
     iterates, gaps = np.empty((steps, table.K)), np.empty(steps)
@@ -278,185 +206,6 @@ def _solve_bsmd(table: _Table, lam, steps, step_size, batch_prompts, seed):
         lam = np.exp(logits - logits.max())
         lam /= lam.sum()
     return iterates.mean(axis=0), SolverHistory(iterates, gaps)
-
-
-class StreamingBSMD:
-    """BSMD over prompts that arrive batch by batch and are never revisited.
-
-    One mirror-descent step per prompt (the paper's Algorithm 2 with a batch of
-    one), step ``c/√T`` for a planned total of ``total_steps`` prompts; the
-    answer is the average iterate. Feeding the same batches in the same order
-    reproduces the same λ, which is what makes a resumed run match.
-    """
-
-    def __init__(self, num_objectives: int, total_steps: int, step_size: float | None = None, init=None):
-        self.K = _positive_int("num_objectives", num_objectives, 1)
-        self.total_steps = _positive_int("total_steps", total_steps, 1)
-        if step_size is not None and not (_is_real(step_size) and math.isfinite(step_size) and step_size > 0):
-            raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}.")
-        self.step_size = step_size
-        self.weights = np.full(self.K, 1.0 / self.K) if init is None else _check_simplex("init", init, self.K)
-        self._sum = np.zeros(self.K)
-        self.steps = 0
-
-    @property
-    def average(self) -> np.ndarray:
-        return self._sum / self.steps if self.steps else self.weights.copy()
-
-    def update(self, log_ratios, *, mask=None, log_importance=None) -> np.ndarray:
-        """Take one step per prompt of this batch, in order; returns the current average iterate."""
-        table = _build_table(log_ratios, mask, log_importance)
-        if table.K != self.K:
-            raise ValueError(f"log_ratios has K={table.K} objectives, this stream was started with {self.K}.")
-        if self.K == 1:
-            self.steps += table.N
-            self._sum += table.N
-            return self.average
-        # Set once, from the first batch (committed with the rest, only if the batch succeeds).
-        step_size = _default_step_size(table, self.weights) if self.step_size is None else self.step_size
-        eta = step_size / math.sqrt(self.total_steps)
-        weights, total = self.weights.copy(), self._sum.copy()  # committed only if all stays finite
-        for i in range(table.N):
-            _, g, _, _ = table.subset(np.array([i])).evaluate(weights)
-            total += weights
-            logits = np.log(np.maximum(weights, 1e-300)) - eta * (g - g.min())
-            weights = np.exp(logits - logits.max())
-            weights /= weights.sum()
-        if not (np.all(np.isfinite(weights)) and np.all(np.isfinite(total))):
-            raise ValueError(
-                "StreamingBSMD.update produced non-finite weights from this batch of log_ratios; the stream "
-                "is left as it was before the batch. Check the batch's log-ratios (units, masked samples)."
-            )
-        self.weights, self._sum, self.step_size = weights, total, step_size
-        self.steps += table.N
-        return self.average
-
-
-# --------------------------------------------------------------------------- #
-# Validation
-# --------------------------------------------------------------------------- #
-
-
-def _is_real(value) -> bool:
-    """A real scalar (Python or numpy int/float), not bool, not complex."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-
-
-def _as_float_array(name: str, value, ndim: int) -> np.ndarray:
-    try:
-        raw = np.asarray(value)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"{name} must be a numeric array; could not convert it ({exc}).") from None
-    if np.iscomplexobj(raw) or (
-        raw.dtype == object and any(isinstance(x, (complex, np.complexfloating)) for x in raw.flat)
-    ):
-        raise ValueError(
-            f"{name} is complex; the solver works on real numbers only and will not drop the imaginary "
-            f"part for you. Pass np.real({name}) if the imaginary part is zero by construction, "
-            "otherwise fix how it was computed."
-        )
-    try:
-        arr = raw.astype(np.float64)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ValueError(f"{name} must be a numeric array; could not convert it ({exc}).") from None
-    if arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {arr.shape}.")
-    return arr
-
-
-def _check_mask(mask, shape: tuple[int, int], name: str = "mask") -> np.ndarray:
-    if mask is None:
-        return np.ones(shape, dtype=bool)
-    mask = np.asarray(mask)
-    if mask.dtype != bool:
-        raise ValueError(f"{name} must be a boolean array (True = sample present), got dtype {mask.dtype}.")
-    if mask.shape != shape:
-        raise ValueError(f"{name} must have shape (N, m) = {shape} to match the table, got {mask.shape}.")
-    empty = np.flatnonzero(~mask.any(axis=1))
-    if empty.size:
-        raise ValueError(
-            f"{name} leaves prompt(s) {empty[:5].tolist()}{'…' if empty.size > 5 else ''} with no samples; "
-            "drop those prompts from the table or keep at least one sample for each."
-        )
-    return mask
-
-
-def _check_finite(name: str, arr: np.ndarray, mask: np.ndarray) -> None:
-    present = arr[mask] if arr.ndim == 2 else arr[mask].reshape(-1)
-    if not np.all(np.isfinite(present)):
-        bad = np.argwhere(~np.isfinite(arr) & (mask if arr.ndim == 2 else mask[..., None]))[0]
-        raise ValueError(
-            f"{name} has a NaN or infinite value at index {tuple(int(b) for b in bad)}; "
-            "mark missing samples with mask=False instead of NaN/inf."
-        )
-
-
-_MAGNITUDE_FIX = {
-    "log_ratios": "check the units (nats of log π_k − log π_ref per sequence) and mark missing samples with "
-                  "mask=False",
-    "log_importance": "it only matters up to a constant per prompt, so subtract each prompt's max "
-                      "(log_importance - log_importance.max(axis=1, keepdims=True)) and check its units",
-}
-
-
-def _check_magnitude(name: str, arr: np.ndarray, mask: np.ndarray, fix: str | None = None) -> None:
-    """|x| ≤ MAX_NATS on present entries (NaN fails too)."""
-    big = ~(np.abs(arr) <= MAX_NATS)
-    big &= mask if arr.ndim == 2 else mask[..., None]
-    if big.any():
-        bad = tuple(int(b) for b in np.argwhere(big)[0])
-        raise ValueError(
-            f"{name} has magnitude {abs(float(arr[bad])):.3g} at index {bad}, beyond the ±{MAX_NATS:.0e} nats "
-            f"the solver accepts (float64 round-off and overflow make larger values untrustworthy); "
-            f"{fix or _MAGNITUDE_FIX.get(name, 'rescale it')}."
-        )
-
-
-def _check_simplex(name: str, value, K: int) -> np.ndarray:
-    arr = _as_float_array(name, value, 1)
-    if arr.shape[0] != K:
-        raise ValueError(f"{name} has {arr.shape[0]} entries but the table has K={K} objectives; give one per objective.")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or inf: {arr.tolist()}.")
-    if np.any(arr < 0) or abs(arr.sum() - 1.0) > _SIMPLEX_ATOL:
-        raise ValueError(
-            f"{name} must lie on the simplex (non-negative, summing to 1), got {arr.tolist()} "
-            f"(sum {arr.sum():.6g}); normalise it, e.g. w / w.sum()."
-        )
-    return arr / arr.sum()
-
-
-def _positive_int(name: str, value, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
-
-
-def _build_table(log_ratios, mask, log_importance, name: str = "log_ratios", bounded: bool = True) -> _Table:
-    """Validate and fold; ``bounded=False`` skips the MAX_NATS check on the table (rewards check r/β instead)."""
-    L = _as_float_array(name, log_ratios, 3)
-    N, m, K = L.shape
-    if N == 0 or m == 0 or K == 0:
-        raise ValueError(f"{name} must be non-empty in every dimension (N, m, K), got shape {L.shape}.")
-    mask = _check_mask(mask, (N, m))
-    _check_finite(name, L, mask)
-    if bounded:
-        _check_magnitude(name, L, mask)
-    if log_importance is None:
-        log_w0 = np.zeros((N, m))
-    else:
-        log_w0 = _as_float_array("log_importance", log_importance, 2)
-        if log_w0.shape != (N, m):
-            raise ValueError(f"log_importance must have shape (N, m) = {(N, m)}, got {log_w0.shape}.")
-        _check_finite("log_importance", log_w0, mask)
-        _check_magnitude("log_importance", log_w0, mask)
-    # Fold mask and importance weights into normalised log base weights.
-    base = np.where(mask, log_w0, -np.inf)
-    top = base.max(axis=1, keepdims=True)
-    base = base - (top + np.log(np.exp(base - top).sum(axis=1, keepdims=True)))
-    return _Table(np.where(mask[..., None], L, 0.0), base)
 
 
 # --------------------------------------------------------------------------- #
@@ -497,17 +246,17 @@ def solve_weights(
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
-    if not (_is_real(tol) and math.isfinite(tol) and tol >= 0):
+    if not (is_real(tol) and math.isfinite(tol) and tol >= 0):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
-    if step_size is not None and not (_is_real(step_size) and math.isfinite(step_size) and step_size > 0):
+    if step_size is not None and not (is_real(step_size) and math.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a finite number > 0, got {step_size!r}.")
-    table = _build_table(log_ratios, mask, log_importance)
+    table = build_table(log_ratios, mask, log_importance)
     K = table.K
 
     if objective == "fixed":
         if weights is None:
             raise ValueError('objective="fixed" needs weights=[...] (one per objective, on the simplex).')
-        lam = _check_simplex("weights", weights, K)
+        lam = check_simplex("weights", weights, K)
         return _result(table, lam, 0, True, SolverHistory(lam[None].copy(), np.array([np.nan])), objective, method, tol)
     if weights is not None:
         raise ValueError('weights is only used with objective="fixed"; use init=... to warm-start the maxmin solve.')
@@ -516,22 +265,22 @@ def solve_weights(
         lam = np.full(K, 1.0 / K)
     else:
         # Mix in a little uniform mass: exact zeros would pin a coordinate forever.
-        lam = 0.999 * _check_simplex("init", init, K) + 0.001 / K
+        lam = 0.999 * check_simplex("init", init, K) + 0.001 / K
     if method == "full":
-        max_steps = _positive_int("steps", steps, 200)
+        max_steps = positive_int("steps", steps, 200)
         if K == 1:
             lam, iters, history = np.ones(1), 0, SolverHistory(np.ones((1, 1)), np.zeros(1))
         else:
             lam, iters, history = _solve_full(table, lam, tol, max_steps)
     else:
-        batch = _positive_int("batch_prompts", batch_prompts, 1)
+        batch = positive_int("batch_prompts", batch_prompts, 1)
         if batch > table.N:
             raise ValueError(f"batch_prompts={batch} exceeds the number of prompts N={table.N}; use at most N.")
-        iters = _positive_int("steps", steps, max(100, math.ceil(table.N / batch)))
+        iters = positive_int("steps", steps, max(100, math.ceil(table.N / batch)))
         if K == 1:
             lam, history = np.ones(1), SolverHistory(np.ones((1, 1)), np.zeros(1))
         else:
-            c = step_size if step_size is not None else _default_step_size(table, lam)
+            c = step_size if step_size is not None else table.default_step_size(lam)
             lam, history = _solve_bsmd(table, lam, iters, c, batch, seed)
     return _result(table, lam, iters, None, history, objective, method, tol)
 
@@ -580,10 +329,10 @@ def normalize_rewards(rewards, beta: float, *, mask=None, log_importance=None) -
     results whose present log-ratios would exceed ``MAX_NATS`` (what
     :func:`solve_weights` accepts), so its output is always solvable.
     """
-    if not _is_real(beta) or not math.isfinite(beta) or beta <= 0:
+    if not is_real(beta) or not math.isfinite(beta) or beta <= 0:
         raise ValueError(f"beta must be a finite number > 0 (the KL strength the policies were aligned with), got {beta!r}.")
     beta = float(beta)
-    table = _build_table(rewards, mask, log_importance, name="rewards", bounded=False)
+    table = build_table(rewards, mask, log_importance, name="rewards", bounded=False)
     present = np.isfinite(table.base)
     # |r| ≤ MAX_NATS·β, compared without dividing (r/β could overflow to inf).
     too_big = (np.abs(table.L) > MAX_NATS * beta) & present[..., None]
@@ -598,7 +347,7 @@ def normalize_rewards(rewards, beta: float, *, mask=None, log_importance=None) -
     top = a.max(axis=1, keepdims=True)
     log_z = top + np.log(np.exp(a - top).sum(axis=1, keepdims=True))
     out = scaled - log_z
-    _check_magnitude("normalised log-ratios", out, present, fix="their spread within a prompt comes from "
+    check_magnitude("normalised log-ratios", out, present, fix="their spread within a prompt comes from "
                      "rewards/beta (and log_importance); use a larger beta or check the rewards' scale")
     out[~present] = np.nan
     return out

@@ -277,9 +277,3 @@ class ScoreCache:
                 continue
             parts.append(table.filter(pc.is_in(table.column("prompt_id"), pa.array(hit_ids))).replace_schema_metadata(None))
         return (pa.concat_tables(parts) if parts else None), taken
-
-    def add(self, name: str, table: pa.Table) -> str:
-        self.store.claim()
-        uri = storage.join(self.uri, name)
-        storage.write_parquet(uri, table)
-        return uri

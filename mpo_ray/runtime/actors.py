@@ -26,6 +26,7 @@ one line at the CLI, not as Ray's wrapping of the worker's traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import re
@@ -38,7 +39,7 @@ import ray
 
 from mpo_ray.config import Config, PolicySpec, ResourcesConfig, RewardSpec
 from mpo_ray.core.errors import UserError
-from mpo_ray.runtime.resources import plan_resources
+from mpo_ray.runtime.resources import Placement, plan_resources
 
 # The sampler label (score table's `sampler`, worker group, actor name) of the token-level mixture at a solved λ;
 # not a valid model name (config.schema.Name), so it cannot collide with the reference or a policy.
@@ -145,19 +146,19 @@ class RewardActor:
 class ModelGroup:
     """The replicas of one model; rows of a call are split evenly over them."""
 
-    def __init__(self, name: str, actor_cls, payload, plan: dict, resources: ResourcesConfig, run_id: str = ""):
+    def __init__(self, name: str, actor_cls, payload, plan: Placement, resources: ResourcesConfig, run_id: str = ""):
         self.name = name
-        self.options = {"num_gpus": plan["num_gpus"], "num_cpus": plan["num_cpus"]}
+        self.options = {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
         self.actors = [
             actor_cls.options(
                 name=f"mpo-{run_id}-{name}-{i}" if run_id else None,  # findable by operators (and fault tests)
-                num_gpus=plan["num_gpus"],
-                num_cpus=plan["num_cpus"],
+                num_gpus=plan.num_gpus,
+                num_cpus=plan.num_cpus,
                 max_restarts=resources.max_restarts,
                 max_task_retries=resources.max_task_retries,
                 scheduling_strategy="SPREAD",  # spread the K models over nodes
-            ).remote(payload, plan["num_cpus"])
-            for i in range(plan["replicas"])
+            ).remote(payload, plan.num_cpus)
+            for i in range(plan.replicas)
         ]
 
     def submit(self, method: str, *columns, **constants) -> list:
@@ -278,7 +279,7 @@ def start_groups(config: Config, *, rewards: bool = True,
     groups = {s.name: ModelGroup(s.name, PolicyActor, s, plan, config.resources, run_id) for s in specs}
     if mixture:
         groups[MIXTURE_SAMPLER] = ModelGroup(MIXTURE_SAMPLER, MixtureActor, list(config.policies), plan, config.resources, run_id)
-    reward_groups = {r.name: ModelGroup(r.name, RewardActor, r, {**plan, "num_gpus": 0.0 if r.function else plan["num_gpus"]},
+    reward_groups = {r.name: ModelGroup(r.name, RewardActor, r, dataclasses.replace(plan, num_gpus=0.0) if r.function else plan,
                                         config.resources, run_id) for r in reward_specs}
     return groups, reward_groups
 
@@ -316,9 +317,9 @@ def start_generator(config: Config, specs: list) -> Generator:
     from mpo_ray.runtime.resources import plan_replicas
 
     plan = plan_replicas(config.generate.model_copy(update={"concurrency": 1}))
-    if not plan["num_gpus"] and config.generate.cpus_per_replica is None:
+    if not plan.num_gpus and config.generate.cpus_per_replica is None:
         # no Ray Data tasks to leave a core for: the one actor gets every CPU (25-40% faster on 2 cores, measured)
         cpus = ray.cluster_resources().get("CPU", 1.0)
-        plan = {**plan, "num_cpus": cpus, "threads": max(1, int(cpus))}
-    handle = GeneratorActor.options(num_gpus=plan["num_gpus"], num_cpus=plan["num_cpus"]).remote(specs, plan["threads"])
+        plan = dataclasses.replace(plan, num_cpus=cpus, threads=max(1, int(cpus)))
+    handle = GeneratorActor.options(num_gpus=plan.num_gpus, num_cpus=plan.num_cpus).remote(specs, plan.threads)
     return Generator(handle)

@@ -8,12 +8,16 @@ where they meet Ray Data.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
 from mpo_ray.io.schemas import GENERATION_SCHEMA
+
+if TYPE_CHECKING:  # resources imports ray, which this module loads only when it runs
+    from mpo_ray.runtime.resources import Placement
 
 
 def arrow_path(uri: str):
@@ -140,9 +144,9 @@ def map_rows(ds, fn, *, fn_kwargs: dict, batch_size: int):
         target_num_rows_per_block=batch_size)
 
 
-def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: dict, *, batch_size: int, staging: str,
+def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: Placement, *, batch_size: int, staging: str,
                      rows_per_file: int) -> None:
-    """Rows → ``worker_cls`` replicas (``plan``: concurrency, num_gpus, num_cpus) → Parquet files under ``staging``."""
+    """Rows → ``worker_cls`` replicas (``plan``) → Parquet files under ``staging``."""
     import ray.data
 
     from mpo_ray.runtime.actors import user_errors
@@ -150,7 +154,7 @@ def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: dict, *, batch_s
 
     rows = ds.map_batches(
         worker_cls, batch_format="pyarrow", batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=plan["concurrency"]), num_gpus=plan["num_gpus"], num_cpus=plan["num_cpus"],
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas), num_gpus=plan.num_gpus, num_cpus=plan.num_cpus,
         fn_constructor_kwargs=worker_kwargs,
     )
     path, fs = arrow_path(staging)

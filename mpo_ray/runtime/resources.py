@@ -8,6 +8,7 @@ two-core machine as well as a GPU cluster.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import ray
@@ -16,7 +17,28 @@ from mpo_ray.config import ResourcesConfig
 from mpo_ray.core.errors import UserError
 
 
-def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """One plan for both kinds of actor group: ``replicas`` of an actor, each asking for ``num_gpus`` and
+    ``num_cpus`` and running torch on ``threads`` threads."""
+
+    replicas: int
+    num_gpus: float
+    num_cpus: float
+    threads: int
+
+    def __getitem__(self, key: str):
+        """Transitional: callers that still index the old dict plans (workflows/generate.py) read the same fields;
+        "concurrency" is generate's word for ``replicas``."""
+        return self.replicas if key == "concurrency" else getattr(self, key)
+
+
+def _threads(num_cpus: float) -> int:
+    """Torch threads = CPUs reserved: more oversubscribe the cores."""
+    return max(1, int(num_cpus))
+
+
+def plan_resources(resources: ResourcesConfig, num_models: int) -> Placement:
     """Per-actor resources and replicas per model, from the config and what the cluster has.
 
     With GPUs: one GPU per actor, and spare GPUs become replicas. Without:
@@ -34,7 +56,7 @@ def plan_resources(resources: ResourcesConfig, num_models: int) -> dict:
     num_cpus = min(resources.cpus_per_model, _cpu_share(node_cpus, replicas * num_models))
     if num_gpus > gpus:
         raise UserError(f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
-    return {"num_gpus": num_gpus, "num_cpus": num_cpus, "replicas": replicas}
+    return Placement(replicas, num_gpus, num_cpus, _threads(num_cpus))
 
 
 def _cpu_share(node_cpus: list[float], actors: int) -> float:
@@ -46,7 +68,7 @@ def _cpu_share(node_cpus: list[float], actors: int) -> float:
     return 0.01
 
 
-def plan_replicas(g) -> dict:
+def plan_replicas(g) -> Placement:
     """Replicas and their resources. GPUs: `gpus_per_replica` each (default 1; K puts each policy on
     its own GPU), one replica per group. CPU only: the CPUs less one (kept for Ray Data's read and
     write tasks), shared by the replicas. Torch threads = CPUs reserved: more oversubscribe the
@@ -63,4 +85,4 @@ def plan_replicas(g) -> dict:
         num_cpus = 1.0  # the GPU does the work; one core feeds it
     else:
         num_cpus = max(0.01, math.floor(100 * max(cpus - 1, cpus / 2) / concurrency) / 100)
-    return {"concurrency": concurrency, "num_gpus": num_gpus, "num_cpus": num_cpus, "threads": max(1, int(num_cpus))}
+    return Placement(concurrency, num_gpus, num_cpus, _threads(num_cpus))

@@ -30,19 +30,17 @@ from mpo_ray.core.errors import UserError
 from mpo_ray.core.gate import evaluate_feedback, gate_checks
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
-from mpo_ray.io.corpus import read_prompts
 from mpo_ray.io.feedback import Feedback, read_feedback
 from mpo_ray.io.provenance import digest
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
-from mpo_ray.models.preflight import check_models, check_prompt_lengths
-from mpo_ray.runtime.actors import gather_arrays
-from mpo_ray.workflows.pipeline import Batch, plan_batches, run_pipeline, score_fingerprint
+from mpo_ray.runtime.groups import ModelGroups
+from mpo_ray.workflows.pipeline import Batch, ScoringInputs, plan_batches, prepare_scoring, run_pipeline
 from mpo_ray.workflows.reports import night_report
-from mpo_ray.workflows.solve import build_artifact, ci_width, solve_scores, uncertainty
+from mpo_ray.workflows.solve import build_artifact, ci_width, solve, solve_scores
 
 log = logging.getLogger(__name__)
 
-EXIT_PROMOTED, EXIT_USER_ERROR, EXIT_KEPT, EXIT_CONFLICT = 0, 2, 3, 4
+EXIT_PROMOTED, EXIT_KEPT, EXIT_CONFLICT = 0, 3, 4  # bad input (2) is the CLI's, for every workflow
 __all__ = ["run_night", "plan_night", "gate_checks", "evaluate_feedback", "NightResult", "StoreConflict"]
 
 
@@ -51,10 +49,7 @@ class NightPlan:
     config: Config
     night: str
     store: WeightsStore
-    prompts_uri: str
-    ids: list[str]
-    prompts: list[str]
-    fingerprint: str  # of the score rows: models, sampling, seed, reward sources
+    scoring: ScoringInputs  # tonight's prompts and the fingerprint of their rows (models, sampling, seed, rewards)
     feedback: Feedback | None
     inputs: dict  # everything tonight's weights depend on; a rerun must match it
 
@@ -93,9 +88,7 @@ def plan_night(config: Config) -> NightPlan:
         raise UserError(f"night id {night!r} must be a date such as 2025-06-01 (letters, digits, '.', '_', '-'); it names the version.")
     feedback_uri = (nc.feedback or "").replace("{night}", night) or None
     fb = read_feedback(feedback_uri, config.policy_names) if feedback_uri else None
-    prompts_uri = nc.prompts.replace("{night}", night)
-    ids, prompts = read_prompts(prompts_uri, prompt_column=nc.prompt_column, id_column=nc.id_column, limit=nc.max_prompts)
-    check_prompt_lengths(check_models(config), ids, prompts, nc.sampling.max_new_tokens, prompts_uri)
+    scoring = prepare_scoring(config, nc, nc.prompts.replace("{night}", night))
     st = WeightsStore(nc.store)
     st.check_ours()
     storage.check_writable(st.uri)
@@ -103,11 +96,10 @@ def plan_night(config: Config) -> NightPlan:
     if latest is not None and sorted(latest.policies) != sorted(config.policy_names):
         raise UserError(f"weights store {st.uri!r} holds weights for policies {latest.policies}, but "
                         f"{config.source} has {config.policy_names}; a new mixture needs a new `nightly.store`.")
-    fingerprint = score_fingerprint(config, nc.sampling, nc.seed)
-    inputs = {"prompts": digest([ids, prompts]), "num_prompts": len(ids), "feedback": fb.digest if fb else None,
-              "score_table": fingerprint, "estimate": nc.estimate,
+    inputs = {"prompts": digest([scoring.ids, scoring.prompts]), "num_prompts": len(scoring.ids),
+              "feedback": fb.digest if fb else None, "score_table": scoring.fingerprint, "estimate": nc.estimate,
               "solver": nc.solver.model_dump(), "gate": nc.gate.model_dump()}
-    return NightPlan(config, night, st, prompts_uri, ids, prompts, fingerprint, fb, inputs)
+    return NightPlan(config, night, st, scoring, fb, inputs)
 
 
 # --------------------------------------------------------------------------- #
@@ -130,44 +122,28 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     old = np.array(st.read_version(base).weights_for(names, config.source)) if base is not None else None
 
     st.claim()
-    cache = ScoreCache(st, plan.fingerprint)
-    t0 = time.perf_counter()
-    cached, hits = cache.lookup(plan.ids, plan.prompts)
-    lookup_s = time.perf_counter() - t0
-    todo = [(i, p) for i, p in zip(plan.ids, plan.prompts) if i not in hits]
-    log.info("nightly %s: %d prompts (%d already scored, %d new), %d feedback pairs", plan.night, len(plan.ids), len(hits),
-             len(todo), len(plan.feedback) if plan.feedback else 0)
-    batches = [Batch(cache.uri, sorted(hits), [], rows=cached)] if cached is not None else []
-    if todo:
-        todo_ids, todo_prompts = map(list, zip(*todo))
-        batches += plan_batches(cache.uri, todo_ids, todo_prompts, nc.batch_prompts, plan.fingerprint, prefix=f"part-{plan.night}")
-    score_feedback = (lambda groups: _score_feedback(config, groups, plan.feedback)) if plan.feedback else None
-    run = run_pipeline(config, batches, sampling=nc.sampling, seed=nc.seed, rewards=True,
-                       metadata={"fingerprint": plan.fingerprint, "night": plan.night},
-                       with_models=score_feedback, progress=progress)
+    batches, cached, lookup_s = _batches(plan)
+    with ModelGroups(config, mixture=nc.sampling.proposal == "geometric", progress=progress) as models:
+        run = run_pipeline(models, nc, batches, metadata={"fingerprint": plan.scoring.fingerprint, "night": plan.night},
+                           progress=progress)
+        margins = _score_feedback(models, plan.feedback) if plan.feedback else None
     run.timings.io += lookup_s
 
-    t0 = time.perf_counter()
-    arrays, estimates = solve_scores(config, run.table, nc.solver, seed=nc.seed, init=None if old is None else old / old.sum())
-    cold = solve_scores(config, run.table, nc.solver, seed=nc.seed)[1][nc.estimate] if old is not None else estimates[nc.estimate]
-    chosen = estimates[nc.estimate]
-    margins = run.extra
-    evaluation = evaluate_feedback(margins, plan.feedback.groups, names, chosen.weights, old) if plan.feedback else None
-    spread = uncertainty(config, arrays, nc.estimate, resamples=nc.bootstrap_resamples, seed=nc.seed)
-    run.timings.solver += time.perf_counter() - t0
+    with run.timings.stage("solver"):
+        solution = solve(config, run.table, nc, init=None if old is None else old / old.sum())
+        chosen = solution.chosen
+        cold = solve_scores(config, run.table, nc)[1][nc.estimate] if old is not None else chosen
+        evaluation = evaluate_feedback(margins, plan.feedback.groups, names, chosen.weights, old) if plan.feedback else None
     checks = gate_checks(nc.gate, chosen.weights, chosen.gap, float(np.median(chosen.ess)), old, evaluation,
-                         ci_width=ci_width(spread))
+                         ci_width=ci_width(solution.spread))
+    fb = plan.feedback
     artifact = build_artifact(
-        config, version=plan.night, estimate=nc.estimate, estimates=estimates, sampling=nc.sampling, solver=nc.solver,
-        seed=nc.seed, min_median_ess=nc.gate.min_median_ess, spread=spread,
-        score_table={"uri": cache.uri, "rows": run.table.num_rows, "prompts": len(plan.ids), "reused_prompts": len(hits),
-                     "scored_prompts": len(todo), "fingerprint": plan.fingerprint},
-        timings=run.timings.as_dict(), placement=run.placement,
-        created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        config, nc, solution, run, version=plan.night,
+        score_table={**cached, "rows": run.table.num_rows, "prompts": len(plan.scoring.ids),
+                     "fingerprint": plan.scoring.fingerprint},
         nightly={
             "night": plan.night, "store": st.uri, "previous": base, "previous_weights": None if old is None else old.tolist(),
-            "prompts_uri": plan.prompts_uri, "feedback_uri": plan.feedback.uri if plan.feedback else None,
-            "inputs": plan.inputs,
+            "prompts_uri": plan.scoring.prompts_uri, "feedback_uri": fb.uri if fb else None, "inputs": plan.inputs,
             "warm_start": {"from": base, "iterations": chosen.iterations, "cold_iterations": cold.iterations,
                            "initial_gap": float(chosen.history.gap[0]), "cold_initial_gap": float(cold.history.gap[0])},
             "feedback": evaluation,
@@ -206,19 +182,36 @@ def _replay(plan: NightPlan, artifact: WeightsArtifact) -> NightResult:
                        recovered=recovered == plan.night)
 
 
-def _score_feedback(config: Config, groups: dict, fb: Feedback) -> np.ndarray:
+def _batches(plan: NightPlan) -> tuple[list[Batch], dict, float]:
+    """Tonight's batches: one of the rows the store's score cache holds, then the new prompts'; where the cache
+    is and how many prompts it served; and how long the lookup took."""
+    scoring, nc = plan.scoring, plan.config.nightly
+    cache = ScoreCache(plan.store, scoring.fingerprint)
+    t0 = time.perf_counter()
+    cached, hits = cache.lookup(scoring.ids, scoring.prompts)
+    lookup_s = time.perf_counter() - t0
+    todo = [(i, p) for i, p in zip(scoring.ids, scoring.prompts) if i not in hits]
+    log.info("nightly %s: %d prompts (%d already scored, %d new), %d feedback pairs", plan.night, len(scoring.ids),
+             len(hits), len(todo), len(plan.feedback) if plan.feedback else 0)
+    batches = [Batch(cache.uri, sorted(hits), [], rows=cached)] if cached is not None else []
+    if todo:
+        todo_ids, todo_prompts = map(list, zip(*todo))
+        batches += plan_batches(cache.uri, todo_ids, todo_prompts, nc.batch_prompts, scoring.fingerprint,
+                                prefix=f"part-{plan.night}")
+    return batches, {"uri": cache.uri, "reused_prompts": len(hits), "scored_prompts": len(todo)}, lookup_s
+
+
+def _score_feedback(models: ModelGroups, fb: Feedback) -> np.ndarray:
     """``margins[n, k] = ℓ_k(x, chosen) − ℓ_k(x, rejected)``: responses tokenized by the (shared) reference tokenizer, EOS-terminated."""
     from transformers import AutoTokenizer
 
     from mpo_ray.models.policies import resolve_model
 
-    ref = config.reference
+    config, ref = models.config, models.config.reference
     tok = AutoTokenizer.from_pretrained(resolve_model(ref.model), revision=ref.revision, trust_remote_code=ref.trust_remote_code)
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     token_ids = [ids + eos for ids in tok(fb.chosen + fb.rejected, add_special_tokens=False)["input_ids"]]
-    models = [ref.name, *config.policy_names]
-    refs = {n: groups[n].submit("score", fb.prompts * 2, token_ids) for n in models}
-    logp = {n: gather_arrays(r) for n, r in refs.items()}
+    logp = models.log_probs(fb.prompts * 2, token_ids)
     ell = np.stack([logp[p] - logp[ref.name] for p in config.policy_names], axis=1)
     return ell[: len(fb)] - ell[len(fb) :]
 

@@ -8,10 +8,11 @@
         one streaming-BSMD step per prompt (the paper's way), when asked
     → the score table (docs/design.md §4), timings and where the actors ran
 
-`reweight` and `nightly` both run it; they differ only in where batches live
-(a run's scores/ directory, or the store's score cache) and what they do with
-the table. Seeds derive from (seed, prompt id, sample index), never from order,
-so a resumed run reproduces the rows it lost.
+`reweight` and `nightly` both check their inputs with `prepare_scoring` and run
+it inside one `ModelGroups`; they differ only in where batches live (a run's
+scores/ directory, or the store's score cache) and what they do with the table.
+Seeds derive from (seed, prompt id, sample index), never from order, so a
+resumed run reproduces the rows it lost.
 """
 
 from __future__ import annotations
@@ -22,22 +23,24 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from mpo_ray import __version__
-from mpo_ray.config import Config, SamplingConfig
+from mpo_ray.config import Config, SamplingConfig, ScoringSection
 from mpo_ray.core.estimator import log_mixture, proposal_counts, score_arrays
 from mpo_ray.core.seeds import derive_seed
-from mpo_ray.core.solver import StreamingBSMD, solve_weights
+from mpo_ray.core.solver import solve_weights
+from mpo_ray.core.streaming import StreamingBSMD
 from mpo_ray.io import storage
+from mpo_ray.io.corpus import read_prompts
 from mpo_ray.io.provenance import digest, model_identity
 from mpo_ray.io.schemas import score_table_schema
 from mpo_ray.models.policies import local_files
-from mpo_ray.runtime.actors import MIXTURE_SAMPLER, gather_arrays, gather_samples, start_groups
-from mpo_ray.runtime.session import ray_session
+from mpo_ray.models.preflight import check_models, check_prompt_lengths
+from mpo_ray.runtime.actors import MIXTURE_SAMPLER, gather_arrays, gather_samples
+from mpo_ray.runtime.groups import ModelGroups
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,15 @@ class Timings:
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) for k, v in dataclasses.asdict(self).items()}
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Add the time the block takes to stage ``name`` (sampling, scoring, solver, io)."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            setattr(self, name, getattr(self, name) + time.perf_counter() - t0)
 
 
 @dataclasses.dataclass
@@ -69,8 +81,28 @@ class Batch:
 class ScoreRun:
     table: pa.Table
     timings: Timings
-    placement: dict
-    extra: object = None  # what ``with_models`` returned
+    placement: dict  # group name → where each replica ran (empty when every row was stored)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringInputs:
+    """A scoring run's checked prompts, and the fingerprint of everything else its rows depend on."""
+
+    prompts_uri: str
+    ids: list[str]
+    prompts: list[str]
+    fingerprint: str
+
+
+def prepare_scoring(config: Config, section: ScoringSection, prompts_uri: str | None = None) -> ScoringInputs:
+    """What `reweight` and `nightly` check before any actor starts: read the prompts (from ``prompts_uri``, default
+    the section's), load every tokenizer and check models, adapters, reward functions and prompt lengths, and
+    fingerprint the rows. UserError on anything wrong."""
+    uri = prompts_uri or section.prompts
+    ids, prompts = read_prompts(uri, prompt_column=section.prompt_column, id_column=section.id_column,
+                                limit=section.max_prompts)
+    check_prompt_lengths(check_models(config), ids, prompts, section.sampling.max_new_tokens, uri)
+    return ScoringInputs(uri, ids, prompts, score_fingerprint(config, section.sampling, section.seed))
 
 
 def model_identities(config: Config) -> list[dict]:
@@ -108,13 +140,10 @@ def _batch_rows(b: Batch) -> pa.Table:
     return rows
 
 
-def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConfig, seed: int, metadata: dict,
-                 rewards: bool = True, stream: StreamingBSMD | None = None,
-                 with_models: Callable[[dict], object] | None = None, progress: bool = True) -> ScoreRun:
-    """Score every batch not yet scored; returns the whole table (batches in order, cast to one schema).
-
-    ``with_models(groups)``, when given, runs once more on the started worker groups (nightly scores its
-    feedback pairs there), even when every batch was already scored.
+def run_pipeline(models: ModelGroups, section: ScoringSection, batches: list[Batch], *, metadata: dict,
+                 stream: StreamingBSMD | None = None, progress: bool = True) -> ScoreRun:
+    """Score every batch not yet scored with ``models`` (started only if a batch needs them); returns the whole
+    table (batches in order, cast to one schema).
 
     With the `geometric` proposal the batches are rounds: batch b samples the token-level mixture at the λ
     solved on batches < b (`proposal_weights`), so a resumed run, which reads those batches back, draws at the
@@ -122,78 +151,53 @@ def run_pipeline(config: Config, batches: list[Batch], *, sampling: SamplingConf
     """
     from tqdm.auto import tqdm
 
-    schema = score_table_schema(config.policy_names, [r.name for r in config.rewards] if rewards else [])
-    timings, placement, tables, extra = Timings(), {}, [], None
+    config, sampling = models.config, section.sampling
+    schema = score_table_schema(config.policy_names, [r.name for r in config.rewards])
+    timings, tables = Timings(), []
     geometric = sampling.proposal == "geometric"
-    t0 = time.perf_counter()
-    for b in batches:  # stored rows are reused only if they read back exactly as written
-        if b.rows is None and b.stored:
-            try:
-                b.rows = _batch_rows(b)
-            except storage.CorruptFile as exc:
-                log.warning("%s Scoring that batch again.", exc)
-                b.stored = False
-    timings.io += time.perf_counter() - t0
-    todo = [b for b in batches if b.rows is None]
-    with contextlib.ExitStack() as stack:
-        groups, reward_groups = {}, {}
-
-        def start(scoring: bool) -> None:
-            """Start the worker groups on first need (a stored batch found stale may need them late)."""
-            if groups:
-                return
-            stack.enter_context(ray_session(log_to_driver=progress))
-            stack.callback(lambda: [g.kill() for g in {**groups, **reward_groups}.values()])
-            t0 = time.perf_counter()
-            started, started_rewards = start_groups(config, rewards=rewards and scoring, mixture=geometric and scoring)
-            groups.update(started)
-            reward_groups.update(started_rewards)
-            placement.update({n: g.info(config.resources.startup_timeout_s) for n, g in {**groups, **reward_groups}.items()})
-            timings.startup = time.perf_counter() - t0
-
-        if todo:
-            start(scoring=True)
-        bar = tqdm(batches, desc="score", unit="batch", disable=not progress or not batches)
-        for b in bar:
-            weights = None
-            if geometric and tables:
-                t0 = time.perf_counter()
+    with timings.stage("io"):
+        for b in batches:  # stored rows are reused only if they read back exactly as written
+            if b.rows is None and b.stored:
+                try:
+                    b.rows = _batch_rows(b)
+                except storage.CorruptFile as exc:
+                    log.warning("%s Scoring that batch again.", exc)
+                    b.stored = False
+    if any(b.rows is None for b in batches):
+        models.start()
+    bar = tqdm(batches, desc="score", unit="batch", disable=not progress or not batches)
+    for b in bar:
+        weights = None
+        if geometric and tables:
+            with timings.stage("solver"):
                 weights = proposal_weights(pa.concat_tables(tables), config.policy_names)
-                timings.solver += time.perf_counter() - t0
-            if geometric and b.stored and b.rows is not None and not _drawn_at(b.rows, weights):
-                log.warning("%s was drawn at another λ than the batches before it now solve to (%s); drawing it again.",
-                            b.uri, weights)
-                b.rows, b.stored = None, False
-            if b.rows is not None:
-                table = b.rows
-            else:
-                start(scoring=True)
-                table = _score_batch(config, groups, reward_groups, b, sampling, seed, schema, timings, weights)
-                t0 = time.perf_counter()
-                meta = {**metadata, "version": __version__, "batch": b.uri.rsplit("/", 1)[-1]}
-                if geometric:
-                    meta["geometric_weights"] = weights
+        if geometric and b.stored and b.rows is not None and not _drawn_at(b.rows, weights):
+            log.warning("%s was drawn at another λ than the batches before it now solve to (%s); drawing it again.",
+                        b.uri, weights)
+            b.rows, b.stored = None, False
+        table = b.rows
+        if table is None:
+            table = _score_batch(models.start(), b, sampling, section.seed, schema, timings, weights)
+            meta = {**metadata, "version": __version__, "batch": b.uri.rsplit("/", 1)[-1]}
+            if geometric:
+                meta["geometric_weights"] = weights
+            with timings.stage("io"):
                 storage.write_parquet(b.uri, table.replace_schema_metadata({"mpo_ray": json.dumps(meta)}))
-                timings.io += time.perf_counter() - t0
-            tables.append(table.replace_schema_metadata(None).cast(schema))
-            if stream is not None:
-                t0 = time.perf_counter()
+        tables.append(table.replace_schema_metadata(None).cast(schema))
+        if stream is not None:
+            with timings.stage("solver"):
                 arrays = score_arrays(table, config.policy_names)
-                stream.update(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"])
-                timings.solver += time.perf_counter() - t0
-                bar.set_postfix_str(f"λ={np.round(stream.average, 3).tolist()}")
-        if with_models is not None:
-            start(scoring=bool(todo))
-            extra = with_models(groups)
-    table = pa.concat_tables(tables) if tables else schema.empty_table()
-    return ScoreRun(table, timings, placement, extra)
+                stream.update(arrays.log_ratios, mask=arrays.mask, log_importance=arrays.log_importance)
+            bar.set_postfix_str(f"λ={np.round(stream.average, 3).tolist()}")
+    timings.startup = models.startup_s
+    return ScoreRun(pa.concat_tables(tables) if tables else schema.empty_table(), timings, models.placement)
 
 
 def proposal_weights(table: pa.Table, policy_names: list[str]) -> list[float]:
     """The λ the `geometric` proposal samples next: the full solve of the implicit estimate over ``table``
     (deterministic, so rows read back give the λ they were drawn with)."""
     arrays = score_arrays(table, policy_names)
-    return solve_weights(arrays["log_ratios"], mask=arrays["mask"], log_importance=arrays["log_importance"]).weights.tolist()
+    return solve_weights(arrays.log_ratios, mask=arrays.mask, log_importance=arrays.log_importance).weights.tolist()
 
 
 def _drawn_at(rows: pa.Table, weights: list[float] | None) -> bool:
@@ -205,20 +209,19 @@ def _drawn_at(rows: pa.Table, weights: list[float] | None) -> bool:
     return len(drawn) == len(weights) and np.allclose(drawn, weights, rtol=0.0, atol=1e-6)
 
 
-def _score_batch(config: Config, groups: dict, reward_groups: dict, batch: Batch, sampling: SamplingConfig, seed: int,
-                 schema: pa.Schema, timings: Timings, weights: list[float] | None = None) -> pa.Table:
+def _score_batch(models: ModelGroups, batch: Batch, sampling: SamplingConfig, seed: int, schema: pa.Schema,
+                 timings: Timings, weights: list[float] | None = None) -> pa.Table:
     """Sample, then score with every model and reward source; rows prompt-major, samples in order."""
-    rows, parts = _sample(config, groups, batch, sampling, seed, timings, weights)
-    t0 = time.perf_counter()
-    models = [config.reference.name, *config.policy_names]
-    model_refs = {n: groups[n].submit("score", rows["prompt"], rows["response_token_ids"]) for n in models}
-    if weights is not None:  # the mixture at λ: its log-prob of every row, for the balance heuristic
-        model_refs[MIXTURE_SAMPLER] = groups[MIXTURE_SAMPLER].submit("score", rows["prompt"], rows["response_token_ids"],
-                                                                     weights=weights)
-    reward_refs = {n: g.submit("score", rows["prompt"], rows["response"]) for n, g in reward_groups.items()}
-    logp = {n: gather_arrays(r) for n, r in model_refs.items()}
-    reward = {n: gather_arrays(r) for n, r in reward_refs.items()}
-    timings.scoring += time.perf_counter() - t0
+    config = models.config
+    rows, parts = _sample(models, batch, sampling, seed, timings, weights)
+    with timings.stage("scoring"):  # everything in flight at once: rewards, the mixture, then each model's log-probs
+        reward_refs = {n: g.submit("score", rows["prompt"], rows["response"]) for n, g in models.rewards.items()}
+        mixture_ref = None if weights is None else models.models[MIXTURE_SAMPLER].submit(
+            "score", rows["prompt"], rows["response_token_ids"], weights=weights)  # π̃_λ of every row: balance heuristic
+        logp = models.log_probs(rows["prompt"], rows["response_token_ids"])
+        if mixture_ref is not None:
+            logp[MIXTURE_SAMPLER] = gather_arrays(mixture_ref)
+        reward = {n: gather_arrays(r) for n, r in reward_refs.items()}
 
     if sampling.proposal in ("mixture", "geometric"):
         logq = log_mixture(np.stack([logp[n] for n, _ in parts], axis=1), [c for _, c in parts])
@@ -238,11 +241,11 @@ def _score_batch(config: Config, groups: dict, reward_groups: dict, batch: Batch
     return pa.table(columns, schema=schema).take(pa.array(order))
 
 
-def _sample(config: Config, groups: dict, batch: Batch, sampling: SamplingConfig, seed: int, timings: Timings,
+def _sample(models: ModelGroups, batch: Batch, sampling: SamplingConfig, seed: int, timings: Timings,
             weights: list[float] | None = None):
     """m responses per prompt, split over the samplers: π_ref; and each policy (mixture proposal); and, given
     ``weights``, the token-level mixture at them (geometric proposal). Returns the rows and (sampler, count) pairs."""
-    m = sampling.samples_per_prompt
+    config, m = models.config, sampling.samples_per_prompt
     if sampling.proposal == "reference":
         parts = [(config.reference.name, m)]
     else:
@@ -255,19 +258,18 @@ def _sample(config: Config, groups: dict, batch: Batch, sampling: SamplingConfig
         r_prompts = [p for p in batch.prompts for _ in range(n)]
         seeds = [derive_seed(seed, pid, j) for pid, j in zip(r_ids, r_idx)]
         at = {"weights": weights} if name == MIXTURE_SAMPLER else {}
-        refs.append((name, r_ids, r_idx, r_prompts, groups[name].submit("sample", r_prompts, seeds, params=sampling.params(), **at)))
+        refs.append((name, r_ids, r_idx, r_prompts, models.models[name].submit("sample", r_prompts, seeds, params=sampling.params(), **at)))
         offset += n
-    t0 = time.perf_counter()
-    for name, r_ids, r_idx, r_prompts, part_refs in refs:
-        out = gather_samples(part_refs)
-        rows["prompt_id"] += r_ids
-        rows["sample_idx"] += r_idx
-        rows["prompt"] += r_prompts
-        rows["sampler"] += [name] * len(r_ids)
-        rows["response_token_ids"] += out["token_ids"]
-        rows["response"] += out["text"]
-        rows["sampler_logq"] += list(out["logp_proposal"])
-    timings.sampling += time.perf_counter() - t0
+    with timings.stage("sampling"):
+        for name, r_ids, r_idx, r_prompts, part_refs in refs:
+            out = gather_samples(part_refs)
+            rows["prompt_id"] += r_ids
+            rows["sample_idx"] += r_idx
+            rows["prompt"] += r_prompts
+            rows["sampler"] += [name] * len(r_ids)
+            rows["response_token_ids"] += out["token_ids"]
+            rows["response"] += out["text"]
+            rows["sampler_logq"] += list(out["logp_proposal"])
     return rows, parts
 
 

@@ -7,33 +7,58 @@ computed from, and how long each stage took.
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
+
 import numpy as np
 import pyarrow as pa
 
 from mpo_ray import __version__
-from mpo_ray.config import Config, SamplingConfig, SolverConfig
-from mpo_ray.core.estimator import bootstrap_weights, estimate_tables, score_arrays, solve_table
+from mpo_ray.config import Config, ScoringSection
+from mpo_ray.core.estimator import ScoreArrays, bootstrap_weights, estimate_tables, score_arrays, solve_table
 from mpo_ray.core.serving import serving
-from mpo_ray.core.solver import evaluate_weights
+from mpo_ray.core.solver import WeightsResult, evaluate_weights
 from mpo_ray.io.artifact import WeightsArtifact
-from mpo_ray.workflows.pipeline import model_identities, reward_columns_by_objective
+from mpo_ray.workflows.pipeline import ScoreRun, model_identities, reward_columns_by_objective
 
 
-def solve_scores(config: Config, table: pa.Table, solver: SolverConfig, *, seed: int, init=None) -> tuple[dict, dict]:
+@dataclasses.dataclass(frozen=True)
+class Solution:
+    """The solves of a score table: every estimate, the configured one (``chosen``) and how far to trust it."""
+
+    arrays: ScoreArrays
+    estimates: dict[str, WeightsResult]
+    estimate: str
+    spread: dict  # :func:`uncertainty`'s
+
+    @property
+    def chosen(self) -> WeightsResult:
+        return self.estimates[self.estimate]
+
+
+def solve_scores(config: Config, table: pa.Table, section: ScoringSection, *, init=None) -> tuple[ScoreArrays, dict]:
     """(arrays, estimates by name) for the whole table; the reward-normalised estimate when every policy has a reward."""
     arrays = score_arrays(table, config.policy_names, reward_columns_by_objective(config))
-    estimates = solve_table(arrays, beta=config.beta, method=solver.method, tol=solver.tol, steps=solver.steps,
-                            step_size=solver.step_size, batch_prompts=solver.batch_prompts, seed=seed, init=init)
+    s = section.solver
+    estimates = solve_table(arrays, beta=config.beta, method=s.method, tol=s.tol, steps=s.steps, step_size=s.step_size,
+                            batch_prompts=s.batch_prompts, seed=section.seed, init=init)
     return arrays, estimates
 
 
-def uncertainty(config: Config, arrays: dict, estimate: str, *, resamples: int, seed: int) -> dict:
+def solve(config: Config, table: pa.Table, section: ScoringSection, *, init=None) -> Solution:
+    """The section's solve of ``table`` (warm-started at ``init``), with λ's bootstrap interval and ESS at uniform λ."""
+    arrays, estimates = solve_scores(config, table, section, init=init)
+    spread = uncertainty(config, arrays, section.estimate, resamples=section.bootstrap_resamples, seed=section.seed)
+    return Solution(arrays, estimates, section.estimate, spread)
+
+
+def uncertainty(config: Config, arrays: ScoreArrays, estimate: str, *, resamples: int, seed: int) -> dict:
     """How far to trust λ̂: its 90% bootstrap interval over prompts, and the median ESS at uniform λ.
 
     The ESS at λ̂ alone can be fooled: it looks healthy exactly when λ̂ drifted to where the samples
     happen to be. The ESS at uniform λ does not depend on the estimate.
     """
-    L, mask, log_imp = estimate_tables(arrays, config.beta)[estimate], arrays["mask"], arrays["log_importance"]
+    L, mask, log_imp = estimate_tables(arrays, config.beta)[estimate], arrays.mask, arrays.log_importance
     k = L.shape[2]
     at_uniform = evaluate_weights(L, np.full(k, 1.0 / k), mask=mask, log_importance=log_imp).ess
     out = {"ess_median_at_uniform": float(np.median(at_uniform))}
@@ -51,19 +76,18 @@ def ci_width(spread) -> float | None:
     return max(hi - lo for lo, hi in ci.values()) if ci else None
 
 
-def build_artifact(config: Config, *, version: str, estimate: str, estimates: dict, sampling: SamplingConfig,
-                   solver: SolverConfig, seed: int, min_median_ess: float, score_table: dict, timings: dict,
-                   placement: dict, created_at: str, spread: dict, **extra) -> WeightsArtifact:
-    """The weights artifact of the ``estimate`` solve; ``spread`` is :func:`uncertainty`'s; ``extra`` keys
+def build_artifact(config: Config, section: ScoringSection, solution: Solution, run: ScoreRun, *, version: str,
+                   score_table: dict, created: datetime.datetime | None = None, **extra) -> WeightsArtifact:
+    """The weights artifact of the section's chosen solve, made at ``created`` (default: now); ``extra`` keys
     (e.g. ``streaming_bsmd``, ``nightly``) go last."""
-    chosen = estimates[estimate]
+    chosen, spread, sampling = solution.chosen, solution.spread, section.sampling
     names, ess, identities = config.policy_names, chosen.ess, model_identities(config)
     worst_ess = min(float(np.median(ess)), spread["ess_median_at_uniform"])
     interval = {k: spread[k] for k in ("weights_ci", "weights_ci_method") if k in spread}
     return WeightsArtifact.build(
         version=version, policies=names, weights=chosen.weights.tolist(), beta=config.beta,
-        estimate=estimate,
-        solver={**solver.model_dump(), "iterations": chosen.iterations, "converged": chosen.converged},
+        estimate=solution.estimate,
+        solver={**section.solver.model_dump(), "iterations": chosen.iterations, "converged": chosen.converged},
         certificate={"gap_nats": chosen.gap, "gap_reward_units": chosen.gap * config.beta},
         values=dict(zip(names, chosen.values.tolist())),
         dual=chosen.dual, maxmin_value=chosen.maxmin_value,
@@ -71,15 +95,16 @@ def build_artifact(config: Config, *, version: str, estimate: str, estimates: di
         **interval,
         ess={"min": float(ess.min()), "median": float(np.median(ess)), "mean": float(ess.mean()),
              "median_at_uniform": spread["ess_median_at_uniform"], "samples_per_prompt": sampling.samples_per_prompt,
-             "low": bool(worst_ess < min_median_ess)},
-        estimates={name: r.to_dict() for name, r in estimates.items()},
+             "low": bool(worst_ess < section.ess_floor)},
+        estimates={name: r.to_dict() for name, r in solution.estimates.items()},
         score_table=score_table,
         sampling=sampling.model_dump(),
         models={"reference": identities[0], "policies": identities[1:]},
         rewards=[r.model_dump() for r in config.rewards],
-        timings_s=timings, placement=placement, created_at=created_at, library_version=__version__, seed=seed,
+        timings_s=run.timings.as_dict(), placement=run.placement,
+        created_at=(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(), library_version=__version__,
+        seed=section.seed,
         serving={**serving(1), "note": "λ is solved for the sequence-level π_λ; generate.num_candidates = n > 1 "
                                         "serves nearer it (mpo-ray bench serving measures the gap)"},
         **extra,
     )
-
