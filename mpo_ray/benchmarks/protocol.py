@@ -24,7 +24,10 @@ an independent π_ref draw), the exact ΔJ of served MPO vs uniform and vs the b
 the paired test (share of replicas whose 95% interval lies above 0). Each share carries a Wilson 95% interval,
 each mean its standard error over replicas. With ``--candidates`` n > 1 the sets' log-probs are the exact
 resampling distribution's; a real decoder has no closed form for it (``sample_logprob`` is null after
-resampling), so J's KL term there needs another estimate.
+resampling) and the yardstick uses π_λ's log-prob at the served sample normalised by the candidates' mean weight
+(``target_logprob``), whose own bias (−0.015 nats at n = 4 in this world, at λ*) `bench serving` prints and this
+benchmark leaves out. The power inputs (exact ΔJ, per-prompt SD, the normal approximation's power beside the
+measured one) are what `mpo-ray demo` states its power from.
 """
 
 from __future__ import annotations

@@ -189,7 +189,7 @@ def _solver_paths(config, out: str):
 def run_demo(output: str | None = None, quick: bool = False, adapters: str | None = None, progress: bool = True,
              seed: int = 0, eval_prompts: int | None = None) -> dict:
     """Run the five steps; returns the summary also written to `output`/demo.json. ``eval_prompts`` evaluates on
-    more (or fewer) held-out prompts than the size's default: tighter intervals for more time."""
+    fewer (or, in --quick, more) held-out prompts than the size's default: wider or tighter intervals."""
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
     from mpo_ray.workflows.generate import generate
     from mpo_ray.workflows.reweight import reweight
@@ -213,7 +213,7 @@ def run_demo(output: str | None = None, quick: bool = False, adapters: str | Non
     soups = soup_specs(config, os.path.join(out, "soup"), {"soup": [1 / k] * k})
     _write_prompts(out, size)
     log.info("sizes: %d reweight prompts × %d samples of ≤ %d tokens; %d held-out prompts per set, ≤ %d tokens%s "
-             "(--eval-prompts N, up to %d, for tighter intervals)", size.reweight_prompts, size.samples_per_prompt,
+             "(--eval-prompts N changes it, 1 to %d)", size.reweight_prompts, size.samples_per_prompt,
              size.sample_tokens, size.eval_prompts, size.generate_tokens,
              f"; weight grid step {size.sweep_step}" if size.sweep_step else "", len(demo_prompts("eval")))
     log.info("serving: %s", serving_sentence())
