@@ -23,8 +23,12 @@ def test_the_shipped_adapters_and_corpus_are_there():
     training = json.loads((ADAPTER_DIR / "training.json").read_text())
     assert all(training["moved_as_intended"][o] for o in OBJECTIVES), training["held_out_means"]
     rows = demo_prompts()
-    assert len(rows) == 300 and len({r["prompt"] for r in rows}) == 300
+    assert len(rows) == 450 and len({r["prompt"] for r in rows}) == 450
     assert {r["split"] for r in rows} == {"train", "reweight", "eval"}
+    assert [len(demo_prompts(s)) for s in ("train", "reweight", "eval")] == [200, 50, 200]
+    # the held-out prompts added for --eval-prompts up to 200 are about topics no training prompt mentions
+    train = " ".join(r["prompt"].lower() for r in demo_prompts("train"))
+    assert not any(t in train for t in ("lighthouses", "glaciers", "origami", "submarines"))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -78,8 +78,9 @@ class TrainDemoConfig:
 
 
 def demo_prompts(split: str | None = None) -> list[dict]:
-    """The project's demo corpus: 300 prompts, split 'train' (200, for the adapters), 'reweight' (50)
-    and 'eval' (50, held out from both)."""
+    """The project's demo corpus: 450 prompts, split 'train' (200, for the adapters), 'reweight' (50)
+    and 'eval' (200, held out from both: the first 50 from the corpus the adapters were trained with, the
+    other 150, demo-0300 on, added for `--eval-prompts` up to 200, on topics no training prompt mentions)."""
     rows = [json.loads(line) for line in PROMPTS.read_text().splitlines() if line.strip()]
     return [r for r in rows if split is None or r["split"] == split]
 
