@@ -60,6 +60,19 @@ def artifact(version, weights, *, passed=True, previous=None, inputs=None):
 # --------------------------------------------------------------------------- #
 
 
+def test_the_nightly_record_is_a_typed_view_over_the_json_keys(tmp_path):
+    """`artifact.night` reads the keys a night writes; a reweight artifact has none, a partial record never passed."""
+    kept = artifact("2025-06-02", [0.5, 0.3, 0.2], passed=False, previous="2025-06-01", inputs={"prompts": "d"})
+    kept.write(str(tmp_path / "w.json"))
+    night = WeightsArtifact.read(str(tmp_path / "w.json")).night
+    assert (night.night, night.previous, night.passed, night.failed, night.inputs) == (
+        "2025-06-02", "2025-06-01", False, ["drift"], {"prompts": "d"})
+    assert kept["nightly"]["gate"]["passed"] is False  # the JSON keys stay as they were
+    assert WeightsArtifact.build(version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1).night is None
+    assert not WeightsArtifact.build(version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1,
+                                     nightly={"night": "v"}).night.passed
+
+
 def test_versions_are_written_once_and_latest_moves_by_compare_and_swap(store_uri):
     st = WeightsStore(store_uri)
     assert st.latest() is None and st.versions() == []

@@ -10,6 +10,7 @@ typed accessors for the fields every reader needs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -37,6 +38,24 @@ MAX_ABS_WEIGHT = 1e4
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class NightRecord:
+    """A nightly version's `nightly` section as its readers need it: the night, the `latest` it was gated
+    against, the gate's outcome and the inputs a rerun must match. Missing keys read as "not passed"."""
+
+    night: str | None
+    previous: str | None
+    passed: bool
+    failed: list[str]
+    inputs: dict
+
+    @classmethod
+    def of(cls, section: Mapping) -> NightRecord:
+        gate = section.get("gate") or {}
+        return cls(section.get("night"), section.get("previous"), bool(gate.get("passed")), list(gate.get("failed") or []),
+                   dict(section.get("inputs") or {}))
+
+
 class WeightsArtifact(Mapping):
     """A validated weights artifact (read-only). Build with :meth:`build`, read with :meth:`read`."""
 
@@ -57,6 +76,12 @@ class WeightsArtifact(Mapping):
     @property
     def weights(self) -> list[float]:
         return [float(w) for w in self._data["weights"]]
+
+    @property
+    def night(self) -> NightRecord | None:
+        """The nightly record (None for an artifact `reweight` wrote)."""
+        section = self._data.get("nightly")
+        return NightRecord.of(section) if isinstance(section, Mapping) else None
 
     def weights_for(self, names: list[str], where: str = "the config") -> list[float]:
         """λ in the order of ``names`` (matched by name); UserError when the artifact is for other policies."""

@@ -150,8 +150,9 @@ class WeightsStore:
                 if version is None:
                     break
                 continue
-            night = (self.read_version(candidate) or {}).get("nightly", {})
-            if night.get("gate", {}).get("passed") and night.get("previous") == now:
+            artifact = self.read_version(candidate)
+            night = artifact.night if artifact is not None else None
+            if night is not None and night.passed and night.previous == now:
                 return candidate
         return None
 

@@ -68,8 +68,8 @@ class NightResult:
         return EXIT_PROMOTED if self.passed else EXIT_KEPT
 
     def summary(self) -> str:
-        gate = self.artifact["nightly"]["gate"]
-        what = "promoted" if self.passed else f"kept {self.artifact['nightly']['previous']} (failed: {', '.join(gate['failed'])})"
+        night = self.artifact.night
+        what = "promoted" if self.passed else f"kept {night.previous} (failed: {', '.join(night.failed)})"
         again = " (already done: finished its interrupted promotion)" if self.recovered else (
             " (already done: nothing changed)" if self.rerun else "")
         return f"night {self.night}: {what}{again}; latest = {self.latest}"
@@ -154,7 +154,7 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     if plan.feedback:
         files["feedback.parquet"] = _feedback_table(plan.feedback, margins, names)
 
-    passed = artifact["nightly"]["gate"]["passed"]
+    passed = artifact.night.passed
     with st.lock(owner=owner, timeout_s=nc.lock_timeout_s):
         done = st.read_version(plan.night)
         if done is None:
@@ -171,14 +171,14 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
 
 def _replay(plan: NightPlan, artifact: WeightsArtifact) -> NightResult:
     """A night already committed: the same inputs report its outcome (finishing its promotion if a crash cut it); others are refused."""
-    recorded = artifact.get("nightly", {}).get("inputs", {})
+    recorded = artifact.night.inputs if artifact.night else {}
     changed = sorted(k for k, v in plan.inputs.items() if recorded.get(k) != v)
     if changed:
         raise UserError(f"night {plan.night} is already in {plan.store.uri} as version {plan.night}, made from other "
                         f"inputs (changed: {changed}); versions are never overwritten. Run it under another night id, "
                         f"e.g. --night {plan.night}.2.")
     recovered = plan.store.recover(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s, version=plan.night)
-    return NightResult(plan.night, bool(artifact["nightly"]["gate"]["passed"]), True, plan.store.latest_version(), artifact,
+    return NightResult(plan.night, bool(artifact.night and artifact.night.passed), True, plan.store.latest_version(), artifact,
                        recovered=recovered == plan.night)
 
 
