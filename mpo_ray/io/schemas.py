@@ -35,7 +35,7 @@ GENERATION_SCHEMA = pa.schema(
         pa.field("finish_reason", pa.string(), nullable=True),
         pa.field("num_tokens", pa.int32(), nullable=False),
         pa.field("log_normalizer", pa.float64(), nullable=True),
-        # log-prob of the response under the distribution that drew it (null after best-of-n resampling,
+        # log-prob of the response under the distribution that drew it (null after resampling among n > 1 candidates,
         # whose distribution has no closed form); with `logp_<model>` columns it measures MPO's own objective
         pa.field("sample_logprob", pa.float64(), nullable=True),
         # resampled rows only (num_candidates = n > 1): log Ẑ(x), the log of the mean importance weight π̃_λ/q over the
