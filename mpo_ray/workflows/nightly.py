@@ -111,11 +111,10 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     """One night: new weights into the store as a version, promoted to `latest` only if the gate passes."""
     plan = plan_night(config)
     st, nc, names = plan.store, config.nightly, config.policy_names
-    owner = f"nightly {plan.night}"
     done = st.read_version(plan.night)
     if done is not None:
         return _replay(plan, done)
-    recovered = st.recover(owner=owner, timeout_s=nc.lock_timeout_s)
+    recovered = st.recover(owner=f"nightly {plan.night}", timeout_s=nc.lock_timeout_s)
     if recovered:
         log.info("nightly: finished promoting %s, which an interrupted run had written", recovered)
     base = st.latest_version()
@@ -153,9 +152,14 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     files = {"report.md": night_report(artifact)}
     if plan.feedback:
         files["feedback.parquet"] = _feedback_table(plan.feedback, margins, names)
+    return _commit(plan, artifact, files, base)
 
-    passed = artifact.night.passed
-    with st.lock(owner=owner, timeout_s=nc.lock_timeout_s):
+
+def _commit(plan: NightPlan, artifact: WeightsArtifact, files: dict, base: str | None) -> NightResult:
+    """Under the store lock: write the version, and move `latest` only if the gate passed and `latest` is still
+    ``base``; a concurrent run of this night that committed first wins (its outcome is replayed outside the lock)."""
+    st, passed = plan.store, artifact.night.passed
+    with st.lock(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s):
         done = st.read_version(plan.night)
         if done is None:
             if st.latest_version() != base:
@@ -164,7 +168,7 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
             st.write_version(plan.night, artifact, files)
             if passed:
                 st.promote(plan.night, expected=base)
-    if done is not None:  # a concurrent run of this night committed first: its outcome stands (replayed outside the lock)
+    if done is not None:
         return _replay(plan, done)
     return NightResult(plan.night, passed, False, st.latest_version(), artifact)
 
