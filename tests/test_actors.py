@@ -30,7 +30,9 @@ def test_both_placement_plans_are_one_type(monkeypatch):
     monkeypatch.setattr(resources.ray, "cluster_resources", lambda: {"CPU": 2.0})
     monkeypatch.setattr(resources.ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
     models = resources.plan_resources(ResourcesConfig(), 4)
-    replicas = resources.plan_replicas(GenerateConfig(prompts="p"))
+    replicas = resources.replica_placement(GenerateConfig(prompts="p"))
     assert models == resources.Placement(replicas=1, num_gpus=0.0, num_cpus=0.5, threads=1)
     assert replicas == resources.Placement(replicas=1, num_gpus=0.0, num_cpus=1.0, threads=1)
-    assert replicas["concurrency"] == replicas.replicas and replicas["threads"] == replicas.threads  # generate.py's reads
+    legacy = resources.plan_replicas(GenerateConfig(prompts="p"))  # generate.py's dict, as its summary records it
+    assert legacy == {"concurrency": 1, "num_gpus": 0.0, "num_cpus": 1.0, "threads": 1}
+    assert resources.Placement.of(legacy) == replicas and resources.Placement.of(replicas) is replicas

@@ -147,7 +147,7 @@ class ModelGroup:
     """The replicas of one model; rows of a call are split evenly over them."""
 
     def __init__(self, name: str, actor_cls, payload, plan: Placement, resources: ResourcesConfig, run_id: str = ""):
-        self.name = name
+        self.name, plan = name, Placement.of(plan)
         self.options = {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
         self.actors = [
             actor_cls.options(
@@ -314,9 +314,9 @@ class Generator:
 
 def start_generator(config: Config, specs: list) -> Generator:
     """One generator actor sized as one replica of the generate workflow (the same GPU / CPU rules and config keys)."""
-    from mpo_ray.runtime.resources import plan_replicas
+    from mpo_ray.runtime.resources import replica_placement
 
-    plan = plan_replicas(config.generate.model_copy(update={"concurrency": 1}))
+    plan = replica_placement(config.generate.model_copy(update={"concurrency": 1}))
     if not plan.num_gpus and config.generate.cpus_per_replica is None:
         # no Ray Data tasks to leave a core for: the one actor gets every CPU (25-40% faster on 2 cores, measured)
         cpus = ray.cluster_resources().get("CPU", 1.0)

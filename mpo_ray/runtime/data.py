@@ -150,8 +150,10 @@ def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: Placement, *, ba
     import ray.data
 
     from mpo_ray.runtime.actors import user_errors
+    from mpo_ray.runtime.resources import Placement
     from mpo_ray.runtime.session import spend_restart_notice
 
+    plan = Placement.of(plan)
     rows = ds.map_batches(
         worker_cls, batch_format="pyarrow", batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(size=plan.replicas), num_gpus=plan.num_gpus, num_cpus=plan.num_cpus,

@@ -27,10 +27,14 @@ class Placement:
     num_cpus: float
     threads: int
 
-    def __getitem__(self, key: str):
-        """Transitional: callers that still index the old dict plans (workflows/generate.py) read the same fields;
-        "concurrency" is generate's word for ``replicas``."""
-        return self.replicas if key == "concurrency" else getattr(self, key)
+    @classmethod
+    def of(cls, plan) -> Placement:
+        """``plan`` as a Placement. Transitional: the dict plans of callers not yet moved (workflows/generate.py,
+        whose "concurrency" is ``replicas``) are read too."""
+        if isinstance(plan, cls):
+            return plan
+        replicas = plan["replicas"] if "replicas" in plan else plan["concurrency"]
+        return cls(replicas, plan["num_gpus"], plan["num_cpus"], plan.get("threads", _threads(plan["num_cpus"])))
 
 
 def _threads(num_cpus: float) -> int:
@@ -68,7 +72,13 @@ def _cpu_share(node_cpus: list[float], actors: int) -> float:
     return 0.01
 
 
-def plan_replicas(g) -> Placement:
+def plan_replicas(g) -> dict:
+    """Transitional: :func:`replica_placement` as the dict workflows/generate.py reads and records in its summary."""
+    plan = replica_placement(g)
+    return {"concurrency": plan.replicas, "num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus, "threads": plan.threads}
+
+
+def replica_placement(g) -> Placement:
     """Replicas and their resources. GPUs: `gpus_per_replica` each (default 1; K puts each policy on
     its own GPU), one replica per group. CPU only: the CPUs less one (kept for Ray Data's read and
     write tasks), shared by the replicas. Torch threads = CPUs reserved: more oversubscribe the
