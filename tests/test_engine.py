@@ -92,14 +92,14 @@ def test_long_decodes_compact_finished_rows_and_stay_exact(monkeypatch):
     mixed = MixedPolicy(policies, weights)
     looks, keeps = [], []
     look, keep = MixedPolicy._look, decoding._Group.keep
-    monkeypatch.setattr(MixedPolicy, "_look", lambda self, *a: (looks.append(a[5]), look(self, *a))[1])
+    monkeypatch.setattr(MixedPolicy, "_look", lambda self, *a: (looks.append(int(a[6].max())), look(self, *a))[1])
     monkeypatch.setattr(decoding._Group, "keep", lambda self, index: (keeps.append(len(index)), keep(self, index))[1])
     prompts, seeds = PROMPTS * 4, list(range(16))
     gens = mixed.generate(prompts, max_new_tokens=48, seed=seeds)
     lengths = sorted(g.num_tokens for g in gens)
     assert lengths[0] < 16 and len(set(lengths)) > 3, lengths  # the world finishes rows at many different steps
     assert keeps, "no compaction happened"
-    assert len(looks) <= 48 // decoding.SYNC_EVERY and looks == sorted(looks)
+    assert len(looks) <= 48 // decoding.SYNC_EVERY and looks == sorted(looks)  # tokens looked at so far
     for i in (0, 5, 10, 15):
         [alone] = mixed.generate([prompts[i]], max_new_tokens=48, seed=[seeds[i]])
         assert alone.token_ids == gens[i].token_ids
@@ -162,3 +162,36 @@ def test_bench_score_prints_rates_and_fractions_of_the_compute_bound(capsys):
     assert [r["what"] for r in rows] == ["one policy", "mixture of K=2"]
     assert all(np.isfinite(r["tokens_s"]) and 0 < r["compute_fraction"] for r in rows)
     assert "% compute bound" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("slots", [1, 3, 5])
+def test_slot_refill_decodes_every_row_as_all_at_once(slots, monkeypatch):
+    """Fewer slots than rows: finished rows' slots take the next prompts (prefilled alone, copied into the
+    static cache, the cache rebased when full). Every row's tokens and scores equal the all-at-once decode:
+    two LoRA adapters of one base mixed with a separate model, EOS and a stop string, many waves."""
+    lora = tiny_family("lora", 2, eos_boost=1.5)
+    (other,) = tiny_family("seeds", 1)
+    policies, weights = [*lora, other], [0.3, 0.3, 0.4]
+    mixed = MixedPolicy(policies, weights)
+    prompts, seeds = PROMPTS * 3, list(range(12))
+    rebased = []
+    rebase = decoding._Group.rebase
+    monkeypatch.setattr(decoding._Group, "rebase",
+                        lambda self, needed: (rebased.append(self.write_position() + needed > self.mask.shape[1]),
+                                              rebase(self, needed))[1])
+    at_once = mixed.generate(prompts, max_new_tokens=30, seed=seeds, stop=["ab"])
+    refilled = mixed.generate(prompts, max_new_tokens=30, seed=seeds, stop=["ab"], slots=slots)
+    assert [g.token_ids for g in refilled] == [g.token_ids for g in at_once]
+    assert [g.finish_reason for g in refilled] == [g.finish_reason for g in at_once]
+    assert [g.text for g in refilled] == [g.text for g in at_once]
+    np.testing.assert_allclose([g.logprob for g in refilled], [g.logprob for g in at_once], atol=1e-4)
+    np.testing.assert_allclose([g.log_normalizer for g in refilled], [g.log_normalizer for g in at_once], atol=1e-4)
+    assert {g.finish_reason for g in at_once} == {"stop", "length"}
+    if slots == 1:
+        assert any(rebased), "twelve rows through one slot never filled the cache"
+
+
+def test_slots_are_validated():
+    mixed = MixedPolicy(tiny_family("seeds", 2), [0.5, 0.5])
+    with pytest.raises(ValueError, match="slots must be None or an integer >= 1, got 0"):
+        mixed.generate(PROMPTS, max_new_tokens=2, slots=0)

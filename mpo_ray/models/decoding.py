@@ -89,19 +89,77 @@ class _Group:
         self.cache_kw = cache_keyword(self.model)  # `cache`, or `past_key_values` where the model predates it
         self.compile = compile
 
-    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, max_new: int, stack: ExitStack) -> torch.Tensor:
-        """Run the prompts (row r uses prompt rows[r]); return next-token logits [G*R, V].
-        `stack` holds the adapters' activation until the decode ends."""
+    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, max_new: int, stack: ExitStack,
+                width: int = 0, room: int = 0) -> torch.Tensor:
+        """Run the prompts (row r uses prompt rows[r]), left-padded to at least `width` slots, in a cache of
+        `room` more slots than prompt + new tokens; return next-token logits [G*R, V]. `stack` holds the
+        adapters' activation until the decode ends."""
         ids, mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
+        if ids.shape[1] < width:
+            ids = torch.cat([ids.new_full((len(ids), width - ids.shape[1]), self.policies[0].pad_token_id), ids], 1)
+            mask = torch.cat([mask.new_zeros((len(mask), width - mask.shape[1])), mask], 1)
         pos = position_ids(mask)
         self.pos = pos[:, -1]
         context, self.kwargs = forward_setup(self.policies, len(rows))
         stack.enter_context(context)
-        self.cache, self.static = _kv_cache(self.model, ids.shape[1] + max_new)
-        # static: one [rows, prompt + new] mask for the whole decode (slots ahead are cut by causality);
+        self.cache, self.static = _kv_cache(self.model, ids.shape[1] + max_new + room)
+        # static: one [rows, slots] mask for the whole decode (slots ahead are cut by causality);
         # dynamic: the mask grows with the cache
-        self.mask = torch.cat([mask, mask.new_ones((len(mask), max_new))], 1) if self.static else mask
+        self.mask = torch.cat([mask, mask.new_ones((len(mask), max_new + room))], 1) if self.static else mask
+        self.start = ids.shape[1] - mask.sum(1)  # each row's first real slot (rebase never cuts one)
+        self.width = ids.shape[1]
         return self._forward(ids, pos)
+
+    @property
+    def can_refill(self) -> bool:
+        """Whether a finished row's slot can take a new prompt: a static cache, rows without per-row kwargs."""
+        return self.static and not self.kwargs
+
+    def refill(self, slots: torch.Tensor, prompt_ids: list[list[list[int]]], rows: np.ndarray) -> torch.Tensor:
+        """Put the prompts of `rows` into `slots` (of the R current rows): prefilled alone, their keys and
+        values are copied into the static cache right-aligned at the write position, the slots' mask and
+        positions reset; returns their next-token logits [G*m, V]."""
+        from transformers import DynamicCache
+
+        ids, mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
+        pos = position_ids(mask)
+        scratch = DynamicCache(config=_base(self.model).config)
+        logits = forward(self.model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                         logits_to_keep=1, **{self.cache_kw: scratch}).logits[:, -1]
+        end, width = self.write_position(), ids.shape[1]
+        per_policy = len(self.pos) // len(self.policies)
+        dest = torch.cat([slots.to(self.device) + g * per_policy for g in range(len(self.policies))])
+        for layer, new in zip(self.cache.layers, scratch.layers):
+            layer.keys[dest, :, end - width : end] = new.keys
+            layer.values[dest, :, end - width : end] = new.values
+        self.mask[dest] = 1
+        self.mask[dest, : end - width] = 0
+        self.mask[dest, end - width : end] = mask
+        self.pos[dest] = pos[:, -1]
+        self.start[dest] = end - mask.sum(1)
+        return logits
+
+    def write_position(self) -> int:
+        """The slot the next token is written to (one for every row of a static cache)."""
+        return int(self.cache.layers[0].cumulative_length)
+
+    def rebase(self, needed: int) -> None:
+        """Make room for `needed` more tokens: shift every row's slots left by as much as no row's first real
+        slot is cut and a prompt of the call still fits before the write position (positions are per row,
+        so nothing else changes)."""
+        end = self.write_position()
+        if end + needed <= self.mask.shape[1]:
+            return
+        shift = min(int(self.start.min()), end - self.width)
+        for layer in self.cache.layers:
+            layer.keys[:, :, : end - shift] = layer.keys[:, :, shift:end].clone()
+            layer.values[:, :, : end - shift] = layer.values[:, :, shift:end].clone()
+            layer.cumulative_length.fill_(end - shift)
+        self.mask[:, : end - shift] = self.mask[:, shift:end].clone()
+        self.mask[:, end - shift :] = 1
+        self.start -= shift
+        if end - shift + needed > self.mask.shape[1]:
+            raise RuntimeError(f"no room after rebasing the cache ({end - shift} + {needed} > {self.mask.shape[1]})")
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (the same token to each policy's copy of a row)."""
@@ -123,7 +181,7 @@ class _Group:
                 layer.batch_size = len(rows)
         else:
             self.cache.batch_select_indices(rows)
-        self.mask, self.pos = self.mask[rows], self.pos[rows]
+        self.mask, self.pos, self.start = self.mask[rows], self.pos[rows], self.start[rows]
         index = rows.tolist()
         self.kwargs = {k: [v[i] for i in index] for k, v in self.kwargs.items()}
 
@@ -165,12 +223,16 @@ class _Group:
         return torch.einsum("g,grv->rv", self.weights.to(device), lp)
 
 
+def _base(model):
+    return model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper's own model
+
+
 def _kv_cache(model, length: int):
     """(cache, static): a StaticCache of `length` slots where the model declares a static-shape forward
     (transformers' own flag for it), else a DynamicCache, the reason logged once per model class."""
     from transformers import DynamicCache, StaticCache
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base(model)
     if getattr(type(base), "_can_compile_fullgraph", False):
         return StaticCache(config=base.config, max_cache_len=length), True
     _log_dynamic(type(base).__name__)
@@ -285,7 +347,7 @@ class MixedPolicy:
     def generate(
         self, prompts, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
         top_p: float | None = None, seed=None, stop=None, num_candidates: int = 1,
-        ignore_eos: bool = False,
+        ignore_eos: bool = False, slots: int | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt from the mixture; temperature=0 is greedy.
 
@@ -295,13 +357,15 @@ class MixedPolicy:
         ∝ target/proposal (= exp(log_normalizer) at temperature 1 without
         top-k/top-p): a sequence-level sample of the mixture. `stop` strings end
         a row (the text is cut before them); `ignore_eos` decodes
-        max_new_tokens for every row (for benchmarks).
+        max_new_tokens for every row (for benchmarks). ``slots`` caps the rows
+        decoding at once (candidates count as rows): a finished row's slot takes
+        the next one (slot refill); rows are the same whatever the slots.
         """
         prompts = check_prompts(prompts)
         seeds = _prompt_seeds(seed, len(prompts))
         groups = self.sample_candidates(
             prompts, num_candidates, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seeds, stop=stop, ignore_eos=ignore_eos,
+            top_p=top_p, seed=seeds, stop=stop, ignore_eos=ignore_eos, slots=slots,
         )
         if num_candidates == 1:
             return [g[0] for g in groups]
@@ -316,11 +380,14 @@ class MixedPolicy:
     def sample_candidates(
         self, prompts, num_candidates: int, *, max_new_tokens: int, temperature: float = 1.0,
         top_k: int | None = None, top_p: float | None = None, seed=None, stop=None, ignore_eos: bool = False,
+        slots: int | None = None,
     ) -> list[list[Generation]]:
         """``num_candidates`` token-level samples per prompt, all decoded as one batch (best-of-n, resampling)."""
         prompts = check_prompts(prompts)
         stop = [stop] if isinstance(stop, str) else list(stop or [])
         _check_sampling(max_new_tokens, temperature, top_k, top_p, stop, num_candidates)
+        if slots is not None and (not isinstance(slots, int) or isinstance(slots, bool) or slots < 1):
+            raise ValueError(f"slots must be None or an integer >= 1, got {slots!r}")
         encoded = self._encode(prompts, [max_new_tokens] * len(prompts), "new tokens (max_new_tokens)")
         seeds = _prompt_seeds(seed, len(prompts))
         # One random stream per (prompt, candidate): a row's tokens depend on its own seed only,
@@ -330,7 +397,7 @@ class MixedPolicy:
         ])).to(self.device)
         rows = np.repeat(np.arange(len(prompts)), num_candidates)
         tokens, lengths, stopped, (logprob, log_norm, proposal) = self._decode(
-            encoded, rows, max_new_tokens, temperature, top_k, top_p, uniforms, stop, ignore_eos
+            encoded, rows, max_new_tokens, temperature, top_k, top_p, uniforms, stop, ignore_eos, slots
         )
         out = []
         for r in range(len(rows)):
@@ -344,77 +411,101 @@ class MixedPolicy:
             ))
         return [out[i : i + num_candidates] for i in range(0, len(out), num_candidates)]
 
-    def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos):
-        """The token loop over all rows at once; returns tokens, lengths, finished, (logprob, log z, log q).
+    def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos, slots=None):
+        """The token loop; returns tokens, lengths, stopped, (logprob, log z, log q), one column per row.
 
-        Everything per token stays on the device: the tokens, each step's scores (zero once a row is
-        finished) and which rows are finished. Every SYNC_EVERY steps (and at the end) the host looks:
-        it ends rows at stop strings (exactly at the token that completed one), refuses non-finite
-        scores naming the prompt and the step, stops when every row is finished, and drops finished
-        rows from the caches once they are a quarter of them."""
+        At most ``slots`` rows decode at once (all by default); with fewer, a finished row's slot takes the
+        next row (slot refill), so short answers do not leave the batch half empty. Everything per token
+        stays on the device: the tokens, each row's per-token scores and which rows are done (a row's
+        writes after it is done go to a scratch column n). Every SYNC_EVERY steps the host looks: it ends
+        rows at stop strings (exactly at the token that completed one), refuses non-finite scores naming
+        the prompt and the token, refills free slots, drops done rows from the caches once they are a
+        quarter of them and nothing is left to refill, and stops when every row is done."""
         n, dev = len(rows), self.device
         pad = self.policies[0].pad_token_id
-        tokens = torch.full((n, max_new), pad, dtype=torch.long, device=dev)
-        steps = torch.zeros((max_new, 3, n), dtype=torch.float64, device=dev)
-        length = torch.full((n,), max_new, dtype=torch.long, device=dev)  # tokens of a finished row
-        finished = torch.zeros(n, dtype=torch.bool, device=dev)
+        tokens = torch.full((n + 1, max_new), pad, dtype=torch.long, device=dev)
+        steps = torch.zeros((max_new, 3, n + 1), dtype=torch.float64, device=dev)
+        length = torch.full((n + 1,), max_new, dtype=torch.long, device=dev)  # tokens of a row that stopped
+        stopped = torch.zeros(n + 1, dtype=torch.bool, device=dev)
+        drawn = torch.zeros(n + 1, dtype=torch.long, device=dev)  # tokens each row has drawn
         eos = torch.tensor(self.eos_token_ids, device=dev)
-        alive = torch.arange(n, device=dev)  # rows still in the caches
-        uniforms = uniforms.to(dev)
+        uniforms = torch.cat([uniforms.to(dev), uniforms.new_zeros((1, max_new)).to(dev)])
+        width = [max(len(p[r]) for p in ids for r in rows) for ids in encoded]  # a group's longest prompt
+        held = torch.arange(min(slots or n, n), device=dev)  # the row each slot holds
+        nxt, looked, step_no = len(held), np.zeros(n, dtype=np.int64), 0
         groups = self._groups()
-        looked = 0  # steps the host has looked at
         with ExitStack() as stack:  # adapter activations last for the whole decode
-            logits = [g.prefill(ids, rows, max_new, stack) for g, ids in zip(groups, encoded)]
-            for t in range(max_new):
+            room = (max_new + SYNC_EVERY + max(width)) if nxt < n else 0  # what refill and rebasing need
+            logits = [g.prefill(ids, rows[: nxt], max_new, stack, w, room) for g, ids, w in zip(groups, encoded, width)]
+            if nxt < n and not all(g.can_refill for g in groups):
+                raise ValueError("slots < rows needs a static KV cache and batched adapters; decode with slots=None")
+            while True:
                 s = self._mix(groups, logits)
                 log_z = torch.logsumexp(s, dim=-1)
-                tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[alive, t])
-                live = ~finished[alive]
-                step = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double()
-                steps[t, :, alive] = torch.where(live, step, 0.0)
-                tokens[alive, t] = torch.where(live, tok, pad)
+                t = drawn[held]
+                live = ~(stopped[held] | (t >= max_new))
+                target, t = torch.where(live, held, n), t.clamp(max=max_new - 1)  # done rows write to column n
+                tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[target, t])
+                steps[t, :, target] = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double().T
+                tokens[target, t] = tok
+                drawn[target] += 1
                 if not ignore_eos:
                     ended = live & torch.isin(tok, eos)
-                    length[alive] = torch.where(ended, t + 1, length[alive])
-                    finished[alive] = finished[alive] | ended
-                if t + 1 < max_new and (t + 1) % SYNC_EVERY:
+                    length[target] = torch.where(ended, t + 1, length[target])
+                    stopped[target] = stopped[target] | ended
+                step_no += 1
+                if step_no % SYNC_EVERY and step_no != max_new:
                     logits = [g.step(tok) for g in groups]
                     continue
-                self._look(tokens, steps, length, finished, rows, looked, t + 1, stop)
-                looked = t + 1
-                if t + 1 == max_new or bool(finished.all()):
+                reached = drawn[:n].cpu().numpy().copy()  # a copy: on the CPU .cpu() is the tensor itself
+                self._look(tokens, steps, length, stopped, rows, looked, reached, stop)
+                looked = reached
+                done = (stopped[:n] | (drawn[:n] >= max_new)).cpu()
+                if nxt == n and bool(done.all()):
                     break
-                done = finished[alive]
-                if 4 * int(done.sum()) >= len(alive):
-                    keep = (~done).nonzero().squeeze(1)
-                    alive, tok = alive[keep], tok[keep]
+                free = done[held.cpu()].nonzero().squeeze(1)
+                if nxt == n and 4 * len(free) >= len(held):  # nothing left to refill: drop the done rows
+                    keep = (~done[held.cpu()]).nonzero().squeeze(1).to(dev)
+                    held, tok = held[keep], tok[keep]
                     for g in groups:
                         g.keep(keep)
+                for g in groups:
+                    g.rebase(SYNC_EVERY + 1) if nxt < n else None
                 logits = [g.step(tok) for g in groups]
-        return tokens.cpu(), length.cpu(), finished.cpu(), steps.sum(0).cpu()
+                if nxt < n and len(free):
+                    free = free[: n - nxt].to(dev)
+                    new = np.arange(nxt, nxt + len(free))
+                    for k, (g, ids) in enumerate(zip(groups, encoded)):
+                        per_policy = len(held)
+                        dest = torch.cat([free + j * per_policy for j in range(len(g.policies))])
+                        logits[k][dest] = g.refill(free, ids, rows[new])
+                    held[free] = torch.as_tensor(new, device=dev)
+                    nxt += len(free)
+        return tokens[:n].cpu(), length[:n].cpu(), stopped[:n].cpu(), steps[:, :, :n].sum(0).cpu()
 
-    def _look(self, tokens, steps, length, finished, rows, start: int, end: int, stop: list[str]) -> None:
-        """The host's look at steps [start, end): stop strings end rows, non-finite scores are refused."""
+    def _look(self, tokens, steps, length, stopped, rows, looked: np.ndarray, reached: np.ndarray, stop: list[str]) -> None:
+        """The host's look at each row's tokens [looked, reached): stop strings end rows, non-finite scores
+        are refused."""
         if stop:
             window = max(len(x.encode()) for x in stop) + 1  # every token holds >= 1 byte
-            host_tokens, host_length = tokens[:, :end].cpu(), length.cpu()
-            for t in range(start, end):
-                candidates = (host_length > t).nonzero().squeeze(1)  # rows that drew token t
+            host_tokens, host_length = tokens[:-1, : int(reached.max())].cpu(), length[:-1].cpu().numpy().copy()
+            for t in range(int(looked.min()), int(reached.max())):
+                candidates = np.flatnonzero((looked <= t) & (t < reached) & (host_length > t))  # rows that drew token t
                 if not len(candidates):
-                    break
+                    continue
                 tails = self.tokenizer.batch_decode(host_tokens[candidates, max(0, t + 1 - window) : t + 1])
-                hit = candidates[torch.tensor([any(x in tail for x in stop) for tail in tails], dtype=torch.bool)]
+                hit = candidates[[any(x in tail for x in stop) for tail in tails]]
                 if len(hit):
                     host_length[hit] = t + 1
-                    cut = hit.to(tokens.device)
+                    cut = torch.as_tensor(hit, device=tokens.device)
                     length[cut] = t + 1
-                    finished[cut] = True
+                    stopped[cut] = True
                     tokens[cut, t + 1 :] = self.policies[0].pad_token_id
                     steps[t + 1 :, :, cut] = 0.0
-        bad = ~torch.isfinite(steps[start:end]).all(1)  # [steps, rows]
+        bad = ~torch.isfinite(steps[:, :, :-1]).all(1)  # [token, row]
         if bool(bad.any()):
-            t = start + int(bad.any(1).nonzero()[0, 0])
-            self._check_finite_rows(steps[t].cpu(), _SCORES, np.arange(len(rows)), rows, f"at new token {t}")
+            t = int(bad.any(1).nonzero()[0, 0])
+            self._check_finite_rows(steps[t, :, :-1].cpu(), _SCORES, np.arange(len(rows)), rows, f"at new token {t}")
 
     def _check_finite_rows(self, values: torch.Tensor, names, row_ids, prompt_of_row, where: str) -> None:
         """values [len(names), R], one column per row: raise naming the first non-finite row's prompt."""
