@@ -171,6 +171,7 @@ def test_user_errors_raised_inside_workers_reach_the_cli_as_one_line(local_ray, 
     from mpo_ray.config import ResourcesConfig
     from mpo_ray.runtime.actors import ModelGroup, gather_arrays
     from mpo_ray.runtime.data import generate_parquet
+    from mpo_ray.runtime.resources import Placement
 
     mistake = "reward 'brevity' returned a non-finite value (nan) for row 0; it must return finite numbers."
 
@@ -188,7 +189,8 @@ def test_user_errors_raised_inside_workers_reach_the_cli_as_one_line(local_ray, 
         def info(self):
             return {}
 
-    plan, resources = {"num_gpus": 0, "num_cpus": 0.25, "replicas": 1}, ResourcesConfig(max_restarts=0, max_task_retries=0)
+    plan = Placement(replicas=1, num_gpus=0, num_cpus=0.25, threads=1)
+    resources = ResourcesConfig(max_restarts=0, max_task_retries=0)
     group = ModelGroup("scorer", Scorer, "good", plan, resources)
     with pytest.raises(UserError) as exc:  # an actor method's: was RayTaskError(UserError), a 9-line message
         gather_arrays(group.submit("score", ["user"]))
@@ -209,7 +211,7 @@ def test_user_errors_raised_inside_workers_reach_the_cli_as_one_line(local_ray, 
             raise UserError("prompt row 3 is not text.")
 
     ds = ray.data.from_items([{"prompt_id": str(i)} for i in range(4)])
-    data_plan = {"concurrency": 1, "num_gpus": 0, "num_cpus": 0.25}
+    data_plan = Placement(replicas=1, num_gpus=0, num_cpus=0.25, threads=1)
     for fail_in, expected in (("call", "prompt row 3 is not text."), ("init", "generate.weights must sum to 1, got 2.")):
         with pytest.raises(UserError) as exc:  # were RayTaskError(UserCodeException) and ActorDiedError
             generate_parquet(ds, Worker, {"fail_in": fail_in}, data_plan, batch_size=4, rows_per_file=4,

@@ -16,7 +16,7 @@ import os
 
 from mpo_ray.config import Config, PolicySpec
 from mpo_ray.core.errors import UserError
-from mpo_ray.core.solver import MAX_NATS
+from mpo_ray.core.table import MAX_NATS
 from mpo_ray.models.policies import Policy, load_weightless
 from mpo_ray.models.rewards import import_function, reward_values
 from mpo_ray.models.scoring import context_errors
