@@ -123,7 +123,7 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-BENCHMARKS = ("solver", "estimator", "serving", "protocol", "decode", "generate", "checkpoint")  # mpo_ray/benchmarks/<name>.py
+BENCHMARKS = ("solver", "estimator", "serving", "protocol", "decode", "score", "generate", "checkpoint")  # mpo_ray/benchmarks/<name>.py
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
