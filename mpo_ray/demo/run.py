@@ -50,7 +50,9 @@ class DemoSize:
     serve: bool = True  # step 2, MPO through `generate` (Ray Data); the sweep's MPO point holds the same rows
 
 
-SIZES = {  # budget on prompts (issue 19): bench protocol finds 48 × 4 brings λ̂ nearer λ* than 24 × 8 at the same cost
+# Budget on prompts (issue 19): bench protocol finds 48 × 4 brings λ̂ nearer λ* than 24 × 8 at the same cost. Wall on 2
+# idle CPU cores, estimated from the measured CPU cost per kind of set (README): default about 10 min, quick about 1¼.
+SIZES = {
     "default": DemoSize(reweight_prompts=48, samples_per_prompt=4, sample_tokens=32, eval_prompts=50,
                         generate_tokens=32, sweep_step=0.5),
     "quick": DemoSize(reweight_prompts=8, samples_per_prompt=4, sample_tokens=16, eval_prompts=8,
@@ -450,6 +452,9 @@ def _primary_sentence(other: str, c: dict) -> str:
     verdict = ("within noise: the interval holds 0; this run cannot tell them apart, which is not evidence that they "
                f"are equal (it could detect a difference of about {c['detectable_80']:.1f} nats with 80% power)"
                if c["within_noise"] else "MPO ahead beyond noise" if lo > 0 else "MPO behind beyond noise")
+    if c["corrected"]["within_noise"] != c["within_noise"]:
+        verdict += ("; the bias-corrected interval " + ("holds 0" if c["corrected"]["within_noise"] else
+                    f"excludes 0 (MPO {'ahead' if blo > 0 else 'behind'})") + ": raw and corrected disagree, a borderline result")
     return (f"**MPO − `{other}` on J: {c['mpo_minus']:+.2f} nats (95% CI [{lo:+.2f}, {hi:+.2f}]; bias-corrected "
             f"{bc:+.2f} [{blo:+.2f}, {bhi:+.2f}]; {c['prompts']} prompts): {verdict}.**")
 
