@@ -31,6 +31,7 @@ def rows(ids, texts=None) -> pa.Table:
     n = len(ids)
     return pa.table({"prompt_id": ids, "prompt": texts or ids, "response": ids, "finish_reason": ["stop"] * n,
                      "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n,
+                     "log_partition": [None] * n, "target_logprob": [None] * n,
                      "weights_version": ["v"] * n, "seed": [1] * n, "error": [None] * n}, schema=GENERATION_SCHEMA)
 
 

@@ -204,7 +204,8 @@ def gen_table(ids, responses=None):
     n = len(ids)
     return pa.table({
         "prompt_id": ids, "prompt": ["q"] * n, "response": responses or ["a b"] * n, "finish_reason": ["stop"] * n,
-        "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n, "weights_version": ["v"] * n,
+        "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n, "log_partition": [None] * n,
+        "target_logprob": [None] * n, "weights_version": ["v"] * n,
         "seed": list(range(n)), "error": [None] * n,
     }, schema=GENERATION_SCHEMA)
 

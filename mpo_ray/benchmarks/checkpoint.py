@@ -73,6 +73,8 @@ class FakeGenerator:
             cols["num_tokens"].append(int(h[1:5], 16) % 64)
             cols["log_normalizer"].append(int(h[5:13], 16) / 2**32)
             cols["sample_logprob"].append(-int(h[13:21], 16) / 2**28)
+            cols["log_partition"].append(None)
+            cols["target_logprob"].append(None)
             cols["weights_version"].append("bench")
             cols["seed"].append(seed)
             cols["error"].append(None)
