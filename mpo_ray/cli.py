@@ -148,8 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--adapters", default=None, help="directory of the three adapters (default: the shipped ones; "
                       "see train-demo-policies)")
     demo.add_argument("--seed", type=non_negative_int, default=0, help="seed of the demo's sampling and generation (default 0)")
-    demo.add_argument("--eval-prompts", type=int_between(1, 50), default=None, metavar="N",
-                      help="held-out prompts to evaluate on (up to 50; default 24, --quick 8): tighter intervals, more time")
+    demo.add_argument("--eval-prompts", type=int_between(1, 200), default=None, metavar="N",
+                      help="held-out prompts to evaluate on (1-200; default 50, --quick 8): more give tighter "
+                           "intervals and power, in more time")
     demo.set_defaults(func=_cmd_demo)
 
     train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")

@@ -269,3 +269,15 @@ def test_geometric_share_enters_the_score_fingerprint_only_with_the_geometric_pr
     geometric = SamplingConfig(proposal="geometric").fingerprint()
     assert geometric["geometric_share"] == 0.5
     assert SamplingConfig(proposal="geometric", geometric_share=0.25).fingerprint() != geometric
+
+
+def test_generate_serves_four_candidates_when_sampling_and_one_when_greedy():
+    """The default serving mode (issue 19): resampling among 4 when sampling, one candidate when greedy;
+    a value given is kept, and a greedy config with n > 1 is refused."""
+    from mpo_ray.config.schema import DEFAULT_CANDIDATES, GenerateConfig
+
+    assert GenerateConfig(prompts="p").candidates == DEFAULT_CANDIDATES == 4
+    assert GenerateConfig(prompts="p", temperature=0.0).candidates == 1
+    assert GenerateConfig(prompts="p", num_candidates=2).candidates == 2
+    with pytest.raises(ValueError, match="needs sampling"):
+        GenerateConfig(prompts="p", temperature=0.0, num_candidates=2)

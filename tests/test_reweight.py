@@ -43,7 +43,7 @@ def test_reweight_end_to_end_matches_solver_on_its_table(first_run):
     np.testing.assert_allclose(artifact["weights"], expected.weights, atol=1e-9)
     on_disk = json.loads(open(os.path.join(out, "weights.json")).read())
     assert on_disk["weights"] == artifact["weights"] and on_disk["policies"] == config.policy_names
-    assert on_disk["serving"]["mode"] == "token-level"  # what these weights are served as by default (issue 19)
+    assert on_disk["serving"]["mode"] == "resampled" and on_disk["serving"]["num_candidates"] == 4  # generate's default (issue 19)
     assert on_disk["certificate"]["gap_nats"] <= 1e-9
     assert "rewards" in on_disk["estimates"]  # one reward function per objective: both estimates reported
     ci = on_disk["weights_ci"]

@@ -38,7 +38,7 @@ def in_process_loop(config, ids: list[str], prompts: list[str]) -> dict:
     mixed = MixedPolicy(load_policies(config.policies), resolve_weights(config)[0])
     load_s = time.perf_counter() - t0
     params = dict(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                  stop=g.stop, num_candidates=g.num_candidates)
+                  stop=g.stop, num_candidates=g.candidates)
     tokens, t0 = 0, time.perf_counter()
     for start in range(0, len(prompts), g.batch_size):
         batch = slice(start, start + g.batch_size)

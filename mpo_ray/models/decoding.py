@@ -12,7 +12,8 @@ applied after mixing. Each sequence carries `logprob = Σ_t s_t(y_t) − log z_t
 `log_normalizer = Σ_t log z_t`. The sequence-level target is
 π_λ(y) ∝ exp(Σ_t s_t(y_t)) = q(y) Π_t z_t, so drawing n candidates and
 resampling one by exp(log_normalizer) (more generally by target / proposal)
-turns token-level samples into samples of Π_k π_k^λ_k (`num_candidates`).
+serves a distribution p_n that approaches Π_k π_k^λ_k as n grows, equal to it
+only as n → ∞ (`num_candidates`; `mpo-ray bench serving` measures the gap).
 
 Weights on the simplex are the MPO case (then log z_t ≤ 0). Any real
 exponents are accepted as an extension (e.g. λ_ref < 0 for DeRa-style
@@ -355,7 +356,7 @@ class MixedPolicy:
         rest of the batch), or None. With num_candidates=n > 1, n responses are
         drawn per prompt (`sample_candidates`) and one is kept with probability
         ∝ target/proposal (= exp(log_normalizer) at temperature 1 without
-        top-k/top-p): a sequence-level sample of the mixture. `stop` strings end
+        top-k/top-p): a sample of p_n, nearer the sequence-level mixture as n grows. `stop` strings end
         a row (the text is cut before them); `ignore_eos` decodes
         max_new_tokens for every row (for benchmarks). ``slots`` caps the rows
         decoding at once (candidates count as rows): a finished row's slot takes

@@ -99,10 +99,10 @@ def check_output(config: Config, weights: list[float], version: str) -> tuple[st
     contents included (an adapter retrained in place is a new model); UserError when the output holds rows
     made with other settings."""
     g, output = config.generate, config.generate.output
-    keys = ("prompt_column", "id_column", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed", "num_candidates")
+    keys = ("prompt_column", "id_column", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
     settings = {"policies": [p.model_dump() for p in config.policies], "weights": weights,
                 "models": [m["content"] for m in model_identities(config)[1:]],
-                "weights_version": version, **{k: getattr(g, k) for k in keys}}
+                "weights_version": version, **{k: getattr(g, k) for k in keys}, "num_candidates": g.candidates}
     ours = check_ours(output, "generate")
     storage.check_writable(output)
     fingerprint = digest(settings)
@@ -278,14 +278,14 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                 raise UserError(f"prompt corpus {g.prompts!r} is empty; it needs rows with a `{g.prompt_column}` column.")
             mark_ours(output, "generate")
             storage.write_json(storage.join(output, META_DIR, "manifest.json"),
-                               {"fingerprint": fingerprint, "settings": settings, "serving": serving(g.num_candidates),
+                               {"fingerprint": fingerprint, "settings": settings, "serving": serving(g.candidates),
                                 "library_version": __version__})
             log.info("generate: %d prompts already in %s%s; %d to generate", len(done), output,
                      f" ({len(recovered)} file(s) recovered)" if recovered else "", pending)
             if pending:
                 t0 = time.perf_counter()
                 plan = plan_replicas(g)
-                params = {**g.params(), "stop": list(g.stop), "num_candidates": g.num_candidates}
+                params = {**g.params(), "stop": list(g.stop), "num_candidates": g.candidates}
                 data.generate_parquet(todo, GenerationWorker, {"specs": list(config.policies), "weights": lam, "params": params,
                                                                "weights_version": version, "threads": plan["threads"]},
                                       plan, batch_size=g.batch_size, rows_per_file=g.rows_per_file,
@@ -297,7 +297,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
     stats = _file_stats(promoted)
     summary = {
         **stats, "skipped": skipped, "output_rows": len(done), "output": output,
-        "weights_version": version, "serving": serving(g.num_candidates), "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
+        "weights_version": version, "serving": serving(g.candidates), "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
         "tokens_per_s": round(stats["generated_tokens"] / gen_s, 2) if gen_s else 0.0,
         "rows_per_s": round(stats["rows"] / gen_s, 2) if gen_s else 0.0,
         "wall_s": round(time.perf_counter() - t_start, 3), "replicas": plan, "attempt": attempt,

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from mpo_ray import __version__
 from mpo_ray.config import Config, ScoringSection
+from mpo_ray.config.schema import DEFAULT_CANDIDATES
 from mpo_ray.core.estimator import ScoreArrays, bootstrap_weights, estimate_tables, score_arrays, solve_table
 from mpo_ray.core.serving import serving
 from mpo_ray.core.solver import WeightsResult, evaluate_weights
@@ -104,7 +105,8 @@ def build_artifact(config: Config, section: ScoringSection, solution: Solution, 
         timings_s=run.timings.as_dict(), placement=run.placement,
         created_at=(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(), library_version=__version__,
         seed=section.seed,
-        serving={**serving(1), "note": "λ is solved for the sequence-level π_λ; generate.num_candidates = n > 1 "
-                                        "serves nearer it (mpo-ray bench serving measures the gap)"},
+        serving={**serving(DEFAULT_CANDIDATES), "note": "λ is solved for the sequence-level π_λ; generate serves it by "
+                 f"resampling among generate.num_candidates (default {DEFAULT_CANDIDATES} when sampling) token-level "
+                 "candidates, nearer π_λ as n grows (mpo-ray bench serving measures the gap)"},
         **extra,
     )

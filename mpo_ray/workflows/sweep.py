@@ -106,7 +106,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
     files = point_files(output, [*points, *extra, *(soups or {})])  # refused here, before anything is written
     figure_digests = check_fixed_files(output)
     seeds = [derive_seed(g.seed, pid) for pid in ids]
-    params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.num_candidates}
+    params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.candidates}
     if soups:  # written inside the sweep's own directory, so it is marked first
         mark_ours(output, "sweep")
         extra.update(soup_specs(config, storage.join(output, "soups"), soups))
@@ -152,7 +152,7 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
         r["serving"] = serving(candidates[label], one_model=sum(1 for w in vectors[label] if w != 0) == 1)
         results.append(r)
     summary = {"format": SUMMARY_FORMAT, "policies": config.policy_names, "prompts": len(ids), "generation": params,
-               "serving": serving(g.num_candidates),
+               "serving": serving(g.candidates),
                "seconds": round(time.perf_counter() - t0, 1), "points": results}
     write_outputs(output, summary, figure, figure_digests)
     return summary
