@@ -55,10 +55,6 @@ class ScoreArrays:
     log_importance: np.ndarray  # (N, m): log π_ref − log q
     rewards: np.ndarray | None = None  # (N, m, R) with reward columns asked for
 
-    def __getitem__(self, key: str):
-        """Transitional: readers that still index the arrays by name (demo/run.py) read the same fields."""
-        return getattr(self, key)
-
 
 def score_arrays(table: pa.Table, policy_names: list[str], reward_columns: list[str] = ()) -> ScoreArrays:
     """(N, m, K) log-ratios, mask, log-importance and rewards from score-table rows, prompts in first-seen order."""

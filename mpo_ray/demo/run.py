@@ -178,13 +178,13 @@ def _solver_paths(config, out: str):
     table = storage.read_parquet_files([u for u in storage.list_files(os.path.join(out, "reweight", "scores"))
                                         if owns_file(u)])
     a = score_arrays(table, config.policy_names)
-    kw = dict(mask=a["mask"], log_importance=a["log_importance"])
-    full = solve_weights(a["log_ratios"], **kw)
-    n = a["mask"].shape[0]
-    bsmd = solve_weights(a["log_ratios"], method="bsmd", steps=50 * n, batch_prompts=1, seed=0, **kw)
+    kw = dict(mask=a.mask, log_importance=a.log_importance)
+    full = solve_weights(a.log_ratios, **kw)
+    n = a.mask.shape[0]
+    bsmd = solve_weights(a.log_ratios, method="bsmd", steps=50 * n, batch_prompts=1, seed=0, **kw)
     avg = np.cumsum(bsmd.history.weights, axis=0) / np.arange(1, len(bsmd.history.weights) + 1)[:, None]
     at = np.unique(np.linspace(0, len(avg) - 1, 40).astype(int))
-    gaps = np.array([evaluate_weights(a["log_ratios"], avg[t], **kw).gap for t in at])
+    gaps = np.array([evaluate_weights(a.log_ratios, avg[t], **kw).gap for t in at])
     return full, bsmd, (at, gaps)
 
 
