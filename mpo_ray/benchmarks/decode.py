@@ -191,23 +191,10 @@ def main(argv: list[str] | None = None) -> list[tuple]:
                    help="batch sizes B to sweep, comma-separated (default 8)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="tiny model width")
-    p.add_argument("--layers", type=positive_int, default=2, help="tiny model depth")
-    p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
-    p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
-    p.add_argument("--model", default=None, help="also this model directory / hub id")
-    p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory of the random 1B model (default: SmolLM2's, which needs the default model)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
     p.add_argument("--compile", action="store_true",
                    help="mixed decode step through torch.compile (CUDA graphs on a GPU); the warm-up round compiles")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (1 keeps figures steady on a busy shared machine)")
+    add_model_options(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     ks = args.k
     args.families = args.families.split(",")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -218,17 +205,42 @@ def main(argv: list[str] | None = None) -> list[tuple]:
           f" {hw['flops'] / 1e12:.2f} TFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
-        if not args.no_tiny:
-            label = f"tiny llama (hidden {args.hidden_size}, {args.layers} layers, vocab 384)"
-            rows += run(label, lambda kind, k: tiny_policies(kind, k, root, args), ks, args.batch, args, hw)
-        models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
-        if args.random_1b:
-            models.append(str(random_llama_1b(Path(root) / "llama-1b", args.tokenizer or resolve_model("default"))))
-        for model in models:
-            path = resolve_model(model)
-            label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
-            rows += run(label, lambda kind, k: model_policies(kind, k, path, root, args), ks, args.batch, args, hw)
+        for label, policies_for in model_families(args, root):
+            rows += run(label, policies_for, ks, args.batch, args, hw)
     return rows
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    """The models a benchmark runs on and where (bench decode and bench score)."""
+    p.add_argument("--hidden-size", type=positive_int, default=64, help="tiny model width")
+    p.add_argument("--layers", type=positive_int, default=2, help="tiny model depth")
+    p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
+    p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
+    p.add_argument("--model", default=None, help="also this model directory / hub id")
+    p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer directory of the random 1B model (default: SmolLM2's, which needs the default model)")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (1 keeps figures steady on a busy shared machine)")
+
+
+def model_families(args, root: str) -> list[tuple[str, object]]:
+    """(label, policies_for(kind, k)) for every model the options name; sets torch's threads."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = []
+    if not args.no_tiny:
+        label = f"tiny llama (hidden {args.hidden_size}, {args.layers} layers, vocab 384)"
+        out.append((label, lambda kind, k: tiny_policies(kind, k, root, args)))
+    models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
+    if args.random_1b:
+        models.append(str(random_llama_1b(Path(root) / "llama-1b", args.tokenizer or resolve_model("default"))))
+    for model in models:
+        label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
+        out.append((label, lambda kind, k, path=resolve_model(model): model_policies(kind, k, path, root, args)))
+    return out
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-from pathlib import Path
 
 import torch
 
 from mpo_ray.benchmarks import positive_int, positive_int_list
-from mpo_ray.benchmarks.decode import PROMPTS, hardware, model_cost, model_policies, random_llama_1b, timed, tiny_policies
+from mpo_ray.benchmarks.decode import PROMPTS, add_model_options, hardware, model_cost, model_families, timed
 from mpo_ray.models.decoding import MixedPolicy
-from mpo_ray.models.policies import resolve_dtype, resolve_model
+from mpo_ray.models.policies import resolve_dtype
 from mpo_ray.models.scoring import score_sequences
 
 
@@ -52,35 +51,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch", type=positive_int_list, default="8", help="batch sizes, comma-separated (default 8)")
     p.add_argument("--response-tokens", type=positive_int, default=64)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--hidden-size", type=positive_int, default=64, help="tiny model width")
-    p.add_argument("--layers", type=positive_int, default=2, help="tiny model depth")
-    p.add_argument("--no-tiny", action="store_true", help="skip the tiny models")
-    p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
-    p.add_argument("--model", default=None, help="also this model directory / hub id")
-    p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory of the random 1B model (default: SmolLM2's, which needs the default model)")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_model_options(p)
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device, resolve_dtype(args.dtype, torch.device(device)))
     print(f"device={device} ({hw['name']}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}"
           f"\nmeasured matmul peak {hw['flops'] / 1e12:.2f} TFLOP/s")
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
-        if not args.no_tiny:
-            policies = tiny_policies("lora", args.k, root, args)
-            rows += run(f"tiny llama (hidden {args.hidden_size}, {args.layers} layers)", policies, args.batch, args, hw)
-        models = (["default"] if args.smollm2 else []) + ([args.model] if args.model else [])
-        if args.random_1b:
-            models.append(str(random_llama_1b(Path(root) / "llama-1b", args.tokenizer or resolve_model("default"))))
-        for model in models:
-            label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
-            rows += run(label, model_policies("lora", args.k, resolve_model(model), root, args), args.batch, args, hw)
+        for label, policies_for in model_families(args, root):
+            rows += run(label, policies_for("lora", args.k), args.batch, args, hw)
     return rows
 
 

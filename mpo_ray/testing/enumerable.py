@@ -422,15 +422,7 @@ def resampling_logp(log_target, log_proposal, n, *, step: float = 0.3, tol: floa
     ``log_target``, ``log_proposal``: (N, S) log-probs (normalisation irrelevant), the target's support inside the
     proposal's. ``n``: an int (returns (N, S)) or a sequence of ints (returns (len(n), N, S)).
     """
-    log_target = np.asarray(log_target, dtype=np.float64)
-    log_q = np.asarray(log_proposal, dtype=np.float64)
-    log_q = log_q - logsumexp(log_q)[:, None]
-    ns = np.atleast_1d(np.asarray(n, dtype=np.int64))
-    if ns.ndim != 1 or ns.size == 0 or (ns < 1).any():
-        raise ValueError(f"n must be a positive int or a sequence of them, got {n!r}")
-    with np.errstate(invalid="ignore"):
-        log_w = np.where(np.isfinite(log_q), log_target - log_q, -np.inf)
-    log_w = log_w - logsumexp(log_q + log_w)[:, None]  # E_q w = 1
+    log_q, ns, log_w = _weights(log_target, log_proposal, n)
     w = np.exp(log_w)
     support = np.isfinite(log_q) & (w > 0)
     w_max = np.where(support, w, 0.0).max(axis=1)
@@ -455,14 +447,9 @@ def resampling_logp(log_target, log_proposal, n, *, step: float = 0.3, tol: floa
     return out[0] if np.ndim(n) == 0 else out
 
 
-def log_mean_weight(log_target, log_proposal, n, *, step: float = 0.3, tol: float = 1e-15):
-    """(N,) exact E[log W̄] with W̄ the mean of n i.i.d. importance weights w = π/q under q, normalised so E_q w = 1:
-    how far E[log Ẑ] falls below log Z when Ẑ is the mean weight of n candidates (≤ 0 by Jensen, → 0 as n → ∞).
-
-    Frullani, log a = ∫_0^∞ (e^{−t} − e^{−ta}) dt / t, gives E[log Σ_j w_j] = ∫_0^∞ (e^{−t} − φ(t)^n) dt / t with
-    φ(t) = Σ_y q(y) e^{−t w(y)}, the same transform as :func:`resampling_logp`; with t = e^u, the trapezoid rule.
-    ``n`` an int gives (N,); a sequence of ints gives (len(n), N).
-    """
+def _weights(log_target, log_proposal, n):
+    """(log q normalised, the n's as an int array, log w = log π/q scaled so E_q w = 1): where both
+    transforms start."""
     log_target = np.asarray(log_target, dtype=np.float64)
     log_q = np.asarray(log_proposal, dtype=np.float64)
     log_q = log_q - logsumexp(log_q)[:, None]
@@ -471,7 +458,18 @@ def log_mean_weight(log_target, log_proposal, n, *, step: float = 0.3, tol: floa
         raise ValueError(f"n must be a positive int or a sequence of them, got {n!r}")
     with np.errstate(invalid="ignore"):
         log_w = np.where(np.isfinite(log_q), log_target - log_q, -np.inf)
-    log_w = log_w - logsumexp(log_q + log_w)[:, None]
+    return log_q, ns, log_w - logsumexp(log_q + log_w)[:, None]
+
+
+def log_mean_weight(log_target, log_proposal, n, *, step: float = 0.3, tol: float = 1e-15):
+    """(N,) exact E[log W̄] with W̄ the mean of n i.i.d. importance weights w = π/q under q, normalised so E_q w = 1:
+    how far E[log Ẑ] falls below log Z when Ẑ is the mean weight of n candidates (≤ 0 by Jensen, → 0 as n → ∞).
+
+    Frullani, log a = ∫_0^∞ (e^{−t} − e^{−ta}) dt / t, gives E[log Σ_j w_j] = ∫_0^∞ (e^{−t} − φ(t)^n) dt / t with
+    φ(t) = Σ_y q(y) e^{−t w(y)}, the same transform as :func:`resampling_logp`; with t = e^u, the trapezoid rule.
+    ``n`` an int gives (N,); a sequence of ints gives (len(n), N).
+    """
+    log_q, ns, log_w = _weights(log_target, log_proposal, n)
     w = np.exp(log_w)
     q = np.exp(log_q)
     w_min = np.where(np.isfinite(log_q) & (w > 0), w, np.inf).min(axis=1)
