@@ -112,8 +112,8 @@ def test_a_signal_stops_a_run_in_one_line_and_leaves_no_ray_process(tmp_path, co
 @pytest.mark.parametrize("argv, message", [
     (["sweep", "c.yaml", "--max-prompts", "0"], "argument --max-prompts: must be at least 1, got 0"),
     (["sweep", "c.yaml", "--max-prompts", "-3"], "argument --max-prompts: must be at least 1, got -3"),  # was: all but 3
-    (["demo", "--eval-prompts", "0"], "argument --eval-prompts: must be between 1 and 50, got 0"),
-    (["demo", "--eval-prompts", "51"], "argument --eval-prompts: must be between 1 and 50, got 51"),
+    (["demo", "--eval-prompts", "0"], "argument --eval-prompts: must be between 1 and 200, got 0"),
+    (["demo", "--eval-prompts", "201"], "argument --eval-prompts: must be between 1 and 200, got 201"),
     (["demo", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
     (["bench", "solver", "--prompts", "-5"], "argument --prompts: must be at least 1, got -5"),
     (["bench", "solver", "--tol", "0"], "argument --tol: must be a finite number > 0, got 0"),
