@@ -195,3 +195,14 @@ def test_slots_are_validated():
     mixed = MixedPolicy(tiny_family("seeds", 2), [0.5, 0.5])
     with pytest.raises(ValueError, match="slots must be None or an integer >= 1, got 0"):
         mixed.generate(PROMPTS, max_new_tokens=2, slots=0)
+
+
+def test_refill_keeps_room_for_the_rows_refilled_last():
+    """Eight full-length rows through one slot: the last row starts with the cache nearly full, and the cache must
+    still be rebased while it decodes (it once overflowed here: index_copy_ out of bounds)."""
+    mixed = MixedPolicy(tiny_family("lora", 2), [0.5, 0.5])
+    prompts, seeds = (PROMPTS * 2)[:8], list(range(8))
+    at_once = mixed.generate(prompts, max_new_tokens=20, seed=seeds, ignore_eos=True)
+    one_slot = mixed.generate(prompts, max_new_tokens=20, seed=seeds, ignore_eos=True, slots=1)
+    assert [g.token_ids for g in one_slot] == [g.token_ids for g in at_once]
+    np.testing.assert_allclose([g.logprob for g in one_slot], [g.logprob for g in at_once], atol=1e-4)

@@ -436,7 +436,8 @@ class MixedPolicy:
         nxt, looked, step_no = len(held), np.zeros(n, dtype=np.int64), 0
         groups = self._groups()
         with ExitStack() as stack:  # adapter activations last for the whole decode
-            room = (max_new + SYNC_EVERY + max(width)) if nxt < n else 0  # what refill and rebasing need
+            refilling = nxt < n
+            room = (max_new + SYNC_EVERY + max(width)) if refilling else 0  # what refill and rebasing need
             logits = [g.prefill(ids, rows[: nxt], max_new, stack, w, room) for g, ids, w in zip(groups, encoded, width)]
             if nxt < n and not all(g.can_refill for g in groups):
                 raise ValueError("slots < rows needs a static KV cache and batched adapters; decode with slots=None")
@@ -470,8 +471,8 @@ class MixedPolicy:
                     held, tok = held[keep], tok[keep]
                     for g in groups:
                         g.keep(keep)
-                for g in groups:
-                    g.rebase(SYNC_EVERY + 1) if nxt < n else None
+                for g in groups if refilling else []:  # to the end: the rows refilled last still write
+                    g.rebase(SYNC_EVERY + 1)
                 logits = [g.step(tok) for g in groups]
                 if nxt < n and len(free):
                     free = free[: n - nxt].to(dev)
