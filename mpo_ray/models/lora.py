@@ -17,13 +17,10 @@ computes differently (DoRA and other variants, LoRA biases, embeddings, merged w
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from functools import partial
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 def batched_lora(model, adapters: list[str | None]) -> BatchedLoRA | str:
