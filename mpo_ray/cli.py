@@ -17,8 +17,10 @@ from mpo_ray.runtime.session import install_signal_handlers, received_signal, se
 
 log = logging.getLogger("mpo_ray")
 
-VERBOSE_HELP = ("also show what Ray, torch and transformers print (INFO lines, workers' output, library warnings); "
-                "by default only mpo-ray's own lines")
+VERBOSE_HELP = (
+    "also show what Ray, torch and transformers print (INFO lines, workers' output, library warnings); "
+    "by default only mpo-ray's own lines"
+)
 
 
 def _local(path: str | None) -> str | None:
@@ -37,8 +39,9 @@ def _config(args: argparse.Namespace, **overrides):
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mpo_ray.demo.run import run_demo
 
-    summary = run_demo(output=args.output, quick=args.quick, adapters=args.adapters, seed=args.seed,
-                       eval_prompts=args.eval_prompts)
+    summary = run_demo(
+        output=args.output, quick=args.quick, adapters=args.adapters, seed=args.seed, eval_prompts=args.eval_prompts
+    )
     print(open(summary["report"], encoding="utf-8").read())
     return 0
 
@@ -64,8 +67,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         check_results_output(args.output)
     objectives = objectives_from_config(config)
     models = (config.reference.name, config.policy_names)  # MPO's own objective, where the files carry logp_ columns
-    results = [evaluate_generations(g, objectives, reference=args.reference, name=g, models=models)
-               for g in args.generations]
+    results = [
+        evaluate_generations(g, objectives, reference=args.reference, name=g, models=models) for g in args.generations
+    ]
     print(format_evaluations(results))
     if args.output:
         write_results(args.output, results)
@@ -85,8 +89,15 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.soup:  # the paper's weight-space baseline: the uniform soup, and one at MPO's λ when it is given
         k = len(config.policies)
         soups = {"soup": [1 / k] * k, **({"soup_mpo": points["MPO"]} if "MPO" in points else {})}
-    summary = run_sweep(config, output=output, points=points, max_prompts=args.max_prompts, soups=soups,
-                        progress=not args.quiet, figure=plot_front)  # front.png: written only over the sweep's own
+    summary = run_sweep(
+        config,
+        output=output,
+        points=points,
+        max_prompts=args.max_prompts,
+        soups=soups,
+        progress=not args.quiet,
+        figure=plot_front,
+    )  # front.png: written only over the sweep's own
     print(format_evaluations(summary["points"]))
     log.info("wrote %s and %s", join(output, "sweep.json"), join(output, "front.png"))
     return 0
@@ -109,8 +120,13 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
-    config = _config(args, nightly__night=args.night, nightly__prompts=_local(args.prompts),
-                     nightly__feedback=_local(args.feedback), nightly__store=_local(args.store))
+    config = _config(
+        args,
+        nightly__night=args.night,
+        nightly__prompts=_local(args.prompts),
+        nightly__feedback=_local(args.feedback),
+        nightly__store=_local(args.store),
+    )
     from mpo_ray.io.store import StoreConflict
     from mpo_ray.workflows.nightly import EXIT_CONFLICT, run_night
 
@@ -123,7 +139,16 @@ def _cmd_nightly(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-BENCHMARKS = ("solver", "estimator", "serving", "protocol", "decode", "score", "generate", "checkpoint")  # mpo_ray/benchmarks/<name>.py
+BENCHMARKS = (
+    "solver",
+    "estimator",
+    "serving",
+    "protocol",
+    "decode",
+    "score",
+    "generate",
+    "checkpoint",
+)  # mpo_ray/benchmarks/<name>.py
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -145,35 +170,69 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="MPO end to end on SmolLM2 with three DPO-trained LoRA policies (local Ray)")
     demo.add_argument("--output", default=None, help="directory for the demo's artifacts (default: ./mpo-demo)")
     demo.add_argument("--quick", action="store_true", help="fewer prompts and tokens: a smoke test in a few minutes")
-    demo.add_argument("--adapters", default=None, help="directory of the three adapters (default: the shipped ones; "
-                      "see train-demo-policies)")
-    demo.add_argument("--seed", type=non_negative_int, default=0, help="seed of the demo's sampling and generation (default 0)")
-    demo.add_argument("--eval-prompts", type=int_between(1, 200), default=None, metavar="N",
-                      help="held-out prompts to evaluate on (1-200; default 50, --quick 8): more give tighter "
-                           "intervals and power, in more time")
+    demo.add_argument(
+        "--adapters",
+        default=None,
+        help="directory of the three adapters (default: the shipped ones; see train-demo-policies)",
+    )
+    demo.add_argument(
+        "--seed", type=non_negative_int, default=0, help="seed of the demo's sampling and generation (default 0)"
+    )
+    demo.add_argument(
+        "--eval-prompts",
+        type=int_between(1, 200),
+        default=None,
+        metavar="N",
+        help="held-out prompts to evaluate on (1-200; default 50, --quick 8): more give tighter "
+        "intervals and power, in more time",
+    )
     demo.set_defaults(func=_cmd_demo)
 
-    train = sub.add_parser("train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)")
-    train.add_argument("--output", default=None, help="directory for the adapters (default: the ones shipped in mpo_ray/demo/data/adapters)")
-    train.add_argument("--only", nargs="+", default=None, metavar="OBJECTIVE",
-                       help="retrain only these adapters (concise, relevant, enthusiastic); keep the others")
+    train = sub.add_parser(
+        "train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)"
+    )
+    train.add_argument(
+        "--output",
+        default=None,
+        help="directory for the adapters (default: the ones shipped in mpo_ray/demo/data/adapters)",
+    )
+    train.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        metavar="OBJECTIVE",
+        help="retrain only these adapters (concise, relevant, enthusiastic); keep the others",
+    )
     train.set_defaults(func=_cmd_train_demo_policies)
 
     ev = sub.add_parser("evaluate", help="score generation Parquet with the config's reward functions/models")
     ev.add_argument("config", help="YAML config whose `rewards:` define the objectives")
     ev.add_argument("generations", nargs="+", help="generation outputs (Parquet file or directory) to evaluate")
-    ev.add_argument("--reference", default=None, help="reference generations (same prompt ids) for win rates and the MaxMin view")
+    ev.add_argument(
+        "--reference", default=None, help="reference generations (same prompt ids) for win rates and the MaxMin view"
+    )
     ev.add_argument("--output", default=None, help="write the results as JSON to this URI")
     ev.set_defaults(func=_cmd_evaluate)
 
-    sw = sub.add_parser("sweep", help="generate and evaluate over a grid of fixed weights (K = 2 or 3): the trade-off front")
+    sw = sub.add_parser(
+        "sweep", help="generate and evaluate over a grid of fixed weights (K = 2 or 3): the trade-off front"
+    )
     sw.add_argument("config", help="YAML config with a `generate:` section and `rewards:`")
     sw.add_argument("--step", type=float, default=0.25, help="grid step on the simplex, 1/n (default 0.25)")
-    sw.add_argument("--weights", default=None, help="the MPO point: a weights.json, a run directory, a weights store "
-                    "(its `latest`) or STORE/versions/NIGHT")
-    sw.add_argument("--max-prompts", type=positive_int, default=None, metavar="N", help="use only the first N corpus prompts")
-    sw.add_argument("--soup", action="store_true", help="also Rewarded Soups of the policies' LoRA adapters: uniform, "
-                    "and at the MPO weights when --weights is given")
+    sw.add_argument(
+        "--weights",
+        default=None,
+        help="the MPO point: a weights.json, a run directory, a weights store (its `latest`) or STORE/versions/NIGHT",
+    )
+    sw.add_argument(
+        "--max-prompts", type=positive_int, default=None, metavar="N", help="use only the first N corpus prompts"
+    )
+    sw.add_argument(
+        "--soup",
+        action="store_true",
+        help="also Rewarded Soups of the policies' LoRA adapters: uniform, "
+        "and at the MPO weights when --weights is given",
+    )
     sw.add_argument("--output", default=None, help="output directory (default: generate.output + '-sweep')")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)
@@ -184,22 +243,32 @@ def build_parser() -> argparse.ArgumentParser:
     rw.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     rw.set_defaults(func=_cmd_reweight)
 
-    gen = sub.add_parser("generate", help="generate one response per corpus prompt through the mixed policy, to Parquet")
+    gen = sub.add_parser(
+        "generate", help="generate one response per corpus prompt through the mixed policy, to Parquet"
+    )
     gen.add_argument("config", help="YAML config with a `generate:` section (see workflows/configs/)")
     gen.add_argument("--output", default=None, help="output URI (local dir or fsspec URL); overrides generate.output")
-    gen.add_argument("--weights", default=None, help="weights: a weights.json (of `mpo-ray reweight`), a weights store of `mpo-ray nightly` "
-                     "(its `latest`) or STORE/versions/NIGHT (pinned); overrides the config's")
+    gen.add_argument(
+        "--weights",
+        default=None,
+        help="weights: a weights.json (of `mpo-ray reweight`), a weights store of `mpo-ray nightly` "
+        "(its `latest`) or STORE/versions/NIGHT (pinned); overrides the config's",
+    )
     gen.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     gen.set_defaults(func=_cmd_generate)
 
     night = sub.add_parser(
-        "nightly", help="reweight tonight's prompts warm-started from `latest`; promote the new weights if they pass the gate",
+        "nightly",
+        help="reweight tonight's prompts warm-started from `latest`; promote the new weights if they pass the gate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="exit codes: 0 promoted (or a rerun of a promoted night: nothing changes); 2 bad input or config, nothing\n"
-               "written; 3 gate failed: the version is kept for review, `latest` stays (a rerun says so again);\n"
-               "4 another run holds the store's lock or moved `latest`: nothing written, retry.")
+        "written; 3 gate failed: the version is kept for review, `latest` stays (a rerun says so again);\n"
+        "4 another run holds the store's lock or moved `latest`: nothing written, retry.",
+    )
     night.add_argument("config", help="YAML config with a `nightly:` section (see workflows/configs/tiny.yaml)")
-    night.add_argument("--night", default=None, help="night id, also the version id (default: nightly.night, else today's UTC date)")
+    night.add_argument(
+        "--night", default=None, help="night id, also the version id (default: nightly.night, else today's UTC date)"
+    )
     night.add_argument("--prompts", default=None, help="tonight's prompts URI; overrides nightly.prompts")
     night.add_argument("--feedback", default=None, help="tonight's preference pairs URI; overrides nightly.feedback")
     night.add_argument("--store", default=None, help="weights store URI; overrides nightly.store")
@@ -210,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=BENCHMARKS)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
-    for command in sub.choices.values():  # global, and also accepted after the command (SUPPRESS: not given keeps False)
+    for (
+        command
+    ) in sub.choices.values():  # global, and also accepted after the command (SUPPRESS: not given keeps False)
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
@@ -245,8 +316,14 @@ def quiet_libraries(verbose: bool) -> None:
 # What the interruption line may promise. These commands write every artifact whole (io.storage: a temporary
 # name, then a rename); the ones that "resume" reuse what a stopped run finished (score batches, generated files,
 # sweep points), the demo starts its directory afresh. The others (bench, train-demo-policies) promise nothing.
-RERUN = {"generate": "resume", "nightly": "resume", "reweight": "resume", "sweep": "resume", "demo": "start again",
-         "evaluate": "start again"}
+RERUN = {
+    "generate": "resume",
+    "nightly": "resume",
+    "reweight": "resume",
+    "sweep": "resume",
+    "demo": "start again",
+    "evaluate": "start again",
+}
 
 
 def interrupted_line(command: str, signum: int) -> str:

@@ -6,12 +6,16 @@ from mpo_ray.core.estimator import log_mixture, split_counts
 from mpo_ray.runtime.resources import _cpu_share
 
 
-@pytest.mark.parametrize("nodes, actors", [([1, 1, 1], 7), ([2], 7), ([2], 4), ([8, 8], 7), ([1, 1, 1], 3), ([4, 0.5], 9)])
+@pytest.mark.parametrize(
+    "nodes, actors", [([1, 1, 1], 7), ([2], 7), ([2], 4), ([8, 8], 7), ([1, 1, 1], 3), ([4, 0.5], 9)]
+)
 def test_cpu_shares_fit_node_by_node(nodes, actors):
     share = _cpu_share(nodes, actors)
     assert share > 0
     assert sum(int(c / share + 1e-9) for c in nodes) >= actors  # every actor has a place
-    assert sum(int(c / (share + 0.02) + 1e-9) for c in nodes) < actors or share >= max(nodes)  # and it is not needlessly small
+    assert sum(int(c / (share + 0.02) + 1e-9) for c in nodes) < actors or share >= max(
+        nodes
+    )  # and it is not needlessly small
 
 
 def test_split_counts_and_balance_heuristic():

@@ -19,7 +19,7 @@ from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.models.preflight import check_models
 from mpo_ray.models.rewards import RewardSource
 
-REWARDS = '''
+REWARDS = """
 def fine(prompts, responses):
     return [float(len(r)) for r in responses]
 
@@ -40,7 +40,7 @@ def nan_on_row_1(prompts, responses):
 
 def five(prompts, responses):
     return [5.0] * len(responses)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +56,14 @@ def rewards_module(tmp_path_factory):
 
 
 def base(**extra) -> dict:
-    return {"reference": {"name": "base", "model": "tiny:base"},
-            "policies": [{"name": "a", "model": "tiny:base", "adapter": "tiny:lora-1"},
-                         {"name": "b", "model": "tiny:base", "adapter": "tiny:lora-2"}],
-            **extra}
+    return {
+        "reference": {"name": "base", "model": "tiny:base"},
+        "policies": [
+            {"name": "a", "model": "tiny:base", "adapter": "tiny:lora-1"},
+            {"name": "b", "model": "tiny:base", "adapter": "tiny:lora-2"},
+        ],
+        **extra,
+    }
 
 
 def one_line(exc) -> str:
@@ -75,7 +79,9 @@ def one_line(exc) -> str:
 def test_policy_named_like_a_fixed_score_column_is_refused(name, column):
     d = base()
     d["policies"][1]["name"] = name
-    with pytest.raises(ConfigError, match=rf"`policies\[1\]\.name` is '{name}', but the score table's column `{column}`") as e:
+    with pytest.raises(
+        ConfigError, match=rf"`policies\[1\]\.name` is '{name}', but the score table's column `{column}`"
+    ) as e:
         config_from_dict(d, source="c.yaml")
     one_line(e)
     # The reference's log-probs are `logp_ref` whatever it is called, so the reference may be `ref` (tiny.yaml)
@@ -91,7 +97,9 @@ def test_policy_named_like_a_fixed_score_column_is_refused(name, column):
 
 def test_two_rewards_with_one_name_are_refused():
     d = base(rewards=[{"name": "r", "function": "m:f"}, {"name": "r", "function": "m:g"}])
-    with pytest.raises(ConfigError, match=r"c.yaml: `rewards\[1\]\.name` is 'r' again; reward names must be unique") as e:
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: `rewards\[1\]\.name` is 'r' again; reward names must be unique"
+    ) as e:
         config_from_dict(d, source="c.yaml")
     one_line(e)
 
@@ -122,8 +130,11 @@ def test_device_this_machine_lacks_is_refused_before_ray_unless_on_a_cluster(mon
     d = base(rewards=[{"name": "rm", "model": "org/rm", "device": "cuda:7"}])
     d["policies"][1]["device"] = "cuda:7"
     config = config_from_dict(d, source="c.yaml")
-    with pytest.raises(UserError, match=r"c.yaml: `policies\[1\]\.device` is 'cuda:7', but this machine has 1 cuda "
-                                        r"device \(cuda:0\.\.cuda:0\) visible") as e:
+    with pytest.raises(
+        UserError,
+        match=r"c.yaml: `policies\[1\]\.device` is 'cuda:7', but this machine has 1 cuda "
+        r"device \(cuda:0\.\.cuda:0\) visible",
+    ) as e:
         check_models(config)
     one_line(e)
     with pytest.raises(UserError, match=r"`rewards\[0\]\.device` is 'cuda:7'"):
@@ -140,10 +151,14 @@ def test_device_this_machine_lacks_is_refused_before_ray_unless_on_a_cluster(mon
 
 
 def test_missing_local_reward_model_path_is_refused(tmp_path):
-    config = config_from_dict(base(rewards=[{"name": "rm", "model": "./no-such-reward-model"}]), source="c.yaml",
-                              base_dir=str(tmp_path))
-    with pytest.raises(UserError, match=r"c.yaml: `rewards\[0\]\.model` of reward 'rm', '.*no-such-reward-model', "
-                                        "does not exist") as e:
+    config = config_from_dict(
+        base(rewards=[{"name": "rm", "model": "./no-such-reward-model"}]), source="c.yaml", base_dir=str(tmp_path)
+    )
+    with pytest.raises(
+        UserError,
+        match=r"c.yaml: `rewards\[0\]\.model` of reward 'rm', '.*no-such-reward-model', "
+        "does not exist",
+    ) as e:
         check_models(config)
     one_line(e)
     # A hub id is not a path: it is left to the loader
@@ -153,13 +168,19 @@ def test_missing_local_reward_model_path_is_refused(tmp_path):
 # --- 5. reward functions that raise or return the wrong thing --------------------------------------------------
 
 
-@pytest.mark.parametrize("fn, match", [
-    ("raises", r"reward 'r' \(catalogue_rewards:raises\) raised RuntimeError: the scoring server is down when called "
-               r"on a 2-row probe"),
-    ("strings", r"reward 'r' \(catalogue_rewards:strings\) returned strings \(e\.g\. '0\.5' for row 0\)"),
-    ("short", r"reward 'r' \(catalogue_rewards:short\) returned 1 value for 2 rows"),
-    ("nan", r"reward 'r' \(catalogue_rewards:nan\) returned a non-finite value \(nan\) for row 0"),
-])
+@pytest.mark.parametrize(
+    "fn, match",
+    [
+        (
+            "raises",
+            r"reward 'r' \(catalogue_rewards:raises\) raised RuntimeError: the scoring server is down when called "
+            r"on a 2-row probe",
+        ),
+        ("strings", r"reward 'r' \(catalogue_rewards:strings\) returned strings \(e\.g\. '0\.5' for row 0\)"),
+        ("short", r"reward 'r' \(catalogue_rewards:short\) returned 1 value for 2 rows"),
+        ("nan", r"reward 'r' \(catalogue_rewards:nan\) returned a non-finite value \(nan\) for row 0"),
+    ],
+)
 def test_reward_function_is_probed_before_ray(rewards_module, fn, match):
     config = config_from_dict(base(rewards=[{"name": "r", "function": f"{rewards_module}:{fn}"}]), source="c.yaml")
     with pytest.raises(UserError, match=rf"^c.yaml: {match}") as e:
@@ -168,15 +189,26 @@ def test_reward_function_is_probed_before_ray(rewards_module, fn, match):
     broken = config_from_dict(base(rewards=[{"name": "r", "function": "catalogue_broken:f"}]))
     with pytest.raises(UserError, match=r"'catalogue_broken:f' does not import \(SyntaxError"):
         check_models(broken, [], reference=False)
-    check_models(config_from_dict(base(rewards=[{"name": "r", "function": f"{rewards_module}:fine"}])), [], reference=False)
+    check_models(
+        config_from_dict(base(rewards=[{"name": "r", "function": f"{rewards_module}:fine"}])), [], reference=False
+    )
 
 
 def test_reward_returning_nan_or_strings_in_the_run_names_the_row(rewards_module):
-    config = config_from_dict(base(rewards=[{"name": "r", "function": f"{rewards_module}:nan_on_row_1"},
-                                            {"name": "s", "function": f"{rewards_module}:strings"}]))
+    config = config_from_dict(
+        base(
+            rewards=[
+                {"name": "r", "function": f"{rewards_module}:nan_on_row_1"},
+                {"name": "s", "function": f"{rewards_module}:strings"},
+            ]
+        )
+    )
     prompts, responses = ["p0", "p1", "p2"], ["y0", "y1", "y2"]
-    with pytest.raises(UserError, match=r"reward 'r' \(catalogue_rewards:nan_on_row_1\) returned a non-finite value "
-                                        r"\(nan\) for row 1 \(prompt 'p1', response 'y1'\)"):
+    with pytest.raises(
+        UserError,
+        match=r"reward 'r' \(catalogue_rewards:nan_on_row_1\) returned a non-finite value "
+        r"\(nan\) for row 1 \(prompt 'p1', response 'y1'\)",
+    ):
         RewardSource(config.rewards[0]).score(prompts, responses)
     with pytest.raises(UserError, match=r"reward 's' \(catalogue_rewards:strings\) returned strings"):
         RewardSource(config.rewards[1]).score(prompts, responses)
@@ -186,11 +218,16 @@ def test_reward_returning_nan_or_strings_in_the_run_names_the_row(rewards_module
 
 
 def test_beta_too_small_for_the_rewards_is_refused_before_ray(rewards_module):
-    rewards = [{"name": "ra", "function": f"{rewards_module}:five", "objective": "a"},
-               {"name": "rb", "function": f"{rewards_module}:fine", "objective": "b"}]
+    rewards = [
+        {"name": "ra", "function": f"{rewards_module}:five", "objective": "a"},
+        {"name": "rb", "function": f"{rewards_module}:fine", "objective": "b"},
+    ]
     config = config_from_dict(base(rewards=rewards, beta=1e-7), source="c.yaml")
-    with pytest.raises(UserError, match=r"c.yaml: reward 'ra' returned 5 on a probe row, and 5/beta = 5e\+07 nats is "
-                                        r"beyond the ±1e\+06 the solver accepts; raise `beta`") as e:
+    with pytest.raises(
+        UserError,
+        match=r"c.yaml: reward 'ra' returned 5 on a probe row, and 5/beta = 5e\+07 nats is "
+        r"beyond the ±1e\+06 the solver accepts; raise `beta`",
+    ) as e:
         check_models(config, [], reference=False)
     one_line(e)
     check_models(config.with_overrides({"beta": 1e-4}), [], reference=False)  # 37/1e-4 = 3.7e5: within range
@@ -225,10 +262,12 @@ def test_unreachable_or_deeply_nested_weights_are_refused_in_one_line(tmp_path):
     deep.write_text("[" * 100_000 + "]" * 100_000)
     just_under = tmp_path / "under.json"  # parses (under the recursion limit): refused by its depth all the same
     just_under.write_text('{"format": "mpo-ray/weights", "x": ' + "[" * 900 + "]" * 900 + "}")
-    cases = {"http://127.0.0.1:9/x.json": r"weights artifact 'http://127\.0\.0\.1:9/x\.json' cannot be read \(",
-             str(tmp_path / "missing.json"): r"missing\.json' does not exist",
-             str(deep): r"weights artifact .*deep\.json. nests more than 64 levels deep",
-             str(just_under): r"weights artifact .*under\.json. nests more than 64 levels deep"}
+    cases = {
+        "http://127.0.0.1:9/x.json": r"weights artifact 'http://127\.0\.0\.1:9/x\.json' cannot be read \(",
+        str(tmp_path / "missing.json"): r"missing\.json' does not exist",
+        str(deep): r"weights artifact .*deep\.json. nests more than 64 levels deep",
+        str(just_under): r"weights artifact .*under\.json. nests more than 64 levels deep",
+    }
     for uri, match in cases.items():
         with pytest.raises(UserError, match=match) as e:
             WeightsArtifact.read(uri)
@@ -282,8 +321,13 @@ def test_sweep_probes_its_reward_functions_before_ray(rewards_module, tmp_path):
 
     corpus = tmp_path / "prompts.jsonl"
     corpus.write_text('{"prompt_id": "1", "prompt": "hello"}\n')
-    config = config_from_dict(base(rewards=[{"name": "r", "function": f"{rewards_module}:raises"}],
-                                   generate={"prompts": str(corpus), "max_new_tokens": 4}), source="c.yaml")
+    config = config_from_dict(
+        base(
+            rewards=[{"name": "r", "function": f"{rewards_module}:raises"}],
+            generate={"prompts": str(corpus), "max_new_tokens": 4},
+        ),
+        source="c.yaml",
+    )
     with pytest.raises(UserError, match=r"reward 'r' \(catalogue_rewards:raises\) raised RuntimeError") as e:
         run_sweep(config, output=str(tmp_path / "sweep"), points={"a": [1.0, 0.0]}, progress=False)
     one_line(e)

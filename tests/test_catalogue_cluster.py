@@ -30,7 +30,7 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc") or not shutil.which("
 def _starttime(pid: int) -> int:
     with open(f"/proc/{pid}/stat", "rb") as f:
         data = f.read()
-    return int(data[data.rindex(b")") + 2:].split()[19])
+    return int(data[data.rindex(b")") + 2 :].split()[19])
 
 
 def _alive(pid: int) -> bool:
@@ -39,7 +39,7 @@ def _alive(pid: int) -> bool:
             data = f.read()
     except OSError:
         return False
-    return data[data.rindex(b")") + 2:].split()[0] != b"Z"
+    return data[data.rindex(b")") + 2 :].split()[0] != b"Z"
 
 
 def _children(pid: int) -> list[int]:
@@ -50,7 +50,7 @@ def _children(pid: int) -> list[int]:
                 data = f.read()
         except OSError:
             continue
-        if int(data[data.rindex(b")") + 2:].split()[1]) == pid:
+        if int(data[data.rindex(b")") + 2 :].split()[1]) == pid:
             out.append(int(p))
     return out
 
@@ -74,9 +74,13 @@ def _env(cluster_dir: str) -> dict:
 
 def _user_tail(log: str, env: dict) -> tuple[subprocess.Popen, int]:
     """A user's terminal: a shell of its own session running `tail -f` on a log in the cluster's directory."""
-    shell = subprocess.Popen(["bash", "-c", 'tail -f "$0"; :', log], env={k: v for k, v in env.items()
-                                                                        if k != "MPO_CLUSTER_DIR"},
-                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    shell = subprocess.Popen(
+        ["bash", "-c", 'tail -f "$0"; :', log],
+        env={k: v for k, v in env.items() if k != "MPO_CLUSTER_DIR"},
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     assert _wait_for(lambda: bool(_children(shell.pid)))
     (tail,) = _children(shell.pid)
     return shell, tail
@@ -103,8 +107,11 @@ def test_stop_ends_only_the_recorded_processes_and_their_children(tmp_path):
     env = _env(cluster_dir)
     # a node as `start` leaves one: a session of its own with daemons in it, one of which started a child
     # in a session of its own (as Ray starts job drivers)
-    node = subprocess.Popen(["bash", "-c", "setsid sleep 300 & sleep 300 & wait"], start_new_session=True,
-                            env={**env, "MPO_LOCAL_CLUSTER": cluster_dir})
+    node = subprocess.Popen(
+        ["bash", "-c", "setsid sleep 300 & sleep 300 & wait"],
+        start_new_session=True,
+        env={**env, "MPO_LOCAL_CLUSTER": cluster_dir},
+    )
     assert _wait_for(lambda: len(_children(node.pid)) == 2)
     shell, tail = _user_tail(log, env)
     members = [node.pid, *_children(node.pid)]
@@ -147,8 +154,12 @@ def test_stop_of_a_real_cluster_leaves_a_users_tail_of_its_log_alone():
         assert start.returncode == 0, start.stdout + start.stderr
         with open(os.path.join(cluster_dir, "state")) as f:
             assert sum(line.startswith("PROC=") for line in f) >= 3  # gcs, raylet, dashboard, ... recorded at start
-        pids = [int(p) for p in subprocess.run(["bash", SCRIPT, "pids"], env=env, capture_output=True, text=True,
-                                               timeout=60).stdout.split()]
+        pids = [
+            int(p)
+            for p in subprocess.run(
+                ["bash", SCRIPT, "pids"], env=env, capture_output=True, text=True, timeout=60
+            ).stdout.split()
+        ]
         assert pids
         shell, tail = _user_tail(os.path.join(cluster_dir, "head.log"), env)
         stop = subprocess.run(["bash", SCRIPT, "stop"], env=env, capture_output=True, text=True, timeout=120)

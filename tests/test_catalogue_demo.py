@@ -43,12 +43,26 @@ def _write(path, text="x"):
 def _earlier_demo(out):
     """Every file an earlier (default-size) demo and its workflows leave in ``out``."""
     mark_ours(str(out), "demo")
-    for name in ("demo.json", "report.md", "evaluation.json", "solver.png", "objectives.png", "front.png",
-                 "prompts/reweight.jsonl", "prompts/eval.jsonl", "reweight/weights.json", "reweight/report.md",
-                 "generations/sweep/sweep.json", f"generations/mpo/{META_DIR}/manifest.json",
-                 f"generations/mpo/{META_DIR}/summary.json", f"generations/mpo/{META_DIR}/staging/20260101-ab/p.parquet",
-                 "soup/soup/adapter_config.json", "soup/soup/adapter_model.safetensors", "soup/soup/soup.json",
-                 f"reweight/{storage.TMP_PREFIX}{'0' * 32}"):  # an atomic write a kill interrupted
+    for name in (
+        "demo.json",
+        "report.md",
+        "evaluation.json",
+        "solver.png",
+        "objectives.png",
+        "front.png",
+        "prompts/reweight.jsonl",
+        "prompts/eval.jsonl",
+        "reweight/weights.json",
+        "reweight/report.md",
+        "generations/sweep/sweep.json",
+        f"generations/mpo/{META_DIR}/manifest.json",
+        f"generations/mpo/{META_DIR}/summary.json",
+        f"generations/mpo/{META_DIR}/staging/20260101-ab/p.parquet",
+        "soup/soup/adapter_config.json",
+        "soup/soup/adapter_model.safetensors",
+        "soup/soup/soup.json",
+        f"reweight/{storage.TMP_PREFIX}{'0' * 32}",
+    ):  # an atomic write a kill interrupted
         _write(out / name)
     mark_ours(str(out / "reweight"), "reweight")
     mark_ours(str(out / "generations" / "mpo"), "generate")
@@ -67,9 +81,14 @@ def test_demo_rerun_removes_only_files_the_demo_wrote_file_by_file(tmp_path, cap
 
     out = tmp_path / "demo"
     _earlier_demo(out)
-    users = {"my-notes.txt": "keep", "mydata/table.csv": "1,2", "prompts/mine.jsonl": "{}",
-             "reweight/scores/notes.md": "mine", "generations/sweep/analysis.md": "mine",
-             "soup/my-soup/adapter_config.json": "{}"}
+    users = {
+        "my-notes.txt": "keep",
+        "mydata/table.csv": "1,2",
+        "prompts/mine.jsonl": "{}",
+        "reweight/scores/notes.md": "mine",
+        "generations/sweep/analysis.md": "mine",
+        "soup/my-soup/adapter_config.json": "{}",
+    }
     for name, text in users.items():
         _write(out / name, text)
     _theirs(out / "reweight" / "scores" / "mine.parquet")
@@ -83,14 +102,24 @@ def test_demo_rerun_removes_only_files_the_demo_wrote_file_by_file(tmp_path, cap
     assert (out / "reweight" / "scores" / "mine.parquet").exists()
     assert (out / "generations" / "sweep" / "MPO-copy.parquet").exists()
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert left == sorted([*users, "reweight/scores/mine.parquet", "generations/sweep/MPO-copy.parquet", OWNER_FILE,
-                           f"reweight/{OWNER_FILE}", f"generations/sweep/{OWNER_FILE}"])
+    assert left == sorted(
+        [
+            *users,
+            "reweight/scores/mine.parquet",
+            "generations/sweep/MPO-copy.parquet",
+            OWNER_FILE,
+            f"reweight/{OWNER_FILE}",
+            f"generations/sweep/{OWNER_FILE}",
+        ]
+    )
     # directories go only once empty: nothing of generations/mpo or soup/soup is left, soup/ keeps the user's soup
     assert not (out / "generations" / "mpo").exists() and not (out / "soup" / "soup").exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1, warnings  # every file left alone, in one line
-    named = ("generations/sweep/MPO-copy.parquet, generations/sweep/analysis.md, my-notes.txt, mydata/, "
-             "prompts/mine.jsonl, reweight/scores/mine.parquet, reweight/scores/notes.md, soup/my-soup/.")
+    named = (
+        "generations/sweep/MPO-copy.parquet, generations/sweep/analysis.md, my-notes.txt, mydata/, "
+        "prompts/mine.jsonl, reweight/scores/mine.parquet, reweight/scores/notes.md, soup/my-soup/."
+    )
     assert named in warnings[0]  # a user's directory is named, not entered
 
 
@@ -167,8 +196,12 @@ def test_demo_rerun_refuses_a_workflow_directory_the_workflow_would_refuse(tmp_p
 def _scores(ids, shift):
     n, m = len(ids), 3
     rng = np.random.default_rng(len(ids))
-    cols = {"prompt_id": [i for i in ids for _ in range(m)], "sample_idx": list(range(m)) * n,
-            "logp_ref": rng.normal(-10, 1, n * m), "logp_proposal": rng.normal(-10, 1, n * m)}
+    cols = {
+        "prompt_id": [i for i in ids for _ in range(m)],
+        "sample_idx": list(range(m)) * n,
+        "logp_ref": rng.normal(-10, 1, n * m),
+        "logp_proposal": rng.normal(-10, 1, n * m),
+    }
     for k, name in enumerate(POLICIES):
         cols[f"logp_{name}"] = cols["logp_ref"] + rng.normal(0, 1, n * m) + (shift if k == 0 else 0)
     return pa.table(cols)
@@ -202,21 +235,28 @@ def test_train_demo_policies_refuses_a_foreign_output_in_under_a_second_before_a
     theirs = tmp_path / "theirs"
     _write(theirs / "README.md", "my readme")
     _write(theirs / "concise" / "notes.md", "my notes")
-    code = ("import sys, time; from mpo_ray.cli import main; t = time.perf_counter(); "
-            f"rc = main(['train-demo-policies', '--output', {str(theirs)!r}]); "
-            "print(rc, time.perf_counter() - t, [m for m in ('torch', 'transformers', 'ray') if m in sys.modules])")
+    code = (
+        "import sys, time; from mpo_ray.cli import main; t = time.perf_counter(); "
+        f"rc = main(['train-demo-policies', '--output', {str(theirs)!r}]); "
+        "print(rc, time.perf_counter() - t, [m for m in ('torch', 'transformers', 'ray') if m in sys.modules])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     rc, seconds, loaded = done.stdout.split(" ", 2)
     assert rc == "2" and float(seconds) < 1.0 and loaded.strip() == "[]", done
     err = done.stderr.strip().splitlines()
     assert len(err) == 1 and "was not made by `mpo-ray train-demo-policies`" in err[0] and str(theirs) in err[0]
-    assert (theirs / "README.md").read_text() == "my readme" and (theirs / "concise" / "notes.md").read_text() == "my notes"
+    assert (theirs / "README.md").read_text() == "my readme" and (
+        theirs / "concise" / "notes.md"
+    ).read_text() == "my notes"
     assert sorted(p.name for p in theirs.iterdir()) == ["README.md", "concise"]  # no marker either
 
 
 def _digests(root):
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_train_demo_policies_output_check(tmp_path):
@@ -303,9 +343,14 @@ def test_train_demo_policies_marks_its_output_and_replaces_adapters_file_by_file
         def generate(self, prompts, **kw):
             return [SimpleNamespace(text="Yes!") for _ in prompts]
 
-    monkeypatch.setattr(policies, "_self_samples", lambda ref, prompts, *a: [
-        [SimpleNamespace(text="Yes!", token_ids=[1]), SimpleNamespace(text=f"{p} well", token_ids=[1, 2])]
-        for p in prompts])
+    monkeypatch.setattr(
+        policies,
+        "_self_samples",
+        lambda ref, prompts, *a: [
+            [SimpleNamespace(text="Yes!", token_ids=[1]), SimpleNamespace(text=f"{p} well", token_ids=[1, 2])]
+            for p in prompts
+        ],
+    )
     monkeypatch.setattr(model_policies, "load_policies", lambda specs: [Policy(s.name) for s in specs])
     monkeypatch.setattr(model_policies, "resolve_model", lambda *a, **k: "base")
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: object())
@@ -323,6 +368,11 @@ def test_train_demo_policies_marks_its_output_and_replaces_adapters_file_by_file
     (new / "concise" / "adapter_model.safetensors").write_text("old")
     train_demo_policies(new, config, quiet=True)
     assert (new / "concise" / "adapter_model.safetensors").read_text() == "new"
-    assert json.loads((new / "concise" / "adapter_config.json").read_text())["base_model_name_or_path"] == policies.BASE_MODEL_ID
-    assert (new / "concise" / "notes.md").read_text() == "my notes" and (new / "my-runs" / "log.txt").read_text() == "my log"
+    assert (
+        json.loads((new / "concise" / "adapter_config.json").read_text())["base_model_name_or_path"]
+        == policies.BASE_MODEL_ID
+    )
+    assert (new / "concise" / "notes.md").read_text() == "my notes" and (
+        new / "my-runs" / "log.txt"
+    ).read_text() == "my log"
     assert not [p for p in new.iterdir() if p.name.startswith(".")]  # no temporary adapter directory left

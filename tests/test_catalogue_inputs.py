@@ -75,8 +75,11 @@ def test_case4_a_byte_order_mark_is_stripped(tmp_path):
         assert read_prompts(marked, id_column="id") == read_prompts(plain, id_column="id") == (["007", "8"], ["a", "b"])
         assert check_unique_ids(marked, "prompt", "id") == check_unique_ids(plain, "prompt", "id")
     pair = {"prompt": "p", "chosen": "x", "rejected": "y", "group": "helpful"}
-    for name, text in [("f.jsonl", jsonl([pair])), ("f.json", json.dumps([pair])),
-                       ("f.csv", "prompt,chosen,rejected,group\np,x,y,helpful\n")]:
+    for name, text in [
+        ("f.jsonl", jsonl([pair])),
+        ("f.json", json.dumps([pair])),
+        ("f.csv", "prompt,chosen,rejected,group\np,x,y,helpful\n"),
+    ]:
         fb = read_feedback(write(tmp_path / name, BOM + text), POLICIES)
         assert (fb.prompts, fb.chosen, fb.rejected, fb.groups) == (["p"], ["x"], ["y"], ["helpful"])
 
@@ -103,12 +106,21 @@ def test_ray_data_reader_gives_the_rows_the_driver_checked(tmp_path, local_ray):
     from mpo_ray.runtime import data
     from mpo_ray.workflows.generate import prepare_rows
 
-    pq.write_table(pa.table({"id": pa.array([1, None, 3], pa.int64()), "prompt": ["a", "b", "c"]}),
-                   tmp_path / "ints.parquet")  # a null makes Arrow → numpy turn the ids into floats (1 → "1.0")
+    pq.write_table(
+        pa.table({"id": pa.array([1, None, 3], pa.int64()), "prompt": ["a", "b", "c"]}), tmp_path / "ints.parquet"
+    )  # a null makes Arrow → numpy turn the ids into floats (1 → "1.0")
     corpora = {
         "csv": BOM + "id,prompt\n007,a\n7,42\n1.10,NA\n,no id\n",
-        "json": BOM + jsonl([{"id": "007", "prompt": "a"}, {"id": 7, "prompt": "b"}, {"prompt": 42},
-                             {"id": None, "prompt": "c\u2028d"}, {"id": 2.5, "prompt": "e"}]),
+        "json": BOM
+        + jsonl(
+            [
+                {"id": "007", "prompt": "a"},
+                {"id": 7, "prompt": "b"},
+                {"prompt": 42},
+                {"id": None, "prompt": "c\u2028d"},
+                {"id": 2.5, "prompt": "e"},
+            ]
+        ),
     }
     uris = {fmt: write(tmp_path / f"c.{'jsonl' if fmt == 'json' else fmt}", text) for fmt, text in corpora.items()}
     uris["parquet"] = str(tmp_path / "ints.parquet")
@@ -116,8 +128,12 @@ def test_ray_data_reader_gives_the_rows_the_driver_checked(tmp_path, local_ray):
     for fmt, uri in uris.items():
         driver = check_unique_ids(uri, "prompt", "id")
         ds = data.read_corpus(uri, fmt, "prompt")
-        rows = data.map_rows(ds, prepare_rows, batch_size=4, fn_kwargs={
-            "prompt_column": "prompt", "id_column": "id", "seed": 3, "done": frozenset()}).take_all()
+        rows = data.map_rows(
+            ds,
+            prepare_rows,
+            batch_size=4,
+            fn_kwargs={"prompt_column": "prompt", "id_column": "id", "seed": 3, "done": frozenset()},
+        ).take_all()
         assert {r["prompt_id"]: r["prompt"] for r in rows} == driver, fmt  # rows come back in any order
         assert all(r["seed"] == derive_seed(3, r["prompt_id"]) for r in rows)
         errors = {r["prompt_id"] for r in rows if r["error"]}

@@ -29,10 +29,23 @@ FP = "fingerprint-of-this-output"
 
 def rows(ids, texts=None) -> pa.Table:
     n = len(ids)
-    return pa.table({"prompt_id": ids, "prompt": texts or ids, "response": ids, "finish_reason": ["stop"] * n,
-                     "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n,
-                     "log_partition": [None] * n, "target_logprob": [None] * n,
-                     "weights_version": ["v"] * n, "seed": [1] * n, "error": [None] * n}, schema=GENERATION_SCHEMA)
+    return pa.table(
+        {
+            "prompt_id": ids,
+            "prompt": texts or ids,
+            "response": ids,
+            "finish_reason": ["stop"] * n,
+            "num_tokens": [1] * n,
+            "log_normalizer": [0.0] * n,
+            "sample_logprob": [None] * n,
+            "log_partition": [None] * n,
+            "target_logprob": [None] * n,
+            "weights_version": ["v"] * n,
+            "seed": [1] * n,
+            "error": [None] * n,
+        },
+        schema=GENERATION_SCHEMA,
+    )
 
 
 def users_parquet(path, ids=("u1",)):
@@ -205,8 +218,10 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_file(tmp_path, monkeypatc
     def full_disk(self, path, mode="rb", **kw):
         f = real_open(self, path, mode, **kw)
         if "w" in mode:
+
             def write(data):
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
             f.write = write
         return f
 
@@ -225,11 +240,21 @@ def test_generate_rerun_keeps_a_users_file_and_regenerates_an_edited_prompt(loca
     from mpo_ray.workflows.generate import generate
 
     corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"prompt_id": f"p{i}", "prompt": f"Tell me about {i}."}) + "\n" for i in range(6)))
+    corpus.write_text(
+        "".join(json.dumps({"prompt_id": f"p{i}", "prompt": f"Tell me about {i}."}) + "\n" for i in range(6))
+    )
     out = tmp_path / "gen"
-    config = load_config(TINY, overrides={"generate.prompts": str(corpus), "generate.output": str(out),
-                                          "generate.weights": [0.5, 0.3, 0.2], "generate.max_new_tokens": 4,
-                                          "generate.batch_size": 4, "generate.rows_per_file": 4})
+    config = load_config(
+        TINY,
+        overrides={
+            "generate.prompts": str(corpus),
+            "generate.output": str(out),
+            "generate.weights": [0.5, 0.3, 0.2],
+            "generate.max_new_tokens": 4,
+            "generate.batch_size": 4,
+            "generate.rows_per_file": 4,
+        },
+    )
     generate(config, progress=False)
     mine = users_parquet(out / "my-notes.parquet", ids=("p0",))
     corpus.write_text(corpus.read_text().replace("Tell me about 3.", "Tell me about three."))
@@ -255,13 +280,23 @@ def test_a_generate_rerun_after_an_adapter_was_retrained_in_place_is_refused(tmp
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text('{"r": 8}')
     (adapter / "adapter_model.safetensors").write_bytes(b"\x01" * 64)
-    config = load_config(TINY, overrides={"generate.output": str(tmp_path / "gen"), "generate.weights": [0.5, 0.3, 0.2],
-                                          "policies": [{"name": "concise", "model": "tiny:base", "adapter": str(adapter)},
-                                                       {"name": "detailed", "model": "tiny:base", "adapter": "tiny:lora-2"},
-                                                       {"name": "upbeat", "model": "tiny:base", "adapter": "tiny:lora-3"}]})
+    config = load_config(
+        TINY,
+        overrides={
+            "generate.output": str(tmp_path / "gen"),
+            "generate.weights": [0.5, 0.3, 0.2],
+            "policies": [
+                {"name": "concise", "model": "tiny:base", "adapter": str(adapter)},
+                {"name": "detailed", "model": "tiny:base", "adapter": "tiny:lora-2"},
+                {"name": "upbeat", "model": "tiny:base", "adapter": "tiny:lora-3"},
+            ],
+        },
+    )
     fingerprint, settings = check_output(config, [0.5, 0.3, 0.2], "v")
     mark_ours(str(tmp_path / "gen"), "generate")
-    storage.write_json(str(tmp_path / "gen" / META_DIR / "manifest.json"), {"fingerprint": fingerprint, "settings": settings})
+    storage.write_json(
+        str(tmp_path / "gen" / META_DIR / "manifest.json"), {"fingerprint": fingerprint, "settings": settings}
+    )
     assert check_output(config, [0.5, 0.3, 0.2], "v")[0] == fingerprint  # nothing changed: resumed
     (adapter / "adapter_model.safetensors").write_bytes(b"\x02" * 64)  # retrained in place, same size
     with pytest.raises(UserError, match=r"holds generations made with other settings \(changed: \['models'\]\)"):

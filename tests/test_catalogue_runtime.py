@@ -44,8 +44,13 @@ def tiny_config(tmp_path) -> str:
 def start_cli(*args: str) -> subprocess.Popen:
     """`mpo-ray ARGS` with SIGINT at its default action: a shell starts background jobs ignoring it, and the CLI
     (rightly) keeps an ignored signal ignored."""
-    return subprocess.Popen([sys.executable, "-m", "mpo_ray.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "mpo_ray.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def wait_for_descendant(proc: subprocess.Popen, name: str, timeout: float = 240.0) -> list:
@@ -74,10 +79,18 @@ def wait_for_descendant(proc: subprocess.Popen, name: str, timeout: float = 240.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command, signum, worker", [
-    ("reweight", signal.SIGINT, "ray::PolicyActor"),  # Ctrl-C while actors sample: used to print a traceback
-    ("generate", signal.SIGTERM, "ray::MapWorker"),   # a scheduler's stop inside Ray Data: used to abort, C++ stack dump
-], ids=["SIGINT-reweight", "SIGTERM-generate"])
+@pytest.mark.parametrize(
+    "command, signum, worker",
+    [
+        ("reweight", signal.SIGINT, "ray::PolicyActor"),  # Ctrl-C while actors sample: used to print a traceback
+        (
+            "generate",
+            signal.SIGTERM,
+            "ray::MapWorker",
+        ),  # a scheduler's stop inside Ray Data: used to abort, C++ stack dump
+    ],
+    ids=["SIGINT-reweight", "SIGTERM-generate"],
+)
 def test_a_signal_stops_a_run_in_one_line_and_leaves_no_ray_process(tmp_path, command, signum, worker):
     psutil = pytest.importorskip("psutil")
     out = str(tmp_path / "out")
@@ -109,21 +122,27 @@ def test_a_signal_stops_a_run_in_one_line_and_leaves_no_ray_process(tmp_path, co
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["sweep", "c.yaml", "--max-prompts", "0"], "argument --max-prompts: must be at least 1, got 0"),
-    (["sweep", "c.yaml", "--max-prompts", "-3"], "argument --max-prompts: must be at least 1, got -3"),  # was: all but 3
-    (["demo", "--eval-prompts", "0"], "argument --eval-prompts: must be between 1 and 200, got 0"),
-    (["demo", "--eval-prompts", "201"], "argument --eval-prompts: must be between 1 and 200, got 201"),
-    (["demo", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
-    (["bench", "solver", "--prompts", "-5"], "argument --prompts: must be at least 1, got -5"),
-    (["bench", "solver", "--tol", "0"], "argument --tol: must be a finite number > 0, got 0"),
-    (["bench", "estimator", "--samples", "4", "0"], "argument --samples: must be at least 1, got 0"),
-    (["bench", "estimator", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
-    (["bench", "decode", "--k", "1,0"], "argument --k: must be at least 1, got 0"),
-    (["bench", "decode", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
-    (["bench", "generate", "--replicas", "2,-1"], "argument --replicas: must be at least 1, got -1"),
-    (["bench", "generate", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sweep", "c.yaml", "--max-prompts", "0"], "argument --max-prompts: must be at least 1, got 0"),
+        (
+            ["sweep", "c.yaml", "--max-prompts", "-3"],
+            "argument --max-prompts: must be at least 1, got -3",
+        ),  # was: all but 3
+        (["demo", "--eval-prompts", "0"], "argument --eval-prompts: must be between 1 and 200, got 0"),
+        (["demo", "--eval-prompts", "201"], "argument --eval-prompts: must be between 1 and 200, got 201"),
+        (["demo", "--seed", "-1"], "argument --seed: must be at least 0, got -1"),
+        (["bench", "solver", "--prompts", "-5"], "argument --prompts: must be at least 1, got -5"),
+        (["bench", "solver", "--tol", "0"], "argument --tol: must be a finite number > 0, got 0"),
+        (["bench", "estimator", "--samples", "4", "0"], "argument --samples: must be at least 1, got 0"),
+        (["bench", "estimator", "--seeds", "0"], "argument --seeds: must be at least 1, got 0"),
+        (["bench", "decode", "--k", "1,0"], "argument --k: must be at least 1, got 0"),
+        (["bench", "decode", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+        (["bench", "generate", "--replicas", "2,-1"], "argument --replicas: must be at least 1, got -1"),
+        (["bench", "generate", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+    ],
+)
 def test_count_flags_refuse_zero_and_negative_with_a_usage_error(monkeypatch, capsys, argv, message):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the command ran")
@@ -212,10 +231,20 @@ def test_user_errors_raised_inside_workers_reach_the_cli_as_one_line(local_ray, 
 
     ds = ray.data.from_items([{"prompt_id": str(i)} for i in range(4)])
     data_plan = Placement(replicas=1, num_gpus=0, num_cpus=0.25, threads=1)
-    for fail_in, expected in (("call", "prompt row 3 is not text."), ("init", "generate.weights must sum to 1, got 2.")):
+    for fail_in, expected in (
+        ("call", "prompt row 3 is not text."),
+        ("init", "generate.weights must sum to 1, got 2."),
+    ):
         with pytest.raises(UserError) as exc:  # were RayTaskError(UserCodeException) and ActorDiedError
-            generate_parquet(ds, Worker, {"fail_in": fail_in}, data_plan, batch_size=4, rows_per_file=4,
-                             staging=str(tmp_path / f"staging-{fail_in}"))
+            generate_parquet(
+                ds,
+                Worker,
+                {"fail_in": fail_in},
+                data_plan,
+                batch_size=4,
+                rows_per_file=4,
+                staging=str(tmp_path / f"staging-{fail_in}"),
+            )
         assert str(exc.value) == expected
 
     # and at the CLI: one line, exit 2 (main's own handling, now that the error arrives as itself)

@@ -39,8 +39,14 @@ class FakeWorker:
     def generate(self, label, weights, ids, prompts, seeds, params, batch_size, score=()):
         self.calls.append(label)
         n = len(ids)
-        return pa.table({"prompt_id": ids, "prompt": prompts, "response": [f"{label} t={params['temperature']}"] * n,
-                         "error": pa.nulls(n, pa.string())})
+        return pa.table(
+            {
+                "prompt_id": ids,
+                "prompt": prompts,
+                "response": [f"{label} t={params['temperature']}"] * n,
+                "error": pa.nulls(n, pa.string()),
+            }
+        )
 
     def kill(self):
         pass
@@ -56,8 +62,9 @@ def fake_ray(monkeypatch):
 
 def _sweep(out, calls, config=None, points=POINTS, max_prompts=2, **kw):
     calls.clear()
-    summary = sweep.run_sweep(config or load_config(TINY), output=str(out), points=dict(points), max_prompts=max_prompts,
-                              progress=False, **kw)
+    summary = sweep.run_sweep(
+        config or load_config(TINY), output=str(out), points=dict(points), max_prompts=max_prompts, progress=False, **kw
+    )
     return sorted(calls), summary
 
 
@@ -82,7 +89,8 @@ def test_sweep_rerun_regenerates_points_whose_settings_changed(tmp_path, fake_ra
     assert pq.read_table(out / "a.parquet")["response"].to_pylist() == ["a t=0.5"] * 2  # the rows sweep.json states
     written = json.loads((out / "sweep.json").read_text())
     assert {p["name"]: p["fingerprint"] for p in written["points"]} == {
-        label: _fingerprint(out / f"{label}.parquet") for label in ("reference", "a", "b")}
+        label: _fingerprint(out / f"{label}.parquet") for label in ("reference", "a", "b")
+    }
 
     for change in ({"generate.seed": 7}, {"generate.num_candidates": 2}):
         assert _sweep(out, fake_ray, config.with_overrides(change))[0] == ["a", "b", "reference"], change
@@ -97,7 +105,11 @@ def test_sweep_rerun_regenerates_points_whose_settings_changed(tmp_path, fake_ra
     rows[2]["prompt"] += " Please."
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     edited = config.with_overrides({"generate.prompts": str(corpus)})
-    assert _sweep(out, fake_ray, edited, points={**POINTS, "a": [0.0, 1.0, 0.0]}, max_prompts=3)[0] == ["a", "b", "reference"]
+    assert _sweep(out, fake_ray, edited, points={**POINTS, "a": [0.0, 1.0, 0.0]}, max_prompts=3)[0] == [
+        "a",
+        "b",
+        "reference",
+    ]
 
 
 def test_sweep_point_fingerprint_names_each_part_that_produced_the_rows(tmp_path):
@@ -121,11 +133,14 @@ def test_sweep_point_fingerprint_names_each_part_that_produced_the_rows(tmp_path
     after = sweep.point_fingerprints(specs, 3, vectors, ids, prompts, decoding)
     assert {k for k in before["a"] if before["a"][k] != after["a"][k]} == {"models", "scorers"}
     assert {k for k in before["b"] if before["b"][k] != after["b"][k]} == {"scorers"}  # scored by the retrained one
-    assert sweep.point_fingerprints(specs, 3, vectors, ids, ["x", "y!"], decoding)["b"]["prompts"] != after["b"]["prompts"]
+    assert (
+        sweep.point_fingerprints(specs, 3, vectors, ids, ["x", "y!"], decoding)["b"]["prompts"] != after["b"]["prompts"]
+    )
 
     soup = PolicySpec(name="soup", model=config.reference.model, adapter=str(adapter))
-    with_soup = sweep.point_fingerprints([*specs, soup], 3, {"b": vectors["b"] + [0.0], "soup": [0.0] * 4 + [1.0]},
-                                         ids, prompts, decoding)
+    with_soup = sweep.point_fingerprints(
+        [*specs, soup], 3, {"b": vectors["b"] + [0.0], "soup": [0.0] * 4 + [1.0]}, ids, prompts, decoding
+    )
     assert with_soup["b"] == after["b"]
     assert with_soup["soup"]["weights"] != with_soup["b"]["weights"]
 
@@ -202,12 +217,23 @@ def test_a_soup_of_adapters_retrained_in_place_is_never_reused(tmp_path):
 
 def gen_table(ids, responses=None):
     n = len(ids)
-    return pa.table({
-        "prompt_id": ids, "prompt": ["q"] * n, "response": responses or ["a b"] * n, "finish_reason": ["stop"] * n,
-        "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n, "log_partition": [None] * n,
-        "target_logprob": [None] * n, "weights_version": ["v"] * n,
-        "seed": list(range(n)), "error": [None] * n,
-    }, schema=GENERATION_SCHEMA)
+    return pa.table(
+        {
+            "prompt_id": ids,
+            "prompt": ["q"] * n,
+            "response": responses or ["a b"] * n,
+            "finish_reason": ["stop"] * n,
+            "num_tokens": [1] * n,
+            "log_normalizer": [0.0] * n,
+            "sample_logprob": [None] * n,
+            "log_partition": [None] * n,
+            "target_logprob": [None] * n,
+            "weights_version": ["v"] * n,
+            "seed": list(range(n)),
+            "error": [None] * n,
+        },
+        schema=GENERATION_SCHEMA,
+    )
 
 
 def test_evaluate_refuses_a_generation_file_changed_since_written(tmp_path):

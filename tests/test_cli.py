@@ -51,7 +51,11 @@ def test_user_errors_are_one_line_and_exit_2_but_bugs_keep_their_traceback(monke
 
 def test_a_bad_config_fails_in_one_line_before_ray_starts(tmp_path):
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("beta: .inf\nreference: {name: ref, model: 'tiny:base'}\npolicies: [{name: a, model: 'tiny:base'}]\n"
-                   "reweight: {prompts: p.jsonl}\n")
+    cfg.write_text(
+        "beta: .inf\nreference: {name: ref, model: 'tiny:base'}\npolicies: [{name: a, model: 'tiny:base'}]\n"
+        "reweight: {prompts: p.jsonl}\n"
+    )
     out = subprocess.run([sys.executable, "-m", "mpo_ray.cli", "reweight", str(cfg)], capture_output=True, text=True)
-    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "`beta`" in out.stderr and "Traceback" not in out.stderr
+    assert (
+        out.returncode == 2 and out.stderr.count("\n") == 1 and "`beta`" in out.stderr and "Traceback" not in out.stderr
+    )

@@ -111,7 +111,9 @@ def test_manifest_parses_and_is_the_kind_it_claims(name):
         import jsonschema
 
         (config,) = docs
-        schema_path = os.path.join(os.path.dirname(importlib.util.find_spec("ray").origin), "autoscaler", "ray-schema.json")
+        schema_path = os.path.join(
+            os.path.dirname(importlib.util.find_spec("ray").origin), "autoscaler", "ray-schema.json"
+        )
         with open(schema_path) as f:
             jsonschema.validate(config, json.load(f))  # the schema `ray up` itself validates against
         assert config["head_node_type"] in config["available_node_types"]
@@ -137,13 +139,18 @@ def test_every_path_and_module_a_manifest_names_exists(name):
     for module in modules:
         assert importlib.util.find_spec(module) is not None, f"{name}: `python -m {module}` does not import"
     if missing:
-        pytest.skip(f"{name}: all else exists; waiting for {missing} (required once {sorted({PENDING[p] for p in missing})} exist)")
+        pytest.skip(
+            f"{name}: all else exists; waiting for {missing} (required once {sorted({PENDING[p] for p in missing})} exist)"
+        )
 
 
 def test_workflow_entrypoints_run_a_workflow_with_a_config():
     entrypoints = [d["spec"]["entrypoint"] for d in k8s_docs("RayJob")]
-    entrypoints += [" ".join(c["args"]) for d in k8s_docs("CronJob")
-                    for c in d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]]
+    entrypoints += [
+        " ".join(c["args"])
+        for d in k8s_docs("CronJob")
+        for c in d["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    ]
     scripts = set()
     for command in entrypoints:
         found = PY_SCRIPT.findall(command)
@@ -174,8 +181,11 @@ def test_kuberay_pieces_fit_together():
     assert spec["authOptions"]["mode"] == "token"
     with open(LOCK) as f:
         assert f"ray=={spec['rayVersion']}" in f.read().split(), "rayVersion must be the Ray the image installs"
-    gpu_groups = [g for g in spec["workerGroupSpecs"]
-                  if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    gpu_groups = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]
     assert gpu_groups and all(g["minReplicas"] == 0 < g["maxReplicas"] for g in gpu_groups)  # autoscaled GPU workers
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
@@ -186,7 +196,9 @@ def test_kuberay_pieces_fit_together():
         assert job["spec"]["clusterSelector"] == {"ray.io/cluster": name}
         inline = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
         assert inline["working_dir"] == IMAGE_PROJECT_DIR
-        assert inline["env_vars"] == runtime_env["env_vars"], "keep the RayJobs' runtimeEnvYAML in step with cluster/runtime_env.yaml"
+        assert inline["env_vars"] == runtime_env["env_vars"], (
+            "keep the RayJobs' runtimeEnvYAML in step with cluster/runtime_env.yaml"
+        )
 
     (cron,) = k8s_docs("CronJob")
     pod = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]
@@ -234,7 +246,11 @@ def test_security_defaults(name):
             assert "valueFrom" in entry, f"{name}: {entry['name']} must come from a Secret, not a literal"
     assert not re.search(r"\bhf_[A-Za-z0-9]{20,}|AKIA[0-9A-Z]{16}|-----BEGIN", text), f"{name}: looks like a secret"
     assert not [v for k, v in _items(docs) if k == "trust_remote_code" and v], f"{name} turns on trust_remote_code"
-    assert not [v for _, v in _items(docs) if isinstance(v, str) and re.search(r"trust[_-]remote[_-]code(=|\s+)(true|1)", v, re.I)]
+    assert not [
+        v
+        for _, v in _items(docs)
+        if isinstance(v, str) and re.search(r"trust[_-]remote[_-]code(=|\s+)(true|1)", v, re.I)
+    ]
     assert "RAY_AUTH_MODE=disabled" not in text and "mode: disabled" not in text
     assert not re.search(r"serviceType:\s*(LoadBalancer|NodePort)", text)
     if name == "ray-up-aws.yaml":
@@ -256,8 +272,11 @@ def test_security_defaults(name):
 def _dockerfile() -> list[tuple[str, str]]:
     with open(DOCKERFILE) as f:
         text = re.sub(r"\\\n", " ", f.read())
-    return [tuple(line.strip().split(None, 1)) for line in text.splitlines()
-            if line.strip() and not line.lstrip().startswith("#")]
+    return [
+        tuple(line.strip().split(None, 1))
+        for line in text.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
 
 
 def test_dockerfile_copies_what_exists_and_installs_the_project_where_jobs_look():
@@ -295,7 +314,9 @@ def test_image_pins_the_versions_the_tests_run_against():
         if name == "torch":
             continue
         assert name in pinned, f"{dep.name} (pyproject.toml) is not pinned in infra/requirements.lock"
-        assert dep.specifier.contains(pinned[name], prereleases=True), f"lock pins {dep.name}=={pinned[name]}, outside {dep}"
+        assert dep.specifier.contains(pinned[name], prereleases=True), (
+            f"lock pins {dep.name}=={pinned[name]}, outside {dep}"
+        )
     assert pinned["ray"] == importlib.metadata.version("ray")
 
 
@@ -343,8 +364,7 @@ def test_local_cluster_script_refuses_a_directory_it_did_not_create(tmp_path, co
     (foreign / "state").write_text("touch PWNED\n")  # never sourced
     before = _tree(tmp_path)
     args = ["bash", SCRIPT, command] + (["0"] if command == "start" else [])
-    out = subprocess.run(args, env=_script_env(str(foreign)), cwd=tmp_path,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(args, env=_script_env(str(foreign)), cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode not in (0, 2), out
     assert _tree(tmp_path) == before, "the script touched a directory it did not create"
     (line,) = out.stderr.splitlines()
@@ -360,13 +380,21 @@ def test_local_cluster_env_output_is_safe_to_eval(tmp_path):
     with open(os.path.join(cluster_dir, "state"), "w") as f:
         f.write("GCS_PORT=6379\nDASHBOARD_PORT=8265\nCLIENT_PORT=10001\nWORKERS=2\n")
     env = _script_env(cluster_dir)
-    printed = subprocess.run(["bash", SCRIPT, "env"], env=env, cwd=tmp_path,
-                             capture_output=True, text=True, timeout=60)
+    printed = subprocess.run(["bash", SCRIPT, "env"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert printed.returncode == 0, printed.stderr
     shell = subprocess.run(
-        ["bash", "-c", 'eval "$1" && printf "%s\\0" "$RAY_AUTH_TOKEN_PATH" "$RAY_ADDRESS" "$MPO_LOCAL_RUNTIME_ENV"',
-         "bash", printed.stdout],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        [
+            "bash",
+            "-c",
+            'eval "$1" && printf "%s\\0" "$RAY_AUTH_TOKEN_PATH" "$RAY_ADDRESS" "$MPO_LOCAL_RUNTIME_ENV"',
+            "bash",
+            printed.stdout,
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shell.returncode == 0, shell.stderr
     token_path, address, runtime_env, _ = shell.stdout.split("\0")
     assert not list(tmp_path.glob("PWNED*")) and not os.path.exists(os.path.join(ROOT, "PWNED")), "eval ran a command"
@@ -374,7 +402,11 @@ def test_local_cluster_env_output_is_safe_to_eval(tmp_path):
     assert address == "127.0.0.1:6379"
     assert json.loads(runtime_env)["env_vars"]["HF_HUB_OFFLINE"] == "1"
     exports = _exports(printed.stdout)  # how the slow tests' fixture reads them: as bash does
-    assert (exports["RAY_AUTH_TOKEN_PATH"], exports["RAY_ADDRESS"], exports["MPO_LOCAL_RUNTIME_ENV"]) == (token_path, address, runtime_env)
+    assert (exports["RAY_AUTH_TOKEN_PATH"], exports["RAY_ADDRESS"], exports["MPO_LOCAL_RUNTIME_ENV"]) == (
+        token_path,
+        address,
+        runtime_env,
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -388,7 +420,9 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 def _run(cmd, env, timeout=120, check=True):
     out = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[:4])} ... exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd[:4])} ... exited {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
     return out
 
 
@@ -427,8 +461,23 @@ def job_status(env, submission_id: str) -> str | None:
 
 def submit_and_wait(env, submission_id: str, *entrypoint: str) -> str:
     """`ray job submit --working-dir .` (from the repo root), then poll until the job ends; returns its log."""
-    _run(["ray", "job", "submit", "--submission-id", submission_id, "--working-dir", ".",
-          "--runtime-env-json", env["MPO_LOCAL_RUNTIME_ENV"], "--no-wait", "--", *entrypoint], env)
+    _run(
+        [
+            "ray",
+            "job",
+            "submit",
+            "--submission-id",
+            submission_id,
+            "--working-dir",
+            ".",
+            "--runtime-env-json",
+            env["MPO_LOCAL_RUNTIME_ENV"],
+            "--no-wait",
+            "--",
+            *entrypoint,
+        ],
+        env,
+    )
     deadline, status = time.monotonic() + JOB_TIMEOUT_S, "PENDING"
     while time.monotonic() < deadline:
         status = job_status(env, submission_id) or status
@@ -439,8 +488,10 @@ def submit_and_wait(env, submission_id: str, *entrypoint: str) -> str:
     if status not in TERMINAL:
         state = _run(["ray", "status"], env, check=False).stdout
         _run(["ray", "job", "stop", submission_id], env, check=False)
-        pytest.fail(f"job {submission_id} still {status} after {JOB_TIMEOUT_S}s.\n"
-                    f"--- ray status ---\n{state[-2500:]}\n--- job log (tail) ---\n{logs[-4000:]}")
+        pytest.fail(
+            f"job {submission_id} still {status} after {JOB_TIMEOUT_S}s.\n"
+            f"--- ray status ---\n{state[-2500:]}\n--- job log (tail) ---\n{logs[-4000:]}"
+        )
     assert status == "SUCCEEDED", f"job {submission_id} {status}:\n{logs[-6000:]}"
     return logs
 
@@ -454,8 +505,11 @@ def test_local_cluster_is_loopback_only_and_needs_the_token(local_cluster):
 
     pids = {int(p) for p in _run(["bash", SCRIPT, "pids"], local_cluster).stdout.split()}
     assert len(pids) > 10  # gcs, dashboard, three raylets, their agents, ...
-    listening = [(c.pid, c.laddr) for c in psutil.net_connections(kind="inet")
-                 if c.pid in pids and c.status == psutil.CONN_LISTEN]
+    listening = [
+        (c.pid, c.laddr)
+        for c in psutil.net_connections(kind="inet")
+        if c.pid in pids and c.status == psutil.CONN_LISTEN
+    ]
     assert listening
     exposed = [(pid, addr) for pid, addr in listening if addr.ip not in ("127.0.0.1", "::ffff:127.0.0.1", "::1")]
     assert not exposed, f"cluster processes listening beyond loopback: {exposed}"
@@ -470,8 +524,15 @@ def test_local_cluster_is_loopback_only_and_needs_the_token(local_cluster):
 @pytest.mark.timeout(1200)
 def test_reweight_job_on_a_three_node_cluster(local_cluster, tmp_path_factory):
     output = str(tmp_path_factory.mktemp("cluster-reweight") / "run")
-    submit_and_wait(local_cluster, f"mpo-test-reweight-{os.getpid()}",
-                    "python", "workflows/reweight.py", "workflows/configs/tiny.yaml", "--output", output)
+    submit_and_wait(
+        local_cluster,
+        f"mpo-test-reweight-{os.getpid()}",
+        "python",
+        "workflows/reweight.py",
+        "workflows/configs/tiny.yaml",
+        "--output",
+        output,
+    )
     with open(os.path.join(output, "weights.json")) as f:
         weights = json.load(f)
     assert len(weights["weights"]) == len(weights["policies"]) == 3

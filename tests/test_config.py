@@ -17,7 +17,10 @@ TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 def base(**extra):
     return {
         "reference": {"name": "ref", "model": "tiny:base"},
-        "policies": [{"name": "a", "model": "tiny:base", "adapter": "tiny:lora-1"}, {"name": "b", "model": "tiny:base"}],
+        "policies": [
+            {"name": "a", "model": "tiny:base", "adapter": "tiny:lora-1"},
+            {"name": "b", "model": "tiny:base"},
+        ],
         "reweight": {"prompts": "p.jsonl"},
         **extra,
     }
@@ -43,7 +46,10 @@ def test_defaults_fill_in():
     [
         (lambda d: d.update(betta=1), r"unknown key `betta`"),
         (lambda d: d["reweight"].update(sampling={"samples": 3}), r"unknown key `reweight.sampling.samples`"),
-        (lambda d: d["reweight"]["sampling"] if False else d["reweight"].update(batch_prompts="8"), r"`reweight.batch_prompts` must be int"),
+        (
+            lambda d: d["reweight"]["sampling"] if False else d["reweight"].update(batch_prompts="8"),
+            r"`reweight.batch_prompts` must be int",
+        ),
         (lambda d: d.update(beta="high"), r"`beta` must be a number"),
         (lambda d: d.update(beta=0), r"`beta` must be > 0"),
         (lambda d: d.update(policies=[]), r"`policies` is empty"),
@@ -55,34 +61,68 @@ def test_defaults_fill_in():
         (lambda d: d["reweight"].update(estimate="rewards"), r"one reward source per policy"),
         (lambda d: d.update(rewards=[{"name": "r", "function": "nocolon"}]), r"package.module:function"),
         (lambda d: d.update(rewards=[{"name": "r"}]), r"exactly one of `function`"),
-        (lambda d: d.update(rewards=[{"name": "r", "function": "m:f", "objective": "zzz"}]), r"not one of the policies"),
+        (
+            lambda d: d.update(rewards=[{"name": "r", "function": "m:f", "objective": "zzz"}]),
+            r"not one of the policies",
+        ),
         (lambda d: d["reweight"].update(sampling={"temperature": 0}), r"temperature` must be > 0"),
         (lambda d: d["reweight"].update(sampling={"top_p": 1.5}), r"top_p` must be in"),
         (lambda d: d["reweight"].update(sampling={"proposal": "mixture", "temperature": 0.7}), r"needs untempered"),
-        (lambda d: d["reweight"].update(sampling={"proposal": "geometric", "top_k": 5}), r"is `geometric`, which needs untempered"),
-        (lambda d: d["reweight"].update(sampling={"proposal": "geometric", "geometric_share": 0}),
-         r"`reweight.sampling.geometric_share` must be in \(0, 1\], got 0"),
-        (lambda d: d["reweight"].update(sampling={"proposal": "geometric", "geometric_share": 1.5}),
-         r"`reweight.sampling.geometric_share` must be in \(0, 1\], got 1.5"),
+        (
+            lambda d: d["reweight"].update(sampling={"proposal": "geometric", "top_k": 5}),
+            r"is `geometric`, which needs untempered",
+        ),
+        (
+            lambda d: d["reweight"].update(sampling={"proposal": "geometric", "geometric_share": 0}),
+            r"`reweight.sampling.geometric_share` must be in \(0, 1\], got 0",
+        ),
+        (
+            lambda d: d["reweight"].update(sampling={"proposal": "geometric", "geometric_share": 1.5}),
+            r"`reweight.sampling.geometric_share` must be in \(0, 1\], got 1.5",
+        ),
         (lambda d: d["policies"][0].update(dtype="float8"), r"`policies\[0\]\.dtype` must be one of \['auto'"),
-        (lambda d: d["resources"] if False else d.update(resources={"replicas": 0}), r"`resources.replicas` must be >= 1"),
+        (
+            lambda d: d["resources"] if False else d.update(resources={"replicas": 0}),
+            r"`resources.replicas` must be >= 1",
+        ),
         # strict types: no string numbers, no bools as numbers
         (lambda d: d.update(beta=True), r"`beta` must be a number, got True \(bool\)"),
         (lambda d: d["reweight"].update(sampling={"top_k": True}), r"`reweight.sampling.top_k` must be int"),
         (lambda d: d["reweight"].update(stream_bsmd="yes"), r"`reweight.stream_bsmd` must be true or false"),
-        (lambda d: d["reweight"].update(sampling={"max_new_tokens": 8.0}), r"`reweight.sampling.max_new_tokens` must be int"),
+        (
+            lambda d: d["reweight"].update(sampling={"max_new_tokens": 8.0}),
+            r"`reweight.sampling.max_new_tokens` must be int",
+        ),
         (lambda d: d.update(beta=float("inf")), r"`beta` must be a finite number"),
-        (lambda d: d.update(generate={"prompts": "p", "weights": {"a": float("nan"), "b": 1.0}}), r"`generate.weights.a` must be a finite"),
-        (lambda d: d.update(generate={"prompts": "p", "weights": "x"}), r"`generate.weights` must be a mapping or a list"),
+        (
+            lambda d: d.update(generate={"prompts": "p", "weights": {"a": float("nan"), "b": 1.0}}),
+            r"`generate.weights.a` must be a finite",
+        ),
+        (
+            lambda d: d.update(generate={"prompts": "p", "weights": "x"}),
+            r"`generate.weights` must be a mapping or a list",
+        ),
         (lambda d: d.update(generate={"prompts": "p", "weights": [1.0]}), r"`generate.weights` has 1 entries for 2"),
-        (lambda d: d.update(generate={"prompts": "p", "weights": [1.0, 1.0], "weights_uri": "w.json"}), r"are both set"),
+        (
+            lambda d: d.update(generate={"prompts": "p", "weights": [1.0, 1.0], "weights_uri": "w.json"}),
+            r"are both set",
+        ),
         (lambda d: d.update(generate={"prompts": "p", "stop": [""]}), r"`generate.stop\[0\]` must not be empty"),
         (lambda d: d.update(generate={"prompts": "p", "temperature": 0, "num_candidates": 2}), r"needs sampling"),
         (lambda d: d.update(generate={"prompts": "p", "top_p": 0}), r"`generate.top_p` must be in \(0, 1\]"),
         (lambda d: d.update(nightly={"prompts": "p", "store": "s", "night": "../x"}), r"`nightly.night` is '../x'"),
-        (lambda d: d.update(nightly={"prompts": "p", "store": "s", "gate": {"min_median_ess": 9}}), r"no night could pass"),
-        (lambda d: d.update(nightly={"prompts": "p", "store": "s", "gate": {"max_drift": 2}}), r"`nightly.gate.max_drift` must be in \[0, 1\]"),
-        (lambda d: d.update(nightly={"prompts": "p", "store": "s", "estimate": "rewards"}), r"`nightly.estimate` is `rewards`"),
+        (
+            lambda d: d.update(nightly={"prompts": "p", "store": "s", "gate": {"min_median_ess": 9}}),
+            r"no night could pass",
+        ),
+        (
+            lambda d: d.update(nightly={"prompts": "p", "store": "s", "gate": {"max_drift": 2}}),
+            r"`nightly.gate.max_drift` must be in \[0, 1\]",
+        ),
+        (
+            lambda d: d.update(nightly={"prompts": "p", "store": "s", "estimate": "rewards"}),
+            r"`nightly.estimate` is `rewards`",
+        ),
         (lambda d: d.update(source="elsewhere.yaml"), r"unknown key `source`"),
     ],
 )
@@ -102,16 +142,19 @@ def test_missing_section_is_a_clear_error():
         c.section("reweight")
 
 
-@pytest.mark.parametrize("content, match", [
-    (None, "does not exist"),
-    ("", "is empty"),
-    ("# nothing here\n", "is empty"),
-    ("a: [1, 2\n", "not valid YAML"),
-    ("- 1\n- 2\n", "top level must be a mapping"),
-    ("just text\n", "top level must be a mapping of keys, got str"),
-    (b"beta: 0.1 # caf\xe9\n", "is not UTF-8"),
-    ("DIR", "is a directory"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (None, "does not exist"),
+        ("", "is empty"),
+        ("# nothing here\n", "is empty"),
+        ("a: [1, 2\n", "not valid YAML"),
+        ("- 1\n- 2\n", "top level must be a mapping"),
+        ("just text\n", "top level must be a mapping of keys, got str"),
+        (b"beta: 0.1 # caf\xe9\n", "is not UTF-8"),
+        ("DIR", "is a directory"),
+    ],
+)
 def test_unreadable_or_malformed_files(tmp_path, content, match):
     path = tmp_path / "c.yaml"
     if content == "DIR":
@@ -179,15 +222,24 @@ def test_overrides_are_validated_and_resolved_like_the_file(tmp_path, monkeypatc
     monkeypatch.chdir(tmp_path)
     os.makedirs(tmp_path / "conf")
     path = write(tmp_path / "conf", MINIMAL + "reweight: {prompts: p.jsonl, output: out}\n")
-    c = load_config(path, overrides={"reweight.output": "elsewhere", "reweight.prompts": "q.jsonl",
-                                     "generate.prompts": "g.jsonl", "generate.weights_uri": "w/weights.json",
-                                     "reweight.max_prompts": None})  # None: back to the default
+    c = load_config(
+        path,
+        overrides={
+            "reweight.output": "elsewhere",
+            "reweight.prompts": "q.jsonl",
+            "generate.prompts": "g.jsonl",
+            "generate.weights_uri": "w/weights.json",
+            "reweight.max_prompts": None,
+        },
+    )  # None: back to the default
     assert c.reweight.output == str(tmp_path / "elsewhere")  # outputs: against the working directory
     assert c.reweight.prompts == str(tmp_path / "conf" / "q.jsonl")  # inputs: against the config file
     assert c.generate.prompts == str(tmp_path / "conf" / "g.jsonl")  # a section the file lacked
     assert c.generate.weights_uri == str(tmp_path / "w" / "weights.json")
     assert c.reweight.max_prompts is None
-    with pytest.raises(ConfigError, match=r"c.yaml: `reweight.batch_prompts` must be int, got '8' \(str\) \(set by an override\)"):
+    with pytest.raises(
+        ConfigError, match=r"c.yaml: `reweight.batch_prompts` must be int, got '8' \(str\) \(set by an override\)"
+    ):
         load_config(path, overrides={"reweight.batch_prompts": "8"})
     with pytest.raises(ConfigError, match=r"unknown key `reweight.betta`.*\(set by an override\)"):
         load_config(path, overrides={"reweight.betta": 1})
@@ -198,9 +250,19 @@ def test_overrides_are_validated_and_resolved_like_the_file(tmp_path, monkeypatc
 def test_with_overrides_takes_the_same_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     c = load_config(TINY)
-    d = c.with_overrides({"reweight.output": "o", "reweight.prompts": "p.jsonl", "reweight.max_prompts": None, "beta": 0.5})
-    assert d.reweight.output == str(tmp_path / "o") and d.reweight.prompts == os.path.join(ROOT, "workflows", "configs", "p.jsonl")
-    assert d.beta == 0.5 and d.reweight.max_prompts is None and c.reweight.max_prompts == 32 and d.source == TINY and c.beta == 0.1
+    d = c.with_overrides(
+        {"reweight.output": "o", "reweight.prompts": "p.jsonl", "reweight.max_prompts": None, "beta": 0.5}
+    )
+    assert d.reweight.output == str(tmp_path / "o") and d.reweight.prompts == os.path.join(
+        ROOT, "workflows", "configs", "p.jsonl"
+    )
+    assert (
+        d.beta == 0.5
+        and d.reweight.max_prompts is None
+        and c.reweight.max_prompts == 32
+        and d.source == TINY
+        and c.beta == 0.1
+    )
     assert c.with_overrides({}) == c  # resolving twice changes nothing
     with pytest.raises(ConfigError, match=r"tiny.yaml: `nightly.night` is 'a/b'.*\(set by an override\)"):
         c.with_overrides({"nightly.night": "a/b"})
@@ -231,7 +293,9 @@ def test_decoding_params_are_shared():
     assert c.reweight.sampling.params()["max_new_tokens"] == 12
     assert DecodingParams(temperature=0).temperature == 0.0  # greedy is fine for generation...
     with pytest.raises(ConfigError, match=r"`reweight.sampling.temperature` must be > 0"):
-        config_from_dict({**base(), "reweight": {"prompts": "p", "sampling": {"temperature": 0}}})  # ...not for sampling
+        config_from_dict(
+            {**base(), "reweight": {"prompts": "p", "sampling": {"temperature": 0}}}
+        )  # ...not for sampling
     assert config_from_dict(base(generate={"prompts": "p"})).generate.max_new_tokens == 128
     assert isinstance(config_from_dict(base(beta=1)).beta, float)  # an int is a number
 
@@ -250,10 +314,13 @@ def test_policy_spec_is_a_plain_value():
         PolicySpec("a", name="b", model="x")
 
 
-@pytest.mark.parametrize("code", [
-    f"from mpo_ray.config import load_config; load_config({TINY!r})",
-    f"from mpo_ray import load_config, PolicySpec, solve_weights; load_config({TINY!r}); PolicySpec('a', 'b')",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        f"from mpo_ray.config import load_config; load_config({TINY!r})",
+        f"from mpo_ray import load_config, PolicySpec, solve_weights; load_config({TINY!r}); PolicySpec('a', 'b')",
+    ],
+)
 def test_loading_a_config_imports_nothing_heavy(code):
     check = code + "; import sys; print(sorted({'torch', 'ray', 'transformers'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, check=True).stdout

@@ -37,8 +37,14 @@ def coverage(world, replications: int, resamples: int, *, weighted: bool = True)
     for r in range(replications):
         rows = np.random.default_rng([r, 4]).choice(world.num_prompts, 48, replace=False)
         d = draw_table(world.subset(rows), "mixture", 4, r)
-        b = bootstrap_weights(d.log_ratios, d.mask, d.log_importance if weighted else np.zeros_like(d.log_importance),
-                              resamples=resamples, level=LEVEL, seed=r)
+        b = bootstrap_weights(
+            d.log_ratios,
+            d.mask,
+            d.log_importance if weighted else np.zeros_like(d.log_importance),
+            resamples=resamples,
+            level=LEVEL,
+            seed=r,
+        )
         out.append((b["lower"] <= lam) & (lam <= b["upper"]))
     return np.array(out)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+
 import numpy as np
 import pytest
 from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family, tiny_model_path
@@ -136,7 +137,9 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 def test_temperature_and_filters_apply_after_mixing_but_logprob_stays_untempered():
     policies = tiny_family("system", 2)
     weights = [0.7, 0.3]
-    gens = MixedPolicy(policies, weights).generate(PROMPTS, max_new_tokens=8, temperature=0.6, top_k=5, top_p=0.9, seed=2)
+    gens = MixedPolicy(policies, weights).generate(
+        PROMPTS, max_new_tokens=8, temperature=0.6, top_k=5, top_p=0.9, seed=2
+    )
     for prompt, g in zip(PROMPTS, gens):
         assert g.logprob == pytest.approx(reference_mixture(policies, weights, prompt, g.token_ids)[0], abs=1e-4)
 
@@ -180,8 +183,10 @@ def test_per_prompt_seeds_make_rows_independent_of_the_batch():
     both = mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=[1, 2, 3])
     one = mixed.generate([PROMPTS[2]], max_new_tokens=MAX_NEW, seed=[3])
     assert both[2].token_ids == one[0].token_ids
-    assert mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=7)[0].token_ids == \
+    assert (
         mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=7)[0].token_ids
+        == mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=7)[0].token_ids
+    )
     with pytest.raises(ValueError, match="one per prompt"):
         mixed.generate(PROMPTS[:3], max_new_tokens=MAX_NEW, seed=[1, 2])
 
@@ -258,13 +263,19 @@ def test_non_finite_scores_raise_naming_the_prompt():
 
     handle = policies[0].model.register_forward_hook(forbid_token_5)
     try:
-        with pytest.raises(ValueError, match=r"gives prompt 0 \(row 0\) a non-finite score at new token 0 "
-                                             r"\(logprob .*, log_normalizer inf"):
+        with pytest.raises(
+            ValueError,
+            match=r"gives prompt 0 \(row 0\) a non-finite score at new token 0 "
+            r"\(logprob .*, log_normalizer inf",
+        ):
             MixedPolicy(policies, [-0.5, 1.5]).generate(PROMPTS, max_new_tokens=4, temperature=0)
         mixed = MixedPolicy(policies, [0.5, 0.5])
         responses = [[10, 11], [12, 5, 13], [], [14]]
-        with pytest.raises(ValueError, match=r"gives prompt 1 \(row 1\) a non-finite score teacher-forcing "
-                                             r"its response \(logprob -inf"):
+        with pytest.raises(
+            ValueError,
+            match=r"gives prompt 1 \(row 1\) a non-finite score teacher-forcing "
+            r"its response \(logprob -inf",
+        ):
             mixed.sequence_logprob(PROMPTS, responses)
         lp, ln = mixed.sequence_logprob(PROMPTS, [responses[0], [], [], responses[3]])  # token 5 absent: fine
         assert np.all(np.isfinite(lp)) and np.all(np.isfinite(ln))

@@ -31,10 +31,13 @@ def test_the_shipped_adapters_and_corpus_are_there():
     assert not any(t in train for t in ("lighthouses", "glaciers", "origami", "submarines"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["demo", "--quick", "--nope"], "unrecognized arguments: --nope"),
-    (["demo", "--quick=yes"], "ignored explicit argument"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--quick", "--nope"], "unrecognized arguments: --nope"),
+        (["demo", "--quick=yes"], "ignored explicit argument"),
+    ],
+)
 def test_bad_flags_are_usage_errors(capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -123,7 +126,10 @@ def test_quick_demo_end_to_end(tmp_path):
     assert cand["MPO"] == cand["uniform"] == CANDIDATES > 1 and cand["reference"] == cand["soup"] == 1
     assert by_kind["mpo"]["kl_estimate"] == "target" and by_kind["reference"]["kl_estimate"] == "exact"
     assert summary["serving"]["mixtures"]["num_candidates"] == CANDIDATES
-    assert summary["serving"]["mixtures"]["decoding_cost"] == CANDIDATES and summary["serving"]["single models"]["mode"] == "one model"
+    assert (
+        summary["serving"]["mixtures"]["decoding_cost"] == CANDIDATES
+        and summary["serving"]["single models"]["mode"] == "one model"
+    )
     assert 0 < summary["power"]["power"] < 1 and set(summary["primary"]) == {"uniform", "soup"}
     for c in summary["primary"].values():
         assert c["ci95"][0] <= c["mpo_minus"] <= c["ci95"][1] and c["detectable_80"] > 0
@@ -140,11 +146,17 @@ def test_quick_demo_end_to_end(tmp_path):
     eval_ids = [json.loads(line)["prompt_id"] for line in (out / "prompts" / "eval.jsonl").read_text().splitlines()]
     assert not (out / "generations" / "mpo").exists() and summary["generate_matches_sweep"] is None  # --quick skips it
     mpo = pq.read_table(out / "generations" / "sweep" / "MPO.parquet")
-    assert mpo.column_names[: len(GENERATION_SCHEMA)] == GENERATION_SCHEMA.names and mpo["weights_version"][0].as_py() == "MPO"
+    assert (
+        mpo.column_names[: len(GENERATION_SCHEMA)] == GENERATION_SCHEMA.names
+        and mpo["weights_version"][0].as_py() == "MPO"
+    )
     assert {"logp_ref", *(f"logp_{n}" for n in OBJECTIVES)} <= set(mpo.column_names)
     # mixtures are resampled among CANDIDATES: no closed-form sampling log-prob, π_λ's estimated one instead
     assert mpo["sample_logprob"].null_count == mpo.num_rows and mpo["target_logprob"].null_count == 0
-    assert pq.read_table(out / "generations" / "sweep" / f"{next(iter(OBJECTIVES))}.parquet")["sample_logprob"].null_count == 0
+    assert (
+        pq.read_table(out / "generations" / "sweep" / f"{next(iter(OBJECTIVES))}.parquet")["sample_logprob"].null_count
+        == 0
+    )
     for name in ["reference", *OBJECTIVES, "uniform", "soup", "MPO"]:
         t = pq.read_table(out / "generations" / "sweep" / f"{name}.parquet")
         assert sorted(t["prompt_id"].to_pylist()) == sorted(eval_ids)
@@ -153,10 +165,22 @@ def test_quick_demo_end_to_end(tmp_path):
     assert {p["name"] for p in evaluation["points"]} == set(kinds)
 
     report = (out / "report.md").read_text()
-    for needle in ("Mixing weights", "min win rate", "objectives.png", "solver.png", "front.png", "paired bootstrap",
-                   "90% intervals", "MPO's own objective J", "Best fixed-weight mixture", "Calibration:",
-                   "Pre-registered comparisons and their power", "MPO − `uniform` on J", "bias-corrected",
-                   f"resample one of {CANDIDATES}"):
+    for needle in (
+        "Mixing weights",
+        "min win rate",
+        "objectives.png",
+        "solver.png",
+        "front.png",
+        "paired bootstrap",
+        "90% intervals",
+        "MPO's own objective J",
+        "Best fixed-weight mixture",
+        "Calibration:",
+        "Pre-registered comparisons and their power",
+        "MPO − `uniform` on J",
+        "bias-corrected",
+        f"resample one of {CANDIDATES}",
+    ):
         assert needle in report
     for png in ("solver.png", "objectives.png", "front.png"):
         data = (out / png).read_bytes()

@@ -70,8 +70,9 @@ def test_training_learns_the_preference_deterministically(tmp_path):
 
     # the saved adapter is a policy like any other; on held-out pairs it prefers the learnt tokens
     model.save_pretrained(tmp_path / "adapter")
-    ref, tuned = load_policies([PolicySpec(name="ref", model=path),
-                                PolicySpec(name="tuned", model=path, adapter=str(tmp_path / "adapter"))])
+    ref, tuned = load_policies(
+        [PolicySpec(name="ref", model=path), PolicySpec(name="tuned", model=path, adapter=str(tmp_path / "adapter"))]
+    )
     held = _pairs(policy, n=8, seed=9)
     prompts = [f"question number {i}" for i in range(8)]
     ratio_c = score_sequences(tuned, prompts, held.chosen_ids) - score_sequences(ref, prompts, held.chosen_ids)

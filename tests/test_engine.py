@@ -50,16 +50,18 @@ def test_an_adapter_with_bias_falls_back_to_peft_per_row_and_says_why(tmp_path, 
 
     lora = tiny_family("lora", 2)
     base_path = lora[0].spec.model
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base_path),
-                           LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_bias=True,
-                                      init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_path),
+        LoraConfig(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_bias=True, init_lora_weights=False),
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_" in name:
                 p.normal_(0.0, 0.3)
     model.save_pretrained(tmp_path / "biased")
-    policies = load_policies([*(p.spec for p in lora),
-                              PolicySpec("biased", base_path, adapter=str(tmp_path / "biased"), dtype=EXACT_DTYPE)])
+    policies = load_policies(
+        [*(p.spec for p in lora), PolicySpec("biased", base_path, adapter=str(tmp_path / "biased"), dtype=EXACT_DTYPE)]
+    )
     why = batched_lora(policies[0].model, [p.adapter_name for p in policies])
     assert isinstance(why, str) and "'biased' is not a plain bias-free linear LoRA" in why
     weights = [0.3, 0.3, 0.4]
@@ -68,7 +70,8 @@ def test_an_adapter_with_bias_falls_back_to_peft_per_row_and_says_why(tmp_path, 
     assert "selected per row by peft" in caplog.text
     for prompt, g in zip(PROMPTS, gens):
         assert (g.logprob, g.log_normalizer) == tuple(
-            pytest.approx(x, abs=1e-4) for x in reference_mixture(policies, weights, prompt, g.token_ids))
+            pytest.approx(x, abs=1e-4) for x in reference_mixture(policies, weights, prompt, g.token_ids)
+        )
 
 
 @pytest.mark.parametrize("kind", ["seeds", "lora"])
@@ -104,8 +107,10 @@ def test_long_decodes_compact_finished_rows_and_stay_exact(monkeypatch):
         [alone] = mixed.generate([prompts[i]], max_new_tokens=48, seed=[seeds[i]])
         assert alone.token_ids == gens[i].token_ids
         logprob, log_norm = reference_mixture(policies, weights, prompts[i], gens[i].token_ids)
-        assert (gens[i].logprob, gens[i].log_normalizer) == (pytest.approx(logprob, abs=1e-4),
-                                                            pytest.approx(log_norm, abs=1e-4))
+        assert (gens[i].logprob, gens[i].log_normalizer) == (
+            pytest.approx(logprob, abs=1e-4),
+            pytest.approx(log_norm, abs=1e-4),
+        )
 
 
 def test_stop_strings_found_between_host_looks_end_rows_at_their_token():
@@ -117,13 +122,16 @@ def test_stop_strings_found_between_host_looks_end_rows_at_their_token():
     mixed = MixedPolicy(policies, [0.5, 0.5])
     free = mixed.generate(PROMPTS, max_new_tokens=24, seed=9, ignore_eos=True)
     # an ASCII pair late in some row's text (a stop string's bytes then sit in whole tokens)
-    row, stop = next((i, m.group()) for i, g in enumerate(free) for m in re.finditer(r"[a-z]{2}", g.text)
-                     if m.start() >= 3)
+    row, stop = next(
+        (i, m.group()) for i, g in enumerate(free) for m in re.finditer(r"[a-z]{2}", g.text) if m.start() >= 3
+    )
     cut = mixed.generate(PROMPTS, max_new_tokens=24, seed=9, ignore_eos=True, stop=[stop])
     g = cut[row]
     assert g.finish_reason == "stop" and stop not in g.text and 1 < g.num_tokens < 24
     assert g.token_ids == free[row].token_ids[: g.num_tokens]
-    assert stop in policies[0].tokenizer.decode(g.token_ids) and stop not in policies[0].tokenizer.decode(g.token_ids[:-1])
+    assert stop in policies[0].tokenizer.decode(g.token_ids) and stop not in policies[0].tokenizer.decode(
+        g.token_ids[:-1]
+    )
     lp, ln = mixed.sequence_logprob([PROMPTS[row]], [g.token_ids])
     assert (g.logprob, g.log_normalizer) == (pytest.approx(lp[0], abs=1e-4), pytest.approx(ln[0], abs=1e-4))
 
@@ -131,11 +139,32 @@ def test_stop_strings_found_between_host_looks_end_rows_at_their_token():
 def test_bench_decode_prints_ratios_and_fractions_of_the_bound(capsys):
     from mpo_ray.benchmarks import decode as bench
 
-    rows = bench.main(["--k", "1,2", "--batch", "1,2", "--families", "lora", "--max-new-tokens", "2", "--repeats", "1",
-                       "--hidden-size", "32"])
+    rows = bench.main(
+        [
+            "--k",
+            "1,2",
+            "--batch",
+            "1,2",
+            "--families",
+            "lora",
+            "--max-new-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--hidden-size",
+            "32",
+        ]
+    )
     assert [(r["k"], r["batch"]) for r in rows] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     for r in rows:
-        for key in ("mixed_tok_s", "one_tok_s", "mix_over_one", "mix_over_sep", "bandwidth_fraction", "compute_fraction"):
+        for key in (
+            "mixed_tok_s",
+            "one_tok_s",
+            "mix_over_one",
+            "mix_over_sep",
+            "bandwidth_fraction",
+            "compute_fraction",
+        ):
             assert np.isfinite(r[key]) and r[key] > 0, (key, r)
     out = capsys.readouterr().out
     assert "copy bandwidth" in out and "% bw bound" in out
@@ -148,8 +177,9 @@ def test_the_compiled_step_decodes_what_the_eager_step_does(caplog):
     policies = tiny_family("lora", 2, eos_boost=1.5)
     eager = MixedPolicy(policies, [0.4, 0.6]).generate(PROMPTS * 2, max_new_tokens=20, seed=list(range(8)))
     with caplog.at_level(logging.INFO, logger="mpo_ray.models.decoding"):
-        compiled = MixedPolicy(policies, [0.4, 0.6], compile=True).generate(PROMPTS * 2, max_new_tokens=20,
-                                                                             seed=list(range(8)))
+        compiled = MixedPolicy(policies, [0.4, 0.6], compile=True).generate(
+            PROMPTS * 2, max_new_tokens=20, seed=list(range(8))
+        )
     assert [g.token_ids for g in compiled] == [g.token_ids for g in eager]
     np.testing.assert_allclose([g.logprob for g in compiled], [g.logprob for g in eager], atol=1e-4)
     assert "compiled the decode step for 16 rows" in caplog.text  # 2 policies x 8 rows
@@ -176,9 +206,14 @@ def test_slot_refill_decodes_every_row_as_all_at_once(slots, monkeypatch):
     prompts, seeds = PROMPTS * 3, list(range(12))
     rebased = []
     rebase = decoding._Group.rebase
-    monkeypatch.setattr(decoding._Group, "rebase",
-                        lambda self, needed: (rebased.append(self.write_position() + needed > self.mask.shape[1]),
-                                              rebase(self, needed))[1])
+    monkeypatch.setattr(
+        decoding._Group,
+        "rebase",
+        lambda self, needed: (
+            rebased.append(self.write_position() + needed > self.mask.shape[1]),
+            rebase(self, needed),
+        )[1],
+    )
     at_once = mixed.generate(prompts, max_new_tokens=30, seed=seeds, stop=["ab"])
     refilled = mixed.generate(prompts, max_new_tokens=30, seed=seeds, stop=["ab"], slots=slots)
     assert [g.token_ids for g in refilled] == [g.token_ids for g in at_once]

@@ -10,7 +10,14 @@ import numpy as np
 import pytest
 
 from mpo_ray.benchmarks.estimator import (
-    PROPOSALS, allocate_by_ess, case_world, draw_table, estimate, limiting_proposal_logp, main, predicted_l1,
+    PROPOSALS,
+    allocate_by_ess,
+    case_world,
+    draw_table,
+    estimate,
+    limiting_proposal_logp,
+    main,
+    predicted_l1,
     round_sizes,
 )
 from mpo_ray.core.estimator import proposal_counts
@@ -66,8 +73,9 @@ def test_world_enumerates_every_response_with_exact_logprobs(small):
     for s, seq in enumerate(small.sequences):
         np.testing.assert_allclose(small.ref_logp[:, s], _walk_logp(small, small.ref_token_logp, seq), atol=1e-12)
         for k in range(3):
-            np.testing.assert_allclose(small.policy_logp[:, s, k], _walk_logp(small, small.policy_token_logp[k], seq),
-                                       atol=1e-12)
+            np.testing.assert_allclose(
+                small.policy_logp[:, s, k], _walk_logp(small, small.policy_token_logp[k], seq), atol=1e-12
+            )
         np.testing.assert_allclose(small.geometric_token_logp(lam)[:, s], _walk_logp(small, geo_token, seq), atol=1e-12)
     np.testing.assert_allclose(small.kl(), np.einsum("isk,isk->ik", np.exp(small.policy_logp), small.log_ratios))
     assert np.all(small.kl() > 0)
@@ -149,8 +157,9 @@ def test_sampling_frequencies_match_exact_probabilities(small):
         "mixture": (small.sample_mixture(alpha, n, rng), small.mixture_logp(alpha)),
         "geometric": (small.sample_geometric(lam, n, rng), small.geometric_token_logp(lam)),
     }
-    np.testing.assert_allclose(np.exp(small.mixture_logp(alpha)),
-                               np.einsum("c,isc->is", alpha, np.exp(small.component_logp)), atol=1e-14)
+    np.testing.assert_allclose(
+        np.exp(small.mixture_logp(alpha)), np.einsum("c,isc->is", alpha, np.exp(small.component_logp)), atol=1e-14
+    )
     for name, (idx, logp) in cases.items():
         for i in (0, 5):
             assert _chi2(idx[i], np.exp(logp[i])) < bound, name
@@ -195,7 +204,7 @@ def test_importance_weights_are_correct(easy, proposal):
         w /= w.sum(axis=1, keepdims=True)
         est = (w * values).sum(axis=1)
         se = np.sqrt((w * w * (values - est[:, None]) ** 2).sum(axis=1))
-        pooled_se = np.sqrt((se ** 2).sum()) / easy.num_prompts
+        pooled_se = np.sqrt((se**2).sum()) / easy.num_prompts
         assert abs(est.mean() - exact.mean()) <= 5 * pooled_se + 1e-12, (proposal, est.mean(), exact.mean())
         return est
 

@@ -20,12 +20,23 @@ OBJECTIVES = {"concise": brevity, "detailed": detail}
 
 def gen_table(responses, ids=None, errors=None):
     n = len(responses)
-    return pa.table({
-        "prompt_id": ids or [f"p{i}" for i in range(n)], "prompt": ["q"] * n, "response": responses,
-        "finish_reason": ["stop"] * n, "num_tokens": [1] * n, "log_normalizer": [0.0] * n, "sample_logprob": [None] * n,
-        "log_partition": [None] * n, "target_logprob": [None] * n,
-        "weights_version": ["v"] * n, "seed": list(range(n)), "error": errors or [None] * n,
-    }, schema=GENERATION_SCHEMA)
+    return pa.table(
+        {
+            "prompt_id": ids or [f"p{i}" for i in range(n)],
+            "prompt": ["q"] * n,
+            "response": responses,
+            "finish_reason": ["stop"] * n,
+            "num_tokens": [1] * n,
+            "log_normalizer": [0.0] * n,
+            "sample_logprob": [None] * n,
+            "log_partition": [None] * n,
+            "target_logprob": [None] * n,
+            "weights_version": ["v"] * n,
+            "seed": list(range(n)),
+            "error": errors or [None] * n,
+        },
+        schema=GENERATION_SCHEMA,
+    )
 
 
 def test_win_rates_and_intervals_are_exact():
@@ -60,7 +71,9 @@ def test_reading_generations(tmp_path):
     with pytest.raises(ValueError, match="do not exist"):
         read_generations(str(tmp_path / "nope"))
     storage.write_parquet(str(tmp_path / "bad.parquet"), pa.table({"prompt": ["q"], "text": ["a"]}))
-    with pytest.raises(ValueError, match=r"lack column\(s\) \['prompt_id', 'response'\]; they have \['prompt', 'text'\]"):
+    with pytest.raises(
+        ValueError, match=r"lack column\(s\) \['prompt_id', 'response'\]; they have \['prompt', 'text'\]"
+    ):
         read_generations(str(tmp_path / "bad.parquet"))
     with pytest.raises(ValueError, match="share no prompt_id"):
         evaluate_generations(gen_table(["a"]), OBJECTIVES, reference=gen_table(["a"], ids=["other"]))
@@ -81,8 +94,10 @@ def test_simplex_grid():
 
 
 def _point(name, weights, rates):
-    objs = {o: {"mean": 0.0, "ci95": [0, 0], "win_rate": r, "win_rate_ci95": [r - 0.1, r + 0.1]}
-            for o, r in zip(("concise", "detailed", "upbeat"), rates)}
+    objs = {
+        o: {"mean": 0.0, "ci95": [0, 0], "win_rate": r, "win_rate_ci95": [r - 0.1, r + 0.1]}
+        for o, r in zip(("concise", "detailed", "upbeat"), rates)
+    }
     return {"name": name, "weights": weights, "objectives": objs, "min_win_rate": min(rates)}
 
 
@@ -92,8 +107,10 @@ def test_plots_are_written_as_png(tmp_path, k):
     from mpo_ray.demo.plots import plot_front, plot_objectives, plot_solver
 
     names = ["concise", "detailed", "upbeat"][:k]
-    points = [_point(f"w{i}", w.tolist(), list(np.linspace(0.2, 0.8, k) + 0.05 * i)[:k])
-              for i, w in enumerate(simplex_grid(k, 0.5))]
+    points = [
+        _point(f"w{i}", w.tolist(), list(np.linspace(0.2, 0.8, k) + 0.05 * i)[:k])
+        for i, w in enumerate(simplex_grid(k, 0.5))
+    ]
     points.append(_point("MPO", [1 / k] * k, [0.5] * k))
     plot_front(str(tmp_path / "front.png"), {"policies": names, "points": points})
     plot_objectives(str(tmp_path / "objectives.png"), points[:3])
@@ -108,11 +125,20 @@ def test_plots_are_written_as_png(tmp_path, k):
 def test_evaluate_command(tmp_path, capsys):
     from mpo_ray.cli import main
 
-    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    tiny = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml"
+    )
     storage.write_parquet(str(tmp_path / "ours.parquet"), gen_table(["a b c!", "great fun"]))
     storage.write_parquet(str(tmp_path / "ref.parquet"), gen_table(["a", "b"]))
-    argv = ["evaluate", tiny, str(tmp_path / "ours.parquet"), "--reference", str(tmp_path / "ref.parquet"),
-            "--output", str(tmp_path / "results.json")]
+    argv = [
+        "evaluate",
+        tiny,
+        str(tmp_path / "ours.parquet"),
+        "--reference",
+        str(tmp_path / "ref.parquet"),
+        "--output",
+        str(tmp_path / "results.json"),
+    ]
     assert main(argv) == 0
     assert "min win rate" in capsys.readouterr().out
     written = json.loads((tmp_path / "results.json").read_text())
@@ -136,15 +162,38 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     from mpo_ray.models.policies import load_policies
     from mpo_ray.runtime.session import ray_session
 
-    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    tiny = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml"
+    )
     store = WeightsStore(str(tmp_path / "store"))  # the MPO point comes from a nightly store's `latest`
-    store.write_version("n1", WeightsArtifact.build(version="n1", policies=["upbeat", "concise", "detailed"],
-                                                    weights=[0.2, 0.5, 0.3], beta=0.1))
+    store.write_version(
+        "n1",
+        WeightsArtifact.build(
+            version="n1", policies=["upbeat", "concise", "detailed"], weights=[0.2, 0.5, 0.3], beta=0.1
+        ),
+    )
     store.promote("n1", expected=None)
     out = tmp_path / "sweep"
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
-        assert main(["sweep", tiny, "--step", "0.5", "--max-prompts", "4", "--output", str(out), "--quiet",
-                     "--weights", store.uri, "--soup"]) == 0
+        assert (
+            main(
+                [
+                    "sweep",
+                    tiny,
+                    "--step",
+                    "0.5",
+                    "--max-prompts",
+                    "4",
+                    "--output",
+                    str(out),
+                    "--quiet",
+                    "--weights",
+                    store.uri,
+                    "--soup",
+                ]
+            )
+            == 0
+        )
     summary = json.loads((out / "sweep.json").read_text())
     names = [p["name"] for p in summary["points"]]
     # π_ref + the 6 grid points of step 1/2 on 3 policies + the uniform mix + MPO + the soups (uniform, at MPO's λ)
@@ -161,8 +210,13 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     ids, prompts = read_prompts(config.generate.prompts, limit=4)
     g = config.generate
     gens = MixedPolicy(load_policies([config.policies[0]]), [1.0]).generate(
-        prompts, seed=[derive_seed(g.seed, i) for i in ids], max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature, top_p=g.top_p, stop=g.stop)
+        prompts,
+        seed=[derive_seed(g.seed, i) for i in ids],
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        stop=g.stop,
+    )
     vertex = pq.read_table(out / "w=1,0,0.parquet")
     assert {"sample_logprob", "logp_ref", "logp_concise", "logp_detailed", "logp_upbeat"} <= set(vertex.column_names)
     assert vertex["response"].to_pylist() == [x.text for x in gens]
@@ -174,11 +228,17 @@ def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
     from mpo_ray.io.store import WeightsStore
     from mpo_ray.workflows.sweep import sweep_points
 
-    tiny = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml")
+    tiny = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml"
+    )
     config = load_config(tiny)
     store = WeightsStore(str(tmp_path / "store"))
-    store.write_version("n1", WeightsArtifact.build(version="n1", policies=["detailed", "upbeat", "concise"],
-                                                    weights=[0.1, 0.3, 0.6], beta=0.1))
+    store.write_version(
+        "n1",
+        WeightsArtifact.build(
+            version="n1", policies=["detailed", "upbeat", "concise"], weights=[0.1, 0.3, 0.6], beta=0.1
+        ),
+    )
     with pytest.raises(ValueError, match="no `latest` yet"):
         sweep_points(config, 0.5, store.uri)
     store.promote("n1", expected=None)

@@ -29,7 +29,9 @@ TOPICS = ["mountains", "rivers", "a city", "birds", "bread", "the sea", "music",
 
 
 def corpus_rows(n: int, with_ids: bool = True) -> list[dict]:
-    rows = [{"prompt": f"Question {i}: tell me {'something ' * (i % 5)}about {TOPICS[i % len(TOPICS)]}."} for i in range(n)]
+    rows = [
+        {"prompt": f"Question {i}: tell me {'something ' * (i % 5)}about {TOPICS[i % len(TOPICS)]}."} for i in range(n)
+    ]
     return [{"prompt_id": f"p{i:05d}", **r} if with_ids else r for i, r in enumerate(rows)]
 
 
@@ -41,10 +43,17 @@ def write_jsonl(path, rows) -> str:
 def tiny(prompts: str, **overrides):
     """tiny.yaml on ``prompts`` with explicit weights, unless the overrides name a weights artifact."""
     weights = {} if "generate.weights_uri" in overrides else {"generate.weights": WEIGHTS}
-    return load_config(TINY, overrides={
-        "generate.prompts": prompts, **weights,
-        "generate.max_new_tokens": 8, "generate.batch_size": 8, "generate.rows_per_file": 16, **overrides,
-    })
+    return load_config(
+        TINY,
+        overrides={
+            "generate.prompts": prompts,
+            **weights,
+            "generate.max_new_tokens": 8,
+            "generate.batch_size": 8,
+            "generate.rows_per_file": 16,
+            **overrides,
+        },
+    )
 
 
 @functools.cache
@@ -59,8 +68,14 @@ def direct(config, ids, prompts) -> dict:
     """What MixedPolicy.generate gives for these prompts in one in-process call, with the pipeline's per-row seeds."""
     g = config.generate
     gens = mixed_policy().generate(
-        prompts, seed=[derive_seed(g.seed, i) for i in ids], max_new_tokens=g.max_new_tokens, temperature=g.temperature,
-        top_k=g.top_k, top_p=g.top_p, stop=g.stop, num_candidates=g.num_candidates,
+        prompts,
+        seed=[derive_seed(g.seed, i) for i in ids],
+        max_new_tokens=g.max_new_tokens,
+        temperature=g.temperature,
+        top_k=g.top_k,
+        top_p=g.top_p,
+        stop=g.stop,
+        num_candidates=g.num_candidates,
     )
     return {i: (x.text, x.num_tokens, x.finish_reason) for i, x in zip(ids, gens)}
 
@@ -126,9 +141,19 @@ def test_fifty_prompts_once_each_and_same_texts_as_direct_decoding(local_ray, tm
 
 def write_artifact(path, version="20260101T000000Z-abc") -> str:
     """A weights artifact naming the policies in another order than the config."""
-    path.write_text(json.dumps({"format": "mpo-ray/weights", "format_version": 1, "version": version,
-                                "policies": ["upbeat", "concise", "detailed"], "weights": [0.2, 0.5, 0.3],
-                                "beta": 0.1, "objective": "maxmin"}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "mpo-ray/weights",
+                "format_version": 1,
+                "version": version,
+                "policies": ["upbeat", "concise", "detailed"],
+                "weights": [0.2, 0.5, 0.3],
+                "beta": 0.1,
+                "objective": "maxmin",
+            }
+        )
+    )
     return str(path)
 
 
@@ -140,7 +165,10 @@ def test_bad_rows_are_written_with_their_error_and_the_artifact_version(local_ra
     rows[9]["prompt"] = "word " * 400  # over the tiny models' 256-token context
     config = tiny(write_jsonl(tmp_path / "corpus.jsonl", rows), **{"generate.batch_size": 12})
     artifact = write_artifact(tmp_path / "weights.json")
-    summary = generate(config.with_overrides({"generate.output": str(tmp_path / "out"), "generate.weights_uri": artifact}), progress=False)
+    summary = generate(
+        config.with_overrides({"generate.output": str(tmp_path / "out"), "generate.weights_uri": artifact}),
+        progress=False,
+    )
     table = read_output(tmp_path / "out")
     assert set(table.column("weights_version").to_pylist()) == {"20260101T000000Z-abc"}
     by_row = {r["prompt_id"]: r for r in table.to_pylist()}
@@ -152,17 +180,30 @@ def test_bad_rows_are_written_with_their_error_and_the_artifact_version(local_ra
     assert by_row["p00002"]["prompt"] == "42"
     good = [r for r in rows if r["prompt_id"] not in bad]
     got = {k: v for k, v in by_id(table).items() if k not in bad}
-    assert got == direct(config, [r["prompt_id"] for r in good], [r["prompt"] for r in good])  # same λ, reordered by name
+    assert got == direct(
+        config, [r["prompt_id"] for r in good], [r["prompt"] for r in good]
+    )  # same λ, reordered by name
     assert summary["errors"] == 4 and summary["rows"] == 12
     with pytest.raises(ValueError, match=r"other settings \(changed: \['max_new_tokens'\]\)"):
-        generate(tiny(config.generate.prompts, **{"generate.max_new_tokens": 9, "generate.output": str(tmp_path / "out"),
-                                                  "generate.weights_uri": artifact}), progress=False)
+        generate(
+            tiny(
+                config.generate.prompts,
+                **{
+                    "generate.max_new_tokens": 9,
+                    "generate.output": str(tmp_path / "out"),
+                    "generate.weights_uri": artifact,
+                },
+            ),
+            progress=False,
+        )
 
 
 SLOW = pytest.mark.slow
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "file-url", pytest.param("csv", marks=SLOW), pytest.param("datasets", marks=SLOW)])
+@pytest.mark.parametrize(
+    "fmt", ["parquet", "file-url", pytest.param("csv", marks=SLOW), pytest.param("datasets", marks=SLOW)]
+)
 def test_corpus_formats(local_ray, tmp_path, fmt):
     rows = corpus_rows(6)
     table = pa.Table.from_pylist(rows)
@@ -181,8 +222,9 @@ def test_corpus_formats(local_ray, tmp_path, fmt):
         uri = "file://" + write_jsonl(tmp_path / "corpus.jsonl", rows)
     config = tiny(uri)
     generate(config.with_overrides({"generate.output": str(tmp_path / "out")}), progress=False)
-    assert by_id(read_output(tmp_path / "out")) == direct(config, [r["prompt_id"] for r in rows], [r["prompt"] for r in rows])
-
+    assert by_id(read_output(tmp_path / "out")) == direct(
+        config, [r["prompt_id"] for r in rows], [r["prompt"] for r in rows]
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -213,12 +255,28 @@ def test_bad_corpora_and_weights_fail_clearly_and_leave_nothing(local_ray, tmp_p
             generate(config.with_overrides({"generate.output": str(out)}), progress=False)
         assert not out.exists()
     artifact = tmp_path / "weights.json"
-    artifact.write_text(json.dumps({"format": "mpo-ray/weights", "format_version": 1, "version": "v1", "policies": ["a", "b"],
-                                    "weights": [0.5, 0.5], "beta": 0.1, "objective": "maxmin"}))
+    artifact.write_text(
+        json.dumps(
+            {
+                "format": "mpo-ray/weights",
+                "format_version": 1,
+                "version": "v1",
+                "policies": ["a", "b"],
+                "weights": [0.5, 0.5],
+                "beta": 0.1,
+                "objective": "maxmin",
+            }
+        )
+    )
     with pytest.raises(ValueError, match=r"is for policies \['a', 'b'\]"):
-        generate(tiny(missing).with_overrides({"generate.output": str(out), "generate.weights_uri": str(artifact)}), progress=False)
+        generate(
+            tiny(missing).with_overrides({"generate.output": str(out), "generate.weights_uri": str(artifact)}),
+            progress=False,
+        )
     with pytest.raises(ValueError, match="not an mpo-ray weights artifact"):
-        generate(tiny(missing).with_overrides({"generate.output": str(out), "generate.weights_uri": missing}), progress=False)
+        generate(
+            tiny(missing).with_overrides({"generate.output": str(out), "generate.weights_uri": missing}), progress=False
+        )
     assert not out.exists()
 
 
@@ -239,10 +297,23 @@ def test_cli_reports_input_errors_in_one_line(tmp_path, capsys):
 
 
 def _rows(ids) -> pa.Table:
-    return pa.table({"prompt_id": ids, "prompt": ids, "response": ids, "finish_reason": ["stop"] * len(ids),
-                     "num_tokens": [1] * len(ids), "log_normalizer": [0.0] * len(ids), "sample_logprob": [None] * len(ids),
-                     "log_partition": [None] * len(ids), "target_logprob": [None] * len(ids), "weights_version": ["v"] * len(ids),
-                     "seed": [1] * len(ids), "error": [None] * len(ids)}, schema=GENERATION_SCHEMA)
+    return pa.table(
+        {
+            "prompt_id": ids,
+            "prompt": ids,
+            "response": ids,
+            "finish_reason": ["stop"] * len(ids),
+            "num_tokens": [1] * len(ids),
+            "log_normalizer": [0.0] * len(ids),
+            "sample_logprob": [None] * len(ids),
+            "log_partition": [None] * len(ids),
+            "target_logprob": [None] * len(ids),
+            "weights_version": ["v"] * len(ids),
+            "seed": [1] * len(ids),
+            "error": [None] * len(ids),
+        },
+        schema=GENERATION_SCHEMA,
+    )
 
 
 def test_promote_keeps_complete_files_drops_truncated_and_duplicates(tmp_path):
@@ -324,13 +395,21 @@ def test_killing_a_generation_actor_mid_run(local_ray, tmp_path):
 def test_stopped_run_resumes_without_duplicates(local_ray, tmp_path):
     rows = corpus_rows(240)
     cfg = yaml.safe_load(open(TINY))
-    cfg["generate"].update(prompts=write_jsonl(tmp_path / "corpus.jsonl", rows), weights_uri=None, weights=WEIGHTS,
-                           max_new_tokens=8, batch_size=8, rows_per_file=8)
+    cfg["generate"].update(
+        prompts=write_jsonl(tmp_path / "corpus.jsonl", rows),
+        weights_uri=None,
+        weights=WEIGHTS,
+        max_new_tokens=8,
+        batch_size=8,
+        rows_per_file=8,
+    )
     cfg_path = tmp_path / "cfg.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     out = str(tmp_path / "out")
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    proc = subprocess.Popen([sys.executable, "-m", "mpo_ray.cli", "generate", str(cfg_path), "--output", out, "--quiet"], env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpo_ray.cli", "generate", str(cfg_path), "--output", out, "--quiet"], env=env
+    )
     try:
         wait_for(lambda: len(staged_files(out)) >= 2, what="two staged files")
     finally:

@@ -27,14 +27,17 @@ def foreign_dir(path, files=("report.md", "weights.json")):
 
 def untouched(path, files=("report.md", "weights.json")):
     return sorted(os.listdir(path)) == sorted(files) and all(
-        (path / name).read_text() == f"the user's {name}" for name in files)
+        (path / name).read_text() == f"the user's {name}" for name in files
+    )
 
 
 def test_reweight_refuses_a_directory_it_did_not_make_and_leaves_it_intact(tmp_path):
     from mpo_ray.workflows.reweight import reweight
 
     theirs = foreign_dir(tmp_path / "theirs")
-    with pytest.raises(ValueError, match=r"is not empty \(report.md, weights.json\) and was not made by `mpo-ray reweight`"):
+    with pytest.raises(
+        ValueError, match=r"is not empty \(report.md, weights.json\) and was not made by `mpo-ray reweight`"
+    ):
         reweight(load_config(TINY, overrides={"reweight.output": str(theirs)}), progress=False)
     assert untouched(theirs) and not ray.is_initialized()
 
@@ -95,32 +98,49 @@ def test_a_store_pointer_cannot_lead_outside_the_store(tmp_path):
         WeightsArtifact.read(store.uri)
 
 
-@pytest.mark.parametrize("weights, match", [
-    ([float("nan"), 1.0, 0.0], "must be finite, non-negative and not all zero"),
-    ([0.0, 0.0, 0.0], "must be finite, non-negative and not all zero"),
-    ([-0.5, 1.0, 0.5], "must be finite, non-negative and not all zero"),
-    ([0.5, 0.5], "names 3 policies but has 2 weights"),
-])
+@pytest.mark.parametrize(
+    "weights, match",
+    [
+        ([float("nan"), 1.0, 0.0], "must be finite, non-negative and not all zero"),
+        ([0.0, 0.0, 0.0], "must be finite, non-negative and not all zero"),
+        ([-0.5, 1.0, 0.5], "must be finite, non-negative and not all zero"),
+        ([0.5, 0.5], "names 3 policies but has 2 weights"),
+    ],
+)
 def test_bad_weights_artifacts_fail_before_generation_starts(tmp_path, weights, match):
     import json
 
     from mpo_ray.workflows.generate import generate
 
     path = tmp_path / "weights.json"
-    path.write_text(json.dumps({"format": "mpo-ray/weights", "format_version": 1, "version": "v", "beta": 0.1,
-                                "objective": "maxmin", "policies": ["concise", "detailed", "upbeat"], "weights": weights}))
+    path.write_text(
+        json.dumps(
+            {
+                "format": "mpo-ray/weights",
+                "format_version": 1,
+                "version": "v",
+                "beta": 0.1,
+                "objective": "maxmin",
+                "policies": ["concise", "detailed", "upbeat"],
+                "weights": weights,
+            }
+        )
+    )
     config = load_config(TINY, overrides={"generate.output": str(tmp_path / "out"), "generate.weights_uri": str(path)})
     with pytest.raises(ValueError, match=match):
         generate(config, progress=False)
     assert not (tmp_path / "out").exists() and not ray.is_initialized()
 
 
-@pytest.mark.parametrize("version, match", [('"1"', "format_version must be a positive integer"),
-                                            ("2", "reads up to 1. Upgrade mpo-ray")])
+@pytest.mark.parametrize(
+    "version, match", [('"1"', "format_version must be a positive integer"), ("2", "reads up to 1. Upgrade mpo-ray")]
+)
 def test_weights_artifact_format_versions(tmp_path, version, match):
     path = tmp_path / "weights.json"
-    path.write_text('{"format": "mpo-ray/weights", "format_version": %s, "version": "v", "beta": 0.1, "objective": "maxmin",'
-                    ' "policies": ["a"], "weights": [1.0]}' % version)
+    path.write_text(
+        '{"format": "mpo-ray/weights", "format_version": %s, "version": "v", "beta": 0.1, "objective": "maxmin",'
+        ' "policies": ["a"], "weights": [1.0]}' % version
+    )
     with pytest.raises(ValueError, match=match):
         WeightsArtifact.read(str(path))
 
@@ -134,7 +154,9 @@ def test_a_prompt_too_long_for_the_context_is_named_by_its_row_before_ray_starts
     rows = [{"prompt_id": "ok", "prompt": "hello"}, {"prompt_id": "long-one", "prompt": "word " * 400}]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(TINY, overrides={"reweight.prompts": str(corpus), "reweight.output": str(tmp_path / "out")})
-    with pytest.raises(ValueError, match=r"prompts.jsonl', row 1 \(id 'long-one'\): prompt is \d+ tokens once formatted"):
+    with pytest.raises(
+        ValueError, match=r"prompts.jsonl', row 1 \(id 'long-one'\): prompt is \d+ tokens once formatted"
+    ):
         reweight(config, progress=False)
     assert not (tmp_path / "out").exists() and not ray.is_initialized()
 
@@ -146,8 +168,14 @@ def test_score_files_that_changed_on_disk_are_never_read_back_as_valid(tmp_path)
 
     from mpo_ray.io import storage
 
-    table = pa.table({"prompt_id": ["a", "a", "b"], "sample_idx": pa.array([0, 1, 0], pa.int32()),
-                      "logp_ref": [-1.5, -2.25, -3.0], "logp_p": [-1.0, -2.0, -4.0]})
+    table = pa.table(
+        {
+            "prompt_id": ["a", "a", "b"],
+            "sample_idx": pa.array([0, 1, 0], pa.int32()),
+            "logp_ref": [-1.5, -2.25, -3.0],
+            "logp_p": [-1.0, -2.0, -4.0],
+        }
+    )
     uri = str(tmp_path / "part.parquet")
     storage.write_parquet(uri, table)
     clean = (tmp_path / "part.parquet").read_bytes()
@@ -167,25 +195,43 @@ def test_score_files_that_changed_on_disk_are_never_read_back_as_valid(tmp_path)
     assert outcomes["refused"] > 0
 
 
-@pytest.mark.parametrize("name, content, match", [
-    ("unclosed.csv", b'prompt_id,prompt\n1,"unclosed quote\n2,next row\n3,third\n',
-     r"row 0, column 'prompt' spans several lines \(an unclosed quote"),
-    ("latin1.csv", b"prompt_id,prompt\n1,fine\n2,caf\xe9\n", r"line 3 is not UTF-8 text"),
-    ("latin1.jsonl", b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n', r"line 2 is not UTF-8 text"),
-    ("list.jsonl", b'{"prompt": "fine"}\n["not", "an", "object"]\n', r"line 2 is a JSON list, not an object"),
-    ("broken.jsonl", b'{"prompt": "fine"}\n{"prompt": "no closing brace"\n', r"line 2 is not JSON"),
-    ("dup.jsonl", b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": 2, "prompt": "two"}\n{"prompt_id": 1, "prompt": "uno"}\n',
-     r"rows 0 and 2 share the id '1' but not their text"),
-    ("dup-types.jsonl", b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": "1", "prompt": "uno"}\n',
-     r"rows 0 and 1 share the id '1' but not their text"),
-])
+@pytest.mark.parametrize(
+    "name, content, match",
+    [
+        (
+            "unclosed.csv",
+            b'prompt_id,prompt\n1,"unclosed quote\n2,next row\n3,third\n',
+            r"row 0, column 'prompt' spans several lines \(an unclosed quote",
+        ),
+        ("latin1.csv", b"prompt_id,prompt\n1,fine\n2,caf\xe9\n", r"line 3 is not UTF-8 text"),
+        ("latin1.jsonl", b'{"prompt": "fine"}\n{"prompt": "caf\xe9"}\n', r"line 2 is not UTF-8 text"),
+        ("list.jsonl", b'{"prompt": "fine"}\n["not", "an", "object"]\n', r"line 2 is a JSON list, not an object"),
+        ("broken.jsonl", b'{"prompt": "fine"}\n{"prompt": "no closing brace"\n', r"line 2 is not JSON"),
+        (
+            "dup.jsonl",
+            b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": 2, "prompt": "two"}\n{"prompt_id": 1, "prompt": "uno"}\n',
+            r"rows 0 and 2 share the id '1' but not their text",
+        ),
+        (
+            "dup-types.jsonl",
+            b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": "1", "prompt": "uno"}\n',
+            r"rows 0 and 1 share the id '1' but not their text",
+        ),
+    ],
+)
 def test_corpora_that_would_be_misread_are_refused_before_ray_starts(tmp_path, name, content, match):
     from mpo_ray.workflows.generate import generate
 
     corpus = tmp_path / name
     corpus.write_bytes(content)
-    config = load_config(TINY, overrides={"generate.prompts": str(corpus), "generate.output": str(tmp_path / "out"),
-                                          "generate.weights": [0.5, 0.3, 0.2]})
+    config = load_config(
+        TINY,
+        overrides={
+            "generate.prompts": str(corpus),
+            "generate.output": str(tmp_path / "out"),
+            "generate.weights": [0.5, 0.3, 0.2],
+        },
+    )
     with pytest.raises(ValueError, match=match):
         generate(config, progress=False)
     assert not (tmp_path / "out").exists() and not ray.is_initialized()
@@ -193,8 +239,10 @@ def test_corpora_that_would_be_misread_are_refused_before_ray_starts(tmp_path, n
         from mpo_ray.workflows.reweight import reweight
 
         with pytest.raises(ValueError, match=match):
-            reweight(config.with_overrides({"reweight.prompts": str(corpus), "reweight.output": str(tmp_path / "rw")}),
-                     progress=False)
+            reweight(
+                config.with_overrides({"reweight.prompts": str(corpus), "reweight.output": str(tmp_path / "rw")}),
+                progress=False,
+            )
 
 
 def test_a_batch_of_only_bad_rows_becomes_error_rows(tmp_path):
@@ -204,12 +252,24 @@ def test_a_batch_of_only_bad_rows_becomes_error_rows(tmp_path):
     from mpo_ray.workflows.generate import prepare_rows
 
     specs = build_tiny_family(tmp_path / "tiny", 2, kind="lora")
-    prepared = prepare_rows({"prompt": ["", b"\x00\xff binary", None, 7]}, prompt_column="prompt", id_column="prompt_id",
-                            seed=0, done=frozenset())
+    prepared = prepare_rows(
+        {"prompt": ["", b"\x00\xff binary", None, 7]},
+        prompt_column="prompt",
+        id_column="prompt_id",
+        seed=0,
+        done=frozenset(),
+    )
     generator = BatchGenerator(specs, threads=1)
     params = {"max_new_tokens": 4, "temperature": 1.0, "top_k": None, "top_p": None, "stop": [], "num_candidates": 1}
-    rows = generator.rows(prepared["prompt_id"].to_pylist(), prepared["prompt"].to_pylist(), prepared["seed"].to_pylist(),
-                          [0.5, 0.5], params, "v1", prepared["error"].to_pylist())
+    rows = generator.rows(
+        prepared["prompt_id"].to_pylist(),
+        prepared["prompt"].to_pylist(),
+        prepared["seed"].to_pylist(),
+        [0.5, 0.5],
+        params,
+        "v1",
+        prepared["error"].to_pylist(),
+    )
     assert rows.num_rows == 4 and all(e and "must be a non-empty string" in e for e in rows["error"].to_pylist())
     long = generator.rows(["a", "b"], ["word " * 2000, "hi"], [1, 2], [0.5, 0.5], params, "v1")
     errors = long["error"].to_pylist()
@@ -254,8 +314,13 @@ def _flips(path, count, seed):
 
 def test_a_weights_artifact_that_changed_on_disk_is_refused_never_misread(tmp_path):
     """Every one-bit flip of weights.json is refused, or reads back the very same artifact (never other weights)."""
-    art = WeightsArtifact.build(version="v1", policies=["concise", "detailed", "upbeat"], weights=[0.25, 0.5, 0.25],
-                                beta=0.1, values={"concise": -1.5, "detailed": 0.75, "upbeat": 2.0})
+    art = WeightsArtifact.build(
+        version="v1",
+        policies=["concise", "detailed", "upbeat"],
+        weights=[0.25, 0.5, 0.25],
+        beta=0.1,
+        values={"concise": -1.5, "detailed": 0.75, "upbeat": 2.0},
+    )
     path = tmp_path / "weights.json"
     art.write(str(path))
     refused = 0

@@ -50,9 +50,18 @@ def store_uri(request, tmp_path):
 
 def artifact(version, weights, *, passed=True, previous=None, inputs=None):
     """A minimal weights artifact as a night writes it."""
-    return WeightsArtifact.build(version=version, policies=NAMES, weights=weights, beta=0.1,
-                                 nightly={"night": version, "previous": previous, "inputs": inputs or {},
-                                          "gate": {"passed": passed, "failed": [] if passed else ["drift"], "checks": []}})
+    return WeightsArtifact.build(
+        version=version,
+        policies=NAMES,
+        weights=weights,
+        beta=0.1,
+        nightly={
+            "night": version,
+            "previous": previous,
+            "inputs": inputs or {},
+            "gate": {"passed": passed, "failed": [] if passed else ["drift"], "checks": []},
+        },
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -66,11 +75,17 @@ def test_the_nightly_record_is_a_typed_view_over_the_json_keys(tmp_path):
     kept.write(str(tmp_path / "w.json"))
     night = WeightsArtifact.read(str(tmp_path / "w.json")).night
     assert (night.night, night.previous, night.passed, night.failed, night.inputs) == (
-        "2025-06-02", "2025-06-01", False, ["drift"], {"prompts": "d"})
+        "2025-06-02",
+        "2025-06-01",
+        False,
+        ["drift"],
+        {"prompts": "d"},
+    )
     assert kept["nightly"]["gate"]["passed"] is False  # the JSON keys stay as they were
     assert WeightsArtifact.build(version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1).night is None
-    assert not WeightsArtifact.build(version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1,
-                                     nightly={"night": "v"}).night.passed
+    assert not WeightsArtifact.build(
+        version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1, nightly={"night": "v"}
+    ).night.passed
 
 
 def test_versions_are_written_once_and_latest_moves_by_compare_and_swap(store_uri):
@@ -154,7 +169,9 @@ def test_crash_between_version_and_latest_is_completed_by_the_next_run(store_uri
     st.promote("2025-06-01", expected=None)
     # Night 2 passed its gate, wrote its version, and died before moving `latest` (leaving its lock behind).
     st.write_version("2025-06-02", artifact("2025-06-02", [0.4, 0.4, 0.2], previous="2025-06-01"))
-    storage.write_json(storage.join(store_uri, "latest.lock"), {"owner": "nightly 2025-06-02", "acquired_unix": time.time() - 3600})
+    storage.write_json(
+        storage.join(store_uri, "latest.lock"), {"owner": "nightly 2025-06-02", "acquired_unix": time.time() - 3600}
+    )
     # Consistent meanwhile: readers get the complete old weights; the new version is complete too.
     assert st.latest_version() == "2025-06-01" and resolve(store_uri).endswith("versions/2025-06-01/weights.json")
     assert st.pending() == "2025-06-02"
@@ -182,7 +199,9 @@ def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
     from mpo_ray.workflows.generate import resolve_weights
 
     st = WeightsStore(store_uri)
-    config = config_from_dict({**yaml.safe_load(open(TINY)), "generate": {"prompts": "p.jsonl", "weights_uri": store_uri}})
+    config = config_from_dict(
+        {**yaml.safe_load(open(TINY)), "generate": {"prompts": "p.jsonl", "weights_uri": store_uri}}
+    )
     st.write_version("2025-06-01", artifact("2025-06-01", [0.5, 0.3, 0.2]))
     with pytest.raises(ValueError, match="no `latest` yet"):
         resolve_weights(config)
@@ -198,10 +217,18 @@ def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
 
 def test_score_cache_reuses_rows_by_prompt_id_and_text(store_uri):
     cache = ScoreCache(WeightsStore(store_uri), "fp")
-    rows = pa.table({"prompt_id": ["a", "a", "b", "b"], "sample_idx": [0, 1, 0, 1], "prompt": ["A?", "A?", "B?", "B?"],
-                     "logp_ref": [-1.0, -2.0, -3.0, -4.0]})
+    rows = pa.table(
+        {
+            "prompt_id": ["a", "a", "b", "b"],
+            "sample_idx": [0, 1, 0, 1],
+            "prompt": ["A?", "A?", "B?", "B?"],
+            "logp_ref": [-1.0, -2.0, -3.0, -4.0],
+        }
+    )
     storage.write_parquet(storage.join(cache.uri, "part-2025-06-01-00000.parquet"), rows)
-    storage.write_parquet(storage.join(cache.uri, "part-2025-06-02-00000.parquet"), rows.slice(0, 2))  # a again (a concurrent run): used once only
+    storage.write_parquet(
+        storage.join(cache.uri, "part-2025-06-02-00000.parquet"), rows.slice(0, 2)
+    )  # a again (a concurrent run): used once only
     found, ids = cache.lookup(["a", "b", "c"], ["A?", "B, edited?", "C?"])
     assert ids == {"a"} and found.num_rows == 2 and found.column("logp_ref").to_pylist() == [-1.0, -2.0]
     assert ScoreCache(WeightsStore(store_uri), "other-models").lookup(["a"], ["A?"]) == (None, set())
@@ -217,7 +244,12 @@ def write_jsonl(path, rows):
     return str(path)
 
 
-PAIR = {"prompt": "Tell me about rain.", "chosen": "Rain: wet.", "rejected": "Well, rain is a long story...", "group": "concise"}
+PAIR = {
+    "prompt": "Tell me about rain.",
+    "chosen": "Rain: wet.",
+    "rejected": "Well, rain is a long story...",
+    "group": "concise",
+}
 
 
 def test_feedback_reads_in_every_format(tmp_path):
@@ -233,13 +265,16 @@ def test_feedback_reads_in_every_format(tmp_path):
         assert read_feedback(str(tmp_path / name), NAMES).groups == ["concise", "upbeat"]
 
 
-@pytest.mark.parametrize("rows, match", [
-    ([], "is empty"),
-    ([{k: v for k, v in PAIR.items() if k != "group"}], r"lacks column\(s\) \['group'\]"),
-    ([PAIR, {**PAIR, "group": "funny"}], r"group 'funny' \(row 1, 1 row\(s\)\) is not an objective"),
-    ([{**PAIR, "chosen": ""}], "column 'chosen' must hold non-empty strings; row 0"),
-    ([{**PAIR, "rejected": PAIR["chosen"]}], "same text as chosen and rejected"),
-])
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([], "is empty"),
+        ([{k: v for k, v in PAIR.items() if k != "group"}], r"lacks column\(s\) \['group'\]"),
+        ([PAIR, {**PAIR, "group": "funny"}], r"group 'funny' \(row 1, 1 row\(s\)\) is not an objective"),
+        ([{**PAIR, "chosen": ""}], "column 'chosen' must hold non-empty strings; row 0"),
+        ([{**PAIR, "rejected": PAIR["chosen"]}], "same text as chosen and rejected"),
+    ],
+)
 def test_malformed_feedback_is_refused_with_the_reason(tmp_path, rows, match):
     with pytest.raises(ValueError, match=match):
         read_feedback(write_jsonl(tmp_path / "f.jsonl", rows), NAMES)
@@ -295,11 +330,14 @@ def test_nightly_section_loads_and_bad_keys_name_key_and_file():
             config_from_dict(data, source=TINY)
 
 
-@pytest.mark.parametrize("rows, match", [
-    ([], "is empty"),
-    ([{k: v for k, v in PAIR.items() if k != "rejected"}], "lacks column"),
-    ([{**PAIR, "group": "funny"}], "is not an objective"),
-])
+@pytest.mark.parametrize(
+    "rows, match",
+    [
+        ([], "is empty"),
+        ([{k: v for k, v in PAIR.items() if k != "rejected"}], "lacks column"),
+        ([{**PAIR, "group": "funny"}], "is not an objective"),
+    ],
+)
 def test_a_night_with_malformed_feedback_fails_clearly_and_leaves_latest_alone(tmp_path, capsys, rows, match):
     store = str(tmp_path / "store")
     st = WeightsStore(store)
@@ -342,7 +380,10 @@ def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_reco
     # The same night with other inputs is refused: a version is never overwritten.
     other = write_jsonl(tmp_path / "f.jsonl", [PAIR])
     with pytest.raises(ValueError, match=r"changed: \['feedback'\].*--night 2025-06-01.2"):
-        run_night(config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store, "nightly.feedback": other}), progress=False)
+        run_night(
+            config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store, "nightly.feedback": other}),
+            progress=False,
+        )
 
 
 def stub_scoring(monkeypatch, during=None):
@@ -366,10 +407,17 @@ def stub_scoring(monkeypatch, during=None):
         schema = score_table_schema(config.policy_names, [r.name for r in config.rewards])
         rng = np.random.default_rng(len(ids))
         n, m = len(ids), 4
-        columns = {"prompt_id": np.repeat(ids, m), "sample_idx": np.tile(np.arange(m, dtype=np.int32), n),
-                   "prompt": np.repeat(prompts, m), "response": ["r"] * (n * m), "response_token_ids": [[1]] * (n * m),
-                   "sampler": ["ref"] * (n * m), "logp_ref": np.full(n * m, -5.0), "logp_proposal": np.full(n * m, -5.0)}
-        for name in schema.names[len(columns):]:
+        columns = {
+            "prompt_id": np.repeat(ids, m),
+            "sample_idx": np.tile(np.arange(m, dtype=np.int32), n),
+            "prompt": np.repeat(prompts, m),
+            "response": ["r"] * (n * m),
+            "response_token_ids": [[1]] * (n * m),
+            "sampler": ["ref"] * (n * m),
+            "logp_ref": np.full(n * m, -5.0),
+            "logp_proposal": np.full(n * m, -5.0),
+        }
+        for name in schema.names[len(columns) :]:
             columns[name] = -5.0 + 0.3 * rng.normal(size=n * m)
         return ScoreRun(pa.table(columns, schema=schema), Timings(), {})
 
@@ -403,12 +451,18 @@ def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
     st = WeightsStore(store)
 
     def the_other_run_commits_first(plan):  # both started on an empty store; the other reached the lock first...
-        st.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...and died before `latest`
+        st.write_version(
+            NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs)
+        )  # ...and died before `latest`
 
     stub_scoring(monkeypatch, during=the_other_run_commits_first)
-    result = run_night(load_config(TINY).with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False)
+    result = run_night(
+        load_config(TINY).with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False
+    )
     committed = st.read_version(NIGHTS[0])
-    assert result.rerun and result.recovered and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
+    assert (
+        result.rerun and result.recovered and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
+    )
     assert st.versions() == [NIGHTS[0]] and st.latest()["history"] == [NIGHTS[0]]
 
 
@@ -432,8 +486,11 @@ def three_nights(tmp_path_factory):
         raw.pop(key)
     raw["rewards"] = []  # fewer actors to start each night; the reward columns are reweight's tests' business
     store = f"memory://nightly-e2e-{uuid.uuid4().hex[:8]}/store"
-    raw["nightly"].update(prompts=os.path.join(DATA, "{night}", "prompts.jsonl"),
-                          feedback=os.path.join(DATA, "{night}", "feedback.jsonl"), store=store)
+    raw["nightly"].update(
+        prompts=os.path.join(DATA, "{night}", "prompts.jsonl"),
+        feedback=os.path.join(DATA, "{night}", "feedback.jsonl"),
+        store=store,
+    )
     cfg = str(tmp_path_factory.mktemp("nightly") / "tiny-nightly.yaml")
     with open(cfg, "w") as f:
         yaml.safe_dump(raw, f)
@@ -442,7 +499,12 @@ def three_nights(tmp_path_factory):
     def night(name):
         t0 = time.perf_counter()
         code = main(["nightly", cfg, "--night", name, "--quiet"])
-        return {"code": code, "seconds": round(time.perf_counter() - t0, 1), "latest": st.latest_version(), "versions": st.versions()}
+        return {
+            "code": code,
+            "seconds": round(time.perf_counter() - t0, 1),
+            "latest": st.latest_version(),
+            "versions": st.versions(),
+        }
 
     try:
         with ray_session(address="local", num_cpus=2, log_to_driver=False):
@@ -450,11 +512,20 @@ def three_nights(tmp_path_factory):
             log[NIGHTS[1]] = night(NIGHTS[1])
             t0 = time.perf_counter()
             with pytest.MonkeyPatch.context() as mp:  # night 3 passes its gate, writes its version, and dies
-                mp.setattr(WeightsStore, "promote", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed before moving latest")))
+                mp.setattr(
+                    WeightsStore,
+                    "promote",
+                    lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed before moving latest")),
+                )
                 with pytest.raises(RuntimeError, match="killed before moving latest"):
                     main(["nightly", cfg, "--night", NIGHTS[2], "--quiet"])
-            log["crash"] = {"latest": st.latest_version(), "versions": st.versions(), "weights": resolve(store),
-                            "lock": storage.exists(storage.join(store, "latest.lock")), "seconds": round(time.perf_counter() - t0, 1)}
+            log["crash"] = {
+                "latest": st.latest_version(),
+                "versions": st.versions(),
+                "weights": resolve(store),
+                "lock": storage.exists(storage.join(store, "latest.lock")),
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
             log[NIGHTS[2]] = night(NIGHTS[2])
             before = store_snapshot(store)
             log["reruns"] = {n: night(n) for n in NIGHTS}
@@ -495,10 +566,14 @@ def test_warm_starts_take_fewer_solver_iterations_than_cold_starts(three_nights)
     for n, r in rows.items():
         w = r["warm_start"]
         drift = next(c["value"] for c in r["gate"]["checks"] if c["check"] == "drift")
-        print(f"{n}  {str(w['from']):10s}  {w['iterations']:>4d} / {w['cold_iterations']:<4d}          "
-              f"{w['initial_gap']:.3g} / {w['cold_initial_gap']:.3g}        {drift if drift is None else round(drift, 3)}")
+        print(
+            f"{n}  {str(w['from']):10s}  {w['iterations']:>4d} / {w['cold_iterations']:<4d}          "
+            f"{w['initial_gap']:.3g} / {w['cold_initial_gap']:.3g}        {drift if drift is None else round(drift, 3)}"
+        )
     assert rows[NIGHTS[0]]["warm_start"]["from"] is None
-    assert rows[NIGHTS[1]]["warm_start"]["from"] == rows[NIGHTS[2]]["warm_start"]["from"] == NIGHTS[0]  # not the kept night
+    assert (
+        rows[NIGHTS[1]]["warm_start"]["from"] == rows[NIGHTS[2]]["warm_start"]["from"] == NIGHTS[0]
+    )  # not the kept night
     for n in NIGHTS[1:]:
         w = rows[n]["warm_start"]
         assert w["initial_gap"] < w["cold_initial_gap"] and w["iterations"] <= w["cold_iterations"]
@@ -527,6 +602,13 @@ def test_a_crash_between_version_and_latest_leaves_the_store_consistent(three_ni
 def test_reruns_are_no_ops(three_nights):
     _, log = three_nights
     assert {n: r["code"] for n, r in log["reruns"].items()} == dict(zip(NIGHTS, [0, 3, 0]))
-    assert log["unchanged"] and all(r["latest"] == NIGHTS[2] and r["versions"] == NIGHTS for r in log["reruns"].values())
-    print("\nseconds per night:", {n: log[n]["seconds"] for n in NIGHTS[:2]}, f"{NIGHTS[2]}: {log['crash']['seconds']} "
-          f"(crashed) + {log[NIGHTS[2]]['seconds']} (completed)", "reruns:", {n: r["seconds"] for n, r in log["reruns"].items()})
+    assert log["unchanged"] and all(
+        r["latest"] == NIGHTS[2] and r["versions"] == NIGHTS for r in log["reruns"].values()
+    )
+    print(
+        "\nseconds per night:",
+        {n: log[n]["seconds"] for n in NIGHTS[:2]},
+        f"{NIGHTS[2]}: {log['crash']['seconds']} (crashed) + {log[NIGHTS[2]]['seconds']} (completed)",
+        "reruns:",
+        {n: r["seconds"] for n, r in log["reruns"].items()},
+    )

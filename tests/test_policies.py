@@ -177,8 +177,12 @@ def test_smollm2_default_model_end_to_end():
 
     path = policies_module.default_model_path()
     base, brief = load_policies(
-        [PolicySpec("base", str(path), dtype="float32"),  # exactness against HF generate and scoring: not bf16 on CUDA
-         PolicySpec("brief", str(path), system_prompt="Answer in one word.", dtype="float32")]
+        [
+            PolicySpec(
+                "base", str(path), dtype="float32"
+            ),  # exactness against HF generate and scoring: not bf16 on CUDA
+            PolicySpec("brief", str(path), system_prompt="Answer in one word.", dtype="float32"),
+        ]
     )
     assert base.model is brief.model
     tok = base.tokenizer
@@ -192,7 +196,9 @@ def test_smollm2_default_model_end_to_end():
     greedy = MixedPolicy([base, brief], [1.0, 0.0]).generate(prompts, max_new_tokens=24, temperature=0)
     assert "Paris" in greedy[0].text and greedy[0].finish_reason == "stop"
     [ids] = base.encode_prompts(prompts[:1])
-    hf = base.model.generate(torch.tensor([ids], device=base.device), max_new_tokens=24, do_sample=False)[0, len(ids) :].tolist()
+    hf = base.model.generate(torch.tensor([ids], device=base.device), max_new_tokens=24, do_sample=False)[
+        0, len(ids) :
+    ].tolist()
     assert greedy[0].token_ids == hf[: len(greedy[0].token_ids)]
     scores = score_sequences(base, prompts, [g.token_ids for g in greedy])
     np.testing.assert_allclose([g.logprob for g in greedy], scores, atol=1e-3, rtol=1e-4)

@@ -26,10 +26,16 @@ M = 4
 
 
 def tiny(out):
-    return load_config(TINY, overrides={
-        "reweight.max_prompts": 8, "reweight.batch_prompts": 2, "reweight.bootstrap_resamples": 0,
-        "reweight.output": out,
-        "reweight.sampling": {"samples_per_prompt": M, "max_new_tokens": 6, "proposal": "geometric"}})
+    return load_config(
+        TINY,
+        overrides={
+            "reweight.max_prompts": 8,
+            "reweight.batch_prompts": 2,
+            "reweight.bootstrap_resamples": 0,
+            "reweight.output": out,
+            "reweight.sampling": {"samples_per_prompt": M, "max_new_tokens": 6, "proposal": "geometric"},
+        },
+    )
 
 
 def batch_files(out):
@@ -88,8 +94,11 @@ def test_logp_proposal_is_the_balance_heuristic_over_every_component(run):
         counts = proposal_counts(M, K, config.reweight.sampling.geometric_share if b else None)
         logps = [table.column(f"logp_{n}").to_numpy() for n in ["ref", *config.policy_names]]
         if drawn is not None:
-            logps.append(MixedPolicy(policies, drawn).sequence_logprob(
-                table.column("prompt").to_pylist(), table.column("response_token_ids").to_pylist())[0])
+            logps.append(
+                MixedPolicy(policies, drawn).sequence_logprob(
+                    table.column("prompt").to_pylist(), table.column("response_token_ids").to_pylist()
+                )[0]
+            )
         used = [(lp, c) for lp, c in zip(logps, counts) if c]
         expected = np.logaddexp.reduce(np.stack([lp + np.log(c / M) for lp, c in used]), axis=0)
         np.testing.assert_allclose(table.column("logp_proposal").to_numpy(), expected, rtol=0, atol=1e-4)
@@ -109,6 +118,8 @@ def test_resumed_run_draws_at_the_same_lambda(run, tmp_path):
     assert second["weights"] == pytest.approx(first["weights"], rel=0, abs=1e-12)
     for a, b in zip(batch_files(out), batch_files(resumed_out)):
         ta, tb = pq.read_table(a), pq.read_table(b)
-        assert json.loads(ta.schema.metadata[b"mpo_ray"])["geometric_weights"] == \
-            json.loads(tb.schema.metadata[b"mpo_ray"])["geometric_weights"]
+        assert (
+            json.loads(ta.schema.metadata[b"mpo_ray"])["geometric_weights"]
+            == json.loads(tb.schema.metadata[b"mpo_ray"])["geometric_weights"]
+        )
         assert ta.column("response_token_ids").to_pylist() == tb.column("response_token_ids").to_pylist()

@@ -37,13 +37,17 @@ def test_reweight_end_to_end_matches_solver_on_its_table(first_run):
     table = read_table(out)
     m = config.reweight.sampling.samples_per_prompt
     assert table.num_rows == 12 * m
-    assert {"prompt_id", "sample_idx", "response_token_ids", "logp_ref", "logp_concise", "reward_brevity"} <= set(table.column_names)
+    assert {"prompt_id", "sample_idx", "response_token_ids", "logp_ref", "logp_concise", "reward_brevity"} <= set(
+        table.column_names
+    )
     arrays = score_arrays(table, config.policy_names)
     expected = solve_weights(arrays.log_ratios, mask=arrays.mask, log_importance=arrays.log_importance)
     np.testing.assert_allclose(artifact["weights"], expected.weights, atol=1e-9)
     on_disk = json.loads(open(os.path.join(out, "weights.json")).read())
     assert on_disk["weights"] == artifact["weights"] and on_disk["policies"] == config.policy_names
-    assert on_disk["serving"]["mode"] == "resampled" and on_disk["serving"]["num_candidates"] == 4  # generate's default (issue 19)
+    assert (
+        on_disk["serving"]["mode"] == "resampled" and on_disk["serving"]["num_candidates"] == 4
+    )  # generate's default (issue 19)
     assert on_disk["certificate"]["gap_nats"] <= 1e-9
     assert "rewards" in on_disk["estimates"]  # one reward function per objective: both estimates reported
     ci = on_disk["weights_ci"]
@@ -72,8 +76,12 @@ def test_rerun_resumes_and_gives_the_same_weights(first_run, tmp_path):
 
 @pytest.mark.slow
 def test_mixture_proposal_and_reward_estimate(local_ray, tmp_path):
-    config = tiny(**{"reweight.sampling": {"samples_per_prompt": 4, "max_new_tokens": 8, "proposal": "mixture"},
-                     "reweight.estimate": "rewards"})
+    config = tiny(
+        **{
+            "reweight.sampling": {"samples_per_prompt": 4, "max_new_tokens": 8, "proposal": "mixture"},
+            "reweight.estimate": "rewards",
+        }
+    )
     artifact = reweight(config.with_overrides({"reweight.output": str(tmp_path / "mix")}), progress=False)
     table = read_table(str(tmp_path / "mix"))
     assert sorted(set(table.column("sampler").to_pylist())) == ["concise", "detailed", "ref", "upbeat"]

@@ -21,8 +21,14 @@ def tiny(**overrides):
     [
         ({"reweight.prompt_column": "question"}, r"no column 'question'; its columns are \['prompt_id', 'prompt'\]"),
         ({"policies": [{"name": "a", "model": "/no/such/model"}]}, r"model of 'a', '/no/such/model', cannot be loaded"),
-        ({"policies": [{"name": "a", "model": "tiny:base", "adapter": "/no/such/adapter"}]}, r"adapter of 'a'.*does not exist"),
-        ({"rewards": [{"name": "r", "function": "no_such_module:f"}]}, r"reward function 'no_such_module:f' does not import"),
+        (
+            {"policies": [{"name": "a", "model": "tiny:base", "adapter": "/no/such/adapter"}]},
+            r"adapter of 'a'.*does not exist",
+        ),
+        (
+            {"rewards": [{"name": "r", "function": "no_such_module:f"}]},
+            r"reward function 'no_such_module:f' does not import",
+        ),
         ({"policies": [{"name": "a", "model": "tiny:other-vocab"}]}, r"does not share the vocabulary of the reference"),
     ],
 )
@@ -41,7 +47,10 @@ def test_empty_corpus_and_unwritable_output(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ValueError, match="is empty"):
-        reweight(tiny(**{"reweight.prompts": str(empty)}).with_overrides({"reweight.output": str(tmp_path / "o")}), progress=False)
+        reweight(
+            tiny(**{"reweight.prompts": str(empty)}).with_overrides({"reweight.output": str(tmp_path / "o")}),
+            progress=False,
+        )
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ValueError, match="not writable"):

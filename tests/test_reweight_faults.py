@@ -69,7 +69,9 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
     # (with three batches the run could finish, and its actors go, before the killer looked for them)
     one_per_batch = {"reweight.batch_prompts": 1}
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
-        reference = reweight(tiny().with_overrides({**one_per_batch, "reweight.output": str(tmp_path / "clean")}), progress=False)
+        reference = reweight(
+            tiny().with_overrides({**one_per_batch, "reweight.output": str(tmp_path / "clean")}), progress=False
+        )
 
         # 1. kill a policy actor while the run is in flight: Ray restarts it, the call is retried.
         out = str(tmp_path / "actor-killed")
@@ -97,7 +99,9 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         out = str(tmp_path / "driver-killed")
         cfg = yaml.safe_load(open(TINY))
         # one prompt per batch: twelve files, so the kill below lands mid-run however fast the machine is
-        cfg["reweight"].update(prompts=os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl"), max_prompts=12, batch_prompts=1)
+        cfg["reweight"].update(
+            prompts=os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl"), max_prompts=12, batch_prompts=1
+        )
         cfg_path = tmp_path / "cfg.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg))
         env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
@@ -115,4 +119,3 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         # other batch boundaries pad differently: equal up to float noise in the scores
         np.testing.assert_allclose(resumed["weights"], reference["weights"], atol=1e-4)
         assert sorted(keys(out)) == sorted(keys(str(tmp_path / "clean")))
-

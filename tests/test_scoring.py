@@ -91,9 +91,15 @@ def test_a_base_and_its_adapters_share_one_module_and_score_as_if_loaded_alone()
     """The reference policy is usually the base the LoRA policies were trained from."""
     lora = tiny_family("lora", 2)
     base, adapter = lora[0].spec.model, lora[0].spec.adapter
-    ref, p0 = load_policies([PolicySpec("ref", base, dtype=EXACT_DTYPE), PolicySpec("p0", base, adapter=adapter, dtype=EXACT_DTYPE)])
+    ref, p0 = load_policies(
+        [PolicySpec("ref", base, dtype=EXACT_DTYPE), PolicySpec("p0", base, adapter=adapter, dtype=EXACT_DTYPE)]
+    )
     assert ref.model is p0.model
     [alone] = load_policies([PolicySpec("alone", base, dtype=EXACT_DTYPE)])
     responses = random_responses(len(PROMPTS), len(ref.tokenizer), seed=3)
-    np.testing.assert_allclose(score_sequences(ref, PROMPTS, responses), score_sequences(alone, PROMPTS, responses), atol=1e-5)
-    np.testing.assert_allclose(score_sequences(p0, PROMPTS, responses), score_sequences(lora[0], PROMPTS, responses), atol=1e-5)
+    np.testing.assert_allclose(
+        score_sequences(ref, PROMPTS, responses), score_sequences(alone, PROMPTS, responses), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        score_sequences(p0, PROMPTS, responses), score_sequences(lora[0], PROMPTS, responses), atol=1e-5
+    )

@@ -36,8 +36,13 @@ def test_log_mean_weight_matches_enumeration_over_every_candidate_tuple():
     log_w -= logsumexp(q + log_w)[:, None]
     w, p = np.exp(log_w), np.exp(q - logsumexp(q)[:, None])
     for n in (1, 2, 3):
-        brute = [sum(np.prod(p[i, list(c)]) * np.log(w[i, list(c)].mean())
-                     for c in itertools.product(range(world.num_sequences), repeat=n)) for i in range(2)]
+        brute = [
+            sum(
+                np.prod(p[i, list(c)]) * np.log(w[i, list(c)].mean())
+                for c in itertools.product(range(world.num_sequences), repeat=n)
+            )
+            for i in range(2)
+        ]
         np.testing.assert_allclose(log_mean_weight(target, q, n), brute, atol=1e-12)
     assert np.all(log_mean_weight(target, q, [2, 8, 64]) < 0)  # Jensen: log Ẑ is biased low, less so with n
 
@@ -73,8 +78,13 @@ def test_the_yardstick_on_rows_drawn_by_the_decoders_rule_finds_the_exact_expect
     log_partition = (logsumexp(log_w) - np.log(n)).ravel()
     rows = np.repeat(np.arange(N), draws)
     result = implicit_objective(
-        [f"p{i:04d}" for i in rows], [None] * len(rows), world.ref_logp[rows, y], world.policy_logp[rows, y],
-        ["a", "b", "c"], target_logprob=target[rows, y] - log_partition)
+        [f"p{i:04d}" for i in rows],
+        [None] * len(rows),
+        world.ref_logp[rows, y],
+        world.policy_logp[rows, y],
+        ["a", "b", "c"],
+        target_logprob=target[rows, y] - log_partition,
+    )
     assert result["kl_estimate"] == "target"
     kl = np.asarray(result["per_prompt"]["kl"])
     se = kl.std(ddof=1) / np.sqrt(N)
@@ -93,9 +103,21 @@ def test_served_logprob_takes_one_kind_per_set():
 def test_files_from_before_the_columns_read_as_nulls():
     import pyarrow as pa
 
-    old = pa.table({"prompt_id": ["a"], "prompt": ["x"], "response": ["y"], "finish_reason": ["stop"], "num_tokens": [1],
-                    "log_normalizer": [0.0], "sample_logprob": [None], "weights_version": ["v"], "seed": [1],
-                    "error": [None], "logp_ref": [-1.0]})
+    old = pa.table(
+        {
+            "prompt_id": ["a"],
+            "prompt": ["x"],
+            "response": ["y"],
+            "finish_reason": ["stop"],
+            "num_tokens": [1],
+            "log_normalizer": [0.0],
+            "sample_logprob": [None],
+            "weights_version": ["v"],
+            "seed": [1],
+            "error": [None],
+            "logp_ref": [-1.0],
+        }
+    )
     table = with_generation_columns(old)
     assert table.column_names[: len(GENERATION_SCHEMA)] == GENERATION_SCHEMA.names and "logp_ref" in table.column_names
     assert table["log_partition"].null_count == 1 and table["target_logprob"].null_count == 1

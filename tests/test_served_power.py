@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from mpo_ray.core.stats import (
-    bias_corrected, detectable_effect, min_mean, normal_power, paired_bootstrap, paired_difference,
+    bias_corrected,
+    detectable_effect,
+    min_mean,
+    normal_power,
+    paired_bootstrap,
+    paired_difference,
 )
 
 

@@ -11,7 +11,11 @@ import numpy as np
 import pytest
 
 from mpo_ray.testing.enumerable import (
-    equalised_token_weights, make_world, resampling_logp, simplex_grid, tuned_token_weights,
+    equalised_token_weights,
+    make_world,
+    resampling_logp,
+    simplex_grid,
+    tuned_token_weights,
 )
 
 LAM = np.array([0.2, 0.3, 0.5])
@@ -76,8 +80,13 @@ def test_j_of_pi_lambda_star_is_f_of_lambda_star_and_every_served_mode_is_below(
     f = world.exact.dual
     assert world.objective(world.target_logp(lam)) == pytest.approx(f, abs=1e-9)  # strong duality
     K = world.num_policies
-    tables = [world.geometric_token_logp(lam), world.geometric_token_logp(np.full(K, 1 / K)), world.ref_logp,
-              *world.resampled_logp(lam, [2, 8]), *(world.policy_logp[..., k] for k in range(K))]
+    tables = [
+        world.geometric_token_logp(lam),
+        world.geometric_token_logp(np.full(K, 1 / K)),
+        world.ref_logp,
+        *world.resampled_logp(lam, [2, 8]),
+        *(world.policy_logp[..., k] for k in range(K)),
+    ]
     for t in tables:
         assert world.objective(t) <= f + 1e-9
     # J's pieces: the values are E_π[ℓ_k], the KL that of π to π_ref; π_ref itself has KL 0
@@ -166,8 +175,9 @@ def test_paired_intervals_equal_core_paired_difference():
 def setup():
     from mpo_ray.benchmarks.protocol import make_setup
 
-    return make_setup(make_world(60, 3, scale=2.0, correlation=[[1, 0.8, 0.5], [0.8, 1, 0.5], [0.5, 0.5, 1]],
-                                 seed=2), candidates=2)
+    return make_setup(
+        make_world(60, 3, scale=2.0, correlation=[[1, 0.8, 0.5], [0.8, 1, 0.5], [0.5, 0.5, 1]], seed=2), candidates=2
+    )
 
 
 def test_win_rate_of_pi_ref_against_itself_is_one_half(setup):

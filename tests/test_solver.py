@@ -185,9 +185,11 @@ def test_mask_equals_dropping_samples():
     mask[:, 0] = True
     L_nan = np.where(mask[..., None], L, np.nan)  # masked slots may hold anything
     masked = solve_weights(L_nan, mask=mask)
+
     # Reference: the same problem written out with importance weights −inf... via explicit ragged sums.
     def F(lam):
         return np.mean([logsumexp(L[i][mask[i]] @ lam, axis=0) - np.log(mask[i].sum()) for i in range(6)])
+
     lam_star = brute_force_argmin(F, 3, resolution=40)
     np.testing.assert_allclose(masked.weights, lam_star, atol=2e-4)
     assert masked.ess.max() <= mask.sum(axis=1).max() + 1e-9
@@ -329,7 +331,7 @@ L_OK = np.zeros((3, 4, 2))
         (dict(objective="fixed", weights=[0.7, 0.7]), "simplex"),
         (dict(objective="fixed", weights=[1.5, -0.5]), "simplex"),
         (dict(objective="fixed", weights=[np.nan, 1.0]), "NaN"),
-        (dict(weights=[0.5, 0.5]), "only used with objective=\"fixed\""),
+        (dict(weights=[0.5, 0.5]), 'only used with objective="fixed"'),
         (dict(init=[0.2, 0.3, 0.5]), "init has 3 entries"),
         (dict(init=[0.9, 0.9]), "init must lie on the simplex"),
         (dict(steps=0), "steps must be a positive integer"),
@@ -526,8 +528,9 @@ def test_bootstrap_intervals_cover_the_population_weights():
     covered, reps = np.zeros(k), 40
     for _ in range(reps):
         L = table(60)
-        boot = bootstrap_weights(L, np.ones(L.shape[:2], bool), np.zeros(L.shape[:2]), resamples=120,
-                                 seed=int(rng.integers(1 << 30)))
+        boot = bootstrap_weights(
+            L, np.ones(L.shape[:2], bool), np.zeros(L.shape[:2]), resamples=120, seed=int(rng.integers(1 << 30))
+        )
         covered += (boot["lower"] - 1e-9 <= population) & (population <= boot["upper"] + 1e-9)
         assert np.all(boot["lower"] <= boot["upper"])
     # measured 0.95, 0.875, 1.0 (nominal 0.9; 40 replications); an interval that ignores sampling noise covers ~0

@@ -19,7 +19,9 @@ def delta_weights(base, adapter_dirs, names, merged=None):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter_dirs[0]), adapter_name=names[0])
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(base), str(adapter_dirs[0]), adapter_name=names[0]
+    )
     for name, path in zip(names[1:], adapter_dirs[1:]):
         model.load_adapter(str(path), adapter_name=name)
     if merged:
@@ -86,8 +88,10 @@ def test_sweep_soups_are_built_once_and_refused_without_adapters(adapters, tmp_p
     from mpo_ray.workflows.sweep import soup_specs
 
     base, dirs = adapters
-    data = {"reference": {"name": "ref", "model": str(base)},
-            "policies": [{"name": f"p{i}", "model": str(base), "adapter": str(d)} for i, d in enumerate(dirs)]}
+    data = {
+        "reference": {"name": "ref", "model": str(base)},
+        "policies": [{"name": f"p{i}", "model": str(base), "adapter": str(d)} for i, d in enumerate(dirs)],
+    }
     config = config_from_dict(data, source="test")
     specs = soup_specs(config, str(tmp_path / "soups"), {"soup": [1 / 3] * 3, "soup_mpo": [0.6, 0.3, 0.1]})
     assert [s.name for s in specs.values()] == ["soup", "soup_mpo"] and specs["soup"].model == str(base)

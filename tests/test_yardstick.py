@@ -29,9 +29,12 @@ def exact_j(world, logp) -> float:
 def policies(world) -> dict[str, np.ndarray]:
     """Every policy the demo compares, as exact (N, S) log-prob tables."""
     k = world.num_policies
-    out = {"reference": world.ref_logp, "uniform": world.target_logp(np.full(k, 1 / k)),
-           "uniform (token level)": world.geometric_token_logp(np.full(k, 1 / k)),
-           "arithmetic mix": world.mixture_logp(np.full(k + 1, 1 / (k + 1)))}
+    out = {
+        "reference": world.ref_logp,
+        "uniform": world.target_logp(np.full(k, 1 / k)),
+        "uniform (token level)": world.geometric_token_logp(np.full(k, 1 / k)),
+        "arithmetic mix": world.mixture_logp(np.full(k + 1, 1 / (k + 1))),
+    }
     out.update({f"policy {i}": world.policy_logp[..., i] for i in range(k)})
     rng = np.random.default_rng(0)
     out.update({f"random λ {j}": world.target_logp(rng.dirichlet(np.ones(k))) for j in range(5)})
@@ -42,8 +45,12 @@ def samples(world, logp, n, seed):
     """n samples per prompt from `logp`, as the columns a generation table carries."""
     idx = world.sample(logp, n, np.random.default_rng(seed))
     rows = np.arange(world.num_prompts)[:, None].repeat(n, axis=1)
-    return ([f"p{i}" for i in rows.ravel()], logp[rows, idx].ravel(), world.ref_logp[rows, idx].ravel(),
-            world.policy_logp[rows, idx].reshape(-1, world.num_policies))
+    return (
+        [f"p{i}" for i in rows.ravel()],
+        logp[rows, idx].ravel(),
+        world.ref_logp[rows, idx].ravel(),
+        world.policy_logp[rows, idx].reshape(-1, world.num_policies),
+    )
 
 
 def test_the_mpo_policy_attains_the_dual_optimum_and_nothing_beats_it(world):
@@ -69,7 +76,9 @@ def test_the_sample_estimate_finds_the_exact_value_inside_its_interval(world, na
 
 
 def test_terms_average_each_prompts_samples_first():
-    ids, ell, kl = implicit_terms(["b", "a", "b"], [-1.0, -2.0, -3.0], [-1.5, -2.0, -2.0], [[-1.0, 0.0], [-2.0, -1.0], [-2.0, -3.0]])
+    ids, ell, kl = implicit_terms(
+        ["b", "a", "b"], [-1.0, -2.0, -3.0], [-1.5, -2.0, -2.0], [[-1.0, 0.0], [-2.0, -1.0], [-2.0, -3.0]]
+    )
     assert ids == ["a", "b"]
     np.testing.assert_allclose(ell, [[0.0, 1.0], [0.25, 0.25]])  # b: ([0.5, 1.5] + [0, -1]) / 2
     np.testing.assert_allclose(kl, [0.0, -0.25])  # b: (0.5 + -1) / 2
@@ -127,12 +136,14 @@ def test_generated_rows_carry_their_own_and_every_models_logprob(tmp_path):
     assert plain["response"].to_pylist() == mixed["response"].to_pylist()
     with pytest.raises(ValueError, match="cannot score with"):
         generator.rows(ids[:1], prompts[:1], [1], [0.5, 0.5], params, "v", score=("nobody",))
-    resampled = generator.rows(ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], {**params, "num_candidates": 2}, "v",
-                               score=tuple(names))
+    resampled = generator.rows(
+        ids[:3], prompts[:3], [1, 2, 3], [0.5, 0.5], {**params, "num_candidates": 2}, "v", score=tuple(names)
+    )
     assert resampled["sample_logprob"].null_count == 3 and resampled["target_logprob"].null_count == 0
     # target_logprob = log π̃_λ(y) − log Ẑ(x), and log π̃_λ(y) = Σ_k λ_k log π_k(y) is what teacher forcing gives
     lam_logp = 0.5 * resampled[f"logp_{names[0]}"].to_numpy() + 0.5 * resampled[f"logp_{names[1]}"].to_numpy()
-    np.testing.assert_allclose(resampled["target_logprob"].to_numpy() + resampled["log_partition"].to_numpy(),
-                               lam_logp, atol=2e-3)
+    np.testing.assert_allclose(
+        resampled["target_logprob"].to_numpy() + resampled["log_partition"].to_numpy(), lam_logp, atol=2e-3
+    )
     assert has_logprobs(resampled, names[0], names[1:])
     assert mixed["log_partition"].null_count == 3 and mixed["target_logprob"].null_count == 3

@@ -89,10 +89,17 @@ def write_corpus(path: str, n: int) -> None:
 def prepare(batch: dict, *, done: frozenset) -> pa.Table:
     """generate's prepare_rows, reduced: (prompt_id, prompt, seed, error) per corpus row, less the ids in ``done``."""
     keep = [(i, t) for i, t in zip(batch["prompt_id"], batch["prompt"]) if i not in done]
-    return pa.table({"prompt_id": [str(i) for i, _ in keep], "prompt": [str(t) for _, t in keep],
-                     "seed": [_seed(str(i)) for i, _ in keep], "error": [None] * len(keep)},
-                    schema=pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()),
-                                      ("error", pa.string())]))
+    return pa.table(
+        {
+            "prompt_id": [str(i) for i, _ in keep],
+            "prompt": [str(t) for _, t in keep],
+            "seed": [_seed(str(i)) for i, _ in keep],
+            "error": [None] * len(keep),
+        },
+        schema=pa.schema(
+            [("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("error", pa.string())]
+        ),
+    )
 
 
 def _seed(pid: str) -> int:
@@ -121,8 +128,17 @@ def promote(out: str, done: set[str]) -> int:
 _RAY_DATA_LOG_LEVEL = logging.ERROR  # a child logs warnings too (to its own log file)
 
 
-def pipeline(mode: str, corpus: str, out: str, *, keep_checkpoint: bool = True, batch: int = 50,
-             rows_per_file: int = 50, sleep_s: float = 0.05, replica_cpus: float = 1.0) -> dict:
+def pipeline(
+    mode: str,
+    corpus: str,
+    out: str,
+    *,
+    keep_checkpoint: bool = True,
+    batch: int = 50,
+    rows_per_file: int = 50,
+    sleep_s: float = 0.05,
+    replica_cpus: float = 1.0,
+) -> dict:
     """One run of the pipeline into ``out`` (Ray already initialised); the driver's wall seconds.
     ``replica_cpus`` 1.0 is what plan_replicas gives the one replica on a 2-CPU cluster."""
     import ray.data
@@ -139,23 +155,50 @@ def pipeline(mode: str, corpus: str, out: str, *, keep_checkpoint: bool = True, 
         done = written_ids(out)
         try:
             promote(out, done)
-            todo = data.map_rows(data.read_corpus(corpus, "parquet", "prompt"), prepare, batch_size=batch,
-                                 fn_kwargs={"done": frozenset(done)})
+            todo = data.map_rows(
+                data.read_corpus(corpus, "parquet", "prompt"),
+                prepare,
+                batch_size=batch,
+                fn_kwargs={"done": frozenset(done)},
+            )
             if todo.count():
-                data.generate_parquet(todo, FakeGenerator, {"sleep_s": sleep_s}, plan, batch_size=batch,
-                                      rows_per_file=rows_per_file,
-                                      staging=os.path.join(out, META_DIR, "staging", uuid.uuid4().hex[:8]))
+                data.generate_parquet(
+                    todo,
+                    FakeGenerator,
+                    {"sleep_s": sleep_s},
+                    plan,
+                    batch_size=batch,
+                    rows_per_file=rows_per_file,
+                    staging=os.path.join(out, META_DIR, "staging", uuid.uuid4().hex[:8]),
+                )
         finally:
             promote(out, done)
     else:
-        ctx.checkpoint_config = (CheckpointConfig(id_column="prompt_id", checkpoint_path=out + "-" + CKPT_DIR,
-                                                  delete_checkpoint_on_success=not keep_checkpoint)
-                                 if mode == "checkpoint" else None)
+        ctx.checkpoint_config = (
+            CheckpointConfig(
+                id_column="prompt_id",
+                checkpoint_path=out + "-" + CKPT_DIR,
+                delete_checkpoint_on_success=not keep_checkpoint,
+            )
+            if mode == "checkpoint"
+            else None
+        )
         try:
-            todo = data.map_rows(data.read_corpus(corpus, "parquet", "prompt"), prepare, batch_size=batch,
-                                 fn_kwargs={"done": frozenset()})
-            data.generate_parquet(todo, FakeGenerator, {"sleep_s": sleep_s}, plan, batch_size=batch,
-                                  rows_per_file=rows_per_file, staging=out)
+            todo = data.map_rows(
+                data.read_corpus(corpus, "parquet", "prompt"),
+                prepare,
+                batch_size=batch,
+                fn_kwargs={"done": frozenset()},
+            )
+            data.generate_parquet(
+                todo,
+                FakeGenerator,
+                {"sleep_s": sleep_s},
+                plan,
+                batch_size=batch,
+                rows_per_file=rows_per_file,
+                staging=out,
+            )
         finally:
             ctx.checkpoint_config = None
     return {"seconds": time.perf_counter() - t0}
@@ -170,8 +213,15 @@ MARKER = "MPO_BENCH_CKPT_SESSION"  # in the environment of a session's driver, h
 def _ray_init(temp_dir: str) -> None:
     import ray
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             object_store_memory=200 * 2**20, _temp_dir=temp_dir)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        configure_logging=False,
+        log_to_driver=False,
+        object_store_memory=200 * 2**20,
+        _temp_dir=temp_dir,
+    )
     logging.getLogger("ray.data").setLevel(logging.ERROR)
 
 
@@ -239,7 +289,7 @@ class _Watch:
             time.sleep(0.05)
         self.lived_s = time.perf_counter() - self.t0
 
-    def join(self) -> "_Watch":
+    def join(self) -> _Watch:
         self.thread.join()
         _reap(self.session, wait_s=3)  # the agents, if they stayed
         return self
@@ -257,7 +307,10 @@ def _child(spec: str) -> None:
     def resources():  # what a stalled run is waiting for
         while True:
             time.sleep(2)
-            print("RESOURCES " + json.dumps({k: v for k, v in ray.available_resources().items() if k == "CPU"}), flush=True)
+            print(
+                "RESOURCES " + json.dumps({k: v for k, v in ray.available_resources().items() if k == "CPU"}),
+                flush=True,
+            )
 
     import threading
 
@@ -271,12 +324,26 @@ def _child(spec: str) -> None:
 
 def _committed(out: str) -> set[str]:
     """Base names (no extension) of the committed checkpoint files of ``out``'s checkpoint, if any."""
-    return {os.path.basename(f)[: -len(".parquet")] for f in glob.glob(os.path.join(out + "-" + CKPT_DIR, "*.parquet"))
-            if not f.endswith(".pending.parquet")}
+    return {
+        os.path.basename(f)[: -len(".parquet")]
+        for f in glob.glob(os.path.join(out + "-" + CKPT_DIR, "*.parquet"))
+        if not f.endswith(".pending.parquet")
+    }
 
 
-def run_child(mode: str, corpus: str, out: str, args, temp_root: str, *, after_files: int | None = None,
-              kill: str = "all", timeout: float, replica_cpus: float, stall: float | None = None) -> dict:
+def run_child(
+    mode: str,
+    corpus: str,
+    out: str,
+    args,
+    temp_root: str,
+    *,
+    after_files: int | None = None,
+    kill: str = "all",
+    timeout: float,
+    replica_cpus: float,
+    stall: float | None = None,
+) -> dict:
     """The pipeline in a child process with its own Ray cluster, killed once ``after_files`` Parquet files exist
     under ``out`` (staging included) or after ``timeout`` seconds. ``kill``: "all" SIGKILLs every process of the
     session at once (a lost machine); "driver" SIGKILLs the driver alone (its raylet and GCS follow it, Ray's
@@ -285,16 +352,28 @@ def run_child(mode: str, corpus: str, out: str, args, temp_root: str, *, after_f
     appeared for ``stall`` seconds. Meanwhile it reads ``out`` as a reader would: files seen before they were
     complete or (checkpoint) committed."""
     temp_dir = tempfile.mkdtemp(prefix="k", dir=temp_root)
-    spec = {"mode": mode, "corpus": corpus, "out": out, "keep_checkpoint": True, "batch": args.batch_size,
-            "rows_per_file": args.rows_per_file, "sleep_s": args.sleep, "replica_cpus": replica_cpus,
-            "temp_dir": temp_dir}
+    spec = {
+        "mode": mode,
+        "corpus": corpus,
+        "out": out,
+        "keep_checkpoint": True,
+        "batch": args.batch_size,
+        "rows_per_file": args.rows_per_file,
+        "sleep_s": args.sleep,
+        "replica_cpus": replica_cpus,
+        "temp_dir": temp_dir,
+    }
     log_path = os.path.join(temp_root, f"child-{os.path.basename(out)}-{os.path.basename(temp_dir)}.log")
     t0 = time.perf_counter()
     seen_partial, seen_uncommitted, ok = set(), set(), set()
     with open(log_path, "w") as log:
-        child = subprocess.Popen([sys.executable, "-m", "mpo_ray.benchmarks.checkpoint", "--child", json.dumps(spec)],
-                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={**os.environ, MARKER: temp_dir})
+        child = subprocess.Popen(
+            [sys.executable, "-m", "mpo_ray.benchmarks.checkpoint", "--child", json.dumps(spec)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, MARKER: temp_dir},
+        )
         seen, status, started, last = 0, "timed out", None, 0
         try:
             while True:
@@ -344,12 +423,24 @@ def run_child(mode: str, corpus: str, out: str, args, temp_root: str, *, after_f
         lines = f.read().splitlines()
     result = next((json.loads(x[7:]) for x in lines if x.startswith("RESULT ")), {})
     files = sorted(glob.glob(os.path.join(out, "*.parquet")))
-    uncommitted = [f for f in files if mode == "checkpoint" and os.path.basename(f).rsplit("-", 1)[0] not in _committed(out)]
-    return {"status": status, "at_files": seen, "elapsed": elapsed, "seconds": result.get("seconds"), "files": files,
-            "uncommitted": len(uncommitted), "seen_partial": len(seen_partial), "seen_uncommitted": len(seen_uncommitted),
-            "watch": watch, "log_tail": lines[-3:],
-            "free_cpus": next((json.loads(x[10:]).get("CPU", 0.0) for x in reversed(lines) if x.startswith("RESOURCES ")),
-                              None)}
+    uncommitted = [
+        f for f in files if mode == "checkpoint" and os.path.basename(f).rsplit("-", 1)[0] not in _committed(out)
+    ]
+    return {
+        "status": status,
+        "at_files": seen,
+        "elapsed": elapsed,
+        "seconds": result.get("seconds"),
+        "files": files,
+        "uncommitted": len(uncommitted),
+        "seen_partial": len(seen_partial),
+        "seen_uncommitted": len(seen_uncommitted),
+        "watch": watch,
+        "log_tail": lines[-3:],
+        "free_cpus": next(
+            (json.loads(x[10:]).get("CPU", 0.0) for x in reversed(lines) if x.startswith("RESOURCES ")), None
+        ),
+    }
 
 
 # --- Reading and checking an output ------------------------------------------------------------
@@ -380,9 +471,15 @@ def check(out: str, reference: dict) -> dict:
         if r["prompt_id"] in reference and values != reference[r["prompt_id"]]:
             differ.add(r["prompt_id"])
         got.setdefault(r["prompt_id"], values)
-    res = {"rows": len(rows), "files": len(glob.glob(os.path.join(out, "*.parquet"))), "unreadable": len(bad),
-           "dup": len(ids) - len(got), "missing": len(reference.keys() - got.keys()),
-           "extra": len(got.keys() - reference.keys()), "differ": len(differ)}
+    res = {
+        "rows": len(rows),
+        "files": len(glob.glob(os.path.join(out, "*.parquet"))),
+        "unreadable": len(bad),
+        "dup": len(ids) - len(got),
+        "missing": len(reference.keys() - got.keys()),
+        "extra": len(got.keys() - reference.keys()),
+        "differ": len(differ),
+    }
     res["identical"] = not any(res[k] for k in ("unreadable", "dup", "missing", "extra", "differ"))
     return res
 
@@ -441,20 +538,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--rows-per-file", type=int, default=50)
     p.add_argument("--sleep", type=float, default=0.05, help="seconds the stand-in generator sleeps per batch")
-    p.add_argument("--kills", default="3:all,20:driver",
-                   help="kill runs, FILES:WHO each: SIGKILL once FILES files exist; WHO is `all` (every process of the run "
-                        "at once: a lost machine), `group` (the driver's process group: driver, raylet, GCS) or `driver` "
-                        "(the driver alone; Ray's fate sharing takes raylet and GCS with it). Workers run in process groups "
-                        "of their own and outlive `group` and `driver` kills a moment; the rerun starts at once, as an "
-                        "automatic retry would. The first checkpointed kill is also resumed with generate's replica plan")
+    p.add_argument(
+        "--kills",
+        default="3:all,20:driver",
+        help="kill runs, FILES:WHO each: SIGKILL once FILES files exist; WHO is `all` (every process of the run "
+        "at once: a lost machine), `group` (the driver's process group: driver, raylet, GCS) or `driver` "
+        "(the driver alone; Ray's fate sharing takes raylet and GCS with it). Workers run in process groups "
+        "of their own and outlive `group` and `driver` kills a moment; the rerun starts at once, as an "
+        "automatic retry would. The first checkpointed kill is also resumed with generate's replica plan",
+    )
     p.add_argument("--modes", default="checkpoint,staging")
     p.add_argument("--repeats", type=int, default=2, help="timed uninterrupted runs per mode")
-    p.add_argument("--resume-replica-cpus", type=float, default=0.0,
-                   help="CPUs of the replica when a checkpointed run resumes (its CheckpointFilter actor takes 1 CPU; "
-                        "generate's plan, 1 of 2, is tried once in a child, --probe-stall); every other run uses 1")
-    p.add_argument("--probe-stall", type=float, default=15.0,
-                   help="the resumed checkpointed run with generate's replica plan counts as hung when, Ray up, no new "
-                        "file appears for this many seconds (0: skip that probe)")
+    p.add_argument(
+        "--resume-replica-cpus",
+        type=float,
+        default=0.0,
+        help="CPUs of the replica when a checkpointed run resumes (its CheckpointFilter actor takes 1 CPU; "
+        "generate's plan, 1 of 2, is tried once in a child, --probe-stall); every other run uses 1",
+    )
+    p.add_argument(
+        "--probe-stall",
+        type=float,
+        default=15.0,
+        help="the resumed checkpointed run with generate's replica plan counts as hung when, Ray up, no new "
+        "file appears for this many seconds (0: skip that probe)",
+    )
     p.add_argument("--child-timeout", type=float, default=120.0)
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (its path is printed)")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -473,23 +581,37 @@ def main(argv: list[str] | None = None) -> list[dict]:
     corpus, warm = os.path.join(root, "corpus.parquet"), os.path.join(root, "warm.parquet")
     write_corpus(corpus, args.rows)
     write_corpus(warm, 2 * args.batch_size)
-    print(f"{args.rows} rows, batch {args.batch_size}, {args.rows_per_file} rows/file "
-          f"(~{-(-args.rows // args.rows_per_file)} files), {args.sleep}s/batch; 2 CPUs; load average "
-          f"{os.getloadavg()[0]:.1f}; scratch {root}", flush=True)
+    print(
+        f"{args.rows} rows, batch {args.batch_size}, {args.rows_per_file} rows/file "
+        f"(~{-(-args.rows // args.rows_per_file)} files), {args.sleep}s/batch; 2 CPUs; load average "
+        f"{os.getloadavg()[0]:.1f}; scratch {root}",
+        flush=True,
+    )
     results, timings = [], {m: [] for m in ["plain", *modes]}
     ref: dict = {}
 
     def run(mode, out, **kw):
         """The pipeline here; a resumed checkpointed run gets --resume-replica-cpus (its filter actor needs a CPU)."""
         cpus = args.resume_replica_cpus if mode == "checkpoint" and _committed(out) else 1.0
-        return pipeline(mode, corpus, out, batch=args.batch_size, rows_per_file=args.rows_per_file, sleep_s=args.sleep,
-                        replica_cpus=cpus, **kw)["seconds"]
+        return pipeline(
+            mode,
+            corpus,
+            out,
+            batch=args.batch_size,
+            rows_per_file=args.rows_per_file,
+            sleep_s=args.sleep,
+            replica_cpus=cpus,
+            **kw,
+        )["seconds"]
 
     def record(mode, case, out, seconds, note="", **extra):
         r = {"mode": mode, "case": case, "seconds": seconds, "note": note, **extra, **check(out, ref)}
         results.append(r)
-        print(f"  {mode:10} {case:34} {seconds:6.2f}s identical={r['identical']} dup={r['dup']} "
-              f"missing={r['missing']} differ={r['differ']}  {note}", flush=True)
+        print(
+            f"  {mode:10} {case:34} {seconds:6.2f}s identical={r['identical']} dup={r['dup']} "
+            f"missing={r['missing']} differ={r['differ']}  {note}",
+            flush=True,
+        )
         return r
 
     per_file = per_file_ms(root, -(-args.rows // args.rows_per_file), args.rows_per_file)
@@ -497,8 +619,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.environ[MARKER] = main_temp  # this session's workers inherit it: `_reap` finds them at the end
     _ray_init(main_temp)
     try:
-        pipeline("plain", warm, os.path.join(root, "warm"), batch=args.batch_size, rows_per_file=args.rows_per_file,
-                 sleep_s=args.sleep)  # workers started and imports done before anything is timed
+        pipeline(
+            "plain",
+            warm,
+            os.path.join(root, "warm"),
+            batch=args.batch_size,
+            rows_per_file=args.rows_per_file,
+            sleep_s=args.sleep,
+        )  # workers started and imports done before anything is timed
         # Uninterrupted runs, modes interleaved (the load drifts); the first plain run is the reference.
         for rep in range(args.repeats):
             for mode in ["plain", *modes]:
@@ -509,8 +637,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     table, _ = read_output(out)
                     ref.update({r["prompt_id"]: tuple(r.values()) for r in table.to_pylist()})
                     print(f"  reference: {len(ref)} distinct ids of {table.num_rows} rows from {out}", flush=True)
-                note = "" if mode != "checkpoint" else (
-                    "delete_checkpoint_on_success=False" if rep == 0 else "delete_checkpoint_on_success=True (default)")
+                note = (
+                    ""
+                    if mode != "checkpoint"
+                    else (
+                        "delete_checkpoint_on_success=False"
+                        if rep == 0
+                        else "delete_checkpoint_on_success=True (default)"
+                    )
+                )
                 record(mode, f"uninterrupted #{rep + 1}", out, s, note, kind="run")
 
         for mode in modes:
@@ -521,8 +656,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if mode == "checkpoint" and args.repeats > 1:
                 out1 = os.path.join(root, f"{mode}-full1")
                 s = run(mode, out1, keep_checkpoint=False)
-                record(mode, "no-op rerun, default config", out1, s, "the checkpoint was deleted when run #2 succeeded",
-                       kind="noop-default")
+                record(
+                    mode,
+                    "no-op rerun, default config",
+                    out1,
+                    s,
+                    "the checkpoint was deleted when run #2 succeeded",
+                    kind="noop-default",
+                )
             # A lost file; a changed one: each on its own copy of the complete output (and of its checkpoint).
             for case in ("lost", "changed"):
                 copy = os.path.join(root, f"{mode}-{case}")
@@ -542,15 +683,30 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for mode in modes:
             for j, (n, who) in enumerate(kills):
                 out = os.path.join(root, f"{mode}-kill{n}-{who}")
-                k = run_child(mode, corpus, out, args, temp_root, after_files=n, kill=who, timeout=args.child_timeout,
-                              replica_cpus=1.0)
-                note = (f"{dict(all='every process', group='the driver process group').get(who, 'the driver')} "
-                        f"SIGKILLed at {k['at_files']} files "
-                        f"({k['elapsed']:.0f}s)" if k["status"] == "killed" else f"child {k['status']} before {n} files")
-                note += (f"; a reader then saw {len(k['files'])} files" +
-                         (f" ({k['uncommitted']} not committed)" if mode == "checkpoint" else "") +
-                         f"; while it ran, {k['seen_partial']} incomplete" +
-                         (f" and {k['seen_uncommitted']} uncommitted" if mode == "checkpoint" else ""))
+                k = run_child(
+                    mode,
+                    corpus,
+                    out,
+                    args,
+                    temp_root,
+                    after_files=n,
+                    kill=who,
+                    timeout=args.child_timeout,
+                    replica_cpus=1.0,
+                )
+                note = (
+                    f"{dict(all='every process', group='the driver process group').get(who, 'the driver')} "
+                    f"SIGKILLed at {k['at_files']} files "
+                    f"({k['elapsed']:.0f}s)"
+                    if k["status"] == "killed"
+                    else f"child {k['status']} before {n} files"
+                )
+                note += (
+                    f"; a reader then saw {len(k['files'])} files"
+                    + (f" ({k['uncommitted']} not committed)" if mode == "checkpoint" else "")
+                    + f"; while it ran, {k['seen_partial']} incomplete"
+                    + (f" and {k['seen_uncommitted']} uncommitted" if mode == "checkpoint" else "")
+                )
                 files_before = set(glob.glob(os.path.join(out, "*.parquet")))
                 old_runs = {os.path.basename(f).rsplit("_", 1)[0] for f in files_before}  # <dataset>_<write uuid>
                 survivors = ""
@@ -559,30 +715,60 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     if k["watch"]:
                         w, k["watch"] = k["watch"].join(), None
                         survivors = f"; {w.survivors} of its processes outlived the kill by {w.lived_s:.1f}s"
-                    probe = run_child(mode, corpus, out, args, temp_root, timeout=args.child_timeout, replica_cpus=1.0,
-                                      stall=args.probe_stall)
+                    probe = run_child(
+                        mode,
+                        corpus,
+                        out,
+                        args,
+                        temp_root,
+                        timeout=args.child_timeout,
+                        replica_cpus=1.0,
+                        stall=args.probe_stall,
+                    )
                     hung = probe["status"] != "finished"
-                    what = (f"finished, pipeline {probe['seconds']:.2f}s" if not hung else
-                            f"{probe['status']} after {probe['elapsed']:.0f}s in all, "
-                            f"{len(probe['files']) - len(files_before)} new files; every process SIGKILLed" +
-                            (f"; CPUs free in its cluster at the end: {probe['free_cpus']:g} of 2 (replica 1, "
-                             "CheckpointFilter actor 1; read and write tasks need 1 each)"
-                             if probe["free_cpus"] is not None else ""))
-                    record(mode, f"kill at {n}: resume, replica 1 of 2 CPU", out, probe["seconds"] or float("nan"),
-                           f"{note}; resumed in a child with generate's replica plan: {what}", kind="probe", hung=hung)
+                    what = (
+                        f"finished, pipeline {probe['seconds']:.2f}s"
+                        if not hung
+                        else f"{probe['status']} after {probe['elapsed']:.0f}s in all, "
+                        f"{len(probe['files']) - len(files_before)} new files; every process SIGKILLed"
+                        + (
+                            f"; CPUs free in its cluster at the end: {probe['free_cpus']:g} of 2 (replica 1, "
+                            "CheckpointFilter actor 1; read and write tasks need 1 each)"
+                            if probe["free_cpus"] is not None
+                            else ""
+                        )
+                    )
+                    record(
+                        mode,
+                        f"kill at {n}: resume, replica 1 of 2 CPU",
+                        out,
+                        probe["seconds"] or float("nan"),
+                        f"{note}; resumed in a child with generate's replica plan: {what}",
+                        kind="probe",
+                        hung=hung,
+                    )
                     note, files_before = "then resumed here", set(glob.glob(os.path.join(out, "*.parquet")))
                 s = run(mode, out)  # at once: an automatic retry would not wait for the old workers
                 if k["watch"]:
                     w = k["watch"].join()
                     survivors = f"; {w.survivors} of its processes outlived the kill by {w.lived_s:.1f}s"
                 if mode == "checkpoint":
-                    late = [f for f in set(glob.glob(os.path.join(out, "*.parquet"))) - files_before
-                            if os.path.basename(f).rsplit("_", 1)[0] in old_runs]
+                    late = [
+                        f
+                        for f in set(glob.glob(os.path.join(out, "*.parquet"))) - files_before
+                        if os.path.basename(f).rsplit("_", 1)[0] in old_runs
+                    ]
                     survivors += f"; {len(late)} file(s) of the killed run appeared after the kill"
                 gone = len(files_before - set(glob.glob(os.path.join(out, "*.parquet"))))
-                record(mode, f"SIGKILL {who} at {n} files, rerun", out, s,
-                       f"{note}; the rerun deleted {gone} of them{survivors}", kind="kill",
-                       unsafe_view=k["seen_partial"] + k["seen_uncommitted"] + k["uncommitted"])
+                record(
+                    mode,
+                    f"SIGKILL {who} at {n} files, rerun",
+                    out,
+                    s,
+                    f"{note}; the rerun deleted {gone} of them{survivors}",
+                    kind="kill",
+                    unsafe_view=k["seen_partial"] + k["seen_uncommitted"] + k["uncommitted"],
+                )
     finally:
         ray.shutdown()
         _reap(main_temp, wait_s=10)
@@ -590,49 +776,80 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{'mode':10} {'case':36} {'identical':>9} {'dup':>4} {'miss':>4} {'extra':>5} {'diff':>4} {'files':>5} "
-          f"{'seconds':>7}")
+    print(
+        f"\n{'mode':10} {'case':36} {'identical':>9} {'dup':>4} {'miss':>4} {'extra':>5} {'diff':>4} {'files':>5} "
+        f"{'seconds':>7}"
+    )
     for r in results:
-        print(f"{r['mode']:10} {r['case']:36} {str(r['identical']):>9} {r['dup']:4d} {r['missing']:4d} {r['extra']:5d} "
-              f"{r['differ']:4d} {r['files']:5d} {r['seconds']:7.2f}")
+        print(
+            f"{r['mode']:10} {r['case']:36} {str(r['identical']):>9} {r['dup']:4d} {r['missing']:4d} {r['extra']:5d} "
+            f"{r['differ']:4d} {r['files']:5d} {r['seconds']:7.2f}"
+        )
     print("\nguarantees (held / broken, with the cases that broke them):")
     for mode in modes:
         rs = [r for r in results if r["mode"] == mode]
 
         def verdict(sel, bad):
             broken = [r["case"] for r in rs if sel(r) and bad(r)]
-            return ("not run" if not any(sel(r) for r in rs) else "held" if not broken else
-                    "BROKEN (" + "; ".join(broken) + ")")
+            return (
+                "not run"
+                if not any(sel(r) for r in rs)
+                else "held"
+                if not broken
+                else "BROKEN (" + "; ".join(broken) + ")"
+            )
 
         print(f"  {mode}:")
-        print("    byte-identical rows after SIGKILL + rerun: " + verdict(lambda r: r["kind"] == "kill",
-                                                                          lambda r: not r["identical"]))
-        print("    lost file regenerated identically:         " + verdict(lambda r: r["kind"] == "lost",
-                                                                          lambda r: not r["identical"]))
-        print("    changed file caught (content digest):      " + verdict(lambda r: r["kind"] == "changed",
-                                                                          lambda r: not r["identical"]))
-        print("    no duplicate ids:                          " + verdict(lambda r: r["kind"] != "probe",
-                                                                          lambda r: r["dup"] > 0))
-        print("    output only ever complete, committed files: " + verdict(lambda r: r["kind"] == "kill",
-                                                                           lambda r: r["unsafe_view"] > 0))
-        print("    resumes on generate's replica plan:        " + verdict(  # staging: every rerun here uses it
-            lambda r: r["kind"] == "probe" or (r["mode"] != "checkpoint" and r["kind"] == "kill"),
-            lambda r: r.get("hung", False)))
+        print(
+            "    byte-identical rows after SIGKILL + rerun: "
+            + verdict(lambda r: r["kind"] == "kill", lambda r: not r["identical"])
+        )
+        print(
+            "    lost file regenerated identically:         "
+            + verdict(lambda r: r["kind"] == "lost", lambda r: not r["identical"])
+        )
+        print(
+            "    changed file caught (content digest):      "
+            + verdict(lambda r: r["kind"] == "changed", lambda r: not r["identical"])
+        )
+        print(
+            "    no duplicate ids:                          "
+            + verdict(lambda r: r["kind"] != "probe", lambda r: r["dup"] > 0)
+        )
+        print(
+            "    output only ever complete, committed files: "
+            + verdict(lambda r: r["kind"] == "kill", lambda r: r["unsafe_view"] > 0)
+        )
+        print(
+            "    resumes on generate's replica plan:        "
+            + verdict(  # staging: every rerun here uses it
+                lambda r: r["kind"] == "probe" or (r["mode"] != "checkpoint" and r["kind"] == "kill"),
+                lambda r: r.get("hung", False),
+            )
+        )
     import statistics
 
     best, mid = min(timings["plain"]), statistics.median(timings["plain"])
-    print("\nuninterrupted run, driver wall seconds with Ray up (each repeat -> best, x plain's best; median, "
-          "x plain's median):")
+    print(
+        "\nuninterrupted run, driver wall seconds with Ray up (each repeat -> best, x plain's best; median, "
+        "x plain's median):"
+    )
     for m, ts in timings.items():
-        print(f"  {m:10} {' '.join(f'{x:6.2f}' for x in ts)} -> {min(ts):6.2f}s {min(ts) / best:.2f}x; "
-              f"{statistics.median(ts):6.2f}s {statistics.median(ts) / mid:.2f}x")
-    print(f"per output file, apart from Ray (median of {-(-args.rows // args.rows_per_file)}): writing it "
-          f"{per_file['data file']:.2f} ms; CheckpointConfig adds {per_file['checkpoint']:.2f} ms (pending id file + "
-          f"rename); staging adds {per_file['staging']:.2f} ms (read back, digest, sealed rewrite)")
+        print(
+            f"  {m:10} {' '.join(f'{x:6.2f}' for x in ts)} -> {min(ts):6.2f}s {min(ts) / best:.2f}x; "
+            f"{statistics.median(ts):6.2f}s {statistics.median(ts) / mid:.2f}x"
+        )
+    print(
+        f"per output file, apart from Ray (median of {-(-args.rows // args.rows_per_file)}): writing it "
+        f"{per_file['data file']:.2f} ms; CheckpointConfig adds {per_file['checkpoint']:.2f} ms (pending id file + "
+        f"rename); staging adds {per_file['staging']:.2f} ms (read back, digest, sealed rewrite)"
+    )
     for r in results:
         if r["kind"] in ("noop", "noop-default"):
-            print(f"no-op rerun over a complete output, {r['mode']}{' (default config)' if r['kind'] != 'noop' else ''}: "
-                  f"{r['seconds']:.2f}s, {r['dup']} duplicate ids after it")
+            print(
+                f"no-op rerun over a complete output, {r['mode']}{' (default config)' if r['kind'] != 'noop' else ''}: "
+                f"{r['seconds']:.2f}s, {r['dup']} duplicate ids after it"
+            )
     print("\nnotes:")
     for r in results:
         if r["note"]:

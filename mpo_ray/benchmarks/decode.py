@@ -48,8 +48,12 @@ def separate_generate(policies, prompts, max_new_tokens):
         ids, mask = pad_left(p.encode_prompts(prompts), p.pad_token_id, p.device)
         with p.activated():  # its LoRA adapter, or adapters off for a base
             p.model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=p.pad_token_id,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=p.pad_token_id,
             )
 
 
@@ -124,7 +128,9 @@ def model_policies(kind, k, path, root, args):
         return [load_policies([PolicySpec(f"copy{i}", **base)])[0] for i in range(k)]
     if kind == "system":
         words = ["helpful", "harmless", "funny", "brief", "formal"]
-        return load_policies([PolicySpec(f"sys{i}", system_prompt=f"You are a {words[i]} assistant.", **base) for i in range(k)])
+        return load_policies(
+            [PolicySpec(f"sys{i}", system_prompt=f"You are a {words[i]} assistant.", **base) for i in range(k)]
+        )
     adapters = [build_lora_adapter(path, Path(root) / f"lora{i}", seed=i, scale=0.01) for i in range(k)]
     return load_policies([PolicySpec(f"lora{i}", adapter=str(a), **base) for i, a in enumerate(adapters)])
 
@@ -136,9 +142,17 @@ def random_llama_1b(path: Path, tokenizer_from: str) -> Path:
 
     tok = AutoTokenizer.from_pretrained(tokenizer_from)
     config = LlamaConfig(
-        vocab_size=len(tok), hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     torch.manual_seed(0)
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(path)
@@ -148,8 +162,10 @@ def random_llama_1b(path: Path, tokenizer_from: str) -> Path:
 
 def run(label, policies_for, ks, batches, args, hw):
     print(f"\n{label}: T={args.max_new_tokens} new tokens, median of {args.repeats}")
-    print(f"{'family':8} {'K':>2} {'B':>4} {'mixed tok/s':>11} {'one gen tok/s':>13} {'t_mix/t_one':>11} {'(CPU)':>6}"
-          f" {'t_mix/t_K_sep':>13} {'(CPU)':>6} {'% bw bound':>10} {'% compute':>9}")
+    print(
+        f"{'family':8} {'K':>2} {'B':>4} {'mixed tok/s':>11} {'one gen tok/s':>13} {'t_mix/t_one':>11} {'(CPU)':>6}"
+        f" {'t_mix/t_K_sep':>13} {'(CPU)':>6} {'% bw bound':>10} {'% compute':>9}"
+    )
     rows = []
     for kind in args.families:
         policies = policies_for(kind, max(ks))
@@ -160,8 +176,9 @@ def run(label, policies_for, ks, batches, args, hw):
                 prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
                 (t_mix, c_mix), (t_sep, c_sep), (t_one, c_one) = timed(
                     [
-                        lambda: mixed.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=0,
-                                               ignore_eos=True),
+                        lambda: mixed.generate(
+                            prompts, max_new_tokens=args.max_new_tokens, temperature=0, ignore_eos=True
+                        ),
                         lambda: separate_generate(policies[:k], prompts, args.max_new_tokens),
                         lambda: separate_generate(policies[:1], prompts, args.max_new_tokens),
                     ],
@@ -170,14 +187,27 @@ def run(label, policies_for, ks, batches, args, hw):
                 tokens = b * args.max_new_tokens
                 bw_bound = hw["bandwidth"] / read * b  # mixed tok/s if a step cost only reading the weights
                 compute_bound = hw["flops"] / (2 * params * k)
-                row = dict(label=label, family=kind, k=k, batch=b, mixed_tok_s=tokens / t_mix, one_tok_s=tokens / t_one,
-                           mix_over_one=t_mix / t_one, mix_over_one_cpu=c_mix / c_one, mix_over_sep=t_mix / t_sep,
-                           mix_over_sep_cpu=c_mix / c_sep, bandwidth_fraction=tokens / t_mix / bw_bound,
-                           compute_fraction=tokens / t_mix / compute_bound)
-                print(f"{kind:8} {k:>2} {b:>4} {row['mixed_tok_s']:11.1f} {row['one_tok_s']:13.1f}"
-                      f" {row['mix_over_one']:10.2f}× {row['mix_over_one_cpu']:5.2f}× {row['mix_over_sep']:12.2f}×"
-                      f" {row['mix_over_sep_cpu']:5.2f}× {100 * row['bandwidth_fraction']:9.1f}%"
-                      f" {100 * row['compute_fraction']:8.1f}%", flush=True)
+                row = dict(
+                    label=label,
+                    family=kind,
+                    k=k,
+                    batch=b,
+                    mixed_tok_s=tokens / t_mix,
+                    one_tok_s=tokens / t_one,
+                    mix_over_one=t_mix / t_one,
+                    mix_over_one_cpu=c_mix / c_one,
+                    mix_over_sep=t_mix / t_sep,
+                    mix_over_sep_cpu=c_mix / c_sep,
+                    bandwidth_fraction=tokens / t_mix / bw_bound,
+                    compute_fraction=tokens / t_mix / compute_bound,
+                )
+                print(
+                    f"{kind:8} {k:>2} {b:>4} {row['mixed_tok_s']:11.1f} {row['one_tok_s']:13.1f}"
+                    f" {row['mix_over_one']:10.2f}× {row['mix_over_one_cpu']:5.2f}× {row['mix_over_sep']:12.2f}×"
+                    f" {row['mix_over_sep_cpu']:5.2f}× {100 * row['bandwidth_fraction']:9.1f}%"
+                    f" {100 * row['compute_fraction']:8.1f}%",
+                    flush=True,
+                )
                 rows.append(row)
     return rows
 
@@ -185,14 +215,26 @@ def run(label, policies_for, ks, batches, args, hw):
 def main(argv: list[str] | None = None) -> list[tuple]:
     p = argparse.ArgumentParser(prog="mpo-ray bench decode", description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=positive_int_list, default="1,2,3", help="policy counts to mix (default 1,2,3)")
-    p.add_argument("--families", default="seeds,system,lora",
-                   help="seeds = K separate models, system = K system prompts on one base, lora = K adapters on one base")
-    p.add_argument("--batch", "--prompts", dest="batch", type=positive_int_list, default="8",
-                   help="batch sizes B to sweep, comma-separated (default 8)")
+    p.add_argument(
+        "--families",
+        default="seeds,system,lora",
+        help="seeds = K separate models, system = K system prompts on one base, lora = K adapters on one base",
+    )
+    p.add_argument(
+        "--batch",
+        "--prompts",
+        dest="batch",
+        type=positive_int_list,
+        default="8",
+        help="batch sizes B to sweep, comma-separated (default 8)",
+    )
     p.add_argument("--max-new-tokens", type=positive_int, default=32)
     p.add_argument("--repeats", type=positive_int, default=3)
-    p.add_argument("--compile", action="store_true",
-                   help="mixed decode step through torch.compile (CUDA graphs on a GPU); the warm-up round compiles")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="mixed decode step through torch.compile (CUDA graphs on a GPU); the warm-up round compiles",
+    )
     add_model_options(p)
     args = p.parse_args(argv)
     ks = args.k
@@ -200,9 +242,11 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(args.dtype, torch.device(device))
     hw = hardware(device, dtype)
-    print(f"device={device} ({hw['name']}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}"
-          f"\nmeasured: copy bandwidth {hw['bandwidth'] / 1e9:.1f} GB/s (read + write), {dtype} matmul peak"
-          f" {hw['flops'] / 1e12:.2f} TFLOP/s")
+    print(
+        f"device={device} ({hw['name']}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}"
+        f"\nmeasured: copy bandwidth {hw['bandwidth'] / 1e9:.1f} GB/s (read + write), {dtype} matmul peak"
+        f" {hw['flops'] / 1e12:.2f} TFLOP/s"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
         for label, policies_for in model_families(args, root):
@@ -218,12 +262,19 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smollm2", action="store_true", help="also SmolLM2-135M-Instruct (the embedded default)")
     p.add_argument("--model", default=None, help="also this model directory / hub id")
     p.add_argument("--random-1b", action="store_true", help="also a random Llama-1B-shaped model (for GPUs)")
-    p.add_argument("--tokenizer", default=None,
-                   help="tokenizer directory of the random 1B model (default: SmolLM2's, which needs the default model)")
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="tokenizer directory of the random 1B model (default: SmolLM2's, which needs the default model)",
+    )
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--dtype", default="auto", help="auto / float32 / bfloat16 / float16")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="torch CPU threads (1 keeps figures steady on a busy shared machine)")
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="torch CPU threads (1 keeps figures steady on a busy shared machine)",
+    )
 
 
 def model_families(args, root: str) -> list[tuple[str, object]]:

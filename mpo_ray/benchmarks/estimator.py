@@ -190,8 +190,18 @@ def _batch_counts(world: EnumerableWorld, m: int, batches: int, share: float) ->
     return out
 
 
-def draw_table(world: EnumerableWorld, proposal: str, m: int, seed: int, *, rounds: int = 2,
-               ref_floor: float = 0.2, stratify: bool = True, batches: int = 4, share: float = 0.5) -> Draw:
+def draw_table(
+    world: EnumerableWorld,
+    proposal: str,
+    m: int,
+    seed: int,
+    *,
+    rounds: int = 2,
+    ref_floor: float = 0.2,
+    stratify: bool = True,
+    batches: int = 4,
+    share: float = 0.5,
+) -> Draw:
     """The (N, m, K) log-ratio table and its log importance weights for one proposal at budget m per prompt.
 
     ``stratify`` (``adaptive`` only): draw each round's arithmetic mixture with
@@ -233,8 +243,10 @@ def draw_table(world: EnumerableWorld, proposal: str, m: int, seed: int, *, roun
         _add_mixture(pool, first)
         if first < m:
             res = pool.solve()
-            pool.add(world.mixture_logp(_adaptive_alpha(res.weights, ref_floor)),
-                     allocate_by_ess(res.ess, world.num_prompts * (m - first), cap=4 * m - first))
+            pool.add(
+                world.mixture_logp(_adaptive_alpha(res.weights, ref_floor)),
+                allocate_by_ess(res.ess, world.num_prompts * (m - first), cap=4 * m - first),
+            )
     return pool.draw()
 
 
@@ -261,8 +273,16 @@ def allocate_by_ess(ess: np.ndarray, total: int, cap: int) -> np.ndarray:
     return counts
 
 
-def limiting_proposal_logp(world: EnumerableWorld, proposal: str, m: int, *, rounds: int = 2,
-                           ref_floor: float = 0.2, batches: int = 4, share: float = 0.5) -> np.ndarray | None:
+def limiting_proposal_logp(
+    world: EnumerableWorld,
+    proposal: str,
+    m: int,
+    *,
+    rounds: int = 2,
+    ref_floor: float = 0.2,
+    batches: int = 4,
+    share: float = 0.5,
+) -> np.ndarray | None:
     """(N, S) log q of the balance heuristic a proposal uses once its intermediate λ̂ equals λ*.
 
     None for ``adaptive-ess``, whose per-prompt counts depend on the sampled ESS.
@@ -279,8 +299,11 @@ def limiting_proposal_logp(world: EnumerableWorld, proposal: str, m: int, *, rou
     sizes = [m] if proposal == "mixture" else round_sizes(m, rounds, K + 1)
     comp = world.component_logp
     parts = [(n, comp[..., c]) for c, n in enumerate(split_counts(sizes[0], K + 1))]
-    later = (world.mixture_logp(_adaptive_alpha(lam, ref_floor)) if proposal == "adaptive"
-             else world.geometric_token_logp(lam))
+    later = (
+        world.mixture_logp(_adaptive_alpha(lam, ref_floor))
+        if proposal == "adaptive"
+        else world.geometric_token_logp(lam)
+    )
     parts += [(n, later) for n in sizes[1:]]
     return balance_logp(parts)
 
@@ -323,9 +346,15 @@ def estimate(world: EnumerableWorld, proposal: str, m: int, seed: int, **kwargs)
     K = world.num_policies
     uniform = evaluate_weights(d.log_ratios, np.full(K, 1.0 / K), mask=d.mask, log_importance=d.log_importance)
     return Estimate(
-        proposal=proposal, m=m, seed=seed, weights=res.weights,
+        proposal=proposal,
+        m=m,
+        seed=seed,
+        weights=res.weights,
         l1=float(np.abs(res.weights - world.exact.weights).sum()),
-        ess=float(np.median(res.ess)), ess_uniform=float(np.median(uniform.ess)), seconds=seconds, result=res,
+        ess=float(np.median(res.ess)),
+        ess_uniform=float(np.median(uniform.ess)),
+        seconds=seconds,
+        result=res,
     )
 
 
@@ -353,8 +382,10 @@ def run_case(world: EnumerableWorld, proposals, ms, seeds, **kwargs) -> dict:
 
 
 def print_case(world: EnumerableWorld, rows: dict, proposals, ms, **kwargs) -> None:
-    print(f"  {'proposal':<18}{'m':>4}  {'L1 |λ̂−λ*| mean ± sd':>20}  {'pred':>6}  {'ESS@λ̂':>7}  {'ESS@unif':>8}  "
-          f"{'ms/est':>7}")
+    print(
+        f"  {'proposal':<18}{'m':>4}  {'L1 |λ̂−λ*| mean ± sd':>20}  {'pred':>6}  {'ESS@λ̂':>7}  {'ESS@unif':>8}  "
+        f"{'ms/est':>7}"
+    )
     for m in ms:
         for p in proposals:
             est = rows[p, m]
@@ -382,8 +413,9 @@ def _share(text: str) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mpo-ray bench estimator", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mpo-ray bench estimator", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--prompts", type=positive_int, default=64)
     p.add_argument("--samples", type=positive_int, nargs="+", default=[4, 16, 64], help="m values (per prompt)")
     p.add_argument("--seeds", type=positive_int, default=4, help="seeds per cell (the world itself is fixed)")
@@ -392,8 +424,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=positive_int, default=2, help="rounds for adaptive / geometric")
     p.add_argument("--ref-floor", type=float, default=0.2, help="α_ref in the adaptive rounds")
     p.add_argument("--batches", type=positive_int, default=4, help="prompt batches for geometric-batches")
-    p.add_argument("--share", type=_share, default=0.5,
-                   help="geometric-batches: share of m drawn from the mixture at λ̂ after batch 0")
+    p.add_argument(
+        "--share",
+        type=_share,
+        default=0.5,
+        help="geometric-batches: share of m drawn from the mixture at λ̂ after batch 0",
+    )
     p.add_argument("--world-seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)
 

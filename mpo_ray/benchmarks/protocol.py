@@ -88,7 +88,10 @@ def make_setup(world: EnumerableWorld, candidates: int) -> Setup:
     setup = Setup(world, candidates, uniform, win_probabilities(world), {})
     singles = [world.objective(world.policy_logp[..., k]) for k in range(K)]
     setup.truth.update(
-        f=world.exact.dual, uniform=world.objective(uniform), singles=singles, best_single=max(singles),
+        f=world.exact.dual,
+        uniform=world.objective(uniform),
+        singles=singles,
+        best_single=max(singles),
         mpo_star=world.objective(world.served_logp(setup.lam_star, candidates, **QUADRATURE)),
         uniform_win=exact_min_win_rate(setup, uniform),
     )
@@ -107,8 +110,13 @@ def resample_weights(idx: np.ndarray) -> np.ndarray:
     return np.bincount((np.arange(R)[:, None] * n + idx).ravel(), minlength=R * n).reshape(R, n) / n
 
 
-def paired_j_intervals(sets: list[tuple[np.ndarray, np.ndarray]], others: list[int], weights: np.ndarray,
-                       level: float = 0.95, detail: bool = False) -> list:
+def paired_j_intervals(
+    sets: list[tuple[np.ndarray, np.ndarray]],
+    others: list[int],
+    weights: np.ndarray,
+    level: float = 0.95,
+    detail: bool = False,
+) -> list:
     """J(set 0) − J(set j) for each j in ``others``: (difference, lo, hi), the percentile interval of
     ``core.stats.paired_difference(implicit_min, …)``, every resample at once.
 
@@ -129,9 +137,15 @@ def paired_j_intervals(sets: list[tuple[np.ndarray, np.ndarray]], others: list[i
             out.append((d, float(lo), float(hi)))
             continue
         bias = float(draws.mean()) - d  # ``core.stats.bias_corrected``, on the same draws
-        out.append({"difference": d, "ci": (float(lo), float(hi)), "corrected": d - bias,
-                    "ci_corrected": (float(lo) - bias, float(hi) - bias),
-                    "sd_per_prompt": float(draws.std(ddof=1) * np.sqrt(weights.shape[1]))})
+        out.append(
+            {
+                "difference": d,
+                "ci": (float(lo), float(hi)),
+                "corrected": d - bias,
+                "ci_corrected": (float(lo) - bias, float(hi) - bias),
+                "sd_per_prompt": float(draws.std(ddof=1) * np.sqrt(weights.shape[1])),
+            }
+        )
     return out
 
 
@@ -150,8 +164,9 @@ def _wins(world: EnumerableWorld, rows, idx, ref_idx) -> np.ndarray:
     return ((a > b) + 0.5 * (a == b)).mean(axis=1)
 
 
-def replica(setup: Setup, r: int, *, reweight=REWEIGHT, evals=EVAL, resamples: int = 200,
-            test_resamples: int = 2000) -> dict:
+def replica(
+    setup: Setup, r: int, *, reweight=REWEIGHT, evals=EVAL, resamples: int = 200, test_resamples: int = 2000
+) -> dict:
     """One run of the demo's protocol per reweight budget, evaluated at every eval size; seeded by ``r`` alone."""
     world, n = setup.world, setup.candidates
     K, T = world.num_policies, max(len(s) for s in world.sequences)
@@ -186,11 +201,15 @@ def replica(setup: Setup, r: int, *, reweight=REWEIGHT, evals=EVAL, resamples: i
         lam = res.weights
         mpo_logp = world.served_logp(lam, n, **QUADRATURE)  # the population's, for the truth and the samples' log-probs
         j_true = world.objective(mpo_logp)
-        cell = {"l1": float(np.abs(lam - setup.lam_star).sum()), "ess": float(np.median(res.ess)),
-                "covered": (boot["lower"] <= setup.lam_star) & (setup.lam_star <= boot["upper"]),
-                "j_true": j_true, "dj_uniform": j_true - setup.truth["uniform"],
-                "dj_best_single": j_true - setup.truth["best_single"],
-                "win_true": exact_min_win_rate(setup, mpo_logp)}
+        cell = {
+            "l1": float(np.abs(lam - setup.lam_star).sum()),
+            "ess": float(np.median(res.ess)),
+            "covered": (boot["lower"] <= setup.lam_star) & (setup.lam_star <= boot["upper"]),
+            "j_true": j_true,
+            "dj_uniform": j_true - setup.truth["uniform"],
+            "dj_best_single": j_true - setup.truth["best_single"],
+            "win_true": exact_min_win_rate(setup, mpo_logp),
+        }
         mpo_idx = ev.sample_served(lam, n, u_tok, u_pick)
         for E, s in evals:
             er = eval_rows_all[:E]
@@ -202,9 +221,15 @@ def replica(setup: Setup, r: int, *, reweight=REWEIGHT, evals=EVAL, resamples: i
             used = ["MPO", "uniform"] + ([best_other] if best_other != "uniform" else [])
             u, b = paired_j_intervals([terms[k] for k in used], [1, used.index(best_other)], tests[E], detail=True)
             cell[E, s] = {
-                "j_hat": j_hat["MPO"], "j_hat_uniform": j_hat["uniform"], "dj_hat": u["difference"], "ci": u["ci"],
-                "dj_hat_bc": u["corrected"], "ci_bc": u["ci_corrected"], "sd": u["sd_per_prompt"],
-                "ci_best_other": b["ci"], "best_other": best_other,
+                "j_hat": j_hat["MPO"],
+                "j_hat_uniform": j_hat["uniform"],
+                "dj_hat": u["difference"],
+                "ci": u["ci"],
+                "dj_hat_bc": u["corrected"],
+                "ci_bc": u["ci_corrected"],
+                "sd": u["sd_per_prompt"],
+                "ci_best_other": b["ci"],
+                "best_other": best_other,
                 "win_coupled": min_mean(_wins(world, er, mpo_idx[:E, :s], ref_coupled[:E, :s])),
                 "win_indep": min_mean(_wins(world, er, mpo_idx[:E, :s], ref_indep[:E, :s])),
             }
@@ -251,7 +276,8 @@ def report(setup: Setup, results: list[dict], reweight=REWEIGHT, evals=EVAL, res
             f"  {label:<16}{_mean_se([c['l1'] for c in cells]):>16}{np.mean([c['ess'] for c in cells]):>9.2f}/{m:<2}"
             f"  {per_k:<60}{_share(cov.all(axis=1)):>18}{_mean_se([t['f'] - c['j_true'] for c in cells]):>16}"
             f"{_mean_se([c['dj_uniform'] for c in cells]):>16}{_share([c['dj_uniform'] > 0 for c in cells]):>18}"
-            f"{_mean_se([c['dj_best_single'] for c in cells]):>18}")
+            f"{_mean_se([c['dj_best_single'] for c in cells]):>18}"
+        )
     base = [res[DEMO_REWEIGHT] for res in results] if DEMO_REWEIGHT in reweight else None
     for R, m in reweight if base else ():
         if (R, m) != DEMO_REWEIGHT:
@@ -259,7 +285,8 @@ def report(setup: Setup, results: list[dict], reweight=REWEIGHT, evals=EVAL, res
             lines.append(
                 f"  {R}×{m} − {DEMO_REWEIGHT[0]}×{DEMO_REWEIGHT[1]}, paired over replicas (same budget, nested prompts): "
                 f"|λ̂−λ*|₁ {_mean_se([c['l1'] - b['l1'] for c, b in zip(cells, base)])}, exact ΔJ vs uniform "
-                f"{_mean_se([c['dj_uniform'] - b['dj_uniform'] for c, b in zip(cells, base)])} nats")
+                f"{_mean_se([c['dj_uniform'] - b['dj_uniform'] for c, b in zip(cells, base)])} nats"
+            )
     lines += [
         "",
         "Evaluation stage (Ĵ on each set's own samples; bias = Ĵ − the exact population J of the replica's served "
@@ -286,7 +313,8 @@ def report(setup: Setup, results: list[dict], reweight=REWEIGHT, evals=EVAL, res
             lines.append(
                 f"  {f'{R}×{m}':<14}{f'{E}×{s}':<12}{_mean_se(bias):>16}{_mean_se(bias_u):>16}{_mean_se(bias_d):>16}"
                 f"{_share(covers):>20}{_share(power):>20}{_share(against):>20}{_share(power_best):>20}"
-                f"{_mean_se(win_c):>20}{_mean_se(win_i):>20}{demo}")
+                f"{_mean_se(win_c):>20}{_mean_se(win_i):>20}{demo}"
+            )
     lines += [
         "",
         "Power inputs (per reweight budget and eval size: the exact ΔJ vs uniform, mean over replicas; the paired "
@@ -305,19 +333,25 @@ def report(setup: Setup, results: list[dict], reweight=REWEIGHT, evals=EVAL, res
                 f"  {f'{R}×{m}':<14}{f'{E}×{s}':<12}{effect:>12.4f}{sd:>12.3f}{effect / sd:>10.4f}"
                 f"{normal_power(effect, sd, E):>14.2f}{_share([c['ci'][0] > 0 for _, c in cells]):>20}"
                 f"{_mean_se([c['dj_hat_bc'] - top['dj_uniform'] for top, c in cells]):>16}"
-                f"{_share([c['ci_bc'][0] > 0 for _, c in cells]):>20}")
+                f"{_share([c['ci_bc'][0] > 0 for _, c in cells]):>20}"
+            )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mpo-ray bench protocol", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mpo-ray bench protocol", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--replicas", type=positive_int, default=100)
     p.add_argument("--prompts", type=positive_int, default=2000, help="population size")
-    p.add_argument("--candidates", type=positive_int, default=4,
-                   help="serving mode: 1 = the token-level mixture, n > 1 = resampling among n candidates (default 4: "
-                        "at λ* within 0.05 nats of F(λ*) with margin in every `bench serving` world, ≤ 0.026; "
-                        "n = 3 is the bare minimum there)")
+    p.add_argument(
+        "--candidates",
+        type=positive_int,
+        default=4,
+        help="serving mode: 1 = the token-level mixture, n > 1 = resampling among n candidates (default 4: "
+        "at λ* within 0.05 nats of F(λ*) with margin in every `bench serving` world, ≤ 0.026; "
+        "n = 3 is the bare minimum there)",
+    )
     p.add_argument("--bootstrap", type=positive_int, default=200, help="resamples for λ's 90%% intervals")
     p.add_argument("--world-seed", type=non_negative_int, default=0)
     args = p.parse_args(argv)

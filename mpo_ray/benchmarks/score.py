@@ -34,12 +34,24 @@ def run(label, policies, batches, args, hw) -> list[dict]:
         responses = torch.randint(0, len(tokenizer), (b, args.response_tokens), generator=g).tolist()
         prompt_tokens = sum(len(ids) for ids in policies[0].encode_prompts(prompts))
         tokens = prompt_tokens + b * args.response_tokens  # every position is computed, per policy
-        (t_one, _), (t_mix, _) = timed([
-            lambda: score_sequences(policies[0], prompts, responses, batch_size=b),
-            lambda: mixed.sequence_logprob(prompts, responses, batch_size=b),
-        ], args.repeats)
-        for what, rate in (("one policy", tokens / t_one), (f"mixture of K={len(policies)}", len(policies) * tokens / t_mix)):
-            row = {"label": label, "what": what, "batch": b, "tokens_s": rate, "compute_fraction": rate * 2 * params / hw["flops"]}
+        (t_one, _), (t_mix, _) = timed(
+            [
+                lambda: score_sequences(policies[0], prompts, responses, batch_size=b),
+                lambda: mixed.sequence_logprob(prompts, responses, batch_size=b),
+            ],
+            args.repeats,
+        )
+        for what, rate in (
+            ("one policy", tokens / t_one),
+            (f"mixture of K={len(policies)}", len(policies) * tokens / t_mix),
+        ):
+            row = {
+                "label": label,
+                "what": what,
+                "batch": b,
+                "tokens_s": rate,
+                "compute_fraction": rate * 2 * params / hw["flops"],
+            }
             print(f"{what:22} {b:>4} {rate:10.0f} {100 * row['compute_fraction']:14.1f}%", flush=True)
             rows.append(row)
     return rows
@@ -55,8 +67,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = p.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     hw = hardware(device, resolve_dtype(args.dtype, torch.device(device)))
-    print(f"device={device} ({hw['name']}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}"
-          f"\nmeasured matmul peak {hw['flops'] / 1e12:.2f} TFLOP/s")
+    print(
+        f"device={device} ({hw['name']}) dtype={args.dtype} torch={torch.__version__} threads={torch.get_num_threads()}"
+        f"\nmeasured matmul peak {hw['flops'] / 1e12:.2f} TFLOP/s"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
         for label, policies_for in model_families(args, root):

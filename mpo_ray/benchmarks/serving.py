@@ -33,7 +33,11 @@ from mpo_ray.benchmarks import non_negative_int, positive_int
 from mpo_ray.benchmarks.estimator import CASES, draw_table
 from mpo_ray.core.solver import solve_weights
 from mpo_ray.testing.enumerable import (
-    EnumerableWorld, equalised_token_weights, make_world, scale_for_kl, tuned_token_weights,
+    EnumerableWorld,
+    equalised_token_weights,
+    make_world,
+    scale_for_kl,
+    tuned_token_weights,
 )
 
 WORLDS = {"easy": ("easy", 3), "hard": ("hard", 3), "easy-5": ("easy", 5), "hard-5": ("hard", 5)}
@@ -55,14 +59,16 @@ def serving_world(name: str, num_prompts: int = 2000, seed: int = 0) -> Enumerab
 def estimate_weights(world: EnumerableWorld, prompts: int, m: int, seed: int) -> np.ndarray:
     """λ̂ as the pipeline's default estimates it: ``prompts`` prompts drawn from the population, m samples each from
     the ``mixture`` proposal (π_ref and every π_k, balance heuristic), the full solve."""
-    rows = np.random.default_rng([seed, 19]).choice(world.num_prompts, size=min(prompts, world.num_prompts),
-                                                    replace=False)
+    rows = np.random.default_rng([seed, 19]).choice(
+        world.num_prompts, size=min(prompts, world.num_prompts), replace=False
+    )
     d = draw_table(world.subset(rows), "mixture", m, seed)
     return solve_weights(d.log_ratios, mask=d.mask, log_importance=d.log_importance).weights
 
 
-def smallest_candidates(world: EnumerableWorld, lam, target: float, n_max: int = 256, reference=None,
-                        memo: dict | None = None) -> int | None:
+def smallest_candidates(
+    world: EnumerableWorld, lam, target: float, n_max: int = 256, reference=None, memo: dict | None = None
+) -> int | None:
     """The smallest n whose resampling at λ is within ``target`` nats of ``reference`` (default F(λ*); J(π_λ)
     isolates the decoder's share from λ's), or None if not by ``n_max``.
 
@@ -78,7 +84,7 @@ def smallest_candidates(world: EnumerableWorld, lam, target: float, n_max: int =
             memo.update(zip(todo, (world.objective(t) for t in world.resampled_logp(lam, todo))))
         return [memo[n] for n in ns]
 
-    powers = [2 ** i for i in range(int(np.log2(n_max)) + 1)]
+    powers = [2**i for i in range(int(np.log2(n_max)) + 1)]
     gaps = [f - v for v in j(powers)]
     hit = next((i for i, g in enumerate(gaps) if g <= target), None)
     if hit is None:
@@ -121,8 +127,7 @@ def run_world(world: EnumerableWorld, *, reweight_prompts: int, m: int, seeds: i
         ("π_λ̂ (sequence level at λ̂)", None, "n→∞", _row(world, [world.target_logp(h) for h in hats])),
     ]
     rows += [(f"resample n={n} at λ*", lam_star, n, _row(world, at_star[i])) for i, n in enumerate(CANDIDATES)]
-    rows += [(f"resample n={n} at λ̂", None, n, _row(world, [a[i] for a in at_hat]))
-             for i, n in enumerate(CANDIDATES)]
+    rows += [(f"resample n={n} at λ̂", None, n, _row(world, [a[i] for a in at_hat])) for i, n in enumerate(CANDIDATES)]
     rows += [
         ("token-level at tuned λ", tuned, 1, _row(world, world.geometric_token_logp(tuned))),
         ("token-level at rounds' limit", rounds, 1, _row(world, world.geometric_token_logp(rounds))),
@@ -136,15 +141,20 @@ def run_world(world: EnumerableWorld, *, reweight_prompts: int, m: int, seeds: i
     star_memo: dict = {}
     for case, target in TARGETS.items():
         at_hats = [smallest_candidates(world, h, target, memo=mm) for h, mm in zip(hats, memos)]
-        decoder = [smallest_candidates(world, h, target, reference=world.objective(world.target_logp(h)), memo=mm)
-                   for h, mm in zip(hats, memos)]
-        smallest[case, target] = (smallest_candidates(world, lam_star, target, memo=star_memo),
-                                  None if None in at_hats else max(at_hats),
-                                  None if None in decoder else max(decoder))
+        decoder = [
+            smallest_candidates(world, h, target, reference=world.objective(world.target_logp(h)), memo=mm)
+            for h, mm in zip(hats, memos)
+        ]
+        smallest[case, target] = (
+            smallest_candidates(world, lam_star, target, memo=star_memo),
+            None if None in at_hats else max(at_hats),
+            None if None in decoder else max(decoder),
+        )
     # what `core.yardstick` measures of a resampled set: J with π_λ's log-prob at the served samples and log Ẑ from
     # the candidates in place of the served distribution's own (which has no closed form); its expectation, exactly
-    estimate_bias = {n: world.served_kl(at_star[i]) - world.served_kl_estimate(lam_star, n)
-                     for i, n in enumerate(CANDIDATES)}
+    estimate_bias = {
+        n: world.served_kl(at_star[i]) - world.served_kl_estimate(lam_star, n) for i, n in enumerate(CANDIDATES)
+    }
     return {"rows": rows, "hats": hats, "smallest": smallest, "estimate_bias": estimate_bias}
 
 
@@ -157,42 +167,58 @@ def _fmt(x: np.ndarray, digits: int = 4) -> str:
 def describe(name: str, world: EnumerableWorld) -> str:
     ex = world.exact
     kl = world.kl().mean(axis=0)
-    return (f"[{name}] {world.num_prompts} prompts, K={world.num_policies}, responses ≤ {WORLDS[name][1]} tokens "
-            f"({world.num_sequences} per prompt); KL(π_k‖π_ref) = {np.round(kl, 2).tolist()} nats; "
-            f"λ* = {np.round(ex.weights, 3).tolist()}, F(λ*) = {ex.dual:.4f}")
+    return (
+        f"[{name}] {world.num_prompts} prompts, K={world.num_policies}, responses ≤ {WORLDS[name][1]} tokens "
+        f"({world.num_sequences} per prompt); KL(π_k‖π_ref) = {np.round(kl, 2).tolist()} nats; "
+        f"λ* = {np.round(ex.weights, 3).tolist()}, F(λ*) = {ex.dual:.4f}"
+    )
 
 
 def print_world(name: str, world: EnumerableWorld, out: dict, *, seeds: int, reweight_prompts: int, m: int) -> None:
     f = world.exact.dual
     print(describe(name, world))
     l1 = np.array([np.abs(h - world.exact.weights).sum() for h in out["hats"]])
-    print(f"  λ̂: {reweight_prompts} prompts drawn from the population × {m} samples (mixture proposal), {seeds} seeds;"
-          f" |λ̂ − λ*|₁ = {_fmt(l1, 3)}; λ̂ rows: mean ± sd over those seeds")
-    print(f"  {'mode':<34}{'λ':<22}{'J exact (nats)':>18}{'F(λ*) − J':>18}{'min_k E[ℓ_k]':>18}{'KL':>16}"
-          f"{'cand./resp.':>12}")
+    print(
+        f"  λ̂: {reweight_prompts} prompts drawn from the population × {m} samples (mixture proposal), {seeds} seeds;"
+        f" |λ̂ − λ*|₁ = {_fmt(l1, 3)}; λ̂ rows: mean ± sd over those seeds"
+    )
+    print(
+        f"  {'mode':<34}{'λ':<22}{'J exact (nats)':>18}{'F(λ*) − J':>18}{'min_k E[ℓ_k]':>18}{'KL':>16}"
+        f"{'cand./resp.':>12}"
+    )
     for label, lam, cost, r in out["rows"]:
         lam_s = "" if lam is None else str(np.round(lam, 3).tolist())
-        print(f"  {label:<34}{lam_s:<22}{_fmt(r['j']):>18}{_fmt(f - r['j']):>18}{_fmt(r['min_value'], 3):>18}"
-              f"{_fmt(r['kl'], 3):>16}{str(cost):>12}")
+        print(
+            f"  {label:<34}{lam_s:<22}{_fmt(r['j']):>18}{_fmt(f - r['j']):>18}{_fmt(r['min_value'], 3):>18}"
+            f"{_fmt(r['kl'], 3):>16}{str(cost):>12}"
+        )
     hat_gap = max(f - world.objective(world.target_logp(h)) for h in out["hats"])
     for (case, target), (star, hat, decoder) in out["smallest"].items():
         fmt = lambda n: "> 256" if n is None else str(n)  # noqa: E731
         mark = "  ← issue 19's target for this world" if WORLDS[name][0] == case else ""
-        print(f"  smallest n within {target} nats of F(λ*): at λ* n = {fmt(star)}; at λ̂ n = {fmt(hat)} "
-              f"(worst of {seeds} seeds; within {target} of J(π_λ̂): n = {fmt(decoder)}){mark}")
-    print(f"  π_λ̂ itself is up to {hat_gap:.3f} nats short of F(λ*) (worst seed): λ̂'s error, "
-          "which no decoder removes")
+        print(
+            f"  smallest n within {target} nats of F(λ*): at λ* n = {fmt(star)}; at λ̂ n = {fmt(hat)} "
+            f"(worst of {seeds} seeds; within {target} of J(π_λ̂): n = {fmt(decoder)}){mark}"
+        )
+    print(f"  π_λ̂ itself is up to {hat_gap:.3f} nats short of F(λ*) (worst seed): λ̂'s error, which no decoder removes")
     bias = ", ".join(f"n={n} {b:+.4f}" for n, b in out["estimate_bias"].items())
-    print(f"  yardstick's J of a resampled set (KL from π_λ's log-prob at the served y, log Ẑ from the n candidates): "
-          f"E[Ĵ] − J exact at λ*: {bias} nats")
+    print(
+        f"  yardstick's J of a resampled set (KL from π_λ's log-prob at the served y, log Ẑ from the n candidates): "
+        f"E[Ĵ] − J exact at λ*: {bias} nats"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="mpo-ray bench serving", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mpo-ray bench serving", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--prompts", type=positive_int, default=2000, help="population size (responses ≤ 3 tokens)")
-    p.add_argument("--prompts-5", type=positive_int, default=500,
-                   help="population size for the ≤ 5-token worlds (364 responses per prompt)")
+    p.add_argument(
+        "--prompts-5",
+        type=positive_int,
+        default=500,
+        help="population size for the ≤ 5-token worlds (364 responses per prompt)",
+    )
     p.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
     p.add_argument("--reweight-prompts", type=positive_int, default=64, help="prompts λ̂ is estimated on")
     p.add_argument("--samples", type=positive_int, default=16, help="m, samples per reweight prompt")

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> None:
         f"bsmd : {t_bsmd:6.2f}s  steps={bsmd.iterations:5d} (64 prompts each)  gap={bsmd.gap:.2e}  "
         f"|λ_bsmd − λ_full|₁={np.abs(bsmd.weights - full.weights).sum():.2e}"
     )
-    print(f"ratio: bsmd (one pass) / full = {t_bsmd / t_full:.2f}×; full-batch gap / bsmd gap = {full.gap / max(bsmd.gap, 1e-300):.1e}")
+    print(
+        f"ratio: bsmd (one pass) / full = {t_bsmd / t_full:.2f}×; full-batch gap / bsmd gap = {full.gap / max(bsmd.gap, 1e-300):.1e}"
+    )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,17 @@ import typing
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, model_validator
 
 from mpo_ray.config.schema import (
-    FIXED_LOGP_COLUMNS, ConfigError, GenerateConfig, Invalid, NightlyConfig, PolicySpec, ResourcesConfig, ReweightConfig,
-    RewardSpec, ScoringSection, _Strict,
+    FIXED_LOGP_COLUMNS,
+    ConfigError,
+    GenerateConfig,
+    Invalid,
+    NightlyConfig,
+    PolicySpec,
+    ResourcesConfig,
+    RewardSpec,
+    ReweightConfig,
+    ScoringSection,
+    _Strict,
 )
 
 
@@ -60,37 +69,63 @@ class Config(_Strict):
         seen = {self.reference.name}
         for i, p in enumerate(self.policies):
             if p.name in seen:
-                raise Invalid(f"policies[{i}].name", f"is {p.name!r} again; names must be unique across reference and policies.")
-            if (column := f"logp_{p.name}") in FIXED_LOGP_COLUMNS:  # the reference may be `ref`: its column is logp_ref anyway
-                raise Invalid(f"policies[{i}].name", f"is {p.name!r}, but the score table's column `{column}` holds "
-                                                     f"{FIXED_LOGP_COLUMNS[column]}; rename the policy.")
+                raise Invalid(
+                    f"policies[{i}].name", f"is {p.name!r} again; names must be unique across reference and policies."
+                )
+            if (
+                column := f"logp_{p.name}"
+            ) in FIXED_LOGP_COLUMNS:  # the reference may be `ref`: its column is logp_ref anyway
+                raise Invalid(
+                    f"policies[{i}].name",
+                    f"is {p.name!r}, but the score table's column `{column}` holds "
+                    f"{FIXED_LOGP_COLUMNS[column]}; rename the policy.",
+                )
             seen.add(p.name)
         rewards = set()
         for i, r in enumerate(self.rewards):
             if r.name in rewards:
-                raise Invalid(f"rewards[{i}].name", f"is {r.name!r} again; reward names must be unique (each is a column "
-                                                    f"`reward_{r.name}`).")
+                raise Invalid(
+                    f"rewards[{i}].name",
+                    f"is {r.name!r} again; reward names must be unique (each is a column `reward_{r.name}`).",
+                )
             if r.name in seen:  # a model and a reward run as actors named after them: the second name is taken
-                raise Invalid(f"rewards[{i}].name", f"is {r.name!r}, the name of a model (reference or policy); give the "
-                                                    "reward its own name.")
+                raise Invalid(
+                    f"rewards[{i}].name",
+                    f"is {r.name!r}, the name of a model (reference or policy); give the reward its own name.",
+                )
             rewards.add(r.name)
         for i, r in enumerate(self.rewards):
             if r.objective is not None and r.objective not in names:
                 raise Invalid(f"rewards[{i}].objective", f"is {r.objective!r}, not one of the policies {names}.")
         covered = [r.objective or "" for r in self.rewards]
         for key in type(self).model_fields:
-            if isinstance(getattr(self, key), ScoringSection) and getattr(self, key).estimate == "rewards" and sorted(covered) != sorted(names):
-                raise Invalid(f"{key}.estimate", "is `rewards`, which needs exactly one reward source per policy (set `objective:` "
-                                                 f"on each); policies without one: {[p for p in names if p not in covered]}.")
+            if (
+                isinstance(getattr(self, key), ScoringSection)
+                and getattr(self, key).estimate == "rewards"
+                and sorted(covered) != sorted(names)
+            ):
+                raise Invalid(
+                    f"{key}.estimate",
+                    "is `rewards`, which needs exactly one reward source per policy (set `objective:` "
+                    f"on each); policies without one: {[p for p in names if p not in covered]}.",
+                )
         weights = self.generate.weights if self.generate else None
         if isinstance(weights, list) and len(weights) != len(names):
-            raise Invalid("generate.weights", f"has {len(weights)} entries for {len(names)} policies {names}; give one per policy, in order.")
+            raise Invalid(
+                "generate.weights",
+                f"has {len(weights)} entries for {len(names)} policies {names}; give one per policy, in order.",
+            )
         if isinstance(weights, dict) and sorted(weights) != sorted(names):
-            raise Invalid("generate.weights", f"names {sorted(weights)}, but the policies are {names}; give one weight per policy name.")
+            raise Invalid(
+                "generate.weights",
+                f"names {sorted(weights)}, but the policies are {names}; give one weight per policy name.",
+            )
         return self
 
 
-def config_from_dict(data, *, source: str = "<dict>", base_dir: str | None = None, overrides: dict | None = None) -> Config:
+def config_from_dict(
+    data, *, source: str = "<dict>", base_dir: str | None = None, overrides: dict | None = None
+) -> Config:
     """Validate a parsed config. ``overrides`` maps dotted keys to values (None sets the key to null: its default)
     and may create sections; with ``base_dir``, relative paths resolve as in :func:`load_config`."""
     if not isinstance(data, dict):
@@ -103,7 +138,9 @@ def config_from_dict(data, *, source: str = "<dict>", base_dir: str | None = Non
                 node[part] = {}
             node = node[part]
             if not isinstance(node, dict):
-                raise ConfigError(f"{source}: cannot apply override `{dotted}`: `{'.'.join(parents[:i + 1])}` is not a mapping.")
+                raise ConfigError(
+                    f"{source}: cannot apply override `{dotted}`: `{'.'.join(parents[: i + 1])}` is not a mapping."
+                )
         node[leaf] = copy.deepcopy(overrides[dotted])
         for group in getattr(_locate((*parents, leaf))[1], "alternatives", ()):  # a flag beats the file's other choice
             for other in (o for o in group if leaf in group and o != leaf and ".".join([*parents, o]) not in given):
@@ -117,8 +154,15 @@ def config_from_dict(data, *, source: str = "<dict>", base_dir: str | None = Non
     return config
 
 
-_EXPECTED = {"int_type": "int", "float_type": "a number", "bool_type": "true or false", "string_type": "str",
-             "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping"}
+_EXPECTED = {
+    "int_type": "int",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "str",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+}
 _BOUNDS = {"gt": "> {}", "ge": ">= {}", "lt": "< {}", "le": "<= {}"}
 _UNIONS = (typing.Union, types.UnionType)
 
@@ -154,7 +198,10 @@ def _explain(exc: ValidationError, overridden: list[str]) -> str:
         text = f"unknown key `{path}`; allowed here: {sorted(parent.model_fields) if parent else []}."
     elif kind == "value_error" and isinstance(ctx.get("error"), Invalid):
         key = ctx["error"].key
-        path, text = path + key if key.startswith("[") or not path else f"{path}.{key}" if key else path, ctx["error"].why
+        path, text = (
+            path + key if key.startswith("[") or not path else f"{path}.{key}" if key else path,
+            ctx["error"].why,
+        )
     elif kind == "missing":
         text = "is required."
     elif kind in _EXPECTED:
@@ -162,16 +209,23 @@ def _explain(exc: ValidationError, overridden: list[str]) -> str:
         got = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         text = f"must be {' or '.join(dict.fromkeys(wanted or [_EXPECTED[kind]]))}, got {got} ({type(value).__name__})."
     elif kind == "literal_error":
-        text = f"must be one of {list(typing.get_args(info.annotation)) if info else ctx.get('expected')}, got {value!r}."
+        text = (
+            f"must be one of {list(typing.get_args(info.annotation)) if info else ctx.get('expected')}, got {value!r}."
+        )
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
         bounds = {k: getattr(m, k) for m in (info.metadata if info else []) for k in _BOUNDS if hasattr(m, k)} or ctx
         low = [("(" if k == "gt" else "[") + str(v) for k, v in bounds.items() if k in ("gt", "ge")]
         high = [str(v) + (")" if k == "lt" else "]") for k, v in bounds.items() if k in ("lt", "le")]
-        text = f"in {low[0]}, {high[0]}" if low and high else " and ".join(_BOUNDS[k].format(v) for k, v in bounds.items())
+        text = (
+            f"in {low[0]}, {high[0]}" if low and high else " and ".join(_BOUNDS[k].format(v) for k, v in bounds.items())
+        )
         text = f"must be {text}, got {value!r}{why}."
     elif kind in ("finite_number", "string_too_short", "too_short"):
-        text = {"finite_number": f"must be a finite number, got {value!r}.", "string_too_short": "must not be empty.",
-                "too_short": f"is empty{why}."}[kind]
+        text = {
+            "finite_number": f"must be a finite number, got {value!r}.",
+            "string_too_short": "must not be empty.",
+            "too_short": f"is empty{why}.",
+        }[kind]
     else:
         text = err["msg"].removeprefix("Value error, ").rstrip(".") + "."
     if any(path == k or path.startswith((k + ".", k + "[")) for k in overridden):
@@ -203,10 +257,17 @@ def _resolve_paths(c: Config, base_dir: str) -> Config:
     def spec(s):
         return s.model_copy(update={"model": fix(s.model, True), "adapter": fix(s.adapter)})
 
-    update = {"reference": spec(c.reference), "policies": [spec(p) for p in c.policies],
-              "rewards": [r.model_copy(update={"model": fix(r.model, True)}) for r in c.rewards]}
+    update = {
+        "reference": spec(c.reference),
+        "policies": [spec(p) for p in c.policies],
+        "rewards": [r.model_copy(update={"model": fix(r.model, True)}) for r in c.rewards],
+    }
     for name in _INPUTS:
         if (section := getattr(c, name)) is not None:
-            update[name] = section.model_copy(update={**{k: fix(getattr(section, k)) for k in _INPUTS[name]},
-                                                      **{k: _local_output(getattr(section, k)) for k in _OUTPUTS[name]}})
+            update[name] = section.model_copy(
+                update={
+                    **{k: fix(getattr(section, k)) for k in _INPUTS[name]},
+                    **{k: _local_output(getattr(section, k)) for k in _OUTPUTS[name]},
+                }
+            )
     return c.model_copy(update=update)

@@ -28,9 +28,11 @@ class _StrictLoader(yaml.SafeLoader):
 
 # `night: 2025-06-01` stays a string (no field is a date); `1e-9` and `1.0e9` are numbers, as in YAML 1.2.
 _StrictLoader.yaml_implicit_resolvers = {
-    c: [r for r in rs if r[0] != _TAG + "timestamp"] for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_StrictLoader.add_implicit_resolver(_TAG + "float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-                                    list("-+0123456789"))
+    c: [r for r in rs if r[0] != _TAG + "timestamp"] for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver(
+    _TAG + "float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 def _check_keys(node, path: str, seen: set) -> None:
@@ -68,7 +70,9 @@ def load_config(path, overrides: dict | None = None) -> Config:
     except IsADirectoryError:
         raise ConfigError(f"{path} is a directory; pass the YAML config file itself.") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}).") from None
+        raise ConfigError(
+            f"{path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})."
+        ) from None
     except OSError as exc:
         raise ConfigError(f"{path} cannot be read: {exc.strerror or exc}.") from None
     try:

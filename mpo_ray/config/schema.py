@@ -41,14 +41,22 @@ def _matching(pattern: re.Pattern, rule: str) -> AfterValidator:
         if not pattern.match(value):
             raise Invalid("", f"is {value!r}; {rule}.")
         return value
+
     return AfterValidator(check)
 
 
-Name = Annotated[str, _matching(re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"), "a name must start with a letter and use "
-                                "only letters, digits, '_' or '-' (it becomes a column name)")]
+Name = Annotated[
+    str,
+    _matching(
+        re.compile(r"^[A-Za-z][A-Za-z0-9_\-]{0,63}$"),
+        "a name must start with a letter and use only letters, digits, '_' or '-' (it becomes a column name)",
+    ),
+]
 Tokens = Annotated[int, Field(ge=1)]
 # What torch.device accepts and mpo-ray can place a model on; a typo ("gpu", "cuda0") fails here, not in an actor.
-Device = Annotated[str, _matching(re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)\Z"), "use cpu, cuda, cuda:N, mps, xpu or xpu:N")]
+Device = Annotated[
+    str, _matching(re.compile(r"^(cpu|mps|(cuda|xpu)(:\d+)?)\Z"), "use cpu, cuda, cuda:N, mps, xpu or xpu:N")
+]
 
 
 class _Strict(BaseModel):
@@ -86,7 +94,9 @@ class RewardSpec(_Strict):
     """
 
     name: Name
-    function: Annotated[str, _matching(re.compile(r"^[\w.]+:[\w.]+$"), "it must look like 'package.module:function'")] | None = None
+    function: (
+        Annotated[str, _matching(re.compile(r"^[\w.]+:[\w.]+$"), "it must look like 'package.module:function'")] | None
+    ) = None
     model: str | None = None
     objective: str | None = None
     revision: str | None = None
@@ -151,8 +161,11 @@ class SamplingConfig(DecodingParams):
     @model_validator(mode="after")
     def _mixture_is_untempered(self):
         if self.proposal in ("mixture", "geometric") and (self.temperature != 1.0 or self.top_k or self.top_p):
-            raise Invalid("proposal", f"is `{self.proposal}`, which needs untempered sampling (temperature 1, no "
-                                      "top_k/top_p): the importance weights assume samples from the mixture itself.")
+            raise Invalid(
+                "proposal",
+                f"is `{self.proposal}`, which needs untempered sampling (temperature 1, no "
+                "top_k/top_p): the importance weights assume samples from the mixture itself.",
+            )
         return self
 
     def fingerprint(self) -> dict:
@@ -223,7 +236,9 @@ class GenerateConfig(DecodingParams):
     batch_size: int = Field(16, ge=1)  # prompts per MixedPolicy.generate call
     concurrency: int | None = Field(None, ge=1)  # replicas; default: one per GPU group, else 1
     gpus_per_replica: float | None = Field(None, ge=0)
-    cpus_per_replica: float | None = Field(None, gt=0)  # default: the cluster's CPUs less one for reading/writing, shared
+    cpus_per_replica: float | None = Field(
+        None, gt=0
+    )  # default: the cluster's CPUs less one for reading/writing, shared
     rows_per_file: int = Field(1000, ge=1)  # rows per output file; a crash loses at most about this many finished rows
     alternatives: ClassVar = (("weights", "weights_uri"),)  # an override of one replaces the other as the file set it
 
@@ -237,15 +252,21 @@ class GenerateConfig(DecodingParams):
     @model_validator(mode="after")
     def _consistent(self):
         if self.candidates > 1 and self.temperature == 0:
-            raise Invalid("num_candidates", "> 1 needs sampling (greedy candidates are identical); set temperature > 0.")
+            raise Invalid(
+                "num_candidates", "> 1 needs sampling (greedy candidates are identical); set temperature > 0."
+            )
         if self.weights is not None and self.weights_uri is not None:
-            raise Invalid("weights", "and `weights_uri` (a weights.json from `mpo-ray reweight`) are both set; keep one.")
+            raise Invalid(
+                "weights", "and `weights_uri` (a weights.json from `mpo-ray reweight`) are both set; keep one."
+            )
         items = self.weights.items() if isinstance(self.weights, dict) else enumerate(self.weights or [])
         for key, w in items:
             if abs(w) > MAX_ABS_WEIGHT:
-                raise Invalid(f"weights[{key}]" if isinstance(key, int) else f"weights.{key}",
-                              f"is {w:g}, beyond the decoder's |λ| <= {MAX_ABS_WEIGHT:g} (float32 mixing would lose all "
-                              "resolution); give weights of a sensible size, e.g. on the simplex (summing to 1).")
+                raise Invalid(
+                    f"weights[{key}]" if isinstance(key, int) else f"weights.{key}",
+                    f"is {w:g}, beyond the decoder's |λ| <= {MAX_ABS_WEIGHT:g} (float32 mixing would lose all "
+                    "resolution); give weights of a sensible size, e.g. on the simplex (summing to 1).",
+                )
         return self
 
 
@@ -254,8 +275,12 @@ class GateConfig(_Strict):
 
     max_gap: float = Field(1.0e-6, ge=0)  # certificate gap of the new λ, nats
     min_median_ess: float = Field(2.0, ge=0)  # median per-prompt effective sample size of the new λ
-    max_agreement_drop: float = Field(0.05, ge=0, le=1)  # tonight's min-group agreement: new λ may trail the old λ by at most this
-    max_drift: float = Field(0.2, ge=0, le=1)  # total variation ½‖λ − λ_latest‖₁: a bigger jump in one night wants a human look
+    max_agreement_drop: float = Field(
+        0.05, ge=0, le=1
+    )  # tonight's min-group agreement: new λ may trail the old λ by at most this
+    max_drift: float = Field(
+        0.2, ge=0, le=1
+    )  # total variation ½‖λ − λ_latest‖₁: a bigger jump in one night wants a human look
     max_ci_width: float | None = Field(None, gt=0, le=1)  # widest 90% interval of any λ_k allowed (None: not checked)
 
 
@@ -269,7 +294,9 @@ class NightlyConfig(ScoringSection):
 
     store: str
     feedback: str | None = None  # preference pairs: prompt, chosen, rejected, group (a policy name)
-    night: Annotated[str, _matching(NIGHT_ID, "use a date such as 2025-06-01 (letters, digits, '.', '_', '-')")] | None = None
+    night: (
+        Annotated[str, _matching(NIGHT_ID, "use a date such as 2025-06-01 (letters, digits, '.', '_', '-')")] | None
+    ) = None
     gate: GateConfig = Field(default_factory=GateConfig)
     lock_timeout_s: float = Field(600.0, gt=0)  # a store lock older than this was left by a crashed run and is broken
 
@@ -281,8 +308,11 @@ class NightlyConfig(ScoringSection):
     def _gate_can_pass(self):
         ess, n = self.gate.min_median_ess, self.sampling.samples_per_prompt
         if ess > n:
-            raise Invalid("gate.min_median_ess", f"is {ess}, but the ESS is at most sampling.samples_per_prompt = {n}, "
-                                                 "so no night could pass; lower it or sample more.")
+            raise Invalid(
+                "gate.min_median_ess",
+                f"is {ess}, but the ESS is at most sampling.samples_per_prompt = {n}, "
+                "so no night could pass; lower it or sample more.",
+            )
         if self.gate.max_ci_width is not None and self.bootstrap_resamples == 0:
             raise Invalid("gate.max_ci_width", "needs λ's intervals; set `bootstrap_resamples` above 0.")
         return self

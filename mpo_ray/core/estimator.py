@@ -85,23 +85,49 @@ def estimate_tables(arrays: ScoreArrays, beta: float) -> dict[str, np.ndarray]:
     the rewards normalised by the paper's operator."""
     tables = {"implicit": arrays.log_ratios}
     if arrays.rewards is not None:
-        tables["rewards"] = normalize_rewards(arrays.rewards, beta, mask=arrays.mask, log_importance=arrays.log_importance)
+        tables["rewards"] = normalize_rewards(
+            arrays.rewards, beta, mask=arrays.mask, log_importance=arrays.log_importance
+        )
     return tables
 
 
-def solve_table(arrays: ScoreArrays, *, beta: float, method: str = "full", tol: float = 1e-9, steps: int | None = None,
-                step_size: float | None = None, batch_prompts: int = 1, seed: int = 0,
-                init=None) -> dict[str, WeightsResult]:
+def solve_table(
+    arrays: ScoreArrays,
+    *,
+    beta: float,
+    method: str = "full",
+    tol: float = 1e-9,
+    steps: int | None = None,
+    step_size: float | None = None,
+    batch_prompts: int = 1,
+    seed: int = 0,
+    init=None,
+) -> dict[str, WeightsResult]:
     """Each estimate's solve (see :func:`estimate_tables`), by estimate name."""
-    kwargs = dict(mask=arrays.mask, log_importance=arrays.log_importance, method=method, tol=tol,
-                  steps=steps, step_size=step_size, init=init, seed=seed)
+    kwargs = dict(
+        mask=arrays.mask,
+        log_importance=arrays.log_importance,
+        method=method,
+        tol=tol,
+        steps=steps,
+        step_size=step_size,
+        init=init,
+        seed=seed,
+    )
     if method == "bsmd":
         kwargs["batch_prompts"] = min(batch_prompts, arrays.mask.shape[0])
     return {name: solve_weights(L, **kwargs) for name, L in estimate_tables(arrays, beta).items()}
 
 
-def bootstrap_weights(L: np.ndarray, mask: np.ndarray, log_importance: np.ndarray, *, resamples: int = 200,
-                      level: float = 0.9, seed: int = 0) -> dict:
+def bootstrap_weights(
+    L: np.ndarray,
+    mask: np.ndarray,
+    log_importance: np.ndarray,
+    *,
+    resamples: int = 200,
+    level: float = 0.9,
+    seed: int = 0,
+) -> dict:
     """Percentile intervals for λ from prompts resampled with replacement (prompts are the sampling unit), each
     resample solved in full. Also the spread of the draws, so a report can say how much λ moves."""
     rng = np.random.default_rng(seed)

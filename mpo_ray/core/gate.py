@@ -31,8 +31,15 @@ def evaluate_feedback(margins: np.ndarray, groups: list[str], names: list[str], 
     return out
 
 
-def gate_checks(gate, weights, gap: float, median_ess: float, previous=None, evaluation: dict | None = None,
-                ci_width: float | None = None) -> list[dict]:
+def gate_checks(
+    gate,
+    weights,
+    gap: float,
+    median_ess: float,
+    previous=None,
+    evaluation: dict | None = None,
+    ci_width: float | None = None,
+) -> list[dict]:
     """Every promotion check with its value, limit and verdict; the first night (no previous λ) skips the comparisons.
 
     ``gate`` has ``max_gap``, ``min_median_ess``, ``max_agreement_drop``, ``max_drift`` and ``max_ci_width``
@@ -44,24 +51,55 @@ def gate_checks(gate, weights, gap: float, median_ess: float, previous=None, eva
 
     checks = [
         check("gap", gap <= gate.max_gap, gap, f"<= {gate.max_gap:g}", "certificate gap of the new λ (nats)"),
-        check("ess", median_ess >= gate.min_median_ess, median_ess, f">= {gate.min_median_ess:g}", "median effective sample size"),
+        check(
+            "ess",
+            median_ess >= gate.min_median_ess,
+            median_ess,
+            f">= {gate.min_median_ess:g}",
+            "median effective sample size",
+        ),
     ]
     if evaluation is None:
-        checks.append(check("agreement", True, None, f"drop <= {gate.max_agreement_drop:g}", "no feedback tonight: not checked"))
+        checks.append(
+            check("agreement", True, None, f"drop <= {gate.max_agreement_drop:g}", "no feedback tonight: not checked")
+        )
     elif previous is None:
-        checks.append(check("agreement", True, evaluation["mixed"]["min"], f"drop <= {gate.max_agreement_drop:g}",
-                            "min-group agreement; no previous weights to compare with"))
+        checks.append(
+            check(
+                "agreement",
+                True,
+                evaluation["mixed"]["min"],
+                f"drop <= {gate.max_agreement_drop:g}",
+                "min-group agreement; no previous weights to compare with",
+            )
+        )
     else:
         new, old = evaluation["mixed"]["min"], evaluation["previous"]["min"]
-        checks.append(check("agreement", old - new <= gate.max_agreement_drop + 1e-12, new, f">= {old:.3g} − {gate.max_agreement_drop:g}",
-                            f"min-group agreement on tonight's pairs: new λ {new:.3g}, latest λ {old:.3g}"))
+        checks.append(
+            check(
+                "agreement",
+                old - new <= gate.max_agreement_drop + 1e-12,
+                new,
+                f">= {old:.3g} − {gate.max_agreement_drop:g}",
+                f"min-group agreement on tonight's pairs: new λ {new:.3g}, latest λ {old:.3g}",
+            )
+        )
     if previous is None:
         checks.append(check("drift", True, None, f"<= {gate.max_drift:g}", "no previous weights (first night)"))
     else:
         drift = 0.5 * float(np.abs(np.asarray(weights) - np.asarray(previous)).sum())
-        checks.append(check("drift", drift <= gate.max_drift, drift, f"<= {gate.max_drift:g}", "total variation ½‖λ − λ_latest‖₁"))
+        checks.append(
+            check("drift", drift <= gate.max_drift, drift, f"<= {gate.max_drift:g}", "total variation ½‖λ − λ_latest‖₁")
+        )
     limit = getattr(gate, "max_ci_width", None)
     if limit is not None:
-        checks.append(check("ci_width", ci_width is not None and ci_width <= limit, ci_width, f"<= {limit:g}",
-                            "widest 90% bootstrap interval of any λ_k"))
+        checks.append(
+            check(
+                "ci_width",
+                ci_width is not None and ci_width <= limit,
+                ci_width,
+                f"<= {limit:g}",
+                "widest 90% bootstrap interval of any λ_k",
+            )
+        )
     return checks

@@ -18,12 +18,25 @@ def serving(num_candidates: int, *, one_model: bool = False) -> dict:
     (candidates decoded per served response). ``one_model``: a set one model serves (π_ref, a single policy, a
     soup), whose samples are that model's own."""
     if one_model:
-        return {"mode": "one model", "num_candidates": num_candidates, "decoding_cost": num_candidates,
-                "serves": "the model's own distribution, exactly (untempered, resampling would not change it)"
-                          if num_candidates == 1 else "one of n tempered draws resampled towards the untempered model"}
+        return {
+            "mode": "one model",
+            "num_candidates": num_candidates,
+            "decoding_cost": num_candidates,
+            "serves": "the model's own distribution, exactly (untempered, resampling would not change it)"
+            if num_candidates == 1
+            else "one of n tempered draws resampled towards the untempered model",
+        }
     if num_candidates == 1:
-        return {"mode": "token-level", "num_candidates": 1, "decoding_cost": 1,
-                "serves": "the token-level mixture softmax(Σ_k λ_k log π_k), an approximation of π_λ"}
-    return {"mode": "resampled", "num_candidates": num_candidates, "decoding_cost": num_candidates,
-            "serves": f"one of {num_candidates} token-level candidates resampled by π_λ/q: nearer π_λ as n grows, "
-                      "equal to it only as n → ∞"}
+        return {
+            "mode": "token-level",
+            "num_candidates": 1,
+            "decoding_cost": 1,
+            "serves": "the token-level mixture softmax(Σ_k λ_k log π_k), an approximation of π_λ",
+        }
+    return {
+        "mode": "resampled",
+        "num_candidates": num_candidates,
+        "decoding_cost": num_candidates,
+        "serves": f"one of {num_candidates} token-level candidates resampled by π_λ/q: nearer π_λ as n grows, "
+        "equal to it only as n → ∞",
+    }

@@ -33,7 +33,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mpo_ray.core.table import (
-    MAX_NATS, Table, build_table, check_magnitude, check_simplex, is_real, positive_int,
+    MAX_NATS,
+    Table,
+    build_table,
+    check_magnitude,
+    check_simplex,
+    is_real,
+    positive_int,
 )
 
 __all__ = ["WeightsResult", "SolverHistory", "solve_weights", "normalize_rewards", "evaluate_weights"]
@@ -81,9 +87,7 @@ class WeightsResult:
         """Objectives with (numerically) zero weight that the mixture already serves better than the worst."""
         worst = float(np.min(self.values))
         scale = 1e-6 * max(1.0, float(np.max(np.abs(self.values))))
-        return tuple(
-            int(k) for k in np.flatnonzero((self.weights <= 1e-6) & (self.values > worst + scale))
-        )
+        return tuple(int(k) for k in np.flatnonzero((self.weights <= 1e-6) & (self.values > worst + scale)))
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no per-step history, ESS summarised)."""
@@ -294,7 +298,14 @@ def _result(table, lam, iterations, converged, history, objective, method, tol) 
     f, g, w, _ = table.evaluate(lam)
     gap = _certificate(lam, g)
     ess = 1.0 / np.sum(w * w, axis=1)
-    for what, x in (("weights", lam), ("values", g), ("gap", gap), ("dual", f), ("maxmin_value", f - gap), ("ess", ess)):
+    for what, x in (
+        ("weights", lam),
+        ("values", g),
+        ("gap", gap),
+        ("dual", f),
+        ("maxmin_value", f - gap),
+        ("ess", ess),
+    ):
         if not np.all(np.isfinite(x)):
             raise ValueError(
                 f"the solver's {what} came out non-finite ({np.asarray(x).tolist()!r:.120}) on inputs that passed "
@@ -330,7 +341,9 @@ def normalize_rewards(rewards, beta: float, *, mask=None, log_importance=None) -
     :func:`solve_weights` accepts), so its output is always solvable.
     """
     if not is_real(beta) or not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0 (the KL strength the policies were aligned with), got {beta!r}.")
+        raise ValueError(
+            f"beta must be a finite number > 0 (the KL strength the policies were aligned with), got {beta!r}."
+        )
     beta = float(beta)
     table = build_table(rewards, mask, log_importance, name="rewards", bounded=False)
     present = np.isfinite(table.base)
@@ -347,7 +360,12 @@ def normalize_rewards(rewards, beta: float, *, mask=None, log_importance=None) -
     top = a.max(axis=1, keepdims=True)
     log_z = top + np.log(np.exp(a - top).sum(axis=1, keepdims=True))
     out = scaled - log_z
-    check_magnitude("normalised log-ratios", out, present, fix="their spread within a prompt comes from "
-                     "rewards/beta (and log_importance); use a larger beta or check the rewards' scale")
+    check_magnitude(
+        "normalised log-ratios",
+        out,
+        present,
+        fix="their spread within a prompt comes from "
+        "rewards/beta (and log_importance); use a larger beta or check the rewards' scale",
+    )
     out[~present] = np.nan
     return out

@@ -30,7 +30,7 @@ def wilson(outcomes) -> tuple[float, float, float]:
     n = len(x)
     if n == 0:
         return float("nan"), 0.0, 1.0
-    p, z2 = float(x.mean()), Z95 ** 2
+    p, z2 = float(x.mean()), Z95**2
     centre = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = Z95 * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
     return p, max(0.0, centre - half), min(1.0, centre + half)
@@ -44,7 +44,9 @@ def bootstrap_draws(stat, *columns, resamples: int = 2000, seed: int = 0) -> np.
     return np.array([stat(*(c[rows] for c in columns)) for rows in (rng.integers(0, n, n) for _ in range(resamples))])
 
 
-def paired_bootstrap(stat, *columns, resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap(
+    stat, *columns, resamples: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``stat(*columns)`` and its percentile interval, resampling the rows (prompts) of every column together,
     so that a difference between two sets on the same prompts keeps its pairing."""
     draws = bootstrap_draws(stat, *columns, resamples=resamples, seed=seed)
@@ -63,8 +65,14 @@ def bias_corrected(stat, *columns, resamples: int = 2000, level: float = 0.95, s
     raw = float(stat(*(np.asarray(c) for c in columns)))
     bias = float(draws.mean()) - raw
     lo, hi = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2])
-    return {"raw": raw, "corrected": raw - bias, "bias": bias, "ci95": [float(lo) - bias, float(hi) - bias],
-            "ci95_raw": [float(lo), float(hi)], "se": float(draws.std(ddof=1))}
+    return {
+        "raw": raw,
+        "corrected": raw - bias,
+        "bias": bias,
+        "ci95": [float(lo) - bias, float(hi) - bias],
+        "ci95_raw": [float(lo), float(hi)],
+        "se": float(draws.std(ddof=1)),
+    }
 
 
 def normal_power(effect: float, sd: float, n: int, level: float = 0.95) -> float:
@@ -104,9 +112,17 @@ def paired_difference(stat, a: tuple, b: tuple, *, seed: int = 0) -> dict:
         return [np.asarray(c)[take] for c in side[1:]]
 
     ca, cb = aligned(a), aligned(b)
-    d = bias_corrected(lambda *c: stat(*c[: len(ca)]) - stat(*c[len(ca):]), *ca, *cb, seed=seed)
+    d = bias_corrected(lambda *c: stat(*c[: len(ca)]) - stat(*c[len(ca) :]), *ca, *cb, seed=seed)
     lo, hi = d["ci95_raw"]  # paired_bootstrap's percentile interval (same draws)
-    return {"difference": d["raw"], "ci95": [lo, hi], "prompts": len(common), "within_noise": lo <= 0 <= hi,
-            "se": d["se"],
-            "corrected": {"difference": d["corrected"], "ci95": d["ci95"],
-                          "within_noise": d["ci95"][0] <= 0 <= d["ci95"][1]}}
+    return {
+        "difference": d["raw"],
+        "ci95": [lo, hi],
+        "prompts": len(common),
+        "within_noise": lo <= 0 <= hi,
+        "se": d["se"],
+        "corrected": {
+            "difference": d["corrected"],
+            "ci95": d["ci95"],
+            "within_noise": d["ci95"][0] <= 0 <= d["ci95"][1],
+        },
+    }

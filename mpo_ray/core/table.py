@@ -140,10 +140,9 @@ def check_finite(name: str, arr: np.ndarray, mask: np.ndarray) -> None:
 
 
 MAGNITUDE_FIX = {
-    "log_ratios": "check the units (nats of log π_k − log π_ref per sequence) and mark missing samples with "
-                  "mask=False",
+    "log_ratios": "check the units (nats of log π_k − log π_ref per sequence) and mark missing samples with mask=False",
     "log_importance": "it only matters up to a constant per prompt, so subtract each prompt's max "
-                      "(log_importance - log_importance.max(axis=1, keepdims=True)) and check its units",
+    "(log_importance - log_importance.max(axis=1, keepdims=True)) and check its units",
 }
 
 
@@ -163,7 +162,9 @@ def check_magnitude(name: str, arr: np.ndarray, mask: np.ndarray, fix: str | Non
 def check_simplex(name: str, value, K: int) -> np.ndarray:
     arr = as_float_array(name, value, 1)
     if arr.shape[0] != K:
-        raise ValueError(f"{name} has {arr.shape[0]} entries but the table has K={K} objectives; give one per objective.")
+        raise ValueError(
+            f"{name} has {arr.shape[0]} entries but the table has K={K} objectives; give one per objective."
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains NaN or inf: {arr.tolist()}.")
     if np.any(arr < 0) or abs(arr.sum() - 1.0) > SIMPLEX_ATOL:

@@ -34,8 +34,9 @@ def served_logprob(sample_logprob, target_logprob=None) -> tuple[np.ndarray, str
     if np.all(np.isfinite(exact)):
         return exact, "exact"
     if target_logprob is not None and not np.any(np.isfinite(exact)):
-        target = np.array([np.nan if v is None else v for v in np.asarray(target_logprob, dtype=object)],
-                          dtype=np.float64)
+        target = np.array(
+            [np.nan if v is None else v for v in np.asarray(target_logprob, dtype=object)], dtype=np.float64
+        )
         if np.all(np.isfinite(target)):
             return target, "target"
     raise ValueError("served_logprob: every row needs sample_logprob, or (resampled sets) every row target_logprob")
@@ -52,7 +53,9 @@ def implicit_terms(prompt_ids, sample_logprob, logp_ref, logp_policies) -> tuple
         raise ValueError("implicit_terms: log-probs must be finite (error rows are dropped before this)")
     unique, group = np.unique(ids, return_inverse=True)
     counts = np.bincount(group, minlength=len(unique)).astype(np.float64)
-    ell_p = np.stack([np.bincount(group, ell[:, k], len(unique)) for k in range(ell.shape[1])], axis=1) / counts[:, None]
+    ell_p = (
+        np.stack([np.bincount(group, ell[:, k], len(unique)) for k in range(ell.shape[1])], axis=1) / counts[:, None]
+    )
     kl_p = np.bincount(group, kl, len(unique)) / counts
     return unique.tolist(), ell_p, kl_p
 
@@ -62,8 +65,9 @@ def implicit_min(ell: np.ndarray, kl: np.ndarray) -> float:
     return float(np.asarray(ell).mean(axis=0).min() - np.asarray(kl).mean())
 
 
-def implicit_objective(prompt_ids, sample_logprob, logp_ref, logp_policies, names: list[str], *,
-                       seed: int = 0, target_logprob=None) -> dict:
+def implicit_objective(
+    prompt_ids, sample_logprob, logp_ref, logp_policies, names: list[str], *, seed: int = 0, target_logprob=None
+) -> dict:
     """J with a bootstrap 95% interval over prompts (raw, and bootstrap bias-corrected: J is a minimum of means, biased
     low, most for balanced sets), each E[ℓ_k] and the KL with theirs, and the
     per-prompt table (`per_prompt`) that `compare_implicit` pairs on. ``kl_estimate`` says what the KL term is:
@@ -77,9 +81,18 @@ def implicit_objective(prompt_ids, sample_logprob, logp_ref, logp_policies, name
         m, a, b = paired_bootstrap(np.mean, ell[:, k], seed=seed)
         values[name] = {"mean": m, "ci95": [a, b]}
     kl_m, kl_lo, kl_hi = paired_bootstrap(np.mean, kl, seed=seed)
-    return {"implicit_min": j, "implicit_min_ci95": [lo, hi],
-            "implicit_min_corrected": bc["corrected"], "implicit_min_corrected_ci95": bc["ci95"], "values": values, "kl": kl_m, "kl_ci95": [kl_lo, kl_hi],
-            "kl_estimate": kind, "prompts": len(ids), "per_prompt": {"prompt_ids": ids, "ell": ell.tolist(), "kl": kl.tolist()}}
+    return {
+        "implicit_min": j,
+        "implicit_min_ci95": [lo, hi],
+        "implicit_min_corrected": bc["corrected"],
+        "implicit_min_corrected_ci95": bc["ci95"],
+        "values": values,
+        "kl": kl_m,
+        "kl_ci95": [kl_lo, kl_hi],
+        "kl_estimate": kind,
+        "prompts": len(ids),
+        "per_prompt": {"prompt_ids": ids, "ell": ell.tolist(), "kl": kl.tolist()},
+    }
 
 
 def compare_implicit(a: dict, b: dict, *, seed: int = 0) -> dict:

@@ -73,8 +73,9 @@ def sequence_logprobs(model, prompt_ids, response_ids, pad_id: int) -> torch.Ten
     """Σ_t log p(y_t | x, y_<t) over the response tokens, differentiable, [B]."""
     width = max(len(r) for r in response_ids)
     ids, mask = pad_left([p + r for p, r in zip(prompt_ids, response_ids)], pad_id, model.device)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-                   logits_to_keep=width + 1).logits[:, :-1]
+    logits = model(
+        input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False, logits_to_keep=width + 1
+    ).logits[:, :-1]
     targets, valid = pad_left(response_ids, 0, model.device)  # right-aligned like the logits
     lp = torch.log_softmax(logits.float(), -1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     return (lp * valid).sum(-1)
@@ -103,7 +104,10 @@ def train_dpo(base_model, pairs: PreferencePairs, config: DPOConfig, *, pad_id: 
     torch.manual_seed(config.seed)
     layers = getattr(base_model.config, "num_hidden_layers", None)
     lora = LoraConfig(
-        r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=0.0, target_modules=list(config.target_modules),
+        r=config.lora_rank,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=list(config.target_modules),
         layers_to_transform=list(range(layers - config.last_layers, layers)) if config.last_layers and layers else None,
     )
     model = get_peft_model(base_model, lora)
@@ -114,10 +118,16 @@ def train_dpo(base_model, pairs: PreferencePairs, config: DPOConfig, *, pad_id: 
         with torch.no_grad(), model.disable_adapter():
             ref_c, ref_r = [], []
             for idx in np.array_split(np.arange(n), max(1, n // config.batch_pairs)):
-                ref_c.append(sequence_logprobs(model, [pairs.prompt_ids[i] for i in idx],
-                                               [pairs.chosen_ids[i] for i in idx], pad_id))
-                ref_r.append(sequence_logprobs(model, [pairs.prompt_ids[i] for i in idx],
-                                               [pairs.rejected_ids[i] for i in idx], pad_id))
+                ref_c.append(
+                    sequence_logprobs(
+                        model, [pairs.prompt_ids[i] for i in idx], [pairs.chosen_ids[i] for i in idx], pad_id
+                    )
+                )
+                ref_r.append(
+                    sequence_logprobs(
+                        model, [pairs.prompt_ids[i] for i in idx], [pairs.rejected_ids[i] for i in idx], pad_id
+                    )
+                )
         pairs.ref_chosen = torch.cat(ref_c).double().cpu().numpy()
         pairs.ref_rejected = torch.cat(ref_r).double().cpu().numpy()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -130,18 +140,29 @@ def train_dpo(base_model, pairs: PreferencePairs, config: DPOConfig, *, pad_id: 
             if step == total:
                 break
             prompts = [pairs.prompt_ids[i] for i in idx]
-            both = sequence_logprobs(model, prompts + prompts, [pairs.chosen_ids[i] for i in idx]
-                                     + [pairs.rejected_ids[i] for i in idx], pad_id)
-            ref = torch.as_tensor(np.concatenate([pairs.ref_chosen[idx], pairs.ref_rejected[idx]]),
-                                  dtype=both.dtype, device=both.device)
-            loss, margins = dpo_loss(both[: len(idx)], both[len(idx):], ref[: len(idx)], ref[len(idx):], config.beta)
+            both = sequence_logprobs(
+                model,
+                prompts + prompts,
+                [pairs.chosen_ids[i] for i in idx] + [pairs.rejected_ids[i] for i in idx],
+                pad_id,
+            )
+            ref = torch.as_tensor(
+                np.concatenate([pairs.ref_chosen[idx], pairs.ref_rejected[idx]]), dtype=both.dtype, device=both.device
+            )
+            loss, margins = dpo_loss(both[: len(idx)], both[len(idx) :], ref[: len(idx)], ref[len(idx) :], config.beta)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
-            history.append({"step": step, "loss": loss.item(), "margin": margins.mean().item(),
-                            "accuracy": (margins > 0).float().mean().item()})
+            history.append(
+                {
+                    "step": step,
+                    "loss": loss.item(),
+                    "margin": margins.mean().item(),
+                    "accuracy": (margins > 0).float().mean().item(),
+                }
+            )
             if progress:
                 progress(step, total, history[-1])
     model.requires_grad_(False)

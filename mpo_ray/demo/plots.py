@@ -37,8 +37,12 @@ def plot_solver(uri: str, names: list[str], full, bsmd, bsmd_gaps: tuple[np.ndar
     for k, name in enumerate(names):
         (line,) = a.plot(steps, avg[:, k], label=name)
         a.axhline(full.weights[k], color=line.get_color(), ls="--", lw=1)
-    a.set(xlabel="BSMD step (one prompt per step)", ylabel="λ", ylim=(0, 1),
-          title="λ along mirror descent (dashed: full-batch λ*)")
+    a.set(
+        xlabel="BSMD step (one prompt per step)",
+        ylabel="λ",
+        ylim=(0, 1),
+        title="λ along mirror descent (dashed: full-batch λ*)",
+    )
     a.legend(fontsize=8)
     at, gaps = bsmd_gaps
     b.semilogy(at, np.maximum(gaps, 1e-16))
@@ -63,10 +67,16 @@ def plot_objectives(uri: str, results: list[dict]) -> None:
     for j, obj in enumerate(objs):
         rates = np.array([r["objectives"][obj]["win_rate"] for r in results])
         ci = np.array([r["objectives"][obj]["win_rate_ci95"] for r in results])
-        ax.bar(x + (j - (len(objs) - 1) / 2) * width, rates, width, label=obj,
-               yerr=np.abs(ci.T - rates), capsize=3)
-    ax.scatter(x, [r["min_win_rate"] for r in results], marker="_", s=900, color="black", zorder=3,
-               label="min over objectives (MaxMin)")
+        ax.bar(x + (j - (len(objs) - 1) / 2) * width, rates, width, label=obj, yerr=np.abs(ci.T - rates), capsize=3)
+    ax.scatter(
+        x,
+        [r["min_win_rate"] for r in results],
+        marker="_",
+        s=900,
+        color="black",
+        zorder=3,
+        label="min over objectives (MaxMin)",
+    )
     ax.axhline(0.5, color="gray", lw=0.8, ls=":")
     ax.set_xticks(x, [r["name"] for r in results])
     ax.set(ylabel="win rate vs π_ref", ylim=(0, 1), title="Each objective, per policy (higher is better)")
@@ -93,9 +103,19 @@ def plot_front(uri: str, sweep: dict) -> None:
             a.scatter([px], [py], marker="*", s=320, facecolor="none", edgecolor="red", lw=2, label="MPO", zorder=4)
         elif max(p["weights"]) == 1.0:
             right = px > xy[:, 0].mean()
-            a.annotate(sweep["policies"][int(np.argmax(p["weights"]))], (px, py), fontsize=8,
-                       xytext=(-4 if right else 4, 4), textcoords="offset points", ha="right" if right else "left")
-    a.set(xlabel=f"{objs[0]} win rate vs π_ref", ylabel=f"{objs[1]} win rate vs π_ref", title="Trade-off front of the sweep")
+            a.annotate(
+                sweep["policies"][int(np.argmax(p["weights"]))],
+                (px, py),
+                fontsize=8,
+                xytext=(-4 if right else 4, 4),
+                textcoords="offset points",
+                ha="right" if right else "left",
+            )
+    a.set(
+        xlabel=f"{objs[0]} win rate vs π_ref",
+        ylabel=f"{objs[1]} win rate vs π_ref",
+        title="Trade-off front of the sweep",
+    )
     a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     if k == 3:
         b = axes[0, 1]
@@ -107,7 +127,9 @@ def plot_front(uri: str, sweep: dict) -> None:
             if p["name"] == "MPO":
                 b.scatter([px], [py], marker="*", s=320, facecolor="none", edgecolor="red", lw=2, zorder=4)
         for name, (cx, cy) in zip(sweep["policies"], corners):
-            b.annotate(name, (cx, cy), fontsize=9, ha="center", xytext=(0, -14 if cy == 0 else 6), textcoords="offset points")
+            b.annotate(
+                name, (cx, cy), fontsize=9, ha="center", xytext=(0, -14 if cy == 0 else 6), textcoords="offset points"
+            )
         b.set(title="Weights on the simplex (colour: min win rate)", aspect="equal")
         b.axis("off")
     _save(fig, uri)

@@ -46,13 +46,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 OBJECTIVES = {"concise": objectives.brevity, "relevant": objectives.relevance, "enthusiastic": objectives.enthusiasm}
-REWARDS = {"concise": "brevity", "relevant": "relevance", "enthusiastic": "enthusiasm"}  # policy → its objective function
+REWARDS = {
+    "concise": "brevity",
+    "relevant": "relevance",
+    "enthusiastic": "enthusiasm",
+}  # policy → its objective function
 DATA_DIR = Path(__file__).parent / "data"
 ADAPTER_DIR = DATA_DIR / "adapters"
 PROMPTS = DATA_DIR / "demo_prompts.jsonl"
 BASE_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 KIND = "train-demo-policies"  # the owner marker's kind
-ADAPTER_FILES = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json")  # what peft saves, config last
+ADAPTER_FILES = (
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+    "adapter_config.json",
+)  # what peft saves, config last
 
 
 def _dpo_config() -> DPOConfig:
@@ -102,8 +110,10 @@ def check_output(output: str | os.PathLike) -> bool:
     shipped = output.resolve() == ADAPTER_DIR.resolve()
     links = [name for name in OBJECTIVES if (output / name).is_symlink()]
     if shipped and links:
-        raise UserError(f"--output {str(output)!r}: {links[0]!r} in it is a symbolic link; the adapters are never "
-                        "written through one. Replace the link with a directory.")
+        raise UserError(
+            f"--output {str(output)!r}: {links[0]!r} in it is a symbolic link; the adapters are never "
+            "written through one. Replace the link with a directory."
+        )
     if not shipped:
         check_ours(str(output), KIND, what="--output", subdirs=tuple(OBJECTIVES))
     storage.check_writable(str(output))
@@ -117,11 +127,14 @@ def install_adapter(new: str | os.PathLike, final: str | os.PathLike) -> list[st
     named in a warning. Never a whole directory: ``final`` may hold files that are not ours. Returns those."""
     new, final = Path(new), Path(final)
     if final.is_symlink():
-        raise UserError(f"adapter directory {str(final)!r} is a symbolic link; the adapters are never written through "
-                        "one. Replace the link with a directory, then rerun.")
+        raise UserError(
+            f"adapter directory {str(final)!r} is a symbolic link; the adapters are never written through "
+            "one. Replace the link with a directory, then rerun."
+        )
     final.mkdir(exist_ok=True)
-    names = sorted((p.name for p in new.iterdir()),
-                   key=lambda n: ADAPTER_FILES.index(n) if n in ADAPTER_FILES else -1)  # the config goes in last
+    names = sorted(
+        (p.name for p in new.iterdir()), key=lambda n: ADAPTER_FILES.index(n) if n in ADAPTER_FILES else -1
+    )  # the config goes in last
     for name in names:
         os.replace(new / name, final / name)
     new.rmdir()
@@ -166,8 +179,10 @@ def build_pairs(prompts: list[str], samples, score_fn, min_gap: float):
 
 def mean_scores(policy_texts: dict[str, list[str]], prompts: list[str]) -> dict[str, dict[str, float]]:
     """Mean objective score of each policy's responses: policy → objective → mean."""
-    return {name: {obj: float(np.mean(fn(prompts, texts))) for obj, fn in OBJECTIVES.items()}
-            for name, texts in policy_texts.items()}
+    return {
+        name: {obj: float(np.mean(fn(prompts, texts))) for obj, fn in OBJECTIVES.items()}
+        for name, texts in policy_texts.items()
+    }
 
 
 def _self_samples(ref, prompts: list[str], config: TrainDemoConfig, cache: Path, quiet: bool):
@@ -175,20 +190,31 @@ def _self_samples(ref, prompts: list[str], config: TrainDemoConfig, cache: Path,
     keyed by the sampling settings, so a rerun with other DPO settings skips the slowest part."""
     from mpo_ray.models.decoding import Generation, MixedPolicy
 
-    key = {"prompts": prompts, "n": config.samples_per_prompt, "max_new_tokens": config.max_new_tokens,
-           "temperature": config.temperature, "seed": config.seed}
+    key = {
+        "prompts": prompts,
+        "n": config.samples_per_prompt,
+        "max_new_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "seed": config.seed,
+    }
     if cache.exists():
         saved = json.loads(cache.read_text())
         if saved["key"] == key:
             _log(f"reusing π_ref's samples from {cache}", quiet)
             return [[Generation(**g) for g in group] for group in saved["samples"]]
-    _log(f"sampling {config.samples_per_prompt} responses for each of {len(prompts)} training prompts from π_ref ...", quiet)
+    _log(
+        f"sampling {config.samples_per_prompt} responses for each of {len(prompts)} training prompts from π_ref ...",
+        quiet,
+    )
     sampler, samples = MixedPolicy([ref], [1.0]), []
     for i in range(0, len(prompts), 16):
         chunk = prompts[i : i + 16]
         samples += sampler.sample_candidates(
-            chunk, config.samples_per_prompt, max_new_tokens=config.max_new_tokens,
-            temperature=config.temperature, seed=[config.seed * 100_003 + j for j in range(i, i + len(chunk))],
+            chunk,
+            config.samples_per_prompt,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.temperature,
+            seed=[config.seed * 100_003 + j for j in range(i, i + len(chunk))],
         )
         _log(f"  {i + len(chunk)}/{len(prompts)} prompts", quiet)
     cache.parent.mkdir(parents=True, exist_ok=True)
@@ -196,8 +222,13 @@ def _self_samples(ref, prompts: list[str], config: TrainDemoConfig, cache: Path,
     return samples
 
 
-def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDemoConfig | None = None,
-                        *, only: list[str] | None = None, quiet: bool = False) -> dict:
+def train_demo_policies(
+    output: str | os.PathLike = ADAPTER_DIR,
+    config: TrainDemoConfig | None = None,
+    *,
+    only: list[str] | None = None,
+    quiet: bool = False,
+) -> dict:
     """Sample, rank, DPO-train one adapter per objective, check each moved its objective; write `output`.
 
     ``output`` is checked before anything loads (`check_output`). Each adapter is saved to a temporary directory,
@@ -247,8 +278,11 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
 
         def progress(step, total, h):
             if step == total or step % 10 == 0:
-                _log(f"  step {step}/{total}: loss {h['loss']:.3f}, reward margin {h['margin']:.2f}, "
-                     f"accuracy {h['accuracy']:.2f}", quiet)
+                _log(
+                    f"  step {step}/{total}: loss {h['loss']:.3f}, reward margin {h['margin']:.2f}, "
+                    f"accuracy {h['accuracy']:.2f}",
+                    quiet,
+                )
 
         dpo = dataclasses.replace(config.dpo, max_steps=config.max_steps.get(obj, config.dpo.max_steps))
         model, history = train_dpo(base, pairs, dpo, pad_id=ref.pad_token_id, progress=progress)
@@ -266,8 +300,13 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
             install_adapter(tmp, output / obj)
         finally:
             _discard(tmp)
-        summary["objectives"][obj] = {"pairs": len(pairs), "steps": len(history), "train_seconds": round(time.perf_counter() - t0, 1),
-                                      "final": history[-1], "history": history}
+        summary["objectives"][obj] = {
+            "pairs": len(pairs),
+            "steps": len(history),
+            "train_seconds": round(time.perf_counter() - t0, 1),
+            "final": history[-1],
+            "history": history,
+        }
     t_trained = time.perf_counter()
 
     # Did each adapter move its own objective? Held-out prompts, same seeds for every policy.
@@ -280,20 +319,23 @@ def train_demo_policies(output: str | os.PathLike = ADAPTER_DIR, config: TrainDe
     for policy in policies:
         _log(f"evaluating {policy.name!r} on {len(eval_prompts)} held-out prompts ...", quiet)
         gens = MixedPolicy([policy], [1.0]).generate(
-            eval_prompts, max_new_tokens=config.max_new_tokens, temperature=config.eval_temperature,
+            eval_prompts,
+            max_new_tokens=config.max_new_tokens,
+            temperature=config.eval_temperature,
             seed=[config.seed + 7 + j for j in range(len(eval_prompts))],
         )
         texts[policy.name] = [g.text for g in gens]
     means = mean_scores(texts, eval_prompts)
     summary["held_out_means"] = means
-    summary["moved_as_intended"] = {
-        obj: means[obj][obj] > means["ref"][obj] for obj in OBJECTIVES
-    }
+    summary["moved_as_intended"] = {obj: means[obj][obj] > means["ref"][obj] for obj in OBJECTIVES}
     summary["examples"] = {name: texts[name][:3] for name in texts}
     summary["retrained"] = list(only) if only else list(OBJECTIVES)
-    summary["seconds"] = {"sampling": round(t_sampled - t_start, 1), "training": round(t_trained - t_sampled, 1),
-                          "evaluation": round(time.perf_counter() - t_trained, 1),
-                          "total": round(time.perf_counter() - t_start, 1)}
+    summary["seconds"] = {
+        "sampling": round(t_sampled - t_start, 1),
+        "training": round(t_trained - t_sampled, 1),
+        "evaluation": round(time.perf_counter() - t_trained, 1),
+        "total": round(time.perf_counter() - t_start, 1),
+    }
     storage.write_text(str(output / "training.json"), json.dumps(summary, indent=2))  # atomic; replaces a link, never
     storage.write_text(str(output / "README.md"), _training_report(summary))  # writes through it
     _log(_training_report(summary), quiet)
@@ -315,13 +357,24 @@ def _training_report(s: dict) -> str:
     ]
     for obj in objs:
         o = s["objectives"][obj]
-        lines.append(f"| {obj} | {o['pairs']} | {o.get('steps', len(o['history']))} | {o['final']['loss']:.3f} | {o['final']['margin']:.2f} | "
-                     f"{o['final']['accuracy']:.2f} |")
-    lines += ["", "Mean objective score on held-out prompts (each adapter should beat `ref` on its own column):", "",
-              "| policy | " + " | ".join(objs) + " |", "|---" * (len(objs) + 1) + "|"]
+        lines.append(
+            f"| {obj} | {o['pairs']} | {o.get('steps', len(o['history']))} | {o['final']['loss']:.3f} | {o['final']['margin']:.2f} | "
+            f"{o['final']['accuracy']:.2f} |"
+        )
+    lines += [
+        "",
+        "Mean objective score on held-out prompts (each adapter should beat `ref` on its own column):",
+        "",
+        "| policy | " + " | ".join(objs) + " |",
+        "|---" * (len(objs) + 1) + "|",
+    ]
     for name, row in s["held_out_means"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[o]:.2f}" for o in objs) + " |")
     moved = s["moved_as_intended"]
-    lines += ["", "Moved its own objective in the intended direction: "
-              + ", ".join(f"{o} {'yes' if moved[o] else 'NO'}" for o in objs), ""]
+    lines += [
+        "",
+        "Moved its own objective in the intended direction: "
+        + ", ".join(f"{o} {'yes' if moved[o] else 'NO'}" for o in objs),
+        "",
+    ]
     return "\n".join(lines)

@@ -52,8 +52,13 @@ class NightRecord:
     @classmethod
     def of(cls, section: Mapping) -> NightRecord:
         gate = section.get("gate") or {}
-        return cls(section.get("night"), section.get("previous"), bool(gate.get("passed")), list(gate.get("failed") or []),
-                   dict(section.get("inputs") or {}))
+        return cls(
+            section.get("night"),
+            section.get("previous"),
+            bool(gate.get("passed")),
+            list(gate.get("failed") or []),
+            dict(section.get("inputs") or {}),
+        )
 
 
 class WeightsArtifact(Mapping):
@@ -86,8 +91,10 @@ class WeightsArtifact(Mapping):
     def weights_for(self, names: list[str], where: str = "the config") -> list[float]:
         """λ in the order of ``names`` (matched by name); UserError when the artifact is for other policies."""
         if sorted(self.policies) != sorted(names):
-            raise UserError(f"weights artifact {self.source!r} is for policies {self.policies}, but {where} has {names}; "
-                            "use the weights reweighting wrote for this config.")
+            raise UserError(
+                f"weights artifact {self.source!r} is for policies {self.policies}, but {where} has {names}; "
+                "use the weights reweighting wrote for this config."
+            )
         by_name = dict(zip(self.policies, self.weights))
         return [by_name[n] for n in names]
 
@@ -96,8 +103,16 @@ class WeightsArtifact(Mapping):
     @classmethod
     def build(cls, *, version: str, policies: list[str], weights, beta: float, **fields) -> WeightsArtifact:
         """A new artifact: the required header first, then ``fields`` in the order given."""
-        data = {"format": FORMAT, "format_version": FORMAT_VERSION, "version": version, "policies": list(policies),
-                "weights": [float(w) for w in weights], "beta": float(beta), "objective": "maxmin", **fields}
+        data = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "policies": list(policies),
+            "weights": [float(w) for w in weights],
+            "beta": float(beta),
+            "objective": "maxmin",
+            **fields,
+        }
         return cls(data, source=f"weights {version}")
 
     def to_dict(self) -> dict:
@@ -116,17 +131,25 @@ class WeightsArtifact(Mapping):
             path = resolve(uri)
             data = read_document(path)
         except FileNotFoundError:
-            raise UserError(f"weights artifact {path!r} does not exist; run `mpo-ray reweight` (or `mpo-ray nightly`) "
-                            "first, or pass the right --weights.") from None
+            raise UserError(
+                f"weights artifact {path!r} does not exist; run `mpo-ray reweight` (or `mpo-ray nightly`) "
+                "first, or pass the right --weights."
+            ) from None
         except UserError:
             raise
         except Exception as exc:  # fsspec backends raise their own types (aiohttp, botocore...): all mean "unreadable"
-            raise UserError(f"weights artifact {path!r} cannot be read ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:200]}); check the path or URL and your access to it.") from None
+            raise UserError(
+                f"weights artifact {path!r} cannot be read ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]}); check the path or URL and your access to it."
+            ) from None
         artifact = cls(data, source=path)
         if storage.SEAL not in data:
-            log.warning("%s has no `%s` seal, so its integrity cannot be checked (a changed byte would go unnoticed); "
-                        "using it anyway. mpo-ray seals every artifact it writes.", path, storage.SEAL)
+            log.warning(
+                "%s has no `%s` seal, so its integrity cannot be checked (a changed byte would go unnoticed); "
+                "using it anyway. mpo-ray seals every artifact it writes.",
+                path,
+                storage.SEAL,
+            )
         return artifact
 
     # --- Mapping -----------------------------------------------------------------
@@ -157,8 +180,10 @@ def read_document(uri: str, what: str = "weights artifact"):
     else:
         too_deep = _deeper_than(obj, MAX_DEPTH)
     if too_deep:
-        raise UserError(f"{what} {uri!r} nests more than {MAX_DEPTH} levels deep, which no mpo-ray document does; "
-                        "restore it or write it again.")
+        raise UserError(
+            f"{what} {uri!r} nests more than {MAX_DEPTH} levels deep, which no mpo-ray document does; "
+            "restore it or write it again."
+        )
     return obj
 
 
@@ -166,8 +191,12 @@ def _deeper_than(obj, limit: int) -> bool:
     """Whether ``obj`` nests more than ``limit`` lists/dicts deep, level by level (no recursion to overflow)."""
     level = [obj]
     for _ in range(limit + 1):
-        level = [c for o in level for c in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ())
-                 if isinstance(c, (dict, list))]
+        level = [
+            c
+            for o in level
+            for c in (o.values() if isinstance(o, dict) else o if isinstance(o, list) else ())
+            if isinstance(c, (dict, list))
+        ]
         if not level:
             return False
     return True
@@ -177,7 +206,7 @@ def validate(obj, source: str) -> dict:
     """The artifact as a dict, or UserError naming ``source`` and what is wrong."""
     storage.check_seal(obj, source)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserError(f"{source} is not an mpo-ray weights artifact (no \"format\": {FORMAT!r}).")
+        raise UserError(f'{source} is not an mpo-ray weights artifact (no "format": {FORMAT!r}).')
     missing = [k for k in REQUIRED_KEYS if k not in obj]
     if missing:
         raise UserError(f"{source} lacks {missing}; regenerate it with `mpo-ray reweight`.")
@@ -185,18 +214,29 @@ def validate(obj, source: str) -> dict:
     if not isinstance(fv, int) or isinstance(fv, bool) or fv < 1:
         raise UserError(f"{source}: format_version must be a positive integer, got {fv!r}.")
     if fv > FORMAT_VERSION:
-        raise UserError(f"{source} has format_version {fv}; this mpo-ray reads up to {FORMAT_VERSION}. Upgrade mpo-ray.")
+        raise UserError(
+            f"{source} has format_version {fv}; this mpo-ray reads up to {FORMAT_VERSION}. Upgrade mpo-ray."
+        )
     names, weights = obj["policies"], obj["weights"]
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+    if (
+        not isinstance(names, list)
+        or not names
+        or not all(isinstance(n, str) and n for n in names)
+        or len(set(names)) != len(names)
+    ):
         raise UserError(f"{source}: `policies` must be a non-empty list of distinct names, got {names!r}.")
     if not isinstance(weights, list) or len(weights) != len(names):
-        raise UserError(f"{source} names {len(names)} policies but has {len(weights) if isinstance(weights, list) else 'no list of'} weights.")
+        raise UserError(
+            f"{source} names {len(names)} policies but has {len(weights) if isinstance(weights, list) else 'no list of'} weights."
+        )
     ok = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
     if not ok or not sum(weights) > 0:
         raise UserError(f"{source}: `weights` must be finite, non-negative and not all zero, got {weights}.")
     if max(weights) > MAX_ABS_WEIGHT:
-        raise UserError(f"{source}: `weights` {weights} go beyond the decoder's |λ| <= {MAX_ABS_WEIGHT:g} (float32 mixing "
-                        "would lose all resolution); MPO's weights sum to 1: restore the artifact or write it again.")
+        raise UserError(
+            f"{source}: `weights` {weights} go beyond the decoder's |λ| <= {MAX_ABS_WEIGHT:g} (float32 mixing "
+            "would lose all resolution); MPO's weights sum to 1: restore the artifact or write it again."
+        )
     beta = obj["beta"]
     if not isinstance(beta, (int, float)) or isinstance(beta, bool) or not math.isfinite(beta) or beta <= 0:
         raise UserError(f"{source}: `beta` must be a positive number, got {beta!r}.")
@@ -213,14 +253,22 @@ def read_latest(store_uri: str) -> dict | None:
         pointer = read_document(uri, "weights store pointer")
         storage.check_seal(pointer, uri)
         version = pointer["version"]
-        ok = (pointer.get("format") == LATEST_FORMAT and isinstance(version, str) and bool(VERSION_NAME.match(version))
-              and pointer.get("weights") == f"{VERSIONS_DIR}/{version}/{WEIGHTS_FILE}")
+        ok = (
+            pointer.get("format") == LATEST_FORMAT
+            and isinstance(version, str)
+            and bool(VERSION_NAME.match(version))
+            and pointer.get("weights") == f"{VERSIONS_DIR}/{version}/{WEIGHTS_FILE}"
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise UserError(f"{uri} is not a readable `latest` pointer ({type(exc).__name__}: {exc}); restore it from the "
-                        f"store's history, or pin a version as {storage.join(store_uri, VERSIONS_DIR, 'VERSION')}.") from None
+        raise UserError(
+            f"{uri} is not a readable `latest` pointer ({type(exc).__name__}: {exc}); restore it from the "
+            f"store's history, or pin a version as {storage.join(store_uri, VERSIONS_DIR, 'VERSION')}."
+        ) from None
     if not ok:
-        raise UserError(f"{uri} does not point at a version of this store ({VERSIONS_DIR}/VERSION/{WEIGHTS_FILE}); "
-                        "refusing to follow it.")
+        raise UserError(
+            f"{uri} does not point at a version of this store ({VERSIONS_DIR}/VERSION/{WEIGHTS_FILE}); "
+            "refusing to follow it."
+        )
     return pointer
 
 
@@ -235,6 +283,8 @@ def resolve(uri: str) -> str:
     if storage.exists(storage.join(uri, WEIGHTS_FILE)):
         return storage.join(uri, WEIGHTS_FILE)
     if storage.exists(storage.join(uri, VERSIONS_DIR)):
-        raise UserError(f"weights store {uri!r} has no `latest` yet (no night has passed its gate); pin a version "
-                        f"as {storage.join(uri, VERSIONS_DIR, 'VERSION')}.")
+        raise UserError(
+            f"weights store {uri!r} has no `latest` yet (no night has passed its gate); pin a version "
+            f"as {storage.join(uri, VERSIONS_DIR, 'VERSION')}."
+        )
     return storage.join(uri, WEIGHTS_FILE)  # the reader reports that it does not exist

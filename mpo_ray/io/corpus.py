@@ -35,7 +35,9 @@ def corpus_format(uri: str) -> str:
     """'parquet' | 'json' | 'csv' | 'datasets' (a saved HF `datasets` directory), or ValueError."""
     fs, path = filesystem(uri)
     if not fs.exists(path):
-        raise UserError(f"prompt corpus {uri!r} does not exist (or cannot be reached); check the path / URL and credentials.")
+        raise UserError(
+            f"prompt corpus {uri!r} does not exist (or cannot be reached); check the path / URL and credentials."
+        )
     if fs.isdir(path):
         if fs.exists(f"{path.rstrip('/')}/dataset_info.json") or fs.exists(f"{path.rstrip('/')}/dataset_dict.json"):
             return "datasets"
@@ -55,13 +57,14 @@ def decode_text(raw: bytes, label: str) -> str:
     """UTF-8 text without a leading byte-order mark (editors on Windows add one; configs accept it too);
     UserError naming the line of the first byte that is not UTF-8. ``label`` names the file in messages."""
     if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
+        raw = raw[len(codecs.BOM_UTF8) :]
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise UserError(f"{label}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); "
-                        "re-encode the file as UTF-8.") from None
+        raise UserError(
+            f"{label}: line {line} is not UTF-8 text (byte {raw[exc.start]:#04x}); re-encode the file as UTF-8."
+        ) from None
 
 
 class _Object(dict):
@@ -89,8 +92,10 @@ def json_row(value, label: str, where: str, hint: str) -> dict:
     if not isinstance(value, dict):
         raise UserError(f"{label}: {where} is a JSON {type(value).__name__}, not an object {hint}.")
     if getattr(value, "duplicate", None) is not None:
-        raise UserError(f"{label}: {where} names the key {value.duplicate!r} twice (JSON would keep only the last); "
-                        f"keep one {value.duplicate!r} per row.")
+        raise UserError(
+            f"{label}: {where} names the key {value.duplicate!r} twice (JSON would keep only the last); "
+            f"keep one {value.duplicate!r} per row."
+        )
     return dict(value)
 
 
@@ -124,8 +129,9 @@ def json_columns(rows: list[dict]) -> dict[str, list]:
 def csv_text_options(names: Iterable[str]) -> pacsv.ConvertOptions:
     """Arrow's CSV reader infers numbers, nulls and dates (``007`` → 7.0, ``1.10`` → 1.1, ``NA`` → null); a CSV
     cell is text, so every column is read as the string written, empty cells as ""."""
-    return pacsv.ConvertOptions(column_types={name: pa.string() for name in names}, strings_can_be_null=False,
-                                quoted_strings_can_be_null=False)
+    return pacsv.ConvertOptions(
+        column_types={name: pa.string() for name in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
+    )
 
 
 def csv_header(source) -> list[str]:
@@ -142,8 +148,9 @@ def read_csv_text(text: str, label: str) -> pa.Table:
         names = csv_header(data)
         twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if twice is not None:
-            raise UserError(f"{label}: the header (line 1) names the column {twice!r} twice; give each column "
-                            "its own name.")
+            raise UserError(
+                f"{label}: the header (line 1) names the column {twice!r} twice; give each column its own name."
+            )
         return pacsv.read_csv(io.BytesIO(data), convert_options=csv_text_options(names))
     except pa.ArrowInvalid as exc:
         raise UserError(f"{label} does not parse as CSV: {exc}") from None
@@ -185,8 +192,10 @@ def _read_csv(text: str, uri: str) -> pa.Table:
     for name in table.column_names:
         for row, value in enumerate(table.column(name).to_pylist()):
             if "\n" in value or "\r" in value:
-                raise UserError(f"prompt corpus {uri!r}: row {row}, column {name!r} spans several lines (an unclosed quote "
-                                "takes in the rows after it); fix the quoting, or use JSONL or Parquet for multi-line text.")
+                raise UserError(
+                    f"prompt corpus {uri!r}: row {row}, column {name!r} spans several lines (an unclosed quote "
+                    "takes in the rows after it); fix the quoting, or use JSONL or Parquet for multi-line text."
+                )
     return table
 
 
@@ -224,8 +233,10 @@ def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "p
         ids = [id_text(x) for x in column(id_column)]
         empty = [row for row, i in enumerate(ids) if i is None]
         if empty:
-            raise UserError(f"prompt corpus {uri!r}: column {id_column!r} has empty ids (row {empty[0]}, {len(empty)} in all); "
-                            "fill them or drop the column.")
+            raise UserError(
+                f"prompt corpus {uri!r}: column {id_column!r} has empty ids (row {empty[0]}, {len(empty)} in all); "
+                "fill them or drop the column."
+            )
     else:
         ids = [prompt_id(p) for p in prompts]
     seen: dict[str, int] = {}
@@ -256,7 +267,9 @@ def check_unique_ids(uri: str, prompt_column: str, id_column: str) -> dict[str, 
         text = value if isinstance(value, str) else ("" if value is None else str(value))
         key = row_id(raw, text)
         if key in seen and seen[key][1] != text:
-            raise UserError(f"prompt corpus {uri!r}: rows {seen[key][0]} and {row} share the id {key!r} but not their text; "
-                            "give each prompt its own id.")
+            raise UserError(
+                f"prompt corpus {uri!r}: rows {seen[key][0]} and {row} share the id {key!r} but not their text; "
+                "give each prompt its own id."
+            )
         seen.setdefault(key, (row, text))
     return {key: text for key, (_, text) in seen.items()}

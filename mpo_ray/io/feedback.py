@@ -56,7 +56,9 @@ def _read_columns(uri: str) -> dict[str, list]:
     label = f"feedback {uri!r}"
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
-        raise UserError(f"feedback {uri!r} does not exist; check the path (and `{{night}}` in it), or drop `nightly.feedback`.")
+        raise UserError(
+            f"feedback {uri!r} does not exist; check the path (and `{{night}}` in it), or drop `nightly.feedback`."
+        )
     hint = f"with keys {list(COLUMNS)}"
     try:
         with fs.open(path, "rb") as f:
@@ -70,7 +72,9 @@ def _read_columns(uri: str) -> dict[str, list]:
             text = decode_text(raw, label)
             if not text.lstrip().startswith("["):
                 return json_columns(jsonl_rows(text, label, hint))
-            return json_columns([json_row(r, label, f"row {i}", hint) for i, r in enumerate(loads(text))])  # a JSON array
+            return json_columns(
+                [json_row(r, label, f"row {i}", hint) for i, r in enumerate(loads(text))]
+            )  # a JSON array
     except (pa.ArrowException, json.JSONDecodeError, OSError) as exc:
         raise UserError(f"feedback {uri!r} could not be read: {exc}") from None
     raise UserError(f"feedback {uri!r}: unknown file type; use .jsonl, .parquet or .csv.")
@@ -80,25 +84,34 @@ def read_feedback(uri: str, objectives: list[str]) -> Feedback:
     """Read and validate preference pairs; ValueError naming the file, the row and the fix."""
     columns = _read_columns(uri)
     if not any(columns.values()):
-        raise UserError(f"feedback {uri!r} is empty; it needs rows with columns {list(COLUMNS)} "
-                         "(or leave `nightly.feedback` unset to run without it).")
+        raise UserError(
+            f"feedback {uri!r} is empty; it needs rows with columns {list(COLUMNS)} "
+            "(or leave `nightly.feedback` unset to run without it)."
+        )
     missing = [c for c in COLUMNS if c not in columns]
     if missing:
-        raise UserError(f"feedback {uri!r} lacks column(s) {missing}; it has {list(columns)}. "
-                         f"Each row needs {list(COLUMNS)}.")
+        raise UserError(
+            f"feedback {uri!r} lacks column(s) {missing}; it has {list(columns)}. Each row needs {list(COLUMNS)}."
+        )
     cols = {c: columns[c] for c in COLUMNS}
     for c in COLUMNS:
         bad = [i for i, v in enumerate(cols[c]) if not isinstance(v, str) or not v.strip()]
         if bad:
-            raise UserError(f"feedback {uri!r}: column {c!r} must hold non-empty strings; row {bad[0]} is "
-                             f"{cols[c][bad[0]]!r} ({len(bad)} bad row(s) in all).")
+            raise UserError(
+                f"feedback {uri!r}: column {c!r} must hold non-empty strings; row {bad[0]} is "
+                f"{cols[c][bad[0]]!r} ({len(bad)} bad row(s) in all)."
+            )
     unknown = sorted(set(cols["group"]) - set(objectives))
     if unknown:
         rows = [i for i, g in enumerate(cols["group"]) if g == unknown[0]]
-        raise UserError(f"feedback {uri!r}: group {unknown[0]!r} (row {rows[0]}, {len(rows)} row(s)) is not an objective; "
-                         f"groups name the policies {objectives}." + (f" Also unknown: {unknown[1:]}." if unknown[1:] else ""))
+        raise UserError(
+            f"feedback {uri!r}: group {unknown[0]!r} (row {rows[0]}, {len(rows)} row(s)) is not an objective; "
+            f"groups name the policies {objectives}." + (f" Also unknown: {unknown[1:]}." if unknown[1:] else "")
+        )
     same = [i for i, (a, b) in enumerate(zip(cols["chosen"], cols["rejected"])) if a == b]
     if same:
-        raise UserError(f"feedback {uri!r}: row {same[0]} has the same text as chosen and rejected "
-                         f"({len(same)} such row(s)); a preference needs two different responses.")
+        raise UserError(
+            f"feedback {uri!r}: row {same[0]} has the same text as chosen and rejected "
+            f"({len(same)} such row(s)); a preference needs two different responses."
+        )
     return Feedback(uri, cols["prompt"], cols["chosen"], cols["rejected"], cols["group"])

@@ -42,10 +42,14 @@ def check_ours(uri: str, kind: str, *, what: str = "output", subdirs: tuple[str,
         return False
     for sub in (META_DIR, *subdirs):
         if storage.is_link(storage.join(uri, sub)):
-            raise UserError(f"{what} {uri!r}: {sub!r} in it is a symbolic link; mpo-ray writes only into directories it "
-                            "made. Replace the link with a directory, or choose another output.")
+            raise UserError(
+                f"{what} {uri!r}: {sub!r} in it is a symbolic link; mpo-ray writes only into directories it "
+                "made. Replace the link with a directory, or choose another output."
+            )
     if not fs.isdir(path):
-        raise UserError(f"{what} {uri!r} is a file; give a directory (mpo-ray does not overwrite files it did not make).")
+        raise UserError(
+            f"{what} {uri!r} is a file; give a directory (mpo-ray does not overwrite files it did not make)."
+        )
     entries = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
     entries = [e for e in entries if not e.startswith(storage.TMP_PREFIX)]
     if not entries:
@@ -58,23 +62,37 @@ def check_ours(uri: str, kind: str, *, what: str = "output", subdirs: tuple[str,
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             made_by = None
         if made_by is None:
-            raise UserError(f"{what} {uri!r}: its marker {marker!r} is unreadable; choose another directory, or delete "
-                            "the directory by hand if you are sure it is an mpo-ray output.")
+            raise UserError(
+                f"{what} {uri!r}: its marker {marker!r} is unreadable; choose another directory, or delete "
+                "the directory by hand if you are sure it is an mpo-ray output."
+            )
         if made_by != kind:
-            raise UserError(f"{what} {uri!r} holds the output of `mpo-ray {made_by}`, not of `mpo-ray {kind}`; "
-                            "choose another directory.")
+            raise UserError(
+                f"{what} {uri!r} holds the output of `mpo-ray {made_by}`, not of `mpo-ray {kind}`; "
+                "choose another directory."
+            )
         return True
     shown = ", ".join(entries[:3]) + (f" and {len(entries) - 3} more" if len(entries) > 3 else "")
-    raise UserError(f"{what} {uri!r} is not empty ({shown}) and was not made by `mpo-ray {kind}`; choose a new or "
-                    "empty directory (mpo-ray never writes into a directory it did not make).")
+    raise UserError(
+        f"{what} {uri!r} is not empty ({shown}) and was not made by `mpo-ray {kind}`; choose a new or "
+        "empty directory (mpo-ray never writes into a directory it did not make)."
+    )
 
 
 def mark_ours(uri: str, kind: str, **info) -> None:
     """Write the marker (once): from now on ``uri`` is this workflow's output."""
     marker = storage.join(uri, OWNER_FILE)
     if not storage.exists(marker):
-        storage.write_json(marker, {"format": FORMAT, "kind": kind, "library_version": __version__,
-                                    "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(), **info})
+        storage.write_json(
+            marker,
+            {
+                "format": FORMAT,
+                "kind": kind,
+                "library_version": __version__,
+                "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                **info,
+            },
+        )
 
 
 def owns_file(uri: str) -> bool:
@@ -89,7 +107,7 @@ def owns_file(uri: str) -> bool:
 
 def _linked(root: str, uri: str) -> str | None:
     """The first symbolic link on the way from ``root`` down to ``uri`` (``root`` itself may be one)."""
-    rel = posixpath.relpath(uri, root) if "://" not in uri else uri[len(root):].strip("/")
+    rel = posixpath.relpath(uri, root) if "://" not in uri else uri[len(root) :].strip("/")
     parts = [p for p in rel.split("/") if p]
     for i in range(1, len(parts) + 1):
         here = storage.join(root, *parts[:i])
@@ -147,17 +165,22 @@ def remove_ours_tree(root: str, files, *, parquet=(), fresh=(), why: str, what: 
             rel = (*parts, entry.name)
             if entry.is_symlink():
                 if _matches(rel, files + parquet) or _matches(rel, ways):
-                    raise UserError(f"{what} {root!r}: {'/'.join(rel)!r} in it is a symbolic link where mpo-ray writes; "
-                                    "it never deletes or writes through one. Replace the link with a directory or file "
-                                    "of your own elsewhere, or choose another output.")
+                    raise UserError(
+                        f"{what} {root!r}: {'/'.join(rel)!r} in it is a symbolic link where mpo-ray writes; "
+                        "it never deletes or writes through one. Replace the link with a directory or file "
+                        "of your own elsewhere, or choose another output."
+                    )
                 foreign.append(rel)
             elif entry.is_dir(follow_symlinks=False):
                 if _matches(rel, ways):
                     visit(rel)
                 elif rel != (META_DIR,):  # the root's own marker directory is the caller's to keep
                     foreign.append((*rel, ""))
-            elif (_matches(rel, files) or _TMP_NAME.fullmatch(entry.name)
-                  or (_matches(rel, parquet) and owns_file(entry.path))):
+            elif (
+                _matches(rel, files)
+                or _TMP_NAME.fullmatch(entry.name)
+                or (_matches(rel, parquet) and owns_file(entry.path))
+            ):
                 ours.append(rel)
             else:
                 foreign.append(rel)
@@ -166,9 +189,11 @@ def remove_ours_tree(root: str, files, *, parquet=(), fresh=(), why: str, what: 
     for f in fresh:
         held = [r for r in foreign if len(r) > len(f) and _matches(r[: len(f)], [f])]
         if held:
-            raise UserError(f"{what} {root!r}: {'/'.join(held[0][: len(f)])!r} holds "
-                            f"{', '.join('/'.join(r[len(f):]) for r in held)}, which mpo-ray did not write, and is made "
-                            "anew on every run; move those files out of it, then rerun.")
+            raise UserError(
+                f"{what} {root!r}: {'/'.join(held[0][: len(f)])!r} holds "
+                f"{', '.join('/'.join(r[len(f) :]) for r in held)}, which mpo-ray did not write, and is made "
+                "anew on every run; move those files out of it, then rerun."
+            )
     under = lambda rel, d: rel[: len(d)] == d  # noqa: E731
     markers = [r for r in ours if r[-2:] == tuple(OWNER_FILE.split("/"))]
     kept = [m for m in markers if any(under(f, m[:-2]) for f in foreign)]  # its directory keeps a user's file
@@ -185,6 +210,10 @@ def remove_ours_tree(root: str, files, *, parquet=(), fresh=(), why: str, what: 
         log.info("removed %d file(s) from %s (%s)", len(removed), root, why)
     left = ["/".join(r) for r in foreign]
     if left:
-        log.warning("left alone in %s (%s; mpo-ray did not write them): %s. Move them out if they should not be there.",
-                    root, why, ", ".join(left))
+        log.warning(
+            "left alone in %s (%s; mpo-ray did not write them): %s. Move them out if they should not be there.",
+            root,
+            why,
+            ", ".join(left),
+        )
     return left

@@ -28,8 +28,11 @@ def digest(obj, length: int = 16) -> str:
 
 def tree_digest(path: str) -> str:
     """sha256 over every file under ``path`` (or of the file itself): relative names and contents."""
-    files = [path] if os.path.isfile(path) else sorted(
-        os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    files = (
+        [path]
+        if os.path.isfile(path)
+        else sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    )
     known = _load_cache()
     h, changed = hashlib.sha256(), False
     for full in files:
@@ -51,8 +54,13 @@ def model_identity(spec, local_path=None) -> dict:
     revision only, and ``verified`` is False.
     """
     locate = local_path or (lambda ref, revision: ref if os.path.exists(ref) else None)
-    ident = {"name": spec.name, "model": spec.model, "adapter": spec.adapter, "revision": spec.revision,
-             "system_prompt": spec.system_prompt}
+    ident = {
+        "name": spec.name,
+        "model": spec.model,
+        "adapter": spec.adapter,
+        "revision": spec.revision,
+        "system_prompt": spec.system_prompt,
+    }
     parts, verified = [], True
     for ref in filter(None, [spec.model, spec.adapter]):
         path = locate(ref, spec.revision)

@@ -51,9 +51,17 @@ GENERATION_SCHEMA = pa.schema(
 )
 
 
-def generation_table(ids: list[str], prompts: list[str], generations: list, seeds: list[int], version: str,
-                     errors: list[str | None] | None = None, *, resampled: bool = False,
-                     logprobs: dict[str, list] | None = None) -> pa.Table:
+def generation_table(
+    ids: list[str],
+    prompts: list[str],
+    generations: list,
+    seeds: list[int],
+    version: str,
+    errors: list[str | None] | None = None,
+    *,
+    resampled: bool = False,
+    logprobs: dict[str, list] | None = None,
+) -> pa.Table:
     """Generation rows, one per prompt; a ``None`` generation is an error row (its reason in ``errors``).
 
     ``generations`` hold ``text``, ``finish_reason``, ``num_tokens``, ``log_normalizer`` and
@@ -63,20 +71,32 @@ def generation_table(ids: list[str], prompts: list[str], generations: list, seed
     ``logp_<name>`` columns. One builder serves `generate` and `sweep` alike.
     """
     g = list(generations)
-    table = pa.table({
-        "prompt_id": ids, "prompt": prompts, "response": [x.text if x else "" for x in g],
-        "finish_reason": [x.finish_reason if x else None for x in g],
-        "num_tokens": [x.num_tokens if x else 0 for x in g],
-        "log_normalizer": [x.log_normalizer if x else None for x in g],
-        "sample_logprob": [x.proposal_logprob if x and not resampled else None for x in g],
-        "log_partition": [x.log_partition if x and resampled else None for x in g],
-        "target_logprob": [x.logprob + x.log_normalizer - x.log_partition
-                           if x and resampled and x.log_partition is not None else None for x in g],
-        "weights_version": [version] * len(ids), "seed": seeds,
-        "error": list(errors) if errors is not None else [None] * len(ids),
-    }, schema=GENERATION_SCHEMA)
+    table = pa.table(
+        {
+            "prompt_id": ids,
+            "prompt": prompts,
+            "response": [x.text if x else "" for x in g],
+            "finish_reason": [x.finish_reason if x else None for x in g],
+            "num_tokens": [x.num_tokens if x else 0 for x in g],
+            "log_normalizer": [x.log_normalizer if x else None for x in g],
+            "sample_logprob": [x.proposal_logprob if x and not resampled else None for x in g],
+            "log_partition": [x.log_partition if x and resampled else None for x in g],
+            "target_logprob": [
+                x.logprob + x.log_normalizer - x.log_partition
+                if x and resampled and x.log_partition is not None
+                else None
+                for x in g
+            ],
+            "weights_version": [version] * len(ids),
+            "seed": seeds,
+            "error": list(errors) if errors is not None else [None] * len(ids),
+        },
+        schema=GENERATION_SCHEMA,
+    )
     for name, values in (logprobs or {}).items():
-        table = table.append_column(pa.field(f"logp_{name}", pa.float64(), nullable=True), pa.array(values, pa.float64()))
+        table = table.append_column(
+            pa.field(f"logp_{name}", pa.float64(), nullable=True), pa.array(values, pa.float64())
+        )
     return table
 
 

@@ -16,9 +16,9 @@ import os
 import uuid
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from mpo_ray.core.errors import UserError
 
@@ -30,7 +30,9 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     try:
         fs, path = fsspec.core.url_to_fs(uri)
     except (ValueError, ImportError) as exc:
-        raise UserError(f"cannot open {uri!r}: {exc}. Use a local path or an fsspec URL such as s3://bucket/dir.") from None
+        raise UserError(
+            f"cannot open {uri!r}: {exc}. Use a local path or an fsspec URL such as s3://bucket/dir."
+        ) from None
     return fs, path
 
 
@@ -55,8 +57,10 @@ def _write_atomic(uri: str, data: bytes) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError) and exc.errno in _USER_ERRNOS:
-            raise UserError(f"cannot write {uri!r}: {os.strerror(exc.errno)}; free space or fix permissions, then rerun "
-                            "(finished files are kept and reused).") from None
+            raise UserError(
+                f"cannot write {uri!r}: {os.strerror(exc.errno)}; free space or fix permissions, then rerun "
+                "(finished files are kept and reused)."
+            ) from None
         raise
 
 
@@ -97,8 +101,9 @@ def sealed(obj: dict) -> dict:
 def check_seal(obj, source: str) -> None:
     """CorruptFile when a sealed document no longer matches its digest (documents without a seal pass)."""
     if isinstance(obj, dict) and SEAL in obj and sealed(obj)[SEAL] != obj[SEAL]:
-        raise CorruptFile(f"{source} does not match the digest it was written with (changed on disk); restore it "
-                          "or write it again.")
+        raise CorruptFile(
+            f"{source} does not match the digest it was written with (changed on disk); restore it or write it again."
+        )
 
 
 def is_link(uri: str) -> bool:
@@ -141,8 +146,12 @@ def write_parquet(uri: str, table: pa.Table, *, fingerprint: str | None = None) 
     """Atomically, with the values' digest and the file's own name in its metadata (checked by
     ``read_parquet(verify=True)``; the name is how `ownership` tells our files from a user's), and the
     ``fingerprint`` of what produced the rows, which a resumed run compares with its own."""
-    metadata = {**(table.schema.metadata or {}), DIGEST_KEY: table_digest(table).encode(), NAME_KEY: basename(uri).encode(),
-                **({FINGERPRINT_KEY: fingerprint.encode()} if fingerprint is not None else {})}
+    metadata = {
+        **(table.schema.metadata or {}),
+        DIGEST_KEY: table_digest(table).encode(),
+        NAME_KEY: basename(uri).encode(),
+        **({FINGERPRINT_KEY: fingerprint.encode()} if fingerprint is not None else {}),
+    }
     buf = io.BytesIO()
     pq.write_table(table.replace_schema_metadata(metadata), buf)
     _write_atomic(uri, buf.getvalue())
@@ -184,7 +193,9 @@ def read_parquet(uri: str, *, verify: bool = False, same_name: bool = True) -> p
     if not matches:
         raise CorruptFile(f"{uri} does not match the digest it was written with (changed on disk).")
     if same_name and name is not None and name.decode("utf-8", "replace") != basename(uri):
-        raise CorruptFile(f"{uri} is a copy of {name.decode('utf-8', 'replace')!r}, not the file written under this name.")
+        raise CorruptFile(
+            f"{uri} is a copy of {name.decode('utf-8', 'replace')!r}, not the file written under this name."
+        )
     return table
 
 
@@ -220,4 +231,6 @@ def check_writable(uri: str) -> None:
         if not existed and not fs.ls(path, detail=False):
             fs.rmdir(path)  # leave no trace: the pipeline creates it when it has something to write
     except Exception as exc:  # permissions, read-only buckets, a file in the way...
-        raise UserError(f"output location {uri!r} is not writable ({type(exc).__name__}: {exc}); choose another --output.") from None
+        raise UserError(
+            f"output location {uri!r} is not writable ({type(exc).__name__}: {exc}); choose another --output."
+        ) from None

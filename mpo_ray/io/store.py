@@ -104,10 +104,14 @@ class WeightsStore:
 
     # --- writing -------------------------------------------------------------
 
-    def write_version(self, version: str, artifact: WeightsArtifact, files: dict[str, str | pa.Table] | None = None) -> None:
+    def write_version(
+        self, version: str, artifact: WeightsArtifact, files: dict[str, str | pa.Table] | None = None
+    ) -> None:
         """Write a version once: the side files (text or tables) first, weights.json last (the commit marker)."""
         if not VERSION_NAME.match(version):
-            raise UserError(f"version {version!r} must be a plain name (letters, digits, '.', '_', '-'): it names a directory.")
+            raise UserError(
+                f"version {version!r} must be a plain name (letters, digits, '.', '_', '-'): it names a directory."
+            )
         if storage.exists(self.version_uri(version)):
             raise FileExistsError(f"{self.version_uri(version)} exists; a version is never overwritten.")
         self.claim()
@@ -121,8 +125,10 @@ class WeightsStore:
         current = self.latest()
         now = current["version"] if current else None
         if now != expected:
-            raise StoreConflict(f"{self.uri}: `latest` is {now!r}, not {expected!r} as when this run started; "
-                                "another run promoted meanwhile. Rerun to gate against the new `latest`.")
+            raise StoreConflict(
+                f"{self.uri}: `latest` is {now!r}, not {expected!r} as when this run started; "
+                "another run promoted meanwhile. Rerun to gate against the new `latest`."
+            )
         if self.read_version(version) is None:
             raise UserError(f"{self.uri}: version {version!r} is not committed; it cannot become `latest`.")
         pointer = {
@@ -173,16 +179,26 @@ class WeightsStore:
         fs, path = storage.filesystem(uri)
         fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
         token = uuid.uuid4().hex
-        body = json.dumps({"owner": owner, "token": token, "host": socket.gethostname(), "pid": os.getpid(),
-                           "acquired_at": _now().isoformat(), "acquired_unix": time.time()}).encode()
+        body = json.dumps(
+            {
+                "owner": owner,
+                "token": token,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "acquired_at": _now().isoformat(),
+                "acquired_unix": time.time(),
+            }
+        ).encode()
         if not self._create(fs, path, body):
             held = self._read_lock(fs, path)
             if held is not None:  # (None: released meanwhile; try once more)
                 age = self._age(fs, path, held)
                 if age is None or age < timeout_s:
-                    raise StoreConflict(f"{self.uri} is locked by {held.get('owner')!r} (host {held.get('host')}, pid "
-                                        f"{held.get('pid')}) since {held.get('acquired_at')}; retry later. A lock older than "
-                                        f"{timeout_s:.0f}s is taken for a crashed run's and broken; if none is running, delete {uri}.")
+                    raise StoreConflict(
+                        f"{self.uri} is locked by {held.get('owner')!r} (host {held.get('host')}, pid "
+                        f"{held.get('pid')}) since {held.get('acquired_at')}; retry later. A lock older than "
+                        f"{timeout_s:.0f}s is taken for a crashed run's and broken; if none is running, delete {uri}."
+                    )
                 if self._read_lock(fs, path) == held:  # still the stale one, not a lock someone just took
                     with contextlib.suppress(FileNotFoundError):
                         fs.rm(path)
@@ -204,8 +220,10 @@ class WeightsStore:
         except FileExistsError:
             return False
         except (ValueError, NotImplementedError) as exc:
-            raise UserError(f"weights store {self.uri!r}: its filesystem ({type(fs).__name__}) cannot create a file exclusively "
-                             f"({exc}), which the store's lock needs; upgrade its fsspec driver or put the store elsewhere.") from None
+            raise UserError(
+                f"weights store {self.uri!r}: its filesystem ({type(fs).__name__}) cannot create a file exclusively "
+                f"({exc}), which the store's lock needs; upgrade its fsspec driver or put the store elsewhere."
+            ) from None
 
     @staticmethod
     def _read_lock(fs, path: str) -> dict | None:
@@ -263,8 +281,11 @@ class ScoreCache:
                 log.warning("%s cannot be read (%s); its prompts are scored again.", uri, exc)
                 remove_ours(uri, self.store.uri, why="unreadable")
                 continue
-            hits = {i for i, p in zip(keys.column("prompt_id").to_pylist(), keys.column("prompt").to_pylist())
-                    if wanted.get(i) == p and i not in taken}
+            hits = {
+                i
+                for i, p in zip(keys.column("prompt_id").to_pylist(), keys.column("prompt").to_pylist())
+                if wanted.get(i) == p and i not in taken
+            }
             if hits:
                 found[uri] = sorted(hits)
                 taken |= hits
@@ -276,5 +297,7 @@ class ScoreCache:
                 log.warning("%s Its %d prompt(s) are scored again.", exc, len(hit_ids))
                 taken -= set(hit_ids)
                 continue
-            parts.append(table.filter(pc.is_in(table.column("prompt_id"), pa.array(hit_ids))).replace_schema_metadata(None))
+            parts.append(
+                table.filter(pc.is_in(table.column("prompt_id"), pa.array(hit_ids))).replace_schema_metadata(None)
+            )
         return (pa.concat_tables(parts) if parts else None), taken

@@ -90,8 +90,15 @@ class _Group:
         self.cache_kw = cache_keyword(self.model)  # `cache`, or `past_key_values` where the model predates it
         self.compile = compile
 
-    def prefill(self, prompt_ids: list[list[list[int]]], rows: np.ndarray, max_new: int, stack: ExitStack,
-                width: int = 0, room: int = 0) -> torch.Tensor:
+    def prefill(
+        self,
+        prompt_ids: list[list[list[int]]],
+        rows: np.ndarray,
+        max_new: int,
+        stack: ExitStack,
+        width: int = 0,
+        room: int = 0,
+    ) -> torch.Tensor:
         """Run the prompts (row r uses prompt rows[r]), left-padded to at least `width` slots, in a cache of
         `room` more slots than prompt + new tokens; return next-token logits [G*R, V]. `stack` holds the
         adapters' activation until the decode ends."""
@@ -125,8 +132,15 @@ class _Group:
         ids, mask = pad_left([p[r] for p in prompt_ids for r in rows], self.policies[0].pad_token_id, self.device)
         pos = position_ids(mask)
         scratch = DynamicCache(config=_base(self.model).config)
-        logits = forward(self.model, input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                         logits_to_keep=1, **{self.cache_kw: scratch}).logits[:, -1]
+        logits = forward(
+            self.model,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: scratch},
+        ).logits[:, -1]
         end, width = self.write_position(), ids.shape[1]
         per_policy = len(self.pos) // len(self.policies)
         dest = torch.cat([slots.to(self.device) + g * per_policy for g in range(len(self.policies))])
@@ -189,8 +203,14 @@ class _Group:
     @torch.no_grad()
     def _forward(self, ids, pos) -> torch.Tensor:
         out = forward(
-            self.model, input_ids=ids, attention_mask=self.mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-            **{self.cache_kw: self.cache}, **self.kwargs,
+            self.model,
+            input_ids=ids,
+            attention_mask=self.mask,
+            position_ids=pos,
+            use_cache=True,
+            logits_to_keep=1,
+            **{self.cache_kw: self.cache},
+            **self.kwargs,
         )
         return out.logits[:, -1]
 
@@ -209,8 +229,12 @@ class _Group:
                 out = step(self.model, ids, self.mask, pos, self.cache_kw, self.cache, self.kwargs)
         except Exception as exc:  # noqa: BLE001 - any compiler failure: eager decoding still gives the same rows
             self.model.__dict__["_mpo_compiled"] = None
-            log.warning("decoding %s eagerly: torch.compile failed (%s: %s)", type(self.model).__name__,
-                        type(exc).__name__, str(exc).splitlines()[0][:200] if str(exc) else "")
+            log.warning(
+                "decoding %s eagerly: torch.compile failed (%s: %s)",
+                type(self.model).__name__,
+                type(exc).__name__,
+                str(exc).splitlines()[0][:200] if str(exc) else "",
+            )
             return self._forward(ids, pos)
         if key not in seen:
             seen.add(key)
@@ -241,8 +265,15 @@ def _kv_cache(model, length: int):
 
 
 def _one_token(model, ids, mask, pos, cache_kw, kv, kwargs):
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                **{cache_kw: kv}, **kwargs)
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        use_cache=True,
+        logits_to_keep=1,
+        **{cache_kw: kv},
+        **kwargs,
+    )
     return out.logits[:, -1].clone()  # out of the compiled region's (CUDA graph's) reused buffers
 
 
@@ -346,9 +377,18 @@ class MixedPolicy:
 
     @torch.no_grad()
     def generate(
-        self, prompts, *, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-        top_p: float | None = None, seed=None, stop=None, num_candidates: int = 1,
-        ignore_eos: bool = False, slots: int | None = None,
+        self,
+        prompts,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed=None,
+        stop=None,
+        num_candidates: int = 1,
+        ignore_eos: bool = False,
+        slots: int | None = None,
     ) -> list[Generation]:
         """Sample one response per prompt from the mixture; temperature=0 is greedy.
 
@@ -365,13 +405,22 @@ class MixedPolicy:
         prompts = check_prompts(prompts)
         seeds = _prompt_seeds(seed, len(prompts))
         groups = self.sample_candidates(
-            prompts, num_candidates, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-            top_p=top_p, seed=seeds, stop=stop, ignore_eos=ignore_eos, slots=slots,
+            prompts,
+            num_candidates,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seeds,
+            stop=stop,
+            ignore_eos=ignore_eos,
+            slots=slots,
         )
         if num_candidates == 1:
             return [g[0] for g in groups]
-        log_w = torch.tensor([[c.logprob + c.log_normalizer - c.proposal_logprob for c in g] for g in groups],
-                             dtype=torch.float64)
+        log_w = torch.tensor(
+            [[c.logprob + c.log_normalizer - c.proposal_logprob for c in g] for g in groups], dtype=torch.float64
+        )
         u = torch.tensor([np.random.default_rng([s]).random() for s in seeds], dtype=torch.float64)
         pick = _inverse_cdf(torch.softmax(log_w, -1), u).tolist()
         log_z = (torch.logsumexp(log_w, -1) - np.log(num_candidates)).tolist()
@@ -379,8 +428,17 @@ class MixedPolicy:
 
     @torch.no_grad()
     def sample_candidates(
-        self, prompts, num_candidates: int, *, max_new_tokens: int, temperature: float = 1.0,
-        top_k: int | None = None, top_p: float | None = None, seed=None, stop=None, ignore_eos: bool = False,
+        self,
+        prompts,
+        num_candidates: int,
+        *,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed=None,
+        stop=None,
+        ignore_eos: bool = False,
         slots: int | None = None,
     ) -> list[list[Generation]]:
         """``num_candidates`` token-level samples per prompt, all decoded as one batch (best-of-n, resampling)."""
@@ -393,9 +451,11 @@ class MixedPolicy:
         seeds = _prompt_seeds(seed, len(prompts))
         # One random stream per (prompt, candidate): a row's tokens depend on its own seed only,
         # never on which other prompts share the batch (what per-prompt seeds in bulk jobs rely on).
-        uniforms = torch.from_numpy(np.stack([
-            np.random.default_rng([s, c + 1]).random(max_new_tokens) for s in seeds for c in range(num_candidates)
-        ])).to(self.device)
+        uniforms = torch.from_numpy(
+            np.stack(
+                [np.random.default_rng([s, c + 1]).random(max_new_tokens) for s in seeds for c in range(num_candidates)]
+            )
+        ).to(self.device)
         rows = np.repeat(np.arange(len(prompts)), num_candidates)
         tokens, lengths, stopped, (logprob, log_norm, proposal) = self._decode(
             encoded, rows, max_new_tokens, temperature, top_k, top_p, uniforms, stop, ignore_eos, slots
@@ -405,11 +465,17 @@ class MixedPolicy:
             ids = tokens[r, : lengths[r]].tolist()
             text = self.tokenizer.decode(ids, skip_special_tokens=True)
             cut = [text.find(s) for s in stop if s in text]
-            out.append(Generation(
-                text=text[: min(cut)] if cut else text, token_ids=ids,
-                finish_reason="stop" if stopped[r] else "length", logprob=float(logprob[r]),
-                log_normalizer=float(log_norm[r]), num_tokens=len(ids), proposal_logprob=float(proposal[r]),
-            ))
+            out.append(
+                Generation(
+                    text=text[: min(cut)] if cut else text,
+                    token_ids=ids,
+                    finish_reason="stop" if stopped[r] else "length",
+                    logprob=float(logprob[r]),
+                    log_normalizer=float(log_norm[r]),
+                    num_tokens=len(ids),
+                    proposal_logprob=float(proposal[r]),
+                )
+            )
         return [out[i : i + num_candidates] for i in range(0, len(out), num_candidates)]
 
     def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos, slots=None):
@@ -438,7 +504,7 @@ class MixedPolicy:
         with ExitStack() as stack:  # adapter activations last for the whole decode
             refilling = nxt < n
             room = (max_new + SYNC_EVERY + max(width)) if refilling else 0  # what refill and rebasing need
-            logits = [g.prefill(ids, rows[: nxt], max_new, stack, w, room) for g, ids, w in zip(groups, encoded, width)]
+            logits = [g.prefill(ids, rows[:nxt], max_new, stack, w, room) for g, ids, w in zip(groups, encoded, width)]
             if nxt < n and not all(g.can_refill for g in groups):
                 raise ValueError("slots < rows needs a static KV cache and batched adapters; decode with slots=None")
             while True:
@@ -448,7 +514,9 @@ class MixedPolicy:
                 live = ~(stopped[held] | (t >= max_new))
                 target, t = torch.where(live, held, n), t.clamp(max=max_new - 1)  # done rows write to column n
                 tok, log_q = _choose(s, temperature, top_k, top_p, uniforms[target, t])
-                steps[t, :, target] = torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double().T
+                steps[t, :, target] = (
+                    torch.stack([s.gather(-1, tok[:, None]).squeeze(1) - log_z, log_z, log_q]).double().T
+                )
                 tokens[target, t] = tok
                 drawn[target] += 1
                 if not ignore_eos:
@@ -485,7 +553,9 @@ class MixedPolicy:
                     nxt += len(free)
         return tokens[:n].cpu(), length[:n].cpu(), stopped[:n].cpu(), steps[:, :, :n].sum(0).cpu()
 
-    def _look(self, tokens, steps, length, stopped, rows, looked: np.ndarray, reached: np.ndarray, stop: list[str]) -> None:
+    def _look(
+        self, tokens, steps, length, stopped, rows, looked: np.ndarray, reached: np.ndarray, stop: list[str]
+    ) -> None:
         """The host's look at each row's tokens [looked, reached): stop strings end rows, non-finite scores
         are refused."""
         if stop:
@@ -545,8 +615,9 @@ class MixedPolicy:
             token_lp = s.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_z
             lp_sum = torch.where(valid, token_lp, 0.0).sum(-1).double().cpu()
             ln_sum = torch.where(valid, log_z, 0.0).sum(-1).double().cpu()
-            self._check_finite_rows(torch.stack([lp_sum, ln_sum]), _SCORES[:2], idx, np.arange(len(prompts)),
-                                    "teacher-forcing its response")
+            self._check_finite_rows(
+                torch.stack([lp_sum, ln_sum]), _SCORES[:2], idx, np.arange(len(prompts)), "teacher-forcing its response"
+            )
             logprob[idx], log_norm[idx] = lp_sum.numpy(), ln_sum.numpy()
         return logprob, log_norm
 
@@ -577,7 +648,9 @@ def _prompt_seeds(seed, n: int) -> list[int]:
             raise ValueError(f"seed must be >= 0, got {seed}.")
         return [int(x) for x in np.random.SeedSequence(int(seed)).generate_state(n, dtype=np.uint64) >> np.uint64(1)]
     seeds = list(seed)
-    if len(seeds) != n or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0 for x in seeds):
+    if len(seeds) != n or not all(
+        isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x >= 0 for x in seeds
+    ):
         raise ValueError(f"seed must be an int or a list of {n} non-negative ints (one per prompt), got {seed!r:.80}.")
     return [int(x) for x in seeds]
 
@@ -585,7 +658,9 @@ def _prompt_seeds(seed, n: int) -> list[int]:
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Row-wise categorical draw from probs [R, V] with given uniforms u [R] (exact inverse-CDF sampling)."""
     cdf = probs.double().cumsum(-1)
-    idx = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(1)  # never a 0-prob token
+    idx = torch.searchsorted(cdf, (u.to(cdf.device) * cdf[:, -1])[:, None], right=True).squeeze(
+        1
+    )  # never a 0-prob token
     return idx.clamp_(max=probs.shape[-1] - 1)
 
 

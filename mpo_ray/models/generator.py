@@ -29,8 +29,10 @@ class BatchGenerator:
         n = torch.cuda.device_count()
         if n > 1:  # several GPUs for this process: one model (a base with its adapters) per GPU, round-robin
             models = list(dict.fromkeys((s.model, s.revision) for s in specs))
-            specs = [s if s.device else s.model_copy(update={"device": f"cuda:{models.index((s.model, s.revision)) % n}"})
-                     for s in specs]
+            specs = [
+                s if s.device else s.model_copy(update={"device": f"cuda:{models.index((s.model, s.revision)) % n}"})
+                for s in specs
+            ]
         self.policies = load_policies(specs)
         self._mixed = {}
 
@@ -42,8 +44,18 @@ class BatchGenerator:
             self._mixed[key] = MixedPolicy(self.policies, list(key))
         return self._mixed[key]
 
-    def rows(self, ids: list[str], prompts: list[str], seeds: list[int], weights: list[float], params: dict,
-             version: str, errors: list[str | None] | None = None, *, score: tuple[str, ...] = ()) -> pa.Table:
+    def rows(
+        self,
+        ids: list[str],
+        prompts: list[str],
+        seeds: list[int],
+        weights: list[float],
+        params: dict,
+        version: str,
+        errors: list[str | None] | None = None,
+        *,
+        score: tuple[str, ...] = (),
+    ) -> pa.Table:
         """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad.
         ``score`` names loaded models whose log π(y|x) of each response is added (``logp_<name>`` columns):
         with ``sample_logprob`` they measure MPO's own objective (`core.yardstick`)."""
@@ -68,8 +80,16 @@ class BatchGenerator:
                     except ValueError as exc:
                         errors[i] = str(exc)
         logprobs = self.score(score, prompts, gens, len(ids)) if score else None
-        return generation_table(ids, prompts, [gens.get(i) for i in range(len(ids))], seeds, version, errors,
-                                resampled=params.get("num_candidates", 1) > 1, logprobs=logprobs)
+        return generation_table(
+            ids,
+            prompts,
+            [gens.get(i) for i in range(len(ids))],
+            seeds,
+            version,
+            errors,
+            resampled=params.get("num_candidates", 1) > 1,
+            logprobs=logprobs,
+        )
 
     def score(self, names, prompts: list[str], gens: dict, n: int) -> dict[str, list]:
         """model name → teacher-forced log π(y|x) of the generated token ids (None where a row has none)."""
@@ -79,7 +99,9 @@ class BatchGenerator:
         done = sorted(gens)
         out = {}
         for policy in (by_name[m] for m in names):
-            values = score_sequences(policy, [prompts[i] for i in done], [gens[i].token_ids for i in done]) if done else []
+            values = (
+                score_sequences(policy, [prompts[i] for i in done], [gens[i].token_ids for i in done]) if done else []
+            )
             column = [None] * n
             for i, v in zip(done, values):
                 column[i] = float(v)
@@ -95,5 +117,12 @@ class GenerationWorker:
         self.weights, self.params, self.version = weights, params, weights_version
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.generator.rows(batch["prompt_id"].to_pylist(), batch["prompt"].to_pylist(), batch["seed"].to_pylist(),
-                                   self.weights, self.params, self.version, batch["error"].to_pylist())
+        return self.generator.rows(
+            batch["prompt_id"].to_pylist(),
+            batch["prompt"].to_pylist(),
+            batch["seed"].to_pylist(),
+            self.weights,
+            self.params,
+            self.version,
+            batch["error"].to_pylist(),
+        )

@@ -105,7 +105,9 @@ def _add_delta(module, args, output, *, a: torch.Tensor, b: torch.Tensor):
     x = args[0]
     groups = a.shape[0]
     if x.shape[0] % groups:
-        raise RuntimeError(f"batched LoRA over {groups} adapters got {x.shape[0]} rows: rows must be policy-major blocks")
+        raise RuntimeError(
+            f"batched LoRA over {groups} adapters got {x.shape[0]} rows: rows must be policy-major blocks"
+        )
     xs = x.reshape(groups, -1, x.shape[-1]).to(a.dtype)
     delta = torch.bmm(torch.bmm(xs, a), b)
     return output + delta.reshape(output.shape).to(output.dtype)

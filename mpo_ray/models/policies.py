@@ -237,8 +237,10 @@ def load_weightless(spec: PolicySpec, source: str) -> Policy:
         tok = AutoTokenizer.from_pretrained(path, **kwargs)
         model_config = AutoConfig.from_pretrained(path, **kwargs)
     except Exception as exc:  # missing path, offline hub, bad revision: all the same to the user
-        raise UserError(f"{source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id.") from None
+        raise UserError(
+            f"{source}: model of {spec.name!r}, {spec.model!r}, cannot be loaded "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); check the path or hub id."
+        ) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return Policy(spec, SimpleNamespace(config=model_config), tok)
@@ -267,7 +269,13 @@ def load_policies(specs) -> list[Policy]:
     groups: dict[tuple, list[PolicySpec]] = {}
     for spec in specs:
         device = resolve_device(spec.device)
-        key = (resolve_model(spec.model), spec.revision, resolve_dtype(spec.dtype, device), device, spec.trust_remote_code)
+        key = (
+            resolve_model(spec.model),
+            spec.revision,
+            resolve_dtype(spec.dtype, device),
+            device,
+            spec.trust_remote_code,
+        )
         groups.setdefault(key, []).append(spec)
     loaded: dict[str, Policy] = {}
     for (path, revision, dtype, device, trust), members in groups.items():
@@ -390,7 +398,11 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    if not tokenizer.chat_template or "<|im_start|>" not in tokenizer.chat_template or tokenizer.eos_token != "<|im_end|>":
+    if (
+        not tokenizer.chat_template
+        or "<|im_start|>" not in tokenizer.chat_template
+        or tokenizer.eos_token != "<|im_end|>"
+    ):
         raise RuntimeError(f"{gguf} did not yield SmolLM2's ChatML tokenizer (eos={tokenizer.eos_token!r})")
     # The tensors are already dequantised; copy them into a plain (non-GGUF) model.
     config = model.config

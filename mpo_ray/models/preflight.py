@@ -27,22 +27,30 @@ PROBE_RESPONSES = ("The capital of France is Paris.", "The sea is wide, calm and
 _LOCAL = (".", "/", "~")  # a path that looks local, not a hub id
 
 
-def check_models(config: Config, policies: list[PolicySpec] | None = None, *, reference: bool = True,
-                 rewards: bool = True) -> list[Policy]:
+def check_models(
+    config: Config, policies: list[PolicySpec] | None = None, *, reference: bool = True, rewards: bool = True
+) -> list[Policy]:
     """Devices exist, adapters and reward models exist, tokenizers load and agree (the reference and ``policies``,
     default all), reward functions import and answer a probe. Returns the weightless policies (for
     :func:`check_prompt_lengths`)."""
     specs = ([config.reference] if reference else []) + list(config.policies if policies is None else policies)
     reward_specs = list(enumerate(config.rewards)) if rewards else []
-    _check_devices(config, [(_key(config, s), s.device) for s in specs]  # a function reward runs on no device
-                   + [(f"rewards[{i}]", r.device) for i, r in reward_specs if r.model])
+    _check_devices(
+        config,
+        [(_key(config, s), s.device) for s in specs]  # a function reward runs on no device
+        + [(f"rewards[{i}]", r.device) for i, r in reward_specs if r.model],
+    )
     for spec in specs:
         if spec.adapter and spec.adapter.startswith(_LOCAL) and not os.path.exists(os.path.expanduser(spec.adapter)):
-            raise UserError(f"{config.source}: adapter of {spec.name!r}, {spec.adapter!r}, does not exist; fix the path.")
+            raise UserError(
+                f"{config.source}: adapter of {spec.name!r}, {spec.adapter!r}, does not exist; fix the path."
+            )
     for i, r in reward_specs:
         if r.model and r.model.startswith(_LOCAL) and not os.path.exists(os.path.expanduser(r.model)):
-            raise UserError(f"{config.source}: `rewards[{i}].model` of reward {r.name!r}, {r.model!r}, does not exist; "
-                            "fix the path (or give a hub id).")
+            raise UserError(
+                f"{config.source}: `rewards[{i}].model` of reward {r.name!r}, {r.model!r}, does not exist; "
+                "fix the path (or give a hub id)."
+            )
     for i, r in reward_specs:
         if r.function:
             _probe_reward(config, i, r)
@@ -54,7 +62,8 @@ def check_models(config: Config, policies: list[PolicySpec] | None = None, *, re
             raise UserError(
                 f"{config.source}: policy {spec.name!r} ({spec.model}) does not share the vocabulary of the "
                 f"{'reference ' if reference else 'policy '}{first.name!r} ({first.model}); all policies must be aligned "
-                "from one reference model (token-level mixing needs one tokenizer).")
+                "from one reference model (token-level mixing needs one tokenizer)."
+            )
         loaded.append(policy)
     return loaded
 
@@ -80,15 +89,24 @@ def _check_devices(config: Config, devices: list[tuple[str, str | None]]) -> Non
         return
     import torch
 
-    counts = {"cuda": torch.cuda.device_count, "mps": lambda: int(torch.backends.mps.is_available()),
-              "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") else 0}
+    counts = {
+        "cuda": torch.cuda.device_count,
+        "mps": lambda: int(torch.backends.mps.is_available()),
+        "xpu": lambda: torch.xpu.device_count() if hasattr(torch, "xpu") else 0,
+    }
     for key, device in wanted:
         kind, _, index = device.partition(":")
         have = counts[kind]()
         if int(index or 0) >= have:
-            has = f"no {kind} device" if not have else f"{have} {kind} device{'s' * (have != 1)} ({kind}:0..{kind}:{have - 1})"
-            raise UserError(f"{config.source}: `{key}.device` is {device!r}, but this machine has {has} visible; use one "
-                            "it has, `cpu`, or leave `device` unset (cuda when there is one).")
+            has = (
+                f"no {kind} device"
+                if not have
+                else f"{have} {kind} device{'s' * (have != 1)} ({kind}:0..{kind}:{have - 1})"
+            )
+            raise UserError(
+                f"{config.source}: `{key}.device` is {device!r}, but this machine has {has} visible; use one "
+                "it has, `cpu`, or leave `device` unset (cuda when there is one)."
+            )
 
 
 def _probe_reward(config: Config, index: int, spec) -> None:
@@ -101,9 +119,11 @@ def _probe_reward(config: Config, index: int, spec) -> None:
     try:
         out = fn(prompts, responses)
     except Exception as exc:  # the user's code: whatever it raises is theirs to fix
-        raise UserError(f"{config.source}: reward {spec.name!r} ({spec.function}) raised {type(exc).__name__}: "
-                        f"{' '.join(str(exc).split())[:200]} when called on a 2-row probe; fix the function "
-                        f"(`rewards[{index}]`).") from None
+        raise UserError(
+            f"{config.source}: reward {spec.name!r} ({spec.function}) raised {type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:200]} when called on a 2-row probe; fix the function "
+            f"(`rewards[{index}]`)."
+        ) from None
     try:
         values = reward_values(spec, out, prompts, responses)
     except UserError as exc:
@@ -112,13 +132,16 @@ def _probe_reward(config: Config, index: int, spec) -> None:
     divided = all(p in by_objective for p in config.policy_names) and spec.name in by_objective.values()
     big = max(values, key=abs)
     if divided and abs(big) > MAX_NATS * config.beta:
-        raise UserError(f"{config.source}: reward {spec.name!r} returned {big:.3g} on a probe row, and {big:.3g}/beta = "
-                        f"{big / config.beta:.3g} nats is beyond the ±{MAX_NATS:.0e} the solver accepts; raise `beta` "
-                        f"({config.beta:g}: the KL strength the policies were aligned with) or rescale the reward.")
+        raise UserError(
+            f"{config.source}: reward {spec.name!r} returned {big:.3g} on a probe row, and {big:.3g}/beta = "
+            f"{big / config.beta:.3g} nats is beyond the ±{MAX_NATS:.0e} the solver accepts; raise `beta` "
+            f"({config.beta:g}: the KL strength the policies were aligned with) or rescale the reward."
+        )
 
 
-def check_prompt_lengths(policies: list[Policy], ids: list[str], prompts: list[str], max_new_tokens: int,
-                         corpus: str) -> None:
+def check_prompt_lengths(
+    policies: list[Policy], ids: list[str], prompts: list[str], max_new_tokens: int, corpus: str
+) -> None:
     """UserError naming the first corpus row whose prompt, once formatted, leaves no room for ``max_new_tokens``."""
     for row, (pid, problem) in enumerate(zip(ids, context_errors(policies, prompts, max_new_tokens, "new tokens"))):
         if problem:

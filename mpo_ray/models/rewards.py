@@ -20,9 +20,13 @@ def import_function(path: str):
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
-    except Exception as exc:  # ImportError, AttributeError, or whatever the module raises as it imports (SyntaxError...)
-        raise UserError(f"reward function {path!r} does not import ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-                        "check the module is installed or on the job's working dir.") from None
+    except (
+        Exception
+    ) as exc:  # ImportError, AttributeError, or whatever the module raises as it imports (SyntaxError...)
+        raise UserError(
+            f"reward function {path!r} does not import ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "check the module is installed or on the job's working dir."
+        ) from None
     if not callable(obj):
         raise UserError(f"reward function {path!r} is not callable.")
     return obj
@@ -40,16 +44,25 @@ def reward_values(spec, out, prompts, responses) -> np.ndarray:
     try:
         arr = np.asarray(out)
     except (TypeError, ValueError) as exc:  # ragged nesting, a tensor on a GPU
-        raise UserError(f"{what} returned a {type(out).__name__} that is not a list of numbers ({' '.join(str(exc).split())[:120]}); "
-                        f"it must return a list of {n} numbers.") from None
+        raise UserError(
+            f"{what} returned a {type(out).__name__} that is not a list of numbers ({' '.join(str(exc).split())[:120]}); "
+            f"it must return a list of {n} numbers."
+        ) from None
     items = list(out) if isinstance(out, (list, tuple)) else arr.ravel().tolist() if arr.dtype.kind in "USO" else []
     text = next((i for i, v in enumerate(items) if isinstance(v, (str, bytes))), None)
     if text is not None:
-        raise UserError(f"{what} returned strings (e.g. {_short(items[text])} for row {text}); it must return numbers, "
-                        "one per (prompt, response).")
+        raise UserError(
+            f"{what} returned strings (e.g. {_short(items[text])} for row {text}); it must return numbers, "
+            "one per (prompt, response)."
+        )
     if arr.shape != (n,):
-        got = f"one {type(out).__name__}" if arr.ndim == 0 else f"{len(arr)} value{'s' * (len(arr) != 1)}" if arr.ndim == 1 \
+        got = (
+            f"one {type(out).__name__}"
+            if arr.ndim == 0
+            else f"{len(arr)} value{'s' * (len(arr) != 1)}"
+            if arr.ndim == 1
             else f"shape {arr.shape}"
+        )
         raise UserError(f"{what} returned {got} for {n} rows; it must return one number per (prompt, response).")
     unreal = [(i, v) for i, v in enumerate(arr.tolist()) if not _real(v)] if arr.dtype.kind not in "biuf" else []
     if unreal:  # None, complex, objects: an object array's None would become NaN and hide what was returned
@@ -59,8 +72,10 @@ def reward_values(spec, out, prompts, responses) -> np.ndarray:
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
         i = int(bad[0])
-        raise UserError(f"{what} returned a non-finite value ({values[i]}) for row {i} (prompt {_short(prompts[i])}, "
-                        f"response {_short(responses[i])}); it must return finite numbers.")
+        raise UserError(
+            f"{what} returned a non-finite value ({values[i]}) for row {i} (prompt {_short(prompts[i])}, "
+            f"response {_short(responses[i])}); it must return finite numbers."
+        )
     return values
 
 
@@ -95,9 +110,13 @@ class RewardSource:
         self.tokenizer = AutoTokenizer.from_pretrained(spec.model, **kwargs)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForSequenceClassification.from_pretrained(
-            spec.model, dtype=resolve_dtype(spec.dtype, self.device), use_safetensors=True, **kwargs
-        ).to(self.device).eval()
+        self.model = (
+            AutoModelForSequenceClassification.from_pretrained(
+                spec.model, dtype=resolve_dtype(spec.dtype, self.device), use_safetensors=True, **kwargs
+            )
+            .to(self.device)
+            .eval()
+        )
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
 
     @property
@@ -114,7 +133,9 @@ class RewardSource:
         scores = [np.zeros(0)]
         with torch.inference_mode():
             for start in range(0, len(texts), self.spec.batch_size):
-                enc = self.tokenizer(texts[start : start + self.spec.batch_size], return_tensors="pt", padding=True, truncation=True)
+                enc = self.tokenizer(
+                    texts[start : start + self.spec.batch_size], return_tensors="pt", padding=True, truncation=True
+                )
                 scores.append(self.model(**enc.to(self.device)).logits[:, 0].float().cpu().numpy())
         return np.concatenate(scores).astype(np.float64)
 

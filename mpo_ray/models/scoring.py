@@ -64,11 +64,15 @@ def context_problem(policy: Policy, ids: list[int], extra: int, what: str) -> st
     """Why a formatted prompt cannot be used with ``extra`` more tokens (empty, or over the context), else None."""
     limit = policy.context_length
     if not ids:
-        return (f"is empty once formatted for policy {policy.name!r} and the tokenizer adds no BOS token, so there is "
-                "nothing to condition on; pass a non-empty prompt")
+        return (
+            f"is empty once formatted for policy {policy.name!r} and the tokenizer adds no BOS token, so there is "
+            "nothing to condition on; pass a non-empty prompt"
+        )
     if limit is not None and len(ids) + extra > limit:
-        return (f"is {len(ids)} tokens once formatted for policy {policy.name!r}; with {extra} {what} that makes "
-                f"{len(ids) + extra}, over the model's context of {limit} tokens; shorten the prompt or ask for fewer {what}")
+        return (
+            f"is {len(ids)} tokens once formatted for policy {policy.name!r}; with {extra} {what} that makes "
+            f"{len(ids) + extra}, over the model's context of {limit} tokens; shorten the prompt or ask for fewer {what}"
+        )
     return None
 
 
@@ -148,8 +152,13 @@ def response_logprobs(policies: list[Policy], prompt_ids: list[list[list[int]]],
     context, kwargs = forward_setup(policies, num_b)
     with context:
         logits = forward(
-            model, input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=False,
-            logits_to_keep=width + 1, **kwargs,
+            model,
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=position_ids(mask),
+            use_cache=False,
+            logits_to_keep=width + 1,
+            **kwargs,
         ).logits[:, :-1]
     return torch.log_softmax(logits.float(), dim=-1).view(num_g, num_b, width, -1)
 

@@ -103,8 +103,13 @@ class MixtureActor:
         self.generator = BatchGenerator(specs)
 
     def info(self) -> dict:
-        return {"name": MIXTURE_SAMPLER, "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
-                "device": str(self.generator.policies[0].device), "policies": [p.name for p in self.generator.policies]}
+        return {
+            "name": MIXTURE_SAMPLER,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+            "device": str(self.generator.policies[0].device),
+            "policies": [p.name for p in self.generator.policies],
+        }
 
     def _mixed(self, weights):
         from mpo_ray.models.decoding import MixedPolicy
@@ -268,8 +273,9 @@ def gather_samples(refs: list) -> dict:
     }
 
 
-def start_groups(config: Config, *, rewards: bool = True,
-                 mixture: bool = False) -> tuple[dict[str, ModelGroup], dict[str, ModelGroup]]:
+def start_groups(
+    config: Config, *, rewards: bool = True, mixture: bool = False
+) -> tuple[dict[str, ModelGroup], dict[str, ModelGroup]]:
     """A worker group per model (reference and policies), with ``mixture`` one more hosting all K policies
     (`MIXTURE_SAMPLER`, sized like one model's), and with ``rewards`` one per reward source."""
     specs = [config.reference, *config.policies]
@@ -278,9 +284,20 @@ def start_groups(config: Config, *, rewards: bool = True,
     run_id = uuid.uuid4().hex[:8]
     groups = {s.name: ModelGroup(s.name, PolicyActor, s, plan, config.resources, run_id) for s in specs}
     if mixture:
-        groups[MIXTURE_SAMPLER] = ModelGroup(MIXTURE_SAMPLER, MixtureActor, list(config.policies), plan, config.resources, run_id)
-    reward_groups = {r.name: ModelGroup(r.name, RewardActor, r, dataclasses.replace(plan, num_gpus=0.0) if r.function else plan,
-                                        config.resources, run_id) for r in reward_specs}
+        groups[MIXTURE_SAMPLER] = ModelGroup(
+            MIXTURE_SAMPLER, MixtureActor, list(config.policies), plan, config.resources, run_id
+        )
+    reward_groups = {
+        r.name: ModelGroup(
+            r.name,
+            RewardActor,
+            r,
+            dataclasses.replace(plan, num_gpus=0.0) if r.function else plan,
+            config.resources,
+            run_id,
+        )
+        for r in reward_specs
+    }
     return groups, reward_groups
 
 
@@ -294,9 +311,20 @@ class GeneratorActor:
         self.generator = BatchGenerator(specs, threads)
 
     def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int, score: tuple = ()):
-        return pa.concat_tables([
-            self.generator.rows(ids[i : i + batch_size], prompts[i : i + batch_size], seeds[i : i + batch_size],
-                                weights, params, label, score=score) for i in range(0, len(ids), batch_size)])
+        return pa.concat_tables(
+            [
+                self.generator.rows(
+                    ids[i : i + batch_size],
+                    prompts[i : i + batch_size],
+                    seeds[i : i + batch_size],
+                    weights,
+                    params,
+                    label,
+                    score=score,
+                )
+                for i in range(0, len(ids), batch_size)
+            ]
+        )
 
 
 class Generator:

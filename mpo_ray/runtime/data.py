@@ -76,7 +76,11 @@ def read_corpus(uri: str, fmt: str, prompt_column: str):
         else:
             path, fs = arrow_path(uri)
             ds = ray.data.read_binary_files(path, filesystem=fs).map_batches(
-                _parse_json_lines, batch_format="pyarrow", batch_size=None, fn_kwargs={"label": f"prompt corpus {uri!r}"})
+                _parse_json_lines,
+                batch_format="pyarrow",
+                batch_size=None,
+                fn_kwargs={"label": f"prompt corpus {uri!r}"},
+            )
         schema = ds.schema()  # one small read for text formats, the footer for Parquet
     except (ray.exceptions.RayError, pa.ArrowException, OSError) as exc:
         cause = str(getattr(exc, "cause", exc)).strip().splitlines()[-1][:300]
@@ -84,8 +88,10 @@ def read_corpus(uri: str, fmt: str, prompt_column: str):
     if schema is None or not schema.names:
         raise UserError(f"prompt corpus {uri!r} is empty; it needs rows with a `{prompt_column}` column.")
     if prompt_column not in schema.names:
-        raise UserError(f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {schema.names}. "
-                        "Set `generate.prompt_column` in the config.")
+        raise UserError(
+            f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {schema.names}. "
+            "Set `generate.prompt_column` in the config."
+        )
     if fmt in ("parquet", "datasets") and not all(_plain(t) for t in schema.types):
         ds = ds.map_batches(_as_python_values, batch_format="pyarrow", batch_size=None)
     return ds
@@ -93,8 +99,12 @@ def read_corpus(uri: str, fmt: str, prompt_column: str):
 
 def _plain(dtype: pa.DataType) -> bool:
     """Whether Arrow → numpy keeps a column's values as the driver's ``to_pylist`` gives them (text does)."""
-    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
-            or pa.types.is_null(dtype))
+    return (
+        pa.types.is_string(dtype)
+        or pa.types.is_large_string(dtype)
+        or pa.types.is_string_view(dtype)
+        or pa.types.is_null(dtype)
+    )
 
 
 def _python_column(values: list) -> pa.Array:
@@ -110,8 +120,14 @@ def _python_column(values: list) -> pa.Array:
 
 def _as_python_values(batch: pa.Table) -> pa.Table:
     """A Parquet / `datasets` block whose non-text columns hold Python values (see `_python_column`)."""
-    return pa.table({name: batch.column(name) if _plain(batch.column(name).type)
-                     else _python_column(batch.column(name).to_pylist()) for name in batch.column_names})
+    return pa.table(
+        {
+            name: batch.column(name)
+            if _plain(batch.column(name).type)
+            else _python_column(batch.column(name).to_pylist())
+            for name in batch.column_names
+        }
+    )
 
 
 def _csv_as_text(uri: str):
@@ -141,11 +157,13 @@ def map_rows(ds, fn, *, fn_kwargs: dict, batch_size: int):
     """``fn`` (a pure numpy-batch → Arrow function) over every block, re-cut into blocks of ``batch_size`` rows
     (one batch per actor task: files land steadily and replicas share the work)."""
     return ds.map_batches(fn, batch_format="numpy", batch_size=None, fn_kwargs=fn_kwargs).repartition(
-        target_num_rows_per_block=batch_size)
+        target_num_rows_per_block=batch_size
+    )
 
 
-def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: Placement, *, batch_size: int, staging: str,
-                     rows_per_file: int) -> None:
+def generate_parquet(
+    ds, worker_cls, worker_kwargs: dict, plan: Placement, *, batch_size: int, staging: str, rows_per_file: int
+) -> None:
     """Rows → ``worker_cls`` replicas (``plan``) → Parquet files under ``staging``."""
     import ray.data
 
@@ -155,12 +173,21 @@ def generate_parquet(ds, worker_cls, worker_kwargs: dict, plan: Placement, *, ba
 
     plan = Placement.of(plan)
     rows = ds.map_batches(
-        worker_cls, batch_format="pyarrow", batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(size=plan.replicas), num_gpus=plan.num_gpus, num_cpus=plan.num_cpus,
+        worker_cls,
+        batch_format="pyarrow",
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=plan.replicas),
+        num_gpus=plan.num_gpus,
+        num_cpus=plan.num_cpus,
         fn_constructor_kwargs=worker_kwargs,
     )
     path, fs = arrow_path(staging)
     spend_restart_notice()  # the actor pool below would print a C++ notice on the terminal
     with user_errors():  # a worker's UserError (its constructor's or a batch's) as one line, not Ray Data's wrapping
-        rows.write_parquet(path, filesystem=fs, schema=GENERATION_SCHEMA, min_rows_per_file=rows_per_file,
-                           max_rows_per_file=rows_per_file)
+        rows.write_parquet(
+            path,
+            filesystem=fs,
+            schema=GENERATION_SCHEMA,
+            min_rows_per_file=rows_per_file,
+            max_rows_per_file=rows_per_file,
+        )

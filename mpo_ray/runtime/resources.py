@@ -59,7 +59,9 @@ def plan_resources(resources: ResourcesConfig, num_models: int) -> Placement:
     node_cpus = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")] or [cpus]
     num_cpus = min(resources.cpus_per_model, _cpu_share(node_cpus, replicas * num_models))
     if num_gpus > gpus:
-        raise UserError(f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
+        raise UserError(
+            f"resources.gpus_per_model={num_gpus} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes."
+        )
     return Placement(replicas, num_gpus, num_cpus, _threads(num_cpus))
 
 
@@ -87,7 +89,9 @@ def replica_placement(g) -> Placement:
     gpus, cpus = res.get("GPU", 0.0), res.get("CPU", 1.0)
     num_gpus = g.gpus_per_replica if g.gpus_per_replica is not None else (1.0 if gpus >= 1 else 0.0)
     if num_gpus > gpus:
-        raise UserError(f"generate.gpus_per_replica={num_gpus:g} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes.")
+        raise UserError(
+            f"generate.gpus_per_replica={num_gpus:g} but the cluster has {gpus:g} GPUs; lower it or add GPU nodes."
+        )
     concurrency = g.concurrency or (max(1, int(gpus // num_gpus)) if num_gpus else 1)
     if g.cpus_per_replica is not None:
         num_cpus = g.cpus_per_replica

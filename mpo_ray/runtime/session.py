@@ -141,8 +141,13 @@ def ray_session(*, address: str | None = None, log_to_driver: bool = True, num_c
     try:
         _handlers_during_session(previous)
         with _sigterm_left_to_us():
-            ray.init(address=address, num_cpus=num_cpus if address == "local" else None, include_dashboard=False,
-                     configure_logging=False, log_to_driver=log_to_driver)
+            ray.init(
+                address=address,
+                num_cpus=num_cpus if address == "local" else None,
+                include_dashboard=False,
+                configure_logging=False,
+                log_to_driver=log_to_driver,
+            )
         _handlers_during_session(previous)  # again: the core worker's C++ failure handler took SIGTERM meanwhile
         _raise_unhandled()  # a signal during start-up whose Interrupted Python dropped
     except BaseException as exc:  # interrupted or failed start-up: take down what did start
@@ -199,8 +204,10 @@ def _kill_leftovers(since: datetime.datetime) -> None:
         except OSError:  # gone meanwhile, or not ours to read
             continue
         sessions = [m.groups() for m in map(_SESSION_DIR.search, files) if m]
-        if any(int(pid) == me and datetime.datetime.strptime(when, "%Y-%m-%d_%H-%M-%S_%f") >= since
-               for when, pid in sessions):
+        if any(
+            int(pid) == me and datetime.datetime.strptime(when, "%Y-%m-%d_%H-%M-%S_%f") >= since
+            for when, pid in sessions
+        ):
             log.debug("killing %s, left over from a start-up that was stopped", entry.name)
             with contextlib.suppress(OSError):
                 os.kill(int(entry.name), signal.SIGKILL)

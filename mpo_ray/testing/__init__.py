@@ -7,9 +7,18 @@ Names resolve lazily, so importing the numpy world does not import torch.
 
 import importlib
 
-_LAZY = {name: "mpo_ray.testing.tiny" for name in (
-    "build_lora_adapter", "build_tiny_family", "build_tiny_model", "build_tokenizer", "describe", "resolve_tiny",
-    "token_by_token_logprobs")}
+_LAZY = {
+    name: "mpo_ray.testing.tiny"
+    for name in (
+        "build_lora_adapter",
+        "build_tiny_family",
+        "build_tiny_model",
+        "build_tokenizer",
+        "describe",
+        "resolve_tiny",
+        "token_by_token_logprobs",
+    )
+}
 
 __all__ = sorted(_LAZY)
 

@@ -41,8 +41,18 @@ import numpy as np
 
 from mpo_ray.core.solver import WeightsResult, solve_weights
 
-__all__ = ["EnumerableWorld", "make_world", "scale_for_kl", "sample_sequences", "logsumexp", "resampling_logp",
-           "log_mean_weight", "simplex_grid", "tuned_token_weights", "equalised_token_weights"]
+__all__ = [
+    "EnumerableWorld",
+    "make_world",
+    "scale_for_kl",
+    "sample_sequences",
+    "logsumexp",
+    "resampling_logp",
+    "log_mean_weight",
+    "simplex_grid",
+    "tuned_token_weights",
+    "equalised_token_weights",
+]
 
 EOS = 0
 
@@ -230,8 +240,9 @@ class EnumerableWorld:
     def subset(self, rows) -> EnumerableWorld:
         """The world restricted to the prompts ``rows``: a reweight or eval sample drawn from the population."""
         rows = np.asarray(rows, dtype=np.int64)
-        return replace(self, ref_token_logp=self.ref_token_logp[rows],
-                       policy_token_logp=self.policy_token_logp[:, rows])
+        return replace(
+            self, ref_token_logp=self.ref_token_logp[rows], policy_token_logp=self.policy_token_logp[:, rows]
+        )
 
     def token_mixture(self, lam) -> np.ndarray:
         """(N, P, V) next-token log-probs softmax_v(Σ_k λ_k log π_k(v|prefix)): the decoder's step distribution."""
@@ -323,8 +334,9 @@ class EnumerableWorld:
         log_w = self.target_logp(lam) - self.sequence_logp(q_tok)  # (N, S), up to a per-prompt constant
         return self.sample_resampled(q_tok, log_w, token_uniforms, pick_uniforms)
 
-    def sample_resampled(self, token_logp: np.ndarray, log_w: np.ndarray, token_uniforms: np.ndarray,
-                         pick_uniforms=None) -> np.ndarray:
+    def sample_resampled(
+        self, token_logp: np.ndarray, log_w: np.ndarray, token_uniforms: np.ndarray, pick_uniforms=None
+    ) -> np.ndarray:
         """(N, B): per draw, n candidates decoded token by token from ``token_logp`` (N, P, V), one kept by inverse CDF
         on softmax of the (N, S) ``log_w`` of the candidates (a single policy: log_w = 0, a uniform pick)."""
         N, B, n, T = token_uniforms.shape
@@ -392,12 +404,15 @@ def scale_for_kl(target_kl: float, *, low: float = 0.01, high: float = 50.0, ite
     ``world_kwargs`` go to :func:`make_world` (same seed, so only the scale
     varies). Raises ValueError if the target is out of reach at ``high``.
     """
+
     def mean_kl(scale):
         return float(make_world(scale=scale, **world_kwargs).kl().mean())
 
     if mean_kl(high) < target_kl:
-        raise ValueError(f"mean KL {mean_kl(high):.2f} at scale={high} is below the target {target_kl}; "
-                         "use a larger vocabulary, longer responses or a more peaked reference (ref_scale)")
+        raise ValueError(
+            f"mean KL {mean_kl(high):.2f} at scale={high} is below the target {target_kl}; "
+            "use a larger vocabulary, longer responses or a more peaked reference (ref_scale)"
+        )
     for _ in range(iters):
         mid = 0.5 * (low + high)
         low, high = (mid, high) if mean_kl(mid) < target_kl else (low, mid)
@@ -492,8 +507,9 @@ def simplex_grid(num: int, resolution: int) -> np.ndarray:
     return np.array([(*c, resolution - sum(c)) for c in points], dtype=np.float64) / resolution
 
 
-def tuned_token_weights(world: EnumerableWorld, *, resolution: int = 10, tol: float = 1e-4,
-                        starts=()) -> tuple[np.ndarray, float]:
+def tuned_token_weights(
+    world: EnumerableWorld, *, resolution: int = 10, tol: float = 1e-4, starts=()
+) -> tuple[np.ndarray, float]:
     """(λ, J): the λ whose *token-level* mixture has the largest exact J found, and that J.
 
     The token-level mixture at λ* is not π_λ*, so the best weights for a one-candidate server differ from λ*.
@@ -507,8 +523,12 @@ def tuned_token_weights(world: EnumerableWorld, *, resolution: int = 10, tol: fl
     def j(lam):
         return world.objective(world.geometric_token_logp(lam))
 
-    points = [*simplex_grid(K, resolution), world.exact.weights, equalised_token_weights(world),
-              *(np.asarray(s, dtype=np.float64) for s in starts)]
+    points = [
+        *simplex_grid(K, resolution),
+        world.exact.weights,
+        equalised_token_weights(world),
+        *(np.asarray(s, dtype=np.float64) for s in starts),
+    ]
     values = [j(lam) for lam in points]
     lam, best = points[int(np.argmax(values))], float(max(values))
     pairs = [np.eye(K)[a] - np.eye(K)[b] for a in range(K) for b in range(K) if a != b]

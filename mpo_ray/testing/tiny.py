@@ -157,7 +157,9 @@ def build_tiny_family(
     base = str(build_tiny_model(root / "base", seed=seed, **model_kwargs))
     if kind == "lora":
         return [
-            PolicySpec(f"p{i}", base, adapter=str(build_lora_adapter(base, root / f"lora{i}", seed=seed + 1 + i)), dtype=dtype)
+            PolicySpec(
+                f"p{i}", base, adapter=str(build_lora_adapter(base, root / f"lora{i}", seed=seed + 1 + i)), dtype=dtype
+            )
             for i in range(k)
         ]
     if kind == "system":
@@ -190,7 +192,9 @@ def token_by_token_logprobs(model, prefix_ids: list[int], continuation: list[int
 def describe(path: str | Path) -> dict:
     """Small summary of a saved tiny model (for benchmark logs)."""
     config = json.loads((Path(path) / "config.json").read_text())
-    return {k: config.get(k) for k in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer")}
+    return {
+        k: config.get(k) for k in ("model_type", "vocab_size", "hidden_size", "n_embd", "num_hidden_layers", "n_layer")
+    }
 
 
 # --- `tiny:` models named in configs, built on first use -------------------------
@@ -212,7 +216,7 @@ def resolve_tiny(uri: str) -> str:
 
     from mpo_ray.io.cache import cache_dir
 
-    name = uri[len(TINY_PREFIX):]
+    name = uri[len(TINY_PREFIX) :]
     root = cache_dir() / "tiny-v2"  # bump when a recipe below changes: old caches must not be reused
     target = root / name
     if target.exists():
@@ -240,4 +244,3 @@ def resolve_tiny(uri: str) -> str:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # lost the race (or failed): keep the winner's copy
     return str(target)
-

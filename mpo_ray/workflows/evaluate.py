@@ -48,7 +48,9 @@ def read_generations(uri: str) -> pa.Table:
     check and is read as it is."""
     fs, path = storage.filesystem(uri)
     if not fs.exists(path):
-        raise UserError(f"generations {uri!r} do not exist; pass the output of `mpo-ray generate` (a Parquet file or directory)")
+        raise UserError(
+            f"generations {uri!r} do not exist; pass the output of `mpo-ray generate` (a Parquet file or directory)"
+        )
     is_dir = fs.isdir(path)
     _check_made_by(uri, is_dir)
     files = storage.list_files(uri) if is_dir else [uri]
@@ -62,8 +64,10 @@ def read_generations(uri: str) -> pa.Table:
             for pid in table.column("prompt_id").to_pylist():
                 if pid in seen:
                     where = f"both {seen[pid]} and {f}" if seen[pid] != f else f"{f} twice"
-                    raise UserError(f"generations {uri!r}: prompt id {pid!r} is in {where}; each prompt must be there "
-                                    "once (move the copy or the other run's file out).")
+                    raise UserError(
+                        f"generations {uri!r}: prompt id {pid!r} is in {where}; each prompt must be there "
+                        "once (move the copy or the other run's file out)."
+                    )
                 seen[pid] = f
         tables.append(table)
     table = pa.concat_tables(tables, promote_options="default")
@@ -91,13 +95,17 @@ def _check_made_by(uri: str, is_dir: bool) -> None:
             except (OSError, ValueError, AttributeError):
                 kind = None
             if kind == "sweep" and is_dir and here == start:
-                raise UserError(f"generations {uri!r} are a whole sweep, one file per weight vector; pass the points' "
-                                f"files, such as {storage.join(uri, 'MPO.parquet')!r}.")
+                raise UserError(
+                    f"generations {uri!r} are a whole sweep, one file per weight vector; pass the points' "
+                    f"files, such as {storage.join(uri, 'MPO.parquet')!r}."
+                )
             if kind in GENERATION_KINDS:
                 return
             what = f"the output of `mpo-ray {kind}`" if kind else f"marked by an unreadable {marker!r}"
-            raise UserError(f"generations {uri!r} are not generations: {here!r} is {what}; pass the output of "
-                            "`mpo-ray generate` or a point's file of `mpo-ray sweep`.")
+            raise UserError(
+                f"generations {uri!r} are not generations: {here!r} is {what}; pass the output of "
+                "`mpo-ray generate` or a point's file of `mpo-ray sweep`."
+            )
         here = _parent(here)
 
 
@@ -121,8 +129,10 @@ def _read_verified(uri: str) -> pa.Table:
     try:  # a renamed copy is read too, its values verified: the name check is for writers
         return storage.read_parquet(uri, verify=True, same_name=False)
     except storage.CorruptFile as exc:
-        raise UserError(f"generations: {exc} Generate it again; if you changed it on purpose, write it without "
-                        "mpo-ray's metadata (table.replace_schema_metadata(None)).") from None
+        raise UserError(
+            f"generations: {exc} Generate it again; if you changed it on purpose, write it without "
+            "mpo-ray's metadata (table.replace_schema_metadata(None))."
+        ) from None
 
 
 def check_results_output(uri: str) -> None:
@@ -130,16 +140,22 @@ def check_results_output(uri: str) -> None:
     evaluation's (recognised by its first bytes: `write_results` puts ``format`` first)."""
     fs, path = storage.filesystem(uri)
     if storage.is_link(uri):
-        raise UserError(f"--output {uri!r} is a symbolic link; give the path of a new file (mpo-ray never writes through one).")
+        raise UserError(
+            f"--output {uri!r} is a symbolic link; give the path of a new file (mpo-ray never writes through one)."
+        )
     if not fs.exists(path):
         return
     if fs.isdir(path):
-        raise UserError(f"--output {uri!r} is a directory; give a file name, such as {storage.join(uri, 'results.json')!r}.")
+        raise UserError(
+            f"--output {uri!r} is a directory; give a file name, such as {storage.join(uri, 'results.json')!r}."
+        )
     with fs.open(path, "rb") as f:
         head = f.read(256).decode("utf-8", "replace")
     if not _OURS.match(head):
-        raise UserError(f"--output {uri!r} exists and is not an evaluation mpo-ray wrote; give a new file name "
-                        "(mpo-ray does not overwrite files it did not write).")
+        raise UserError(
+            f"--output {uri!r} exists and is not an evaluation mpo-ray wrote; give a new file name "
+            "(mpo-ray does not overwrite files it did not write)."
+        )
 
 
 def write_results(uri: str, results: list[dict]) -> None:
@@ -152,7 +168,9 @@ def objectives_from_config(config) -> dict[str, Callable]:
     from mpo_ray.models.rewards import RewardSource
 
     if not config.rewards:
-        raise UserError(f"{config.source}: no `rewards:` to evaluate with; add reward functions or models to the config")
+        raise UserError(
+            f"{config.source}: no `rewards:` to evaluate with; add reward functions or models to the config"
+        )
     return {spec.objective or spec.name: RewardSource(spec).score for spec in config.rewards}
 
 
@@ -167,8 +185,15 @@ def score_generations(table: pa.Table, objectives: Mapping[str, Callable]) -> di
     return out
 
 
-def evaluate_generations(generations, objectives: Mapping[str, Callable], *, reference=None, name: str | None = None,
-                         models: tuple[str, list[str]] | None = None, seed: int = 0) -> dict:
+def evaluate_generations(
+    generations,
+    objectives: Mapping[str, Callable],
+    *,
+    reference=None,
+    name: str | None = None,
+    models: tuple[str, list[str]] | None = None,
+    seed: int = 0,
+) -> dict:
     """Per-objective mean ± 95% CI; with `reference` generations (same prompt ids), win rates
     and the MaxMin view `min_win_rate` (the worst objective's win rate). With ``models`` = (π_ref's name,
     the policies' names) and generations that carry ``sample_logprob`` (or, resampled, ``target_logprob``) and
@@ -208,9 +233,14 @@ def evaluate_generations(generations, objectives: Mapping[str, Callable], *, ref
     if models is not None and has_logprobs(table, *models):
         ref_name, names = models
         result["implicit"] = implicit_objective(
-            table["prompt_id"].to_pylist(), _column(table, "sample_logprob"), _column(table, f"logp_{ref_name}"),
-            np.stack([_column(table, f"logp_{n}") for n in names], axis=1), names, seed=seed,
-            target_logprob=_column(table, "target_logprob"))
+            table["prompt_id"].to_pylist(),
+            _column(table, "sample_logprob"),
+            _column(table, f"logp_{ref_name}"),
+            np.stack([_column(table, f"logp_{n}") for n in names], axis=1),
+            names,
+            seed=seed,
+            target_logprob=_column(table, "target_logprob"),
+        )
     return result
 
 
@@ -227,7 +257,8 @@ def has_logprobs(table: pa.Table, reference: str, policies: list[str]) -> bool:
     column missing from an older file counts as null)."""
     full = lambda c: c in table.column_names and table[c].null_count == 0  # noqa: E731
     return (full("sample_logprob") or full("target_logprob")) and all(
-        full(c) for c in (f"logp_{reference}", *(f"logp_{n}" for n in policies)))
+        full(c) for c in (f"logp_{reference}", *(f"logp_{n}" for n in policies))
+    )
 
 
 def compare_min_win_rates(a: dict, b: dict, *, seed: int = 0) -> dict:
@@ -255,16 +286,26 @@ def format_evaluations(results: list[dict]) -> str:
             cells.append(f"{v['mean']:.2f} ± {(v['ci95'][1] - v['ci95'][0]) / 2:.2f}")
         if has_wins:
             lo, hi = r["min_win_rate_ci95"]
-            cells += [f"{r['objectives'][o]['win_rate']:.2f}" for o in objs] + [f"**{r['min_win_rate']:.2f}** [{lo:.2f}, {hi:.2f}]"]
+            cells += [f"{r['objectives'][o]['win_rate']:.2f}" for o in objs] + [
+                f"**{r['min_win_rate']:.2f}** [{lo:.2f}, {hi:.2f}]"
+            ]
         if has_implicit:
             j = r["implicit"]
-            cells.append(f"{j['implicit_min']:.1f} [{j['implicit_min_ci95'][0]:.1f}, {j['implicit_min_ci95'][1]:.1f}]"
-                         + ("" if j.get("kl_estimate", "exact") == "exact" else " †"))
+            cells.append(
+                f"{j['implicit_min']:.1f} [{j['implicit_min_ci95'][0]:.1f}, {j['implicit_min_ci95'][1]:.1f}]"
+                + ("" if j.get("kl_estimate", "exact") == "exact" else " †")
+            )
             bc = j.get("implicit_min_corrected")
-            cells.append("" if bc is None else
-                         f"{bc:.1f} [{j['implicit_min_corrected_ci95'][0]:.1f}, {j['implicit_min_corrected_ci95'][1]:.1f}]")
+            cells.append(
+                ""
+                if bc is None
+                else f"{bc:.1f} [{j['implicit_min_corrected_ci95'][0]:.1f}, {j['implicit_min_corrected_ci95'][1]:.1f}]"
+            )
         lines.append("| " + " | ".join(cells) + " |")
     if has_implicit and any(r["implicit"].get("kl_estimate", "exact") != "exact" for r in results):
-        lines += ["", "† resampled set: its KL term is π_λ's log-prob at the served samples with Z estimated from the "
-                  "candidates (`core.yardstick`), not the served distribution's own."]
+        lines += [
+            "",
+            "† resampled set: its KL term is π_λ's log-prob at the served samples with Z estimated from the "
+            "candidates (`core.yardstick`), not the served distribution's own.",
+        ]
     return "\n".join(lines)

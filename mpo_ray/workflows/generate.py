@@ -56,7 +56,9 @@ from mpo_ray.workflows.pipeline import model_identities
 
 log = logging.getLogger(__name__)
 
-_PREPARED = pa.schema([("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("error", pa.string())])
+_PREPARED = pa.schema(
+    [("prompt_id", pa.string()), ("prompt", pa.string()), ("seed", pa.int64()), ("error", pa.string())]
+)
 
 
 # --- Before Ray starts: weights, models, corpus location, output -----------
@@ -70,11 +72,15 @@ def resolve_weights(config: Config) -> tuple[list[float], str]:
         artifact = WeightsArtifact.read(g.weights_uri)
         return artifact.weights_for(names, config.source), artifact.version
     if g.weights is None:
-        raise UserError(f"{config.source}: no mixing weights; set `generate.weights_uri` (the weights.json of "
-                        "`mpo-ray reweight`), `generate.weights`, or pass --weights URI.")
+        raise UserError(
+            f"{config.source}: no mixing weights; set `generate.weights_uri` (the weights.json of "
+            "`mpo-ray reweight`), `generate.weights`, or pass --weights URI."
+        )
     weights = [float(g.weights[n]) for n in names] if isinstance(g.weights, dict) else [float(w) for w in g.weights]
     if not all(math.isfinite(w) and w >= 0 for w in weights) or not any(weights):
-        raise UserError(f"{config.source}: `generate.weights` must be finite, non-negative and not all zero, got {weights}.")
+        raise UserError(
+            f"{config.source}: `generate.weights` must be finite, non-negative and not all zero, got {weights}."
+        )
     return weights, f"explicit:{digest(dict(zip(names, weights)), 8)}"
 
 
@@ -87,8 +93,10 @@ def check_corpus_location(uri: str) -> str:
     except UserError:
         raise
     except Exception as exc:  # credentials, network, permissions
-        raise UserError(f"prompt corpus {uri!r} cannot be reached ({type(exc).__name__}: {str(exc)[:200]}); "
-                        "check the URL and credentials.") from None
+        raise UserError(
+            f"prompt corpus {uri!r} cannot be reached ({type(exc).__name__}: {str(exc)[:200]}); "
+            "check the URL and credentials."
+        ) from None
     if empty:
         raise UserError(f"prompt corpus {uri!r} is an empty file; it needs rows with a prompt column.")
     return fmt
@@ -100,9 +108,14 @@ def check_output(config: Config, weights: list[float], version: str) -> tuple[st
     made with other settings."""
     g, output = config.generate, config.generate.output
     keys = ("prompt_column", "id_column", "max_new_tokens", "temperature", "top_k", "top_p", "stop", "seed")
-    settings = {"policies": [p.model_dump() for p in config.policies], "weights": weights,
-                "models": [m["content"] for m in model_identities(config)[1:]],
-                "weights_version": version, **{k: getattr(g, k) for k in keys}, "num_candidates": g.candidates}
+    settings = {
+        "policies": [p.model_dump() for p in config.policies],
+        "weights": weights,
+        "models": [m["content"] for m in model_identities(config)[1:]],
+        "weights_version": version,
+        **{k: getattr(g, k) for k in keys},
+        "num_candidates": g.candidates,
+    }
     ours = check_ours(output, "generate")
     storage.check_writable(output)
     fingerprint = digest(settings)
@@ -111,8 +124,10 @@ def check_output(config: Config, weights: list[float], version: str) -> tuple[st
         previous = storage.read_json(manifest)
         if previous.get("fingerprint") != fingerprint:
             changed = sorted(k for k in settings if previous.get("settings", {}).get(k) != settings[k])
-            raise UserError(f"output {output!r} holds generations made with other settings (changed: {changed}); "
-                            "pass another --output, or delete it to start over.")
+            raise UserError(
+                f"output {output!r} holds generations made with other settings (changed: {changed}); "
+                "pass another --output, or delete it to start over."
+            )
     return fingerprint, settings
 
 
@@ -134,7 +149,9 @@ def prepare_rows(batch: dict, *, prompt_column: str, id_column: str, seed: int, 
         out["prompt_id"].append(pid)
         out["prompt"].append(text)
         out["seed"].append(derive_seed(seed, pid))
-        out["error"].append(None if good else f"prompt must be a non-empty string, got {type(value).__name__} {value!r:.80}")
+        out["error"].append(
+            None if good else f"prompt must be a non-empty string, got {type(value).__name__} {value!r:.80}"
+        )
     return pa.table(out, schema=_PREPARED)
 
 
@@ -159,7 +176,9 @@ def written_rows(output: str, fingerprint: str) -> dict[str, tuple[str, str]]:
     for uri in storage.list_files(output):
         meta = storage.parquet_metadata(uri) or {}
         if not owns_file(uri) or meta.get(storage.FINGERPRINT_KEY, b"").decode() != fingerprint:
-            log.warning("left alone: %s (not written by this output's runs); its rows are not counted as generated.", uri)
+            log.warning(
+                "left alone: %s (not written by this output's runs); its rows are not counted as generated.", uri
+            )
             continue
         try:
             table = storage.read_parquet(uri, verify=True).select(["prompt_id", "prompt"])
@@ -181,8 +200,11 @@ def drop_stale(output: str, rows: dict[str, tuple[str, str]], corpus: dict[str, 
         keep = pc.invert(pc.is_in(table.column("prompt_id"), pa.array(sorted(stale), pa.string())))
         _write_rows(uri, table.filter(keep), fingerprint)
     if stale:
-        log.info("generate: %d prompt(s) changed their text since they were generated (first: %r); generating them again",
-                 len(stale), sorted(stale)[0])
+        log.info(
+            "generate: %d prompt(s) changed their text since they were generated (first: %r); generating them again",
+            len(stale),
+            sorted(stale)[0],
+        )
     return set(rows) - stale
 
 
@@ -271,40 +293,89 @@ def generate(config: Config, *, progress: bool = True) -> dict:
     try:
         with ray_session(log_to_driver=progress):
             data.configure(progress)
-            todo = data.map_rows(data.read_corpus(g.prompts, fmt, g.prompt_column), prepare_rows, batch_size=g.batch_size, fn_kwargs={
-                "prompt_column": g.prompt_column, "id_column": g.id_column, "seed": g.seed, "done": frozenset(done)})
+            todo = data.map_rows(
+                data.read_corpus(g.prompts, fmt, g.prompt_column),
+                prepare_rows,
+                batch_size=g.batch_size,
+                fn_kwargs={
+                    "prompt_column": g.prompt_column,
+                    "id_column": g.id_column,
+                    "seed": g.seed,
+                    "done": frozenset(done),
+                },
+            )
             pending = todo.count()  # one cheap pass: nothing to do means no replica starts
             if not pending and not done:
-                raise UserError(f"prompt corpus {g.prompts!r} is empty; it needs rows with a `{g.prompt_column}` column.")
+                raise UserError(
+                    f"prompt corpus {g.prompts!r} is empty; it needs rows with a `{g.prompt_column}` column."
+                )
             mark_ours(output, "generate")
-            storage.write_json(storage.join(output, META_DIR, "manifest.json"),
-                               {"fingerprint": fingerprint, "settings": settings, "serving": serving(g.candidates),
-                                "library_version": __version__})
-            log.info("generate: %d prompts already in %s%s; %d to generate", len(done), output,
-                     f" ({len(recovered)} file(s) recovered)" if recovered else "", pending)
+            storage.write_json(
+                storage.join(output, META_DIR, "manifest.json"),
+                {
+                    "fingerprint": fingerprint,
+                    "settings": settings,
+                    "serving": serving(g.candidates),
+                    "library_version": __version__,
+                },
+            )
+            log.info(
+                "generate: %d prompts already in %s%s; %d to generate",
+                len(done),
+                output,
+                f" ({len(recovered)} file(s) recovered)" if recovered else "",
+                pending,
+            )
             if pending:
                 t0 = time.perf_counter()
                 plan = plan_replicas(g)
                 params = {**g.params(), "stop": list(g.stop), "num_candidates": g.candidates}
-                data.generate_parquet(todo, GenerationWorker, {"specs": list(config.policies), "weights": lam, "params": params,
-                                                               "weights_version": version, "threads": plan["threads"]},
-                                      plan, batch_size=g.batch_size, rows_per_file=g.rows_per_file,
-                                      staging=storage.join(output, META_DIR, "staging", attempt))
+                data.generate_parquet(
+                    todo,
+                    GenerationWorker,
+                    {
+                        "specs": list(config.policies),
+                        "weights": lam,
+                        "params": params,
+                        "weights_version": version,
+                        "threads": plan["threads"],
+                    },
+                    plan,
+                    batch_size=g.batch_size,
+                    rows_per_file=g.rows_per_file,
+                    staging=storage.join(output, META_DIR, "staging", attempt),
+                )
                 gen_s = time.perf_counter() - t0
     finally:  # even after a failure: keep every complete file (`done` grows with what is promoted)
         promoted = promote(output, done, fingerprint)
 
     stats = _file_stats(promoted)
     summary = {
-        **stats, "skipped": skipped, "output_rows": len(done), "output": output,
-        "weights_version": version, "serving": serving(g.candidates), "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
+        **stats,
+        "skipped": skipped,
+        "output_rows": len(done),
+        "output": output,
+        "weights_version": version,
+        "serving": serving(g.candidates),
+        "generation_s": round(gen_s, 3),  # replica start-up (model loading) included
         "tokens_per_s": round(stats["generated_tokens"] / gen_s, 2) if gen_s else 0.0,
         "rows_per_s": round(stats["rows"] / gen_s, 2) if gen_s else 0.0,
-        "wall_s": round(time.perf_counter() - t_start, 3), "replicas": plan, "attempt": attempt,
+        "wall_s": round(time.perf_counter() - t_start, 3),
+        "replicas": plan,
+        "attempt": attempt,
         "library_version": __version__,
     }
     storage.write_json(storage.join(output, META_DIR, "summary.json"), summary)
-    log.info("generate: %d rows (%d errors), %d tokens in %.1fs (%s tok/s, %s rows/s); wall %.1fs; %d rows in %s",
-             stats["rows"], stats["errors"], stats["generated_tokens"], gen_s, summary["tokens_per_s"], summary["rows_per_s"],
-             summary["wall_s"], summary["output_rows"], output)
+    log.info(
+        "generate: %d rows (%d errors), %d tokens in %.1fs (%s tok/s, %s rows/s); wall %.1fs; %d rows in %s",
+        stats["rows"],
+        stats["errors"],
+        stats["generated_tokens"],
+        gen_s,
+        summary["tokens_per_s"],
+        summary["rows_per_s"],
+        summary["wall_s"],
+        summary["output_rows"],
+        output,
+    )
     return summary

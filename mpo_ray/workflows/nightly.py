@@ -70,8 +70,11 @@ class NightResult:
     def summary(self) -> str:
         night = self.artifact.night
         what = "promoted" if self.passed else f"kept {night.previous} (failed: {', '.join(night.failed)})"
-        again = " (already done: finished its interrupted promotion)" if self.recovered else (
-            " (already done: nothing changed)" if self.rerun else "")
+        again = (
+            " (already done: finished its interrupted promotion)"
+            if self.recovered
+            else (" (already done: nothing changed)" if self.rerun else "")
+        )
         return f"night {self.night}: {what}{again}; latest = {self.latest}"
 
 
@@ -85,7 +88,9 @@ def plan_night(config: Config) -> NightPlan:
     nc = config.section("nightly")
     night = nc.night or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     if not NIGHT_ID.match(night):
-        raise UserError(f"night id {night!r} must be a date such as 2025-06-01 (letters, digits, '.', '_', '-'); it names the version.")
+        raise UserError(
+            f"night id {night!r} must be a date such as 2025-06-01 (letters, digits, '.', '_', '-'); it names the version."
+        )
     feedback_uri = (nc.feedback or "").replace("{night}", night) or None
     fb = read_feedback(feedback_uri, config.policy_names) if feedback_uri else None
     scoring = prepare_scoring(config, nc, nc.prompts.replace("{night}", night))
@@ -94,11 +99,19 @@ def plan_night(config: Config) -> NightPlan:
     storage.check_writable(st.uri)
     latest = st.read_version(st.latest_version()) if st.latest_version() else None
     if latest is not None and sorted(latest.policies) != sorted(config.policy_names):
-        raise UserError(f"weights store {st.uri!r} holds weights for policies {latest.policies}, but "
-                        f"{config.source} has {config.policy_names}; a new mixture needs a new `nightly.store`.")
-    inputs = {"prompts": digest([scoring.ids, scoring.prompts]), "num_prompts": len(scoring.ids),
-              "feedback": fb.digest if fb else None, "score_table": scoring.fingerprint, "estimate": nc.estimate,
-              "solver": nc.solver.model_dump(), "gate": nc.gate.model_dump()}
+        raise UserError(
+            f"weights store {st.uri!r} holds weights for policies {latest.policies}, but "
+            f"{config.source} has {config.policy_names}; a new mixture needs a new `nightly.store`."
+        )
+    inputs = {
+        "prompts": digest([scoring.ids, scoring.prompts]),
+        "num_prompts": len(scoring.ids),
+        "feedback": fb.digest if fb else None,
+        "score_table": scoring.fingerprint,
+        "estimate": nc.estimate,
+        "solver": nc.solver.model_dump(),
+        "gate": nc.gate.model_dump(),
+    }
     return NightPlan(config, night, st, scoring, fb, inputs)
 
 
@@ -123,8 +136,13 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     st.claim()
     batches, cached, lookup_s = _batches(plan)
     with ModelGroups(config, mixture=nc.sampling.proposal == "geometric", progress=progress) as models:
-        run = run_pipeline(models, nc, batches, metadata={"fingerprint": plan.scoring.fingerprint, "night": plan.night},
-                           progress=progress)
+        run = run_pipeline(
+            models,
+            nc,
+            batches,
+            metadata={"fingerprint": plan.scoring.fingerprint, "night": plan.night},
+            progress=progress,
+        )
         margins = _score_feedback(models, plan.feedback) if plan.feedback else None
     run.timings.io += lookup_s
 
@@ -132,23 +150,54 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
         solution = solve(config, run.table, nc, init=None if old is None else old / old.sum())
         chosen = solution.chosen
         cold = solve_scores(config, run.table, nc)[1][nc.estimate] if old is not None else chosen
-        evaluation = evaluate_feedback(margins, plan.feedback.groups, names, chosen.weights, old) if plan.feedback else None
-    checks = gate_checks(nc.gate, chosen.weights, chosen.gap, float(np.median(chosen.ess)), old, evaluation,
-                         ci_width=ci_width(solution.spread))
+        evaluation = (
+            evaluate_feedback(margins, plan.feedback.groups, names, chosen.weights, old) if plan.feedback else None
+        )
+    checks = gate_checks(
+        nc.gate,
+        chosen.weights,
+        chosen.gap,
+        float(np.median(chosen.ess)),
+        old,
+        evaluation,
+        ci_width=ci_width(solution.spread),
+    )
     fb = plan.feedback
     artifact = build_artifact(
-        config, nc, solution, run, version=plan.night,
-        score_table={**cached, "rows": run.table.num_rows, "prompts": len(plan.scoring.ids),
-                     "fingerprint": plan.scoring.fingerprint},
+        config,
+        nc,
+        solution,
+        run,
+        version=plan.night,
+        score_table={
+            **cached,
+            "rows": run.table.num_rows,
+            "prompts": len(plan.scoring.ids),
+            "fingerprint": plan.scoring.fingerprint,
+        },
         nightly={
-            "night": plan.night, "store": st.uri, "previous": base, "previous_weights": None if old is None else old.tolist(),
-            "prompts_uri": plan.scoring.prompts_uri, "feedback_uri": fb.uri if fb else None, "inputs": plan.inputs,
-            "warm_start": {"from": base, "iterations": chosen.iterations, "cold_iterations": cold.iterations,
-                           "initial_gap": float(chosen.history.gap[0]), "cold_initial_gap": float(cold.history.gap[0])},
+            "night": plan.night,
+            "store": st.uri,
+            "previous": base,
+            "previous_weights": None if old is None else old.tolist(),
+            "prompts_uri": plan.scoring.prompts_uri,
+            "feedback_uri": fb.uri if fb else None,
+            "inputs": plan.inputs,
+            "warm_start": {
+                "from": base,
+                "iterations": chosen.iterations,
+                "cold_iterations": cold.iterations,
+                "initial_gap": float(chosen.history.gap[0]),
+                "cold_initial_gap": float(cold.history.gap[0]),
+            },
             "feedback": evaluation,
-            "gate": {"passed": all(c["passed"] for c in checks), "failed": [c["check"] for c in checks if not c["passed"]],
-                     "checks": checks},
-        })
+            "gate": {
+                "passed": all(c["passed"] for c in checks),
+                "failed": [c["check"] for c in checks if not c["passed"]],
+                "checks": checks,
+            },
+        },
+    )
     files = {"report.md": night_report(artifact)}
     if plan.feedback:
         files["feedback.parquet"] = _feedback_table(plan.feedback, margins, names)
@@ -163,8 +212,10 @@ def _commit(plan: NightPlan, artifact: WeightsArtifact, files: dict, base: str |
         done = st.read_version(plan.night)
         if done is None:
             if st.latest_version() != base:
-                raise StoreConflict(f"{st.uri}: `latest` moved from {base!r} to {st.latest_version()!r} while night "
-                                    f"{plan.night} ran; nothing was written. Rerun to gate against the new `latest`.")
+                raise StoreConflict(
+                    f"{st.uri}: `latest` moved from {base!r} to {st.latest_version()!r} while night "
+                    f"{plan.night} ran; nothing was written. Rerun to gate against the new `latest`."
+                )
             st.write_version(plan.night, artifact, files)
             if passed:
                 st.promote(plan.night, expected=base)
@@ -178,12 +229,22 @@ def _replay(plan: NightPlan, artifact: WeightsArtifact) -> NightResult:
     recorded = artifact.night.inputs if artifact.night else {}
     changed = sorted(k for k, v in plan.inputs.items() if recorded.get(k) != v)
     if changed:
-        raise UserError(f"night {plan.night} is already in {plan.store.uri} as version {plan.night}, made from other "
-                        f"inputs (changed: {changed}); versions are never overwritten. Run it under another night id, "
-                        f"e.g. --night {plan.night}.2.")
-    recovered = plan.store.recover(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s, version=plan.night)
-    return NightResult(plan.night, bool(artifact.night and artifact.night.passed), True, plan.store.latest_version(), artifact,
-                       recovered=recovered == plan.night)
+        raise UserError(
+            f"night {plan.night} is already in {plan.store.uri} as version {plan.night}, made from other "
+            f"inputs (changed: {changed}); versions are never overwritten. Run it under another night id, "
+            f"e.g. --night {plan.night}.2."
+        )
+    recovered = plan.store.recover(
+        owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s, version=plan.night
+    )
+    return NightResult(
+        plan.night,
+        bool(artifact.night and artifact.night.passed),
+        True,
+        plan.store.latest_version(),
+        artifact,
+        recovered=recovered == plan.night,
+    )
 
 
 def _batches(plan: NightPlan) -> tuple[list[Batch], dict, float]:
@@ -195,13 +256,20 @@ def _batches(plan: NightPlan) -> tuple[list[Batch], dict, float]:
     cached, hits = cache.lookup(scoring.ids, scoring.prompts)
     lookup_s = time.perf_counter() - t0
     todo = [(i, p) for i, p in zip(scoring.ids, scoring.prompts) if i not in hits]
-    log.info("nightly %s: %d prompts (%d already scored, %d new), %d feedback pairs", plan.night, len(scoring.ids),
-             len(hits), len(todo), len(plan.feedback) if plan.feedback else 0)
+    log.info(
+        "nightly %s: %d prompts (%d already scored, %d new), %d feedback pairs",
+        plan.night,
+        len(scoring.ids),
+        len(hits),
+        len(todo),
+        len(plan.feedback) if plan.feedback else 0,
+    )
     batches = [Batch(cache.uri, sorted(hits), [], rows=cached)] if cached is not None else []
     if todo:
         todo_ids, todo_prompts = map(list, zip(*todo))
-        batches += plan_batches(cache.uri, todo_ids, todo_prompts, nc.batch_prompts, scoring.fingerprint,
-                                prefix=f"part-{plan.night}")
+        batches += plan_batches(
+            cache.uri, todo_ids, todo_prompts, nc.batch_prompts, scoring.fingerprint, prefix=f"part-{plan.night}"
+        )
     return batches, {"uri": cache.uri, "reused_prompts": len(hits), "scored_prompts": len(todo)}, lookup_s
 
 
@@ -212,7 +280,9 @@ def _score_feedback(models: ModelGroups, fb: Feedback) -> np.ndarray:
     from mpo_ray.models.policies import resolve_model
 
     config, ref = models.config, models.config.reference
-    tok = AutoTokenizer.from_pretrained(resolve_model(ref.model), revision=ref.revision, trust_remote_code=ref.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(
+        resolve_model(ref.model), revision=ref.revision, trust_remote_code=ref.trust_remote_code
+    )
     eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
     token_ids = [ids + eos for ids in tok(fb.chosen + fb.rejected, add_special_tokens=False)["input_ids"]]
     logp = models.log_probs(fb.prompts * 2, token_ids)

@@ -99,8 +99,9 @@ def prepare_scoring(config: Config, section: ScoringSection, prompts_uri: str | 
     the section's), load every tokenizer and check models, adapters, reward functions and prompt lengths, and
     fingerprint the rows. UserError on anything wrong."""
     uri = prompts_uri or section.prompts
-    ids, prompts = read_prompts(uri, prompt_column=section.prompt_column, id_column=section.id_column,
-                                limit=section.max_prompts)
+    ids, prompts = read_prompts(
+        uri, prompt_column=section.prompt_column, id_column=section.id_column, limit=section.max_prompts
+    )
     check_prompt_lengths(check_models(config), ids, prompts, section.sampling.max_new_tokens, uri)
     return ScoringInputs(uri, ids, prompts, score_fingerprint(config, section.sampling, section.seed))
 
@@ -112,14 +113,27 @@ def model_identities(config: Config) -> list[dict]:
 
 def score_fingerprint(config: Config, sampling: SamplingConfig, seed: int) -> str:
     """Everything a score row depends on besides its prompt: models (by content), sampling, seed, reward sources."""
-    return digest({
-        "sampling": sampling.fingerprint(), "seed": seed, "models": model_identities(config),
-        "rewards": [r.model_dump() for r in config.rewards],
-    }, 12)
+    return digest(
+        {
+            "sampling": sampling.fingerprint(),
+            "seed": seed,
+            "models": model_identities(config),
+            "rewards": [r.model_dump() for r in config.rewards],
+        },
+        12,
+    )
 
 
-def plan_batches(directory: str, ids: list[str], prompts: list[str], size: int, fingerprint: str, *,
-                 prefix: str = "part", stored: set[str] = frozenset()) -> list[Batch]:
+def plan_batches(
+    directory: str,
+    ids: list[str],
+    prompts: list[str],
+    size: int,
+    fingerprint: str,
+    *,
+    prefix: str = "part",
+    stored: set[str] = frozenset(),
+) -> list[Batch]:
     """Batches of ``size`` prompts; a file name carries its prompt ids' and settings' digest, so it is reused only for them."""
     batches = []
     for start in range(0, len(ids), size):
@@ -140,8 +154,15 @@ def _batch_rows(b: Batch) -> pa.Table:
     return rows
 
 
-def run_pipeline(models: ModelGroups, section: ScoringSection, batches: list[Batch], *, metadata: dict,
-                 stream: StreamingBSMD | None = None, progress: bool = True) -> ScoreRun:
+def run_pipeline(
+    models: ModelGroups,
+    section: ScoringSection,
+    batches: list[Batch],
+    *,
+    metadata: dict,
+    stream: StreamingBSMD | None = None,
+    progress: bool = True,
+) -> ScoreRun:
     """Score every batch not yet scored with ``models`` (started only if a batch needs them); returns the whole
     table (batches in order, cast to one schema).
 
@@ -172,8 +193,11 @@ def run_pipeline(models: ModelGroups, section: ScoringSection, batches: list[Bat
             with timings.stage("solver"):
                 weights = proposal_weights(pa.concat_tables(tables), config.policy_names)
         if geometric and b.stored and b.rows is not None and not _drawn_at(b.rows, weights):
-            log.warning("%s was drawn at another λ than the batches before it now solve to (%s); drawing it again.",
-                        b.uri, weights)
+            log.warning(
+                "%s was drawn at another λ than the batches before it now solve to (%s); drawing it again.",
+                b.uri,
+                weights,
+            )
             b.rows, b.stored = None, False
         table = b.rows
         if table is None:
@@ -209,15 +233,27 @@ def _drawn_at(rows: pa.Table, weights: list[float] | None) -> bool:
     return len(drawn) == len(weights) and np.allclose(drawn, weights, rtol=0.0, atol=1e-6)
 
 
-def _score_batch(models: ModelGroups, batch: Batch, sampling: SamplingConfig, seed: int, schema: pa.Schema,
-                 timings: Timings, weights: list[float] | None = None) -> pa.Table:
+def _score_batch(
+    models: ModelGroups,
+    batch: Batch,
+    sampling: SamplingConfig,
+    seed: int,
+    schema: pa.Schema,
+    timings: Timings,
+    weights: list[float] | None = None,
+) -> pa.Table:
     """Sample, then score with every model and reward source; rows prompt-major, samples in order."""
     config = models.config
     rows, parts = _sample(models, batch, sampling, seed, timings, weights)
     with timings.stage("scoring"):  # everything in flight at once: rewards, the mixture, then each model's log-probs
         reward_refs = {n: g.submit("score", rows["prompt"], rows["response"]) for n, g in models.rewards.items()}
-        mixture_ref = None if weights is None else models.models[MIXTURE_SAMPLER].submit(
-            "score", rows["prompt"], rows["response_token_ids"], weights=weights)  # π̃_λ of every row: balance heuristic
+        mixture_ref = (
+            None
+            if weights is None
+            else models.models[MIXTURE_SAMPLER].submit(
+                "score", rows["prompt"], rows["response_token_ids"], weights=weights
+            )
+        )  # π̃_λ of every row: balance heuristic
         logp = models.log_probs(rows["prompt"], rows["response_token_ids"])
         if mixture_ref is not None:
             logp[MIXTURE_SAMPLER] = gather_arrays(mixture_ref)
@@ -230,9 +266,14 @@ def _score_batch(models: ModelGroups, batch: Batch, sampling: SamplingConfig, se
     else:
         logq = np.asarray(rows["sampler_logq"], dtype=np.float64)
     columns = {
-        "prompt_id": rows["prompt_id"], "sample_idx": rows["sample_idx"], "prompt": rows["prompt"],
-        "response": rows["response"], "response_token_ids": rows["response_token_ids"], "sampler": rows["sampler"],
-        "logp_ref": logp[config.reference.name], "logp_proposal": logq,
+        "prompt_id": rows["prompt_id"],
+        "sample_idx": rows["sample_idx"],
+        "prompt": rows["prompt"],
+        "response": rows["response"],
+        "response_token_ids": rows["response_token_ids"],
+        "sampler": rows["sampler"],
+        "logp_ref": logp[config.reference.name],
+        "logp_proposal": logq,
         **{f"logp_{n}": logp[n] for n in config.policy_names},
         **{f"reward_{n}": reward[n] for n in reward},
     }
@@ -241,8 +282,14 @@ def _score_batch(models: ModelGroups, batch: Batch, sampling: SamplingConfig, se
     return pa.table(columns, schema=schema).take(pa.array(order))
 
 
-def _sample(models: ModelGroups, batch: Batch, sampling: SamplingConfig, seed: int, timings: Timings,
-            weights: list[float] | None = None):
+def _sample(
+    models: ModelGroups,
+    batch: Batch,
+    sampling: SamplingConfig,
+    seed: int,
+    timings: Timings,
+    weights: list[float] | None = None,
+):
     """m responses per prompt, split over the samplers: π_ref; and each policy (mixture proposal); and, given
     ``weights``, the token-level mixture at them (geometric proposal). Returns the rows and (sampler, count) pairs."""
     config, m = models.config, sampling.samples_per_prompt
@@ -258,7 +305,15 @@ def _sample(models: ModelGroups, batch: Batch, sampling: SamplingConfig, seed: i
         r_prompts = [p for p in batch.prompts for _ in range(n)]
         seeds = [derive_seed(seed, pid, j) for pid, j in zip(r_ids, r_idx)]
         at = {"weights": weights} if name == MIXTURE_SAMPLER else {}
-        refs.append((name, r_ids, r_idx, r_prompts, models.models[name].submit("sample", r_prompts, seeds, params=sampling.params(), **at)))
+        refs.append(
+            (
+                name,
+                r_ids,
+                r_idx,
+                r_prompts,
+                models.models[name].submit("sample", r_prompts, seeds, params=sampling.params(), **at),
+            )
+        )
         offset += n
     with timings.stage("sampling"):
         for name, r_ids, r_idx, r_prompts, part_refs in refs:

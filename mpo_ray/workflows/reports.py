@@ -24,12 +24,17 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
     for k, name in enumerate(names):
         extra = "".join(f" {_fmt(r.weights[k])} |" for r in estimates.values())
         interval = f"[{ci[name][0]:.3f}, {ci[name][1]:.3f}]" if name in ci else "—"
-        lines.append(f"| {name} | {_fmt(artifact['weights'][k])} | {interval} | {_fmt(artifact['values'][name])} |{extra}")
+        lines.append(
+            f"| {name} | {_fmt(artifact['weights'][k])} | {interval} | {_fmt(artifact['values'][name])} |{extra}"
+        )
     if ci:
         method = artifact["weights_ci_method"]
-        lines += ["", f"Intervals: {method['resamples']} bootstrap resamples of the prompts, each solved in full "
-                      f"(percentile, {method['level']:.0%}). They cover the sampling noise of the score table, not a "
-                      "change of models or prompt distribution."]
+        lines += [
+            "",
+            f"Intervals: {method['resamples']} bootstrap resamples of the prompts, each solved in full "
+            f"(percentile, {method['level']:.0%}). They cover the sampling noise of the score table, not a "
+            "change of models or prompt distribution.",
+        ]
     cert = artifact["certificate"]
     ess = artifact["ess"]
     lines += [
@@ -38,9 +43,14 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
         f"0 at the optimum. Solver: {artifact['solver']['method']}, {artifact['solver']['iterations']} iterations, "
         f"converged: {artifact['solver']['converged']}.",
         f"* MaxMin value attained by π_λ: {_fmt(artifact['maxmin_value'])} nats (dual F̂(λ) = {_fmt(artifact['dual'])}).",
-        *([f"* Streaming BSMD (one step per prompt, as batches arrived): λ = "
-           f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, gap {artifact['streaming_bsmd']['gap']:.3g}."]
-          if "streaming_bsmd" in artifact else []),
+        *(
+            [
+                f"* Streaming BSMD (one step per prompt, as batches arrived): λ = "
+                f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, gap {artifact['streaming_bsmd']['gap']:.3g}."
+            ]
+            if "streaming_bsmd" in artifact
+            else []
+        ),
         f"* Effective sample size per prompt: median {ess['median']:.2f} at λ (min {ess['min']:.2f}), "
         + (f"median {ess['median_at_uniform']:.2f} at uniform λ, " if "median_at_uniform" in ess else "")
         + f"of {ess['samples_per_prompt']} samples.",
@@ -52,7 +62,9 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
             "the weights are noisy (see their intervals). Raise `samples_per_prompt` or use `proposal: mixture`."
         )
     if not artifact["solver"]["converged"]:
-        lines.append("* **Warning: the solver did not reach its tolerance**; raise `solver.steps` or use `method: full`.")
+        lines.append(
+            "* **Warning: the solver did not reach its tolerance**; raise `solver.steps` or use `method: full`."
+        )
     t = artifact["timings_s"]
     total = sum(t.values()) or 1.0
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.2f} ({100 * v / total:.0f}%)" for k, v in t.items()), ""]
@@ -67,20 +79,47 @@ def night_report(a: dict) -> str:
     """Markdown beside the weights: the decision and every check first, then the numbers behind them."""
     n, names = a["nightly"], a["policies"]
     gate, warm, st = n["gate"], n["warm_start"], a["score_table"]
-    verdict = "promoted to `latest`" if gate["passed"] else f"**not promoted**: `latest` stays {n['previous']} (failed: {', '.join(gate['failed'])})"
-    lines = [f"# Night {n['night']}: {verdict}", "", f"Store: {n['store']}. Gated against `latest` = {n['previous']}.", "",
-             "| check | passed | value | limit | what |", "|---|---|---|---|---|"]
-    lines += [f"| {c['check']} | {'yes' if c['passed'] else '**NO**'} | {_num(c['value'])} | {c['limit']} | {c['detail']} |" for c in gate["checks"]]
+    verdict = (
+        "promoted to `latest`"
+        if gate["passed"]
+        else f"**not promoted**: `latest` stays {n['previous']} (failed: {', '.join(gate['failed'])})"
+    )
+    lines = [
+        f"# Night {n['night']}: {verdict}",
+        "",
+        f"Store: {n['store']}. Gated against `latest` = {n['previous']}.",
+        "",
+        "| check | passed | value | limit | what |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {c['check']} | {'yes' if c['passed'] else '**NO**'} | {_num(c['value'])} | {c['limit']} | {c['detail']} |"
+        for c in gate["checks"]
+    ]
     prev = n["previous_weights"]
     lines += ["", "| policy | λ tonight | λ latest | value (nats) |", "|---|---|---|---|"]
-    lines += [f"| {p} | {a['weights'][k]:.4g} | {_num(prev[k] if prev else None)} | {a['values'][p]:.4g} |" for k, p in enumerate(names)]
+    lines += [
+        f"| {p} | {a['weights'][k]:.4g} | {_num(prev[k] if prev else None)} | {a['values'][p]:.4g} |"
+        for k, p in enumerate(names)
+    ]
     fb = n["feedback"]
     if fb:
         groups = list(fb["pairs"])
-        lines += ["", "Agreement with tonight's preference pairs (share ranked as labelled, ties count half):", "",
-                  "| weights | " + " | ".join(f"{g} (n={fb['pairs'][g]})" for g in groups) + " | min |", "|---" * (len(groups) + 2) + "|"]
-        rows = [("λ tonight", fb["mixed"]), ("λ latest", fb["previous"])] + [(f"{p} alone", fb["single"][p]) for p in names]
-        lines += [f"| {label} | " + " | ".join(_num(r[g]) for g in groups) + f" | {_num(r['min'])} |" for label, r in rows if r]
+        lines += [
+            "",
+            "Agreement with tonight's preference pairs (share ranked as labelled, ties count half):",
+            "",
+            "| weights | " + " | ".join(f"{g} (n={fb['pairs'][g]})" for g in groups) + " | min |",
+            "|---" * (len(groups) + 2) + "|",
+        ]
+        rows = [("λ tonight", fb["mixed"]), ("λ latest", fb["previous"])] + [
+            (f"{p} alone", fb["single"][p]) for p in names
+        ]
+        lines += [
+            f"| {label} | " + " | ".join(_num(r[g]) for g in groups) + f" | {_num(r['min'])} |"
+            for label, r in rows
+            if r
+        ]
     else:
         lines += ["", "No preference feedback tonight: agreement not evaluated."]
     lines += [
@@ -92,7 +131,8 @@ def night_report(a: dict) -> str:
         f"{st['scored_prompts']} scored tonight) in {st['uri']}.",
         f"* ESS per prompt: median {a['ess']['median']:.3g}, min {a['ess']['min']:.3g}, of {a['ess']['samples_per_prompt']} samples.",
         f"* Free riders: {', '.join(a['free_riders']) or 'none'}. Timings (s): "
-        + ", ".join(f"{k} {v:.2f}" for k, v in a["timings_s"].items()) + ".",
+        + ", ".join(f"{k} {v:.2f}" for k, v in a["timings_s"].items())
+        + ".",
         "",
     ]
     return "\n".join(lines)

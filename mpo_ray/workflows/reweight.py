@@ -46,15 +46,28 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
     scores_dir = storage.join(output, "scores")
     stored = set(storage.list_files(scores_dir))
     batches = plan_batches(scores_dir, inputs.ids, inputs.prompts, rw.batch_prompts, inputs.fingerprint, stored=stored)
-    log.info("reweight: %d prompts × %d samples, K=%d policies, %d batches (%d already in %s)", len(inputs.ids),
-             rw.sampling.samples_per_prompt, len(config.policies), len(batches), sum(b.stored for b in batches), scores_dir)
+    log.info(
+        "reweight: %d prompts × %d samples, K=%d policies, %d batches (%d already in %s)",
+        len(inputs.ids),
+        rw.sampling.samples_per_prompt,
+        len(config.policies),
+        len(batches),
+        sum(b.stored for b in batches),
+        scores_dir,
+    )
 
     mark_ours(output, "reweight", score_fingerprint=inputs.fingerprint)
     for uri in sorted(stored - {b.uri for b in batches}):  # the table holds exactly this run's rows: earlier runs' go
         remove_ours(uri, output, why="scores of other prompts, texts, models or settings")
-    stream = StreamingBSMD(len(config.policies), total_steps=len(inputs.ids), step_size=rw.solver.step_size) if rw.stream_bsmd else None
+    stream = (
+        StreamingBSMD(len(config.policies), total_steps=len(inputs.ids), step_size=rw.solver.step_size)
+        if rw.stream_bsmd
+        else None
+    )
     with ModelGroups(config, mixture=rw.sampling.proposal == "geometric", progress=progress) as models:
-        run = run_pipeline(models, rw, batches, metadata={"fingerprint": inputs.fingerprint}, stream=stream, progress=progress)
+        run = run_pipeline(
+            models, rw, batches, metadata={"fingerprint": inputs.fingerprint}, stream=stream, progress=progress
+        )
 
     with run.timings.stage("solver"):
         solution = solve(config, run.table, rw)
@@ -65,13 +78,28 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
             extra["streaming_bsmd"] = {"weights": streamed.weights.tolist(), "gap": streamed.gap}
     created, chosen = datetime.datetime.now(datetime.timezone.utc), solution.chosen
     artifact = build_artifact(
-        config, rw, solution, run, created=created,
+        config,
+        rw,
+        solution,
+        run,
+        created=created,
         version=f"{created:%Y%m%dT%H%M%SZ}-{digest([inputs.fingerprint, chosen.weights.tolist()], 8)}",
-        score_table={"uri": scores_dir, "rows": run.table.num_rows, "prompts": len(inputs.ids),
-                     "fingerprint": inputs.fingerprint}, **extra)
+        score_table={
+            "uri": scores_dir,
+            "rows": run.table.num_rows,
+            "prompts": len(inputs.ids),
+            "fingerprint": inputs.fingerprint,
+        },
+        **extra,
+    )
     with run.timings.stage("io"):
         artifact.write(storage.join(output, "weights.json"))
         storage.write_text(storage.join(output, "report.md"), reweight_report(artifact, solution.estimates))
-    log.info("λ = %s, gap = %.2e nats; wrote %s in %.1fs", dict(zip(config.policy_names, np.round(chosen.weights, 4).tolist())),
-             chosen.gap, storage.join(output, "weights.json"), time.perf_counter() - t_start)
+    log.info(
+        "λ = %s, gap = %.2e nats; wrote %s in %.1fs",
+        dict(zip(config.policy_names, np.round(chosen.weights, 4).tolist())),
+        chosen.gap,
+        storage.join(output, "weights.json"),
+        time.perf_counter() - t_start,
+    )
     return artifact

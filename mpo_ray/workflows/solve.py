@@ -41,8 +41,17 @@ def solve_scores(config: Config, table: pa.Table, section: ScoringSection, *, in
     """(arrays, estimates by name) for the whole table; the reward-normalised estimate when every policy has a reward."""
     arrays = score_arrays(table, config.policy_names, reward_columns_by_objective(config))
     s = section.solver
-    estimates = solve_table(arrays, beta=config.beta, method=s.method, tol=s.tol, steps=s.steps, step_size=s.step_size,
-                            batch_prompts=s.batch_prompts, seed=section.seed, init=init)
+    estimates = solve_table(
+        arrays,
+        beta=config.beta,
+        method=s.method,
+        tol=s.tol,
+        steps=s.steps,
+        step_size=s.step_size,
+        batch_prompts=s.batch_prompts,
+        seed=section.seed,
+        init=init,
+    )
     return arrays, estimates
 
 
@@ -65,9 +74,15 @@ def uncertainty(config: Config, arrays: ScoreArrays, estimate: str, *, resamples
     out = {"ess_median_at_uniform": float(np.median(at_uniform))}
     if resamples:
         boot = bootstrap_weights(L, mask, log_imp, resamples=resamples, seed=seed)
-        out["weights_ci"] = {n: [float(lo), float(hi)] for n, lo, hi in zip(config.policy_names, boot["lower"], boot["upper"])}
-        out["weights_ci_method"] = {"level": boot["level"], "resamples": resamples, "unit": "prompt",
-                                    "std": dict(zip(config.policy_names, boot["std"].tolist()))}
+        out["weights_ci"] = {
+            n: [float(lo), float(hi)] for n, lo, hi in zip(config.policy_names, boot["lower"], boot["upper"])
+        }
+        out["weights_ci_method"] = {
+            "level": boot["level"],
+            "resamples": resamples,
+            "unit": "prompt",
+            "std": dict(zip(config.policy_names, boot["std"].tolist())),
+        }
     return out
 
 
@@ -77,8 +92,17 @@ def ci_width(spread) -> float | None:
     return max(hi - lo for lo, hi in ci.values()) if ci else None
 
 
-def build_artifact(config: Config, section: ScoringSection, solution: Solution, run: ScoreRun, *, version: str,
-                   score_table: dict, created: datetime.datetime | None = None, **extra) -> WeightsArtifact:
+def build_artifact(
+    config: Config,
+    section: ScoringSection,
+    solution: Solution,
+    run: ScoreRun,
+    *,
+    version: str,
+    score_table: dict,
+    created: datetime.datetime | None = None,
+    **extra,
+) -> WeightsArtifact:
     """The weights artifact of the section's chosen solve, made at ``created`` (default: now); ``extra`` keys
     (e.g. ``streaming_bsmd``, ``nightly``) go last."""
     chosen, spread, sampling = solution.chosen, solution.spread, section.sampling
@@ -86,27 +110,41 @@ def build_artifact(config: Config, section: ScoringSection, solution: Solution, 
     worst_ess = min(float(np.median(ess)), spread["ess_median_at_uniform"])
     interval = {k: spread[k] for k in ("weights_ci", "weights_ci_method") if k in spread}
     return WeightsArtifact.build(
-        version=version, policies=names, weights=chosen.weights.tolist(), beta=config.beta,
+        version=version,
+        policies=names,
+        weights=chosen.weights.tolist(),
+        beta=config.beta,
         estimate=solution.estimate,
         solver={**section.solver.model_dump(), "iterations": chosen.iterations, "converged": chosen.converged},
         certificate={"gap_nats": chosen.gap, "gap_reward_units": chosen.gap * config.beta},
         values=dict(zip(names, chosen.values.tolist())),
-        dual=chosen.dual, maxmin_value=chosen.maxmin_value,
+        dual=chosen.dual,
+        maxmin_value=chosen.maxmin_value,
         free_riders=[names[k] for k in chosen.free_riders],
         **interval,
-        ess={"min": float(ess.min()), "median": float(np.median(ess)), "mean": float(ess.mean()),
-             "median_at_uniform": spread["ess_median_at_uniform"], "samples_per_prompt": sampling.samples_per_prompt,
-             "low": bool(worst_ess < section.ess_floor)},
+        ess={
+            "min": float(ess.min()),
+            "median": float(np.median(ess)),
+            "mean": float(ess.mean()),
+            "median_at_uniform": spread["ess_median_at_uniform"],
+            "samples_per_prompt": sampling.samples_per_prompt,
+            "low": bool(worst_ess < section.ess_floor),
+        },
         estimates={name: r.to_dict() for name, r in solution.estimates.items()},
         score_table=score_table,
         sampling=sampling.model_dump(),
         models={"reference": identities[0], "policies": identities[1:]},
         rewards=[r.model_dump() for r in config.rewards],
-        timings_s=run.timings.as_dict(), placement=run.placement,
-        created_at=(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(), library_version=__version__,
+        timings_s=run.timings.as_dict(),
+        placement=run.placement,
+        created_at=(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(),
+        library_version=__version__,
         seed=section.seed,
-        serving={**serving(DEFAULT_CANDIDATES), "note": "λ is solved for the sequence-level π_λ; generate serves it by "
-                 f"resampling among generate.num_candidates (default {DEFAULT_CANDIDATES} when sampling) token-level "
-                 "candidates, nearer π_λ as n grows (mpo-ray bench serving measures the gap)"},
+        serving={
+            **serving(DEFAULT_CANDIDATES),
+            "note": "λ is solved for the sequence-level π_λ; generate serves it by "
+            f"resampling among generate.num_candidates (default {DEFAULT_CANDIDATES} when sampling) token-level "
+            "candidates, nearer π_λ as n grows (mpo-ray bench serving measures the gap)",
+        },
         **extra,
     )

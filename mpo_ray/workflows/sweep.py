@@ -79,9 +79,17 @@ def point_label(weights) -> str:
     return "w=" + ",".join(f"{w:.3g}" for w in weights)
 
 
-def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | None], max_prompts: int | None = None,
-              extra: dict[str, PolicySpec] | None = None, soups: dict[str, list[float]] | None = None,
-              progress: bool = True, figure: Callable[[str, dict], None] | None = None) -> dict:
+def run_sweep(
+    config: Config,
+    *,
+    output: str,
+    points: dict[str, list[float] | None],
+    max_prompts: int | None = None,
+    extra: dict[str, PolicySpec] | None = None,
+    soups: dict[str, list[float]] | None = None,
+    progress: bool = True,
+    figure: Callable[[str, dict], None] | None = None,
+) -> dict:
     """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), and once per ``extra``
     policy on its own, and per ``soups`` label a Rewarded Soup of the policies at that λ (`soup_specs`,
     under `output`/soups/); evaluate every set against the reference with the config's rewards;
@@ -95,10 +103,14 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
     k = len(config.policies)
     for label, w in points.items():
         if w is not None and (len(w) != k or not np.all(np.isfinite(w)) or np.any(np.asarray(w) < 0) or not np.any(w)):
-            raise UserError(f"sweep point {label!r} has weights {w}; it needs {k} finite non-negative numbers, not all zero")
+            raise UserError(
+                f"sweep point {label!r} has weights {w}; it needs {k} finite non-negative numbers, not all zero"
+            )
     objectives = objectives_from_config(config)
     ids, prompts = read_prompts(g.prompts, prompt_column=g.prompt_column, id_column=g.id_column, limit=max_prompts)
-    check_prompt_lengths(check_models(config), ids, prompts, g.max_new_tokens, g.prompts)  # before Ray, as every workflow
+    check_prompt_lengths(
+        check_models(config), ids, prompts, g.max_new_tokens, g.prompts
+    )  # before Ray, as every workflow
     check_ours(output, "sweep", subdirs=("soups",))
     storage.check_writable(output)
     points = {REFERENCE: None, **{label: w for label, w in points.items() if label != REFERENCE}}
@@ -111,8 +123,10 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
         mark_ours(output, "sweep")
         extra.update(soup_specs(config, storage.join(output, "soups"), soups))
     specs = [config.reference, *config.policies, *extra.values()]  # one generator: a shared base loads once
-    vectors = {label: [1.0] + [0.0] * (k + len(extra)) if w is None else [0.0] + [float(x) for x in w] + [0.0] * len(extra)
-               for label, w in points.items()}
+    vectors = {
+        label: [1.0] + [0.0] * (k + len(extra)) if w is None else [0.0] + [float(x) for x in w] + [0.0] * len(extra)
+        for label, w in points.items()
+    }
     vectors.update({label: [0.0] * (1 + k + i) + [1.0] + [0.0] * (len(extra) - i - 1) for i, label in enumerate(extra)})
     parts = point_fingerprints(specs, k, vectors, ids, prompts, {**params, "seed": g.seed})
     candidates = {label: point_candidates(vectors[label], params) for label in vectors}
@@ -135,25 +149,44 @@ def run_sweep(config: Config, *, output: str, points: dict[str, list[float] | No
                 else:
                     log.info("sweep: generating point %r (%s)", label, todo[label])
                 worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
-                tables[label] = worker.generate(label, weights, ids, prompts, seeds,
-                                                {**params, "num_candidates": candidates[label]}, g.batch_size,
-                                                score=(config.reference.name, *config.policy_names))
+                tables[label] = worker.generate(
+                    label,
+                    weights,
+                    ids,
+                    prompts,
+                    seeds,
+                    {**params, "num_candidates": candidates[label]},
+                    g.batch_size,
+                    score=(config.reference.name, *config.policy_names),
+                )
                 write_point(uri, tables[label], parts[label])
         finally:
             if worker is not None:
                 worker.kill()
     results = []
     for label in vectors:
-        r = evaluate_generations(tables[label], objectives, reference=tables[REFERENCE], name=label,
-                                 models=(config.reference.name, config.policy_names), seed=g.seed)
+        r = evaluate_generations(
+            tables[label],
+            objectives,
+            reference=tables[REFERENCE],
+            name=label,
+            models=(config.reference.name, config.policy_names),
+            seed=g.seed,
+        )
         w = points.get(label)
         r["weights"] = None if w is None else list(map(float, w))
         r["fingerprint"] = digest(parts[label])
         r["serving"] = serving(candidates[label], one_model=sum(1 for w in vectors[label] if w != 0) == 1)
         results.append(r)
-    summary = {"format": SUMMARY_FORMAT, "policies": config.policy_names, "prompts": len(ids), "generation": params,
-               "serving": serving(g.candidates),
-               "seconds": round(time.perf_counter() - t0, 1), "points": results}
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "policies": config.policy_names,
+        "prompts": len(ids),
+        "generation": params,
+        "serving": serving(g.candidates),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "points": results,
+    }
     write_outputs(output, summary, figure, figure_digests)
     return summary
 
@@ -172,16 +205,21 @@ def point_files(output: str, labels: list[str]) -> dict[str, str]:
     for label in labels:
         name = f"{_slug(label)}.parquet"
         if by_name.setdefault(name, label) != label:
-            raise UserError(f"sweep points {by_name[name]!r} and {label!r} would both be written to {name}; rename one.")
+            raise UserError(
+                f"sweep points {by_name[name]!r} and {label!r} would both be written to {name}; rename one."
+            )
         files[label] = uri = storage.join(output, name)
         if storage.is_link(uri) or (storage.exists(uri) and not owns_file(uri)):
-            raise UserError(f"sweep output {output!r}: {name} is not a file mpo-ray's sweep wrote under that name (point "
-                            f"{label!r} would replace it); move it out of the directory, or choose another --output.")
+            raise UserError(
+                f"sweep output {output!r}: {name} is not a file mpo-ray's sweep wrote under that name (point "
+                f"{label!r} would replace it); move it out of the directory, or choose another --output."
+            )
     return files
 
 
-def point_fingerprints(specs: list[PolicySpec], k: int, vectors: dict[str, list[float]], ids: list[str],
-                       prompts: list[str], decoding: dict) -> dict[str, dict[str, str]]:
+def point_fingerprints(
+    specs: list[PolicySpec], k: int, vectors: dict[str, list[float]], ids: list[str], prompts: list[str], decoding: dict
+) -> dict[str, dict[str, str]]:
     """label → the digests of what its rows depend on: ``weights`` (the models it mixes, by name, and their λ),
     ``models`` (those models by content and settings), ``scorers`` (π_ref and the K policies, whose log-probs
     every point's file carries), ``prompts`` (ids and texts) and ``decoding`` (sampling settings, num_candidates,
@@ -193,9 +231,17 @@ def point_fingerprints(specs: list[PolicySpec], k: int, vectors: dict[str, list[
     out = {}
     for label, vector in vectors.items():
         used = [(i, float(w)) for i, w in enumerate(vector) if w != 0]  # zeros: an added soup changes no other point
-        own = {**decoding, "num_candidates": point_candidates(vector, decoding)} if "num_candidates" in decoding else decoding
-        out[label] = {"weights": digest([(specs[i].name, w) for i, w in used]),
-                      "models": digest([described[i] for i, _ in used]), **common, "decoding": digest(own)}
+        own = (
+            {**decoding, "num_candidates": point_candidates(vector, decoding)}
+            if "num_candidates" in decoding
+            else decoding
+        )
+        out[label] = {
+            "weights": digest([(specs[i].name, w) for i, w in used]),
+            "models": digest([described[i] for i, _ in used]),
+            **common,
+            "decoding": digest(own),
+        }
     return out
 
 
@@ -206,7 +252,9 @@ def point_candidates(vector, decoding: dict) -> int:
     distribution as drawing one, at 1/n of the cost. Tempered or truncated, resampling moves even one model back
     towards its untempered self, so the configured number stays."""
     n = int(decoding.get("num_candidates", 1))
-    untempered = decoding.get("temperature", 1.0) == 1.0 and not decoding.get("top_k") and decoding.get("top_p") in (None, 1.0)
+    untempered = (
+        decoding.get("temperature", 1.0) == 1.0 and not decoding.get("top_k") and decoding.get("top_p") in (None, 1.0)
+    )
     return 1 if untempered and sum(1 for w in vector if w != 0) == 1 else n
 
 
@@ -260,9 +308,15 @@ def check_fixed_files(output: str) -> list[str]:
             previous = None if storage.is_link(summary_uri) else storage.read_json(summary_uri)
         except (OSError, ValueError):
             pass
-        legacy = isinstance(previous, dict) and "format" not in previous and {"policies", "points", "generation"} <= set(previous)
+        legacy = (
+            isinstance(previous, dict)
+            and "format" not in previous
+            and {"policies", "points", "generation"} <= set(previous)
+        )
         if not (isinstance(previous, dict) and (previous.get("format") == SUMMARY_FORMAT or legacy)):
-            raise UserError(f"sweep output {output!r}: {SUMMARY_FILE} there is not a summary mpo-ray's sweep wrote; {how}")
+            raise UserError(
+                f"sweep output {output!r}: {SUMMARY_FILE} there is not a summary mpo-ray's sweep wrote; {how}"
+            )
     if not (storage.is_link(figure_uri) or storage.exists(figure_uri)):
         return []
     if not storage.is_link(figure_uri) and previous is not None:
@@ -321,11 +375,15 @@ def soup_specs(config: Config, directory: str, weights: dict[str, list[float]]) 
     plain = [p.name for p in config.policies if not p.adapter]
     bases = {(p.model, p.revision) for p in config.policies}
     if plain or len(bases) != 1:
-        raise UserError(f"{config.source}: a Rewarded Soup averages LoRA adapters of one base model; "
-                        + (f"policies {plain} have no `adapter`" if plain else f"the policies sit on {len(bases)} bases"))
+        raise UserError(
+            f"{config.source}: a Rewarded Soup averages LoRA adapters of one base model; "
+            + (f"policies {plain} have no `adapter`" if plain else f"the policies sit on {len(bases)} bases")
+        )
     if "://" in directory:
-        raise UserError(f"Rewarded Soups are written next to the sweep; {directory!r} is not a local directory. "
-                        "Pass a local --output.")
+        raise UserError(
+            f"Rewarded Soups are written next to the sweep; {directory!r} is not a local directory. "
+            "Pass a local --output."
+        )
     adapters = [resolve_model(p.adapter) for p in config.policies]
     contents = [tree_digest(a) for a in adapters]
     out = {}
@@ -337,8 +395,9 @@ def soup_specs(config: Config, directory: str, weights: dict[str, list[float]]) 
         else:
             rewarded_soup(adapters, list(w), path)
             storage.write_json(os.path.join(path, SOUP_RECORD), wanted)  # with the adapters' contents
-        out[label] = PolicySpec(name=label, model=config.policies[0].model, revision=config.policies[0].revision,
-                                adapter=path)
+        out[label] = PolicySpec(
+            name=label, model=config.policies[0].model, revision=config.policies[0].revision, adapter=path
+        )
     return out
 
 
