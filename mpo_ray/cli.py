@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
         "nightly",
         help="reweight tonight's prompts warm-started from `latest`; promote the new weights if they pass the gate",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="exit codes: 0 promoted (or a rerun of a promoted night: nothing changes); 2 bad input or config, nothing\n"
+        epilog="exit codes: 0 promoted (or a rerun of a promoted night: nothing changes); "
+        "2 bad input or config, nothing\n"
         "written; 3 gate failed: the version is kept for review, `latest` stays (a rerun says so again);\n"
         "4 another run holds the store's lock or moved `latest`: nothing written, retry.",
     )

@@ -27,7 +27,8 @@ def test_split_counts_and_balance_heuristic():
 
 
 def test_both_placement_plans_are_one_type(monkeypatch):
-    """Model actors and generate's replicas are planned into the same record (its `replicas` is generate's concurrency)."""
+    """Model actors and generate's replicas are planned into the same record (its `replicas` is generate's
+    concurrency)."""
     from mpo_ray.config import GenerateConfig, ResourcesConfig
     from mpo_ray.runtime import resources
 

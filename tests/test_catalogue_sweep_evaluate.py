@@ -187,7 +187,8 @@ def test_sweep_json_and_front_png_are_replaced_only_when_the_sweeps_own(tmp_path
 
 
 def test_a_soup_of_adapters_retrained_in_place_is_never_reused(tmp_path):
-    """The soup's adapters count by content: a retrained one refuses the old soup (as another λ does), never serves it."""
+    """The soup's adapters count by content: a retrained one refuses the old soup (as another λ does),
+    never serves it."""
     from mpo_ray.models.policies import resolve_model
 
     config = load_config(TINY)

@@ -140,7 +140,8 @@ def test_every_path_and_module_a_manifest_names_exists(name):
         assert importlib.util.find_spec(module) is not None, f"{name}: `python -m {module}` does not import"
     if missing:
         pytest.skip(
-            f"{name}: all else exists; waiting for {missing} (required once {sorted({PENDING[p] for p in missing})} exist)"
+            f"{name}: all else exists; waiting for {missing} "
+            f"(required once {sorted({PENDING[p] for p in missing})} exist)"
         )
 
 

@@ -203,7 +203,8 @@ def test_importance_resampling_targets_the_sequence_level_mixture():
     for g, group in zip(picked, candidates):
         assert any(dataclasses.replace(g, log_partition=None) == c for c in group)
         w = np.exp([c.log_normalizer for c in group])
-        # untempered: proposal_logprob == logprob (up to float32), so each weight is exp(log_normalizer) and Ẑ their mean
+        # untempered: proposal_logprob == logprob (up to float32),
+        # so each weight is exp(log_normalizer) and Ẑ their mean
         assert g.log_partition == pytest.approx(np.log(w.mean()), abs=1e-5)
         best = int(np.argmax(w))
         hits += g.token_ids == group[best].token_ids

@@ -16,7 +16,7 @@ from mpo_ray.io.schemas import GENERATION_SCHEMA
 
 def test_the_shipped_adapters_and_corpus_are_there():
     paths = adapter_paths()
-    for name, path in paths.items():
+    for path in paths.values():
         cfg = json.loads((path / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
         assert (path / "adapter_model.safetensors").stat().st_size < 5_000_000  # small enough to ship

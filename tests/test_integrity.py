@@ -138,8 +138,8 @@ def test_bad_weights_artifacts_fail_before_generation_starts(tmp_path, weights, 
 def test_weights_artifact_format_versions(tmp_path, version, match):
     path = tmp_path / "weights.json"
     path.write_text(
-        '{"format": "mpo-ray/weights", "format_version": %s, "version": "v", "beta": 0.1, "objective": "maxmin",'
-        ' "policies": ["a"], "weights": [1.0]}' % version
+        f'{{"format": "mpo-ray/weights", "format_version": {version}, "version": "v", "beta": 0.1, '
+        '"objective": "maxmin", "policies": ["a"], "weights": [1.0]}'
     )
     with pytest.raises(ValueError, match=match):
         WeightsArtifact.read(str(path))
@@ -209,7 +209,8 @@ def test_score_files_that_changed_on_disk_are_never_read_back_as_valid(tmp_path)
         ("broken.jsonl", b'{"prompt": "fine"}\n{"prompt": "no closing brace"\n', r"line 2 is not JSON"),
         (
             "dup.jsonl",
-            b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": 2, "prompt": "two"}\n{"prompt_id": 1, "prompt": "uno"}\n',
+            b'{"prompt_id": 1, "prompt": "one"}\n{"prompt_id": 2, "prompt": "two"}\n'
+            b'{"prompt_id": 1, "prompt": "uno"}\n',
             r"rows 0 and 2 share the id '1' but not their text",
         ),
         (

@@ -478,7 +478,8 @@ def store_snapshot(uri: str) -> dict:
 
 @pytest.fixture(scope="module")
 def three_nights(tmp_path_factory):
-    """Nights 1 and 2 through the CLI; night 3 crashes between its version and `latest`, then runs again; then reruns."""
+    """Nights 1 and 2 through the CLI; night 3 crashes between its version and `latest`, then runs again;
+    then reruns."""
     from mpo_ray.runtime.session import ray_session
 
     raw = yaml.safe_load(open(TINY))

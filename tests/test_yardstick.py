@@ -110,7 +110,8 @@ def test_paired_difference_pairs_by_prompt_id_not_by_position():
 
 def test_generated_rows_carry_their_own_and_every_models_logprob(tmp_path):
     """Untempered: a vertex's sampling log-prob is that model's teacher-forced score of the same tokens, so the
-    set's KL to itself is 0 up to float32; error rows carry nulls; resampled rows have no sampling log-prob but π_λ's estimated one."""
+    set's KL to itself is 0 up to float32; error rows carry nulls; resampled rows have no sampling log-prob but
+    π_λ's estimated one."""
     from mpo_ray.models.generator import BatchGenerator
     from mpo_ray.testing import build_tiny_family
     from mpo_ray.workflows.evaluate import has_logprobs

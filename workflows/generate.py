@@ -1,6 +1,7 @@
 """Ray job entrypoint for bulk generation through the mixed policy.
 
-    ray job submit --working-dir . -- python workflows/generate.py workflows/configs/tiny.yaml [--output URI] [--weights URI]
+ray job submit --working-dir . -- \
+    python workflows/generate.py workflows/configs/tiny.yaml [--output URI] [--weights URI]
 """
 
 import sys

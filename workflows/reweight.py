@@ -1,6 +1,6 @@
 """Ray job entrypoint for reweighting.
 
-    ray job submit --working-dir . -- python workflows/reweight.py workflows/configs/tiny.yaml [--output URI]
+ray job submit --working-dir . -- python workflows/reweight.py workflows/configs/tiny.yaml [--output URI]
 """
 
 import sys

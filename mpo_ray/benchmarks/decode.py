@@ -290,7 +290,8 @@ def model_families(args, root: str) -> list[tuple[str, object]]:
         models.append(str(random_llama_1b(Path(root) / "llama-1b", args.tokenizer or resolve_model("default"))))
     for model in models:
         label = {"default": "SmolLM2-135M-Instruct"}.get(model, Path(model).name)
-        out.append((label, lambda kind, k, path=resolve_model(model): model_policies(kind, k, path, root, args)))
+        resolved = resolve_model(model)
+        out.append((label, lambda kind, k, path=resolved: model_policies(kind, k, path, root, args)))
     return out
 
 

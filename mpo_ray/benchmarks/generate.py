@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     }
                 )
                 print(
-                    f"  {n} replica(s): start-up + one batch {small['generation_s']:.1f}s, all {full['generation_s']:.1f}s; "
+                    f"  {n} replica(s): start-up + one batch {small['generation_s']:.1f}s, "
+                    f"all {full['generation_s']:.1f}s; "
                     f"loop after {loops[-1]['seconds']:.1f}s",
                     flush=True,
                 )
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for i, x in enumerate(loops)
     ] + rows
     print(
-        f"\n{'mode':36} {'rows/s':>7} {'tok/s':>7} {'ratio':>6} {'steady tok/s':>13} {'ratio':>6} {'seconds':>8} {'tokens':>7}"
+        f"\n{'mode':36} {'rows/s':>7} {'tok/s':>7} {'ratio':>6} "
+        f"{'steady tok/s':>13} {'ratio':>6} {'seconds':>8} {'tokens':>7}"
     )
     for r in rows:
         base = r.get("base", r["tok/s"])

@@ -283,7 +283,8 @@ def report(setup: Setup, results: list[dict], reweight=REWEIGHT, evals=EVAL, res
         if (R, m) != DEMO_REWEIGHT:
             cells = [res[R, m] for res in results]
             lines.append(
-                f"  {R}×{m} − {DEMO_REWEIGHT[0]}×{DEMO_REWEIGHT[1]}, paired over replicas (same budget, nested prompts): "
+                f"  {R}×{m} − {DEMO_REWEIGHT[0]}×{DEMO_REWEIGHT[1]}, "
+                "paired over replicas (same budget, nested prompts): "
                 f"|λ̂−λ*|₁ {_mean_se([c['l1'] - b['l1'] for c, b in zip(cells, base)])}, exact ΔJ vs uniform "
                 f"{_mean_se([c['dj_uniform'] - b['dj_uniform'] for c, b in zip(cells, base)])} nats"
             )

@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> None:
         f"|λ_bsmd − λ_full|₁={np.abs(bsmd.weights - full.weights).sum():.2e}"
     )
     print(
-        f"ratio: bsmd (one pass) / full = {t_bsmd / t_full:.2f}×; full-batch gap / bsmd gap = {full.gap / max(bsmd.gap, 1e-300):.1e}"
+        f"ratio: bsmd (one pass) / full = {t_bsmd / t_full:.2f}×; "
+        f"full-batch gap / bsmd gap = {full.gap / max(bsmd.gap, 1e-300):.1e}"
     )
 
 

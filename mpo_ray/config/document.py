@@ -168,7 +168,8 @@ _UNIONS = (typing.Union, types.UnionType)
 
 
 def _locate(loc: tuple):
-    """(dotted key, the model holding its last named part, that field's info if the key ends there, ends at a union arm)."""
+    """(dotted key, the model holding its last named part, that field's info if the key ends there,
+    ends at a union arm)."""
     path, tp, parent, info, arm = "", Config, None, None, False
     for item in loc:
         args = [a for a in typing.get_args(tp) if a is not type(None)]

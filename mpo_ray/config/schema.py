@@ -90,7 +90,8 @@ class RewardSpec(_Strict):
     """A reward source for one objective: a HF sequence-classification model or a Python function.
 
     ``function`` is ``"module:function"``, called as ``fn(prompts, responses) -> list[float]``. ``objective``
-    names the policy whose objective this reward measures; rewards that drive the solver (``estimate: rewards``) need it.
+    names the policy whose objective this reward measures; rewards that drive the solver
+    (``estimate: rewards``) need it.
     """
 
     name: Name

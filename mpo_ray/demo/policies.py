@@ -358,7 +358,8 @@ def _training_report(s: dict) -> str:
     for obj in objs:
         o = s["objectives"][obj]
         lines.append(
-            f"| {obj} | {o['pairs']} | {o.get('steps', len(o['history']))} | {o['final']['loss']:.3f} | {o['final']['margin']:.2f} | "
+            f"| {obj} | {o['pairs']} | {o.get('steps', len(o['history']))} | "
+            f"{o['final']['loss']:.3f} | {o['final']['margin']:.2f} | "
             f"{o['final']['accuracy']:.2f} |"
         )
     lines += [

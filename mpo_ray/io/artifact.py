@@ -125,7 +125,8 @@ class WeightsArtifact(Mapping):
     @classmethod
     def read(cls, uri: str) -> WeightsArtifact:
         """The artifact ``uri`` means (see :func:`resolve`); UserError naming the file when it is missing, cannot be
-        reached or is malformed. An unsealed artifact (no ``sha256``, e.g. written by hand) is accepted with a warning."""
+        reached or is malformed. An unsealed artifact (no ``sha256``, e.g. written by hand) is accepted with a
+        warning."""
         path = uri
         try:
             path = resolve(uri)
@@ -227,7 +228,8 @@ def validate(obj, source: str) -> dict:
         raise UserError(f"{source}: `policies` must be a non-empty list of distinct names, got {names!r}.")
     if not isinstance(weights, list) or len(weights) != len(names):
         raise UserError(
-            f"{source} names {len(names)} policies but has {len(weights) if isinstance(weights, list) else 'no list of'} weights."
+            f"{source} names {len(names)} policies but has "
+            f"{len(weights) if isinstance(weights, list) else 'no list of'} weights."
         )
     ok = all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0 for w in weights)
     if not ok or not sum(weights) > 0:

@@ -226,7 +226,8 @@ def read_prompts(uri: str, *, prompt_column: str = "prompt", id_column: str = "p
     bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
     if bad:
         raise UserError(
-            f"prompt corpus {uri!r}: column {prompt_column!r} must hold non-empty strings; row {bad[0]} is {prompts[bad[0]]!r} "
+            f"prompt corpus {uri!r}: column {prompt_column!r} must hold non-empty strings; "
+            f"row {bad[0]} is {prompts[bad[0]]!r} "
             f"({len(bad)} bad row(s) in all)."
         )
     if id_column in names:

@@ -11,7 +11,8 @@ import pyarrow as pa
 
 
 def score_table_schema(policy_names: list[str], reward_names: list[str] = ()) -> pa.Schema:
-    """One row per (prompt, sample): the sample, its reference and proposal log-probs, every policy's and reward's score."""
+    """One row per (prompt, sample): the sample, its reference and proposal log-probs, every policy's and
+    reward's score."""
     fields = [
         pa.field("prompt_id", pa.string(), nullable=False),
         pa.field("sample_idx", pa.int32(), nullable=False),
@@ -67,7 +68,8 @@ def generation_table(
     ``generations`` hold ``text``, ``finish_reason``, ``num_tokens``, ``log_normalizer`` and
     ``proposal_logprob`` (the decoder's `Generation`, and ``log_partition`` when resampled); ``resampled`` says they
     were picked from several candidates: their ``sample_logprob`` is null (the distribution actually served has no
-    closed form) and ``log_partition``/``target_logprob`` are filled instead. ``logprobs`` (model name → each row's log π(y|x), None on error rows) adds the
+    closed form) and ``log_partition``/``target_logprob`` are filled instead. ``logprobs`` (model name → each row's
+    log π(y|x), None on error rows) adds the
     ``logp_<name>`` columns. One builder serves `generate` and `sweep` alike.
     """
     g = list(generations)

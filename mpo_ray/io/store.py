@@ -163,7 +163,8 @@ class WeightsStore:
         return None
 
     def recover(self, *, owner: str, timeout_s: float, version: str | None = None) -> str | None:
-        """Finish a promotion a crash interrupted (of ``version`` only, when given); returns the version promoted, if any."""
+        """Finish a promotion a crash interrupted (of ``version`` only, when given); returns the version
+        promoted, if any."""
         if self.pending(version) is None:
             return None
         with self.lock(owner=owner, timeout_s=timeout_s):
@@ -212,7 +213,8 @@ class WeightsStore:
                 fs.rm(path)
 
     def _create(self, fs, path: str, body: bytes) -> bool:
-        """Exclusive create: local files, memory://, and object stores with conditional writes (s3fs >= 2025.7, gcsfs, adlfs)."""
+        """Exclusive create: local files, memory://, and object stores with conditional writes
+        (s3fs >= 2025.7, gcsfs, adlfs)."""
         try:
             with fs.open(path, "xb") as f:
                 f.write(body)
@@ -238,7 +240,8 @@ class WeightsStore:
 
     @staticmethod
     def _age(fs, path: str, held: dict) -> float | None:
-        """Seconds since the lock was taken: its own timestamp, else the file's; None when neither is known (not stale)."""
+        """Seconds since the lock was taken: its own timestamp, else the file's; None when neither is known
+        (not stale)."""
         if "acquired_unix" in held:
             return time.time() - float(held["acquired_unix"])
         try:

@@ -61,7 +61,8 @@ def check_models(
             first = loaded[0].spec
             raise UserError(
                 f"{config.source}: policy {spec.name!r} ({spec.model}) does not share the vocabulary of the "
-                f"{'reference ' if reference else 'policy '}{first.name!r} ({first.model}); all policies must be aligned "
+                f"{'reference ' if reference else 'policy '}{first.name!r} ({first.model}); "
+                "all policies must be aligned "
                 "from one reference model (token-level mixing needs one tokenizer)."
             )
         loaded.append(policy)

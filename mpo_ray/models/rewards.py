@@ -45,7 +45,8 @@ def reward_values(spec, out, prompts, responses) -> np.ndarray:
         arr = np.asarray(out)
     except (TypeError, ValueError) as exc:  # ragged nesting, a tensor on a GPU
         raise UserError(
-            f"{what} returned a {type(out).__name__} that is not a list of numbers ({' '.join(str(exc).split())[:120]}); "
+            f"{what} returned a {type(out).__name__} that is not a list of numbers "
+            f"({' '.join(str(exc).split())[:120]}); "
             f"it must return a list of {n} numbers."
         ) from None
     items = list(out) if isinstance(out, (list, tuple)) else arr.ravel().tolist() if arr.dtype.kind in "USO" else []

@@ -71,7 +71,8 @@ def context_problem(policy: Policy, ids: list[int], extra: int, what: str) -> st
     if limit is not None and len(ids) + extra > limit:
         return (
             f"is {len(ids)} tokens once formatted for policy {policy.name!r}; with {extra} {what} that makes "
-            f"{len(ids) + extra}, over the model's context of {limit} tokens; shorten the prompt or ask for fewer {what}"
+            f"{len(ids) + extra}, over the model's context of {limit} tokens; "
+            f"shorten the prompt or ask for fewer {what}"
         )
     return None
 

@@ -182,7 +182,8 @@ class ModelGroup:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
         if len(ready) < len(refs):
             raise TimeoutError(
-                f"{len(refs) - len(ready)} actor(s) for {self.name!r} did not start within {timeout:.0f}s; the cluster has "
+                f"{len(refs) - len(ready)} actor(s) for {self.name!r} did not start within {timeout:.0f}s; "
+                "the cluster has "
                 f"{ray.cluster_resources()} but each asks for {self.options}. Add nodes, lower resources.*, "
                 "or raise resources.startup_timeout_s."
             )

@@ -197,7 +197,8 @@ def evaluate_generations(
     """Per-objective mean ± 95% CI; with `reference` generations (same prompt ids), win rates
     and the MaxMin view `min_win_rate` (the worst objective's win rate). With ``models`` = (π_ref's name,
     the policies' names) and generations that carry ``sample_logprob`` (or, resampled, ``target_logprob``) and
-    those models' ``logp_<name>`` columns (`sweep` writes them), also MPO's own objective (`implicit`, `core.yardstick`).
+    those models' ``logp_<name>`` columns (`sweep` writes them), also MPO's own objective
+    (`implicit`, `core.yardstick`).
 
     `generations` and `reference` are URIs or tables with prompt_id, prompt, response.
     """

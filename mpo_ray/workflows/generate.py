@@ -269,7 +269,8 @@ def _file_stats(uris: list[str]) -> dict:
 
 
 def generate(config: Config, *, progress: bool = True) -> dict:
-    """Generate one response per corpus prompt into `generate.output`; returns the summary (also in __mpo_ray__/summary.json).
+    """Generate one response per corpus prompt into `generate.output`; returns the summary
+    (also in __mpo_ray__/summary.json).
 
     Rerunning on the same output generates only the prompts it does not hold yet.
     """

@@ -84,12 +84,14 @@ class NightResult:
 
 
 def plan_night(config: Config) -> NightPlan:
-    """Read and check every input (cheapest first); UserError on anything wrong, before any model loads or file is written."""
+    """Read and check every input (cheapest first); UserError on anything wrong, before any model loads or
+    file is written."""
     nc = config.section("nightly")
     night = nc.night or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     if not NIGHT_ID.match(night):
         raise UserError(
-            f"night id {night!r} must be a date such as 2025-06-01 (letters, digits, '.', '_', '-'); it names the version."
+            f"night id {night!r} must be a date such as 2025-06-01 (letters, digits, '.', '_', '-'); "
+            "it names the version."
         )
     feedback_uri = (nc.feedback or "").replace("{night}", night) or None
     fb = read_feedback(feedback_uri, config.policy_names) if feedback_uri else None
@@ -225,7 +227,8 @@ def _commit(plan: NightPlan, artifact: WeightsArtifact, files: dict, base: str |
 
 
 def _replay(plan: NightPlan, artifact: WeightsArtifact) -> NightResult:
-    """A night already committed: the same inputs report its outcome (finishing its promotion if a crash cut it); others are refused."""
+    """A night already committed: the same inputs report its outcome (finishing its promotion if a crash
+    cut it); others are refused."""
     recorded = artifact.night.inputs if artifact.night else {}
     changed = sorted(k for k, v in plan.inputs.items() if recorded.get(k) != v)
     if changed:
@@ -274,7 +277,8 @@ def _batches(plan: NightPlan) -> tuple[list[Batch], dict, float]:
 
 
 def _score_feedback(models: ModelGroups, fb: Feedback) -> np.ndarray:
-    """``margins[n, k] = ℓ_k(x, chosen) − ℓ_k(x, rejected)``: responses tokenized by the (shared) reference tokenizer, EOS-terminated."""
+    """``margins[n, k] = ℓ_k(x, chosen) − ℓ_k(x, rejected)``: responses tokenized by the (shared) reference
+    tokenizer, EOS-terminated."""
     from transformers import AutoTokenizer
 
     from mpo_ray.models.policies import resolve_model

@@ -134,7 +134,8 @@ def plan_batches(
     prefix: str = "part",
     stored: set[str] = frozenset(),
 ) -> list[Batch]:
-    """Batches of ``size`` prompts; a file name carries its prompt ids' and settings' digest, so it is reused only for them."""
+    """Batches of ``size`` prompts; a file name carries its prompt ids' and settings' digest, so it is reused
+    only for them."""
     batches = []
     for start in range(0, len(ids), size):
         part = ids[start : start + size]

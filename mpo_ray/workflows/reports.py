@@ -42,11 +42,13 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
         f"* Certificate gap: {cert['gap_nats']:.3g} nats = {cert['gap_reward_units']:.3g} in reward units (× β); "
         f"0 at the optimum. Solver: {artifact['solver']['method']}, {artifact['solver']['iterations']} iterations, "
         f"converged: {artifact['solver']['converged']}.",
-        f"* MaxMin value attained by π_λ: {_fmt(artifact['maxmin_value'])} nats (dual F̂(λ) = {_fmt(artifact['dual'])}).",
+        f"* MaxMin value attained by π_λ: {_fmt(artifact['maxmin_value'])} nats "
+        f"(dual F̂(λ) = {_fmt(artifact['dual'])}).",
         *(
             [
                 f"* Streaming BSMD (one step per prompt, as batches arrived): λ = "
-                f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, gap {artifact['streaming_bsmd']['gap']:.3g}."
+                f"{[round(x, 4) for x in artifact['streaming_bsmd']['weights']]}, "
+                f"gap {artifact['streaming_bsmd']['gap']:.3g}."
             ]
             if "streaming_bsmd" in artifact
             else []
@@ -58,7 +60,8 @@ def reweight_report(artifact: dict, estimates: dict) -> str:
     ]
     if ess["low"]:
         lines.append(
-            "* **Warning: low ESS** (at λ or at uniform λ). The policies are far from the proposal for this many samples; "
+            "* **Warning: low ESS** (at λ or at uniform λ). "
+            "The policies are far from the proposal for this many samples; "
             "the weights are noisy (see their intervals). Raise `samples_per_prompt` or use `proposal: mixture`."
         )
     if not artifact["solver"]["converged"]:
@@ -125,11 +128,14 @@ def night_report(a: dict) -> str:
     lines += [
         "",
         f"* Solver: {a['solver']['method']}, {warm['iterations']} iterations warm-started from {warm['from']} "
-        f"(cold start: {warm['cold_iterations']}); initial gap {warm['initial_gap']:.3g} vs {warm['cold_initial_gap']:.3g} cold; "
+        f"(cold start: {warm['cold_iterations']}); "
+        f"initial gap {warm['initial_gap']:.3g} vs {warm['cold_initial_gap']:.3g} cold; "
         f"final gap {a['certificate']['gap_nats']:.3g} nats.",
-        f"* Score table: {st['prompts']} prompts, {st['rows']} rows ({st['reused_prompts']} prompts reused from earlier nights, "
+        f"* Score table: {st['prompts']} prompts, {st['rows']} rows "
+        f"({st['reused_prompts']} prompts reused from earlier nights, "
         f"{st['scored_prompts']} scored tonight) in {st['uri']}.",
-        f"* ESS per prompt: median {a['ess']['median']:.3g}, min {a['ess']['min']:.3g}, of {a['ess']['samples_per_prompt']} samples.",
+        f"* ESS per prompt: median {a['ess']['median']:.3g}, min {a['ess']['min']:.3g}, "
+        f"of {a['ess']['samples_per_prompt']} samples.",
         f"* Free riders: {', '.join(a['free_riders']) or 'none'}. Timings (s): "
         + ", ".join(f"{k} {v:.2f}" for k, v in a["timings_s"].items())
         + ".",

@@ -38,7 +38,8 @@ class Solution:
 
 
 def solve_scores(config: Config, table: pa.Table, section: ScoringSection, *, init=None) -> tuple[ScoreArrays, dict]:
-    """(arrays, estimates by name) for the whole table; the reward-normalised estimate when every policy has a reward."""
+    """(arrays, estimates by name) for the whole table; the reward-normalised estimate when every policy has
+    a reward."""
     arrays = score_arrays(table, config.policy_names, reward_columns_by_objective(config))
     s = section.solver
     estimates = solve_table(
