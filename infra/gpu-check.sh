@@ -41,8 +41,7 @@ device() {
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .gpu/wheels/*.whl
     export PYTHONPATH="/tmp/site:$PWD" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
-    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_decoding.py tests/test_engine.py \
-        tests/test_scoring.py tests/test_policies.py -m "not slow" 2>&1 | tail -30 | tee "$out/tests.txt" || true
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/models -m "not slow" 2>&1 | tail -30 | tee "$out/tests.txt" || true
     local common=(--no-tiny --random-1b --tokenizer .gpu/tokenizer --dtype bfloat16)
     timeout 170 python3 -m mpo_ray.benchmarks.decode "${common[@]}" --families lora --k 1,3 --batch 64,256 \
         --max-new-tokens 128 --repeats 2 2>&1 | grep -v -i warn | tee "$out/decode-eager.txt" || true

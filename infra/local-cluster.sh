@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A multi-node Ray cluster on one machine, on loopback only: a head and N
 # workers, each a separate `ray start` with its own resources. For the cluster
-# tests (tests/test_cluster.py) and for trying `ray job submit` by hand.
+# tests (tests/infra/test_cluster.py) and for trying `ray job submit` by hand.
 #
 #   infra/local-cluster.sh start [N]    head + N workers (default 2)
 #   infra/local-cluster.sh status       nodes, resources, and the env to submit jobs

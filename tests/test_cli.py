@@ -1,4 +1,4 @@
-"""The command line: version, clean usage errors (the demo has tests/test_demo.py)."""
+"""The command line: version, clean usage errors (the demo has tests/demo/test_demo.py)."""
 
 import subprocess
 import sys

@@ -6,7 +6,7 @@ import shutil
 import subprocess
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tiny import ROOT
 
 
 def test_import_contracts_are_kept():

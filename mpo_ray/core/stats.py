@@ -59,7 +59,7 @@ def bias_corrected(stat, *columns, resamples: int = 2000, level: float = 0.95, s
     minimum of means (J, the min win rate) is biased low, more when several means are close, so balanced sets such
     as MPO's are understated most. The interval is the percentile interval shifted by the same correction. Both
     the raw and the corrected value are returned: a minimum is not smooth where means tie, so the correction removes
-    part of the bias, not all (three tied means, 30 prompts: −0.153 → −0.092, tests/test_served_power.py; `bench
+    part of the bias, not all (three tied means, 30 prompts: −0.153 → −0.092, tests/core/test_stats.py; `bench
     protocol`'s ΔĴ(MPO − uniform) at 48×4, 50×1: −0.13 → −0.07 nats), at some variance."""
     draws = bootstrap_draws(stat, *columns, resamples=resamples, seed=seed)
     raw = float(stat(*(np.asarray(c) for c in columns)))

@@ -15,7 +15,7 @@ token-level candidates kept ∝ π_λ/q. For them the KL term uses the *target's
 log π_λ(y|x) ≈ logprob + log_normalizer − log Ẑ(x) (``target_logprob``; Ẑ the mean importance weight over the
 prompt's n candidates). That is not KL(p_n‖π_ref): over y ~ p_n, E[log π_λ − log π_ref] = KL(p_n‖π_ref) −
 KL(p_n‖π_λ) ≤ KL(p_n‖π_ref) (Gibbs), while log Ẑ is biased low (Jensen), which raises it again; both vanish as
-n → ∞. Measured against exact truth (tests/test_served_kl.py, `mpo-ray bench serving`): the substitute's
+n → ∞. Measured against exact truth (tests/core/test_yardstick_resampled.py, `mpo-ray bench serving`): the substitute's
 expectation sits within a few hundredths of a nat of the exact KL(p_n‖π_ref) at n = 4 (docs/design.md §1).
 """
 

@@ -12,21 +12,15 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from tiny import ROOT, TINY_CONFIG, tiny_config
 
-from mpo_ray.config import load_config
 from mpo_ray.io import storage
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.reweight import reweight
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 OVERRIDES = {"reweight.max_prompts": 12, "reweight.batch_prompts": 4}
 
 pytestmark = pytest.mark.slow
-
-
-def tiny():
-    return load_config(TINY, overrides=OVERRIDES)
 
 
 def keys(out):
@@ -52,14 +46,18 @@ def test_multinode_actors_spread_and_match_single_node(tmp_path):
             cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         with ray_session(address=cluster.address, log_to_driver=False):
-            multi = reweight(tiny().with_overrides({"reweight.output": str(tmp_path / "multi")}), progress=False)
+            multi = reweight(
+                tiny_config(**OVERRIDES).with_overrides({"reweight.output": str(tmp_path / "multi")}), progress=False
+            )
     finally:
         cluster.shutdown()
     nodes = {a["node_id"] for replicas in multi["placement"].values() for a in replicas}
     assert len(nodes) >= 2, multi["placement"]
 
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
-        single = reweight(tiny().with_overrides({"reweight.output": str(tmp_path / "single")}), progress=False)
+        single = reweight(
+            tiny_config(**OVERRIDES).with_overrides({"reweight.output": str(tmp_path / "single")}), progress=False
+        )
     np.testing.assert_allclose(multi["weights"], single["weights"], atol=1e-6)
     assert sorted(keys(str(tmp_path / "multi"))) == sorted(keys(str(tmp_path / "single")))
 
@@ -70,7 +68,8 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
     one_per_batch = {"reweight.batch_prompts": 1}
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
         reference = reweight(
-            tiny().with_overrides({**one_per_batch, "reweight.output": str(tmp_path / "clean")}), progress=False
+            tiny_config(**OVERRIDES).with_overrides({**one_per_batch, "reweight.output": str(tmp_path / "clean")}),
+            progress=False,
         )
 
         # 1. kill a policy actor while the run is in flight: Ray restarts it, the call is retried.
@@ -88,7 +87,9 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
 
         thread = threading.Thread(target=killer)
         thread.start()
-        result = reweight(tiny().with_overrides({**one_per_batch, "reweight.output": out}), progress=False)
+        result = reweight(
+            tiny_config(**OVERRIDES).with_overrides({**one_per_batch, "reweight.output": out}), progress=False
+        )
         thread.join()
         assert killed, "the policy actor was not found to kill"
         assert killed[0][1], "the kill landed after the last batch: it tested nothing"
@@ -97,7 +98,7 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
 
         # 2. kill the driver (SIGKILL) after its first batch, then rerun the same command.
         out = str(tmp_path / "driver-killed")
-        cfg = yaml.safe_load(open(TINY))
+        cfg = yaml.safe_load(open(TINY_CONFIG))
         # one prompt per batch: twelve files, so the kill below lands mid-run however fast the machine is
         cfg["reweight"].update(
             prompts=os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl"), max_prompts=12, batch_prompts=1

@@ -19,8 +19,8 @@ import tempfile
 import time
 
 import pytest
+from tiny import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "infra", "local-cluster.sh")
 MARKER = ".mpo-local-cluster"
 

@@ -8,14 +8,12 @@ import os
 
 import pytest
 import ray
+from tiny import TINY_CONFIG
 
 from mpo_ray.config import load_config
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.ownership import mark_ours
 from mpo_ray.io.store import WeightsStore
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 
 
 def foreign_dir(path, files=("report.md", "weights.json")):
@@ -38,7 +36,7 @@ def test_reweight_refuses_a_directory_it_did_not_make_and_leaves_it_intact(tmp_p
     with pytest.raises(
         ValueError, match=r"is not empty \(report.md, weights.json\) and was not made by `mpo-ray reweight`"
     ):
-        reweight(load_config(TINY, overrides={"reweight.output": str(theirs)}), progress=False)
+        reweight(load_config(TINY_CONFIG, overrides={"reweight.output": str(theirs)}), progress=False)
     assert untouched(theirs) and not ray.is_initialized()
 
 
@@ -47,7 +45,7 @@ def test_generate_refuses_another_workflows_output(tmp_path):
 
     other = tmp_path / "rw"
     mark_ours(str(other), "reweight")
-    config = load_config(TINY, overrides={"generate.output": str(other), "generate.weights": [0.5, 0.3, 0.2]})
+    config = load_config(TINY_CONFIG, overrides={"generate.output": str(other), "generate.weights": [0.5, 0.3, 0.2]})
     with pytest.raises(ValueError, match="holds the output of `mpo-ray reweight`, not of `mpo-ray generate`"):
         generate(config, progress=False)
     assert os.listdir(other) == ["__mpo_ray__"] and not ray.is_initialized()
@@ -58,7 +56,9 @@ def test_sweep_refuses_a_directory_it_did_not_make(tmp_path):
 
     theirs = foreign_dir(tmp_path / "theirs", files=("notes.txt",))
     with pytest.raises(ValueError, match="was not made by `mpo-ray sweep`"):
-        run_sweep(load_config(TINY), output=str(theirs), points={"a": [1.0, 0.0, 0.0]}, max_prompts=2, progress=False)
+        run_sweep(
+            load_config(TINY_CONFIG), output=str(theirs), points={"a": [1.0, 0.0, 0.0]}, max_prompts=2, progress=False
+        )
     assert untouched(theirs, files=("notes.txt",)) and not ray.is_initialized()
 
 
@@ -68,7 +68,7 @@ def test_a_file_as_output_is_refused(tmp_path):
     target = tmp_path / "out.txt"
     target.write_text("the user's file")
     with pytest.raises(ValueError, match="is a file"):
-        reweight(load_config(TINY, overrides={"reweight.output": str(target)}), progress=False)
+        reweight(load_config(TINY_CONFIG, overrides={"reweight.output": str(target)}), progress=False)
     assert target.read_text() == "the user's file"
 
 
@@ -77,7 +77,7 @@ def test_nightly_refuses_a_store_location_it_did_not_make(tmp_path):
 
     theirs = foreign_dir(tmp_path / "theirs", files=("data.csv",))
     with pytest.raises(ValueError, match="weights store .* was not made by `mpo-ray nightly`"):
-        plan_night(load_config(TINY, overrides={"nightly.store": str(theirs), "nightly.night": "2025-06-01"}))
+        plan_night(load_config(TINY_CONFIG, overrides={"nightly.store": str(theirs), "nightly.night": "2025-06-01"}))
     assert untouched(theirs, files=("data.csv",))
 
 
@@ -126,7 +126,9 @@ def test_bad_weights_artifacts_fail_before_generation_starts(tmp_path, weights, 
             }
         )
     )
-    config = load_config(TINY, overrides={"generate.output": str(tmp_path / "out"), "generate.weights_uri": str(path)})
+    config = load_config(
+        TINY_CONFIG, overrides={"generate.output": str(tmp_path / "out"), "generate.weights_uri": str(path)}
+    )
     with pytest.raises(ValueError, match=match):
         generate(config, progress=False)
     assert not (tmp_path / "out").exists() and not ray.is_initialized()
@@ -153,7 +155,9 @@ def test_a_prompt_too_long_for_the_context_is_named_by_its_row_before_ray_starts
     corpus = tmp_path / "prompts.jsonl"
     rows = [{"prompt_id": "ok", "prompt": "hello"}, {"prompt_id": "long-one", "prompt": "word " * 400}]
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = load_config(TINY, overrides={"reweight.prompts": str(corpus), "reweight.output": str(tmp_path / "out")})
+    config = load_config(
+        TINY_CONFIG, overrides={"reweight.prompts": str(corpus), "reweight.output": str(tmp_path / "out")}
+    )
     with pytest.raises(
         ValueError, match=r"prompts.jsonl', row 1 \(id 'long-one'\): prompt is \d+ tokens once formatted"
     ):
@@ -226,7 +230,7 @@ def test_corpora_that_would_be_misread_are_refused_before_ray_starts(tmp_path, n
     corpus = tmp_path / name
     corpus.write_bytes(content)
     config = load_config(
-        TINY,
+        TINY_CONFIG,
         overrides={
             "generate.prompts": str(corpus),
             "generate.output": str(tmp_path / "out"),

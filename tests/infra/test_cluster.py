@@ -27,8 +27,8 @@ import time
 
 import pytest
 import yaml
+from tiny import ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLUSTER = os.path.join(ROOT, "cluster")
 DOCKERFILE = os.path.join(ROOT, "infra", "Dockerfile")
 LOCK = os.path.join(ROOT, "infra", "requirements.lock")

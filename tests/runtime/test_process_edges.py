@@ -10,13 +10,12 @@ import time
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from tiny import ROOT, TINY_CONFIG
 
 from mpo_ray import cli
 from mpo_ray.core.errors import UserError
 from mpo_ray.runtime import session
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 PROMPTS = os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl")
 
 
@@ -32,7 +31,7 @@ def cli_leaves_no_trace(monkeypatch):
 
 def tiny_config(tmp_path) -> str:
     """tiny.yaml with absolute inputs and fixed generation weights (no reweight run needed first)."""
-    cfg = yaml.safe_load(open(TINY))
+    cfg = yaml.safe_load(open(TINY_CONFIG))
     cfg["reweight"]["prompts"] = PROMPTS
     cfg["generate"].update(prompts=PROMPTS, weights=[0.4, 0.3, 0.3])
     cfg["generate"].pop("weights_uri")

@@ -11,6 +11,8 @@ import sys
 import textwrap
 
 import pytest
+import ray
+from tiny import tiny_config
 
 from mpo_ray.config import ConfigError, config_from_dict
 from mpo_ray.core.errors import UserError
@@ -18,6 +20,7 @@ from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.models.preflight import check_models
 from mpo_ray.models.rewards import RewardSource
+from mpo_ray.workflows.reweight import reweight
 
 REWARDS = """
 def fine(prompts, responses):
@@ -332,3 +335,48 @@ def test_sweep_probes_its_reward_functions_before_ray(rewards_module, tmp_path):
         run_sweep(config, output=str(tmp_path / "sweep"), points={"a": [1.0, 0.0]}, progress=False)
     one_line(e)
     assert not ray.is_initialized() and not (tmp_path / "sweep").exists()
+
+
+# reweight: bad input fails clearly before any actor starts (or Ray starts), leaving no output.
+
+
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        ({"reweight.prompt_column": "question"}, r"no column 'question'; its columns are \['prompt_id', 'prompt'\]"),
+        ({"policies": [{"name": "a", "model": "/no/such/model"}]}, r"model of 'a', '/no/such/model', cannot be loaded"),
+        (
+            {"policies": [{"name": "a", "model": "tiny:base", "adapter": "/no/such/adapter"}]},
+            r"adapter of 'a'.*does not exist",
+        ),
+        (
+            {"rewards": [{"name": "r", "function": "no_such_module:f"}]},
+            r"reward function 'no_such_module:f' does not import",
+        ),
+        ({"policies": [{"name": "a", "model": "tiny:other-vocab"}]}, r"does not share the vocabulary of the reference"),
+    ],
+)
+def test_bad_input_fails_before_actors_and_writes_nothing(tmp_path, overrides, match):
+    if "rewards" not in overrides and "policies" in overrides:
+        overrides = {**overrides, "rewards": []}
+    config = tiny_config(**{"reweight.max_prompts": 12, **overrides})
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=match):
+        reweight(config.with_overrides({"reweight.output": str(out)}), progress=False)
+    assert not out.exists()
+    assert not ray.is_initialized()
+
+
+def test_empty_corpus_and_unwritable_output(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="is empty"):
+        reweight(
+            tiny_config(**{"reweight.prompts": str(empty)}).with_overrides({"reweight.output": str(tmp_path / "o")}),
+            progress=False,
+        )
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ValueError, match="not writable"):
+        reweight(tiny_config().with_overrides({"reweight.output": str(blocker / "sub")}), progress=False)
+    assert not ray.is_initialized()

@@ -6,19 +6,18 @@ import os
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tiny import tiny_config
 
 from mpo_ray import solve_weights
-from mpo_ray.config import load_config
 from mpo_ray.core.estimator import score_arrays
 from mpo_ray.io import storage
 from mpo_ray.workflows.reweight import reweight
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
+SMALL = {"reweight.max_prompts": 12, "reweight.batch_prompts": 4}
 
 
 def tiny(**overrides):
-    return load_config(TINY, overrides={"reweight.max_prompts": 12, "reweight.batch_prompts": 4, **overrides})
+    return tiny_config(**{**SMALL, **overrides})
 
 
 def read_table(out):

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family, tiny_model_path
+from tiny import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family, tiny_model_path
 
 from mpo_ray import Generation, MixedPolicy, PolicySpec, load_policies, score_sequences
 from mpo_ray.models.scoring import pad_left

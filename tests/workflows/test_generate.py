@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from tiny import TINY_CONFIG
 
 from mpo_ray.cli import main
 from mpo_ray.config import load_config
@@ -22,8 +23,6 @@ from mpo_ray.core.seeds import derive_seed, prompt_id
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows.generate import META_DIR, generate, promote
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 WEIGHTS = [0.5, 0.3, 0.2]
 TOPICS = ["mountains", "rivers", "a city", "birds", "bread", "the sea", "music", "winter"]
 
@@ -44,7 +43,7 @@ def tiny(prompts: str, **overrides):
     """tiny.yaml on ``prompts`` with explicit weights, unless the overrides name a weights artifact."""
     weights = {} if "generate.weights_uri" in overrides else {"generate.weights": WEIGHTS}
     return load_config(
-        TINY,
+        TINY_CONFIG,
         overrides={
             "generate.prompts": prompts,
             **weights,
@@ -61,7 +60,7 @@ def mixed_policy():
     from mpo_ray.models.decoding import MixedPolicy
     from mpo_ray.models.policies import load_policies
 
-    return MixedPolicy(load_policies(load_config(TINY).policies), WEIGHTS)
+    return MixedPolicy(load_policies(load_config(TINY_CONFIG).policies), WEIGHTS)
 
 
 def direct(config, ids, prompts) -> dict:
@@ -281,7 +280,7 @@ def test_bad_corpora_and_weights_fail_clearly_and_leave_nothing(local_ray, tmp_p
 
 
 def test_cli_reports_input_errors_in_one_line(tmp_path, capsys):
-    cfg = yaml.safe_load(open(TINY))
+    cfg = yaml.safe_load(open(TINY_CONFIG))
     cfg["generate"].update(prompts=str(tmp_path / "missing.jsonl"), weights_uri=None, weights=WEIGHTS)
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -394,7 +393,7 @@ def test_killing_a_generation_actor_mid_run(local_ray, tmp_path):
 @pytest.mark.slow
 def test_stopped_run_resumes_without_duplicates(local_ray, tmp_path):
     rows = corpus_rows(240)
-    cfg = yaml.safe_load(open(TINY))
+    cfg = yaml.safe_load(open(TINY_CONFIG))
     cfg["generate"].update(
         prompts=write_jsonl(tmp_path / "corpus.jsonl", rows),
         weights_uri=None,

@@ -13,6 +13,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny import TINY_CONFIG
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
@@ -22,8 +23,6 @@ from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows.generate import _write_rows, drop_stale, promote, written_rows
 from mpo_ray.workflows.pipeline import Batch, _batch_rows
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 FP = "fingerprint-of-this-output"
 
 
@@ -125,7 +124,7 @@ def test_reweight_leaves_a_users_file_in_scores_alone(tmp_path):
     from mpo_ray.config import load_config
     from mpo_ray.workflows.pipeline import plan_batches, score_fingerprint
 
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     out = tmp_path / "rw"
     scores = out / "scores"
     mark_ours(str(out), "reweight")
@@ -245,7 +244,7 @@ def test_generate_rerun_keeps_a_users_file_and_regenerates_an_edited_prompt(loca
     )
     out = tmp_path / "gen"
     config = load_config(
-        TINY,
+        TINY_CONFIG,
         overrides={
             "generate.prompts": str(corpus),
             "generate.output": str(out),
@@ -281,7 +280,7 @@ def test_a_generate_rerun_after_an_adapter_was_retrained_in_place_is_refused(tmp
     (adapter / "adapter_config.json").write_text('{"r": 8}')
     (adapter / "adapter_model.safetensors").write_bytes(b"\x01" * 64)
     config = load_config(
-        TINY,
+        TINY_CONFIG,
         overrides={
             "generate.output": str(tmp_path / "gen"),
             "generate.weights": [0.5, 0.3, 0.2],

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from _tiny_fixtures import tiny_model_path
+from tiny import tiny_model_path
 
 from mpo_ray.config import PolicySpec
 from mpo_ray.demo.dpo import DPOConfig, PreferencePairs, dpo_loss, sequence_logprobs, train_dpo

@@ -9,7 +9,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family
+from tiny import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family
 
 from mpo_ray import MixedPolicy, PolicySpec, load_policies
 from mpo_ray.models import decoding

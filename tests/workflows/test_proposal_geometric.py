@@ -12,29 +12,26 @@ import shutil
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from tiny import tiny_config
 
 from mpo_ray import solve_weights
-from mpo_ray.config import load_config
 from mpo_ray.core.estimator import proposal_counts, score_arrays
 from mpo_ray.io import storage
 from mpo_ray.runtime.actors import MIXTURE_SAMPLER
 from mpo_ray.workflows.reweight import reweight
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 M = 4
 
 
-def tiny(out):
-    return load_config(
-        TINY,
-        overrides={
+def geometric_config(out):
+    return tiny_config(
+        **{
             "reweight.max_prompts": 8,
             "reweight.batch_prompts": 2,
             "reweight.bootstrap_resamples": 0,
             "reweight.output": out,
             "reweight.sampling": {"samples_per_prompt": M, "max_new_tokens": 6, "proposal": "geometric"},
-        },
+        }
     )
 
 
@@ -45,12 +42,12 @@ def batch_files(out):
 @pytest.fixture(scope="module")
 def run(local_ray, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("geometric") / "run")
-    return out, reweight(tiny(out), progress=False)
+    return out, reweight(geometric_config(out), progress=False)
 
 
 def test_later_batches_draw_from_the_mixture_at_the_lambda_of_the_batches_before(run):
     out, artifact = run
-    config = tiny(out)
+    config = geometric_config(out)
     files = batch_files(out)
     assert len(files) == 4
     K, before = len(config.policies), []
@@ -85,7 +82,7 @@ def test_logp_proposal_is_the_balance_heuristic_over_every_component(run):
     from mpo_ray.models.policies import load_policies
 
     out, _ = run
-    config = tiny(out)
+    config = geometric_config(out)
     policies = load_policies(config.policies)
     K = len(policies)
     for b, uri in enumerate(batch_files(out)):
@@ -114,7 +111,7 @@ def test_resumed_run_draws_at_the_same_lambda(run, tmp_path):
     files = batch_files(resumed_out)
     os.remove(files[1])  # batch 1 lost: batches 2 and 3 were drawn at λs that depend on it
     os.remove(files[3])
-    second = reweight(tiny(resumed_out), progress=False)
+    second = reweight(geometric_config(resumed_out), progress=False)
     assert second["weights"] == pytest.approx(first["weights"], rel=0, abs=1e-12)
     for a, b in zip(batch_files(out), batch_files(resumed_out)):
         ta, tb = pq.read_table(a), pq.read_table(b)

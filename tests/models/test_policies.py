@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from _tiny_fixtures import PROMPTS, tiny_family, tiny_model_path
+from tiny import PROMPTS, tiny_family, tiny_model_path
 
 from mpo_ray import PolicySpec, load_policies
 from mpo_ray.models import policies as policies_module

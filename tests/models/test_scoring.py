@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from _tiny_fixtures import EXACT_DTYPE, PROMPTS, reference_logprobs, tiny_family
+from tiny import EXACT_DTYPE, PROMPTS, reference_logprobs, tiny_family
 
 from mpo_ray import PolicySpec, load_policies, score_sequences
 

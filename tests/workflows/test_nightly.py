@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import yaml
+from tiny import ROOT, TINY_CONFIG
 
 from mpo_ray.cli import main
 from mpo_ray.config import ConfigError, GateConfig, config_from_dict, load_config
@@ -29,8 +30,6 @@ from mpo_ray.io.feedback import read_feedback
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
 from mpo_ray.workflows.nightly import evaluate_feedback, gate_checks, plan_night, run_night
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 DATA = os.path.join(ROOT, "workflows", "data", "nightly")
 NIGHTS = ["2025-06-01", "2025-06-02", "2025-06-03"]
 NAMES = ["concise", "detailed", "upbeat"]
@@ -200,7 +199,7 @@ def test_generation_reads_latest_or_a_pinned_version(store_uri, tmp_path):
 
     st = WeightsStore(store_uri)
     config = config_from_dict(
-        {**yaml.safe_load(open(TINY)), "generate": {"prompts": "p.jsonl", "weights_uri": store_uri}}
+        {**yaml.safe_load(open(TINY_CONFIG)), "generate": {"prompts": "p.jsonl", "weights_uri": store_uri}}
     )
     st.write_version("2025-06-01", artifact("2025-06-01", [0.5, 0.3, 0.2]))
     with pytest.raises(ValueError, match="no `latest` yet"):
@@ -312,10 +311,10 @@ def test_gate_says_which_check_failed():
 
 
 def test_nightly_section_loads_and_bad_keys_name_key_and_file():
-    c = load_config(TINY)
+    c = load_config(TINY_CONFIG)
     assert c.nightly.prompts == os.path.join(DATA, "{night}", "prompts.jsonl") and os.path.isabs(c.nightly.store)
     assert c.nightly.gate.max_drift == 0.1 and c.nightly.sampling.samples_per_prompt == 4
-    raw = yaml.safe_load(open(TINY))
+    raw = yaml.safe_load(open(TINY_CONFIG))
     for mutate, match in [
         (lambda n: n["gate"].update(max_drfit=0.1), r"tiny.yaml: unknown key `nightly.gate.max_drfit`"),
         (lambda n: n.update(batch_prompts="16"), r"`nightly.batch_prompts` must be int"),
@@ -327,7 +326,7 @@ def test_nightly_section_loads_and_bad_keys_name_key_and_file():
         data = json.loads(json.dumps(raw))
         mutate(data["nightly"])
         with pytest.raises(ConfigError, match=match):
-            config_from_dict(data, source=TINY)
+            config_from_dict(data, source=TINY_CONFIG)
 
 
 @pytest.mark.parametrize(
@@ -345,7 +344,7 @@ def test_a_night_with_malformed_feedback_fails_clearly_and_leaves_latest_alone(t
     st.promote("2025-06-01", expected=None)
     before = storage.read_text(storage.join(store, "latest.json"))
     bad = write_jsonl(tmp_path / "feedback.jsonl", rows)
-    code = main(["nightly", TINY, "--night", "2025-06-02", "--store", store, "--feedback", bad, "--quiet"])
+    code = main(["nightly", TINY_CONFIG, "--night", "2025-06-02", "--store", store, "--feedback", bad, "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and match.split()[0] in err and err.count("\n") == 1, err
     assert storage.read_text(storage.join(store, "latest.json")) == before
@@ -354,21 +353,21 @@ def test_a_night_with_malformed_feedback_fails_clearly_and_leaves_latest_alone(t
 
 def test_other_bad_inputs_are_user_errors(tmp_path, capsys):
     store = str(tmp_path / "store")
-    assert main(["nightly", TINY, "--night", "1999-01-01", "--store", store]) == 2  # no prompts for that night
+    assert main(["nightly", TINY_CONFIG, "--night", "1999-01-01", "--store", store]) == 2  # no prompts for that night
     assert "does not exist" in capsys.readouterr().err
-    assert main(["nightly", TINY, "--night", "bad/night", "--store", store]) == 2
+    assert main(["nightly", TINY_CONFIG, "--night", "bad/night", "--store", store]) == 2
     assert "`nightly.night` is 'bad/night'" in capsys.readouterr().err
     st = WeightsStore(store)  # a store of another mixture
     st.write_version("x", WeightsArtifact.build(version="x", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1))
     st.promote("x", expected=None)
-    assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store]) == 2
+    assert main(["nightly", TINY_CONFIG, "--night", NIGHTS[0], "--store", store]) == 2
     assert "a new mixture needs a new `nightly.store`" in capsys.readouterr().err
 
 
 def test_a_crashed_promotion_of_this_night_is_finished_by_its_rerun_without_recomputing(tmp_path):
     """The rerun finds the committed version (same inputs), moves `latest` and computes nothing (no Ray here)."""
     store = str(tmp_path / "store")
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     plan = plan_night(config.with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}))
     plan.store.write_version(NIGHTS[0], artifact(NIGHTS[0], [0.5, 0.3, 0.2], inputs=plan.inputs))  # ...then the crash
     assert plan.store.latest() is None
@@ -438,11 +437,11 @@ def test_a_night_whose_latest_moves_meanwhile_writes_nothing_and_exits_4(tmp_pat
         st.promote("2025-05-31", expected=None)
 
     stub_scoring(monkeypatch, during=concurrent_night)
-    assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store, "--quiet"]) == 4
+    assert main(["nightly", TINY_CONFIG, "--night", NIGHTS[0], "--store", store, "--quiet"]) == 4
     assert "`latest` moved from None to '2025-05-31'" in capsys.readouterr().err
     assert st.versions() == ["2025-05-31"] and st.latest_version() == "2025-05-31"
     stub_scoring(monkeypatch)  # the retry gates against the new `latest`
-    assert main(["nightly", TINY, "--night", NIGHTS[0], "--store", store, "--quiet"]) in (0, 3)
+    assert main(["nightly", TINY_CONFIG, "--night", NIGHTS[0], "--store", store, "--quiet"]) in (0, 3)
     assert st.read_version(NIGHTS[0])["nightly"]["previous"] == "2025-05-31"
 
 
@@ -457,7 +456,7 @@ def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
 
     stub_scoring(monkeypatch, during=the_other_run_commits_first)
     result = run_night(
-        load_config(TINY).with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False
+        load_config(TINY_CONFIG).with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False
     )
     committed = st.read_version(NIGHTS[0])
     assert (
@@ -482,7 +481,7 @@ def three_nights(tmp_path_factory):
     then reruns."""
     from mpo_ray.runtime.session import ray_session
 
-    raw = yaml.safe_load(open(TINY))
+    raw = yaml.safe_load(open(TINY_CONFIG))
     for key in ("reweight", "generate"):
         raw.pop(key)
     raw["rewards"] = []  # fewer actors to start each night; the reward columns are reweight's tests' business

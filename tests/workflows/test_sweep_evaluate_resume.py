@@ -10,12 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny import TINY_CONFIG
 
 from mpo_ray.config import load_config
 from mpo_ray.core.errors import UserError
@@ -25,8 +25,6 @@ from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows import sweep
 from mpo_ray.workflows.evaluate import read_generations
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 POINTS = {"a": [1.0, 0.0, 0.0], "b": [0.0, 0.5, 0.5]}
 
 
@@ -63,7 +61,12 @@ def fake_ray(monkeypatch):
 def _sweep(out, calls, config=None, points=POINTS, max_prompts=2, **kw):
     calls.clear()
     summary = sweep.run_sweep(
-        config or load_config(TINY), output=str(out), points=dict(points), max_prompts=max_prompts, progress=False, **kw
+        config or load_config(TINY_CONFIG),
+        output=str(out),
+        points=dict(points),
+        max_prompts=max_prompts,
+        progress=False,
+        **kw,
     )
     return sorted(calls), summary
 
@@ -81,7 +84,7 @@ def test_sweep_rerun_regenerates_points_whose_settings_changed(tmp_path, fake_ra
     assert _sweep(out, fake_ray)[0] == []  # nothing changed: every point reused
 
     caplog.set_level(logging.INFO, logger="mpo_ray")
-    config = load_config(TINY).with_overrides({"generate.temperature": 0.5})
+    config = load_config(TINY_CONFIG).with_overrides({"generate.temperature": 0.5})
     generated, summary = _sweep(out, fake_ray, config)
     assert generated == ["a", "b", "reference"], "other decoding settings must not reuse old generations"
     assert "made with other decoding" in caplog.text
@@ -101,7 +104,7 @@ def test_sweep_rerun_regenerates_points_whose_settings_changed(tmp_path, fake_ra
     assert _sweep(out, fake_ray, config, points={**POINTS, "a": [0.0, 1.0, 0.0]}, max_prompts=3)[0] == ["a"]  # λ
 
     corpus = tmp_path / "prompts.jsonl"  # same ids, one text edited
-    rows = [json.loads(line) for line in open(load_config(TINY).generate.prompts).read().splitlines()[:3]]
+    rows = [json.loads(line) for line in open(load_config(TINY_CONFIG).generate.prompts).read().splitlines()[:3]]
     rows[2]["prompt"] += " Please."
     corpus.write_text("".join(json.dumps(r) + "\n" for r in rows))
     edited = config.with_overrides({"generate.prompts": str(corpus)})
@@ -118,7 +121,7 @@ def test_sweep_point_fingerprint_names_each_part_that_produced_the_rows(tmp_path
     from mpo_ray.config import PolicySpec
     from mpo_ray.models.policies import resolve_model
 
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     adapter = tmp_path / "lora-1"
     shutil.copytree(resolve_model("tiny:lora-1"), adapter)
     specs = [config.reference, config.policies[0].model_copy(update={"adapter": str(adapter)}), *config.policies[1:]]
@@ -152,7 +155,7 @@ def test_sweep_refuses_a_users_file_at_a_points_name(tmp_path, fake_ray):
     pq.write_table(pa.table({"prompt_id": ["mine"], "prompt": ["q"], "response": ["my answer"]}), mine)  # no digest
     before = mine.read_bytes()
     with pytest.raises(UserError, match=r"a\.parquet is not a file mpo-ray's sweep wrote") as err:
-        _sweep(out, fake_ray, load_config(TINY).with_overrides({"generate.temperature": 0.5}))
+        _sweep(out, fake_ray, load_config(TINY_CONFIG).with_overrides({"generate.temperature": 0.5}))
     assert "\n" not in str(err.value) and mine.read_bytes() == before and fake_ray == []
     shutil.copy(out / "b.parquet", mine)  # a copy of ours under another name is not ours either
     with pytest.raises(UserError, match=r"a\.parquet is not a file"):
@@ -191,7 +194,7 @@ def test_a_soup_of_adapters_retrained_in_place_is_never_reused(tmp_path):
     never serves it."""
     from mpo_ray.models.policies import resolve_model
 
-    config = load_config(TINY)
+    config = load_config(TINY_CONFIG)
     policies = []
     for i, p in enumerate(config.policies):
         shutil.copytree(resolve_model(p.adapter), tmp_path / f"lora-{i}")
@@ -275,7 +278,7 @@ def test_evaluate_refuses_a_reweight_scores_directory_and_a_whole_sweep(tmp_path
     for given in (run / "scores", run / "scores" / "part-00000-abc.parquet"):
         with pytest.raises(UserError, match=r"are not generations: .* is the output of `mpo-ray reweight`"):
             read_generations(str(given))
-    assert main(["evaluate", TINY, str(run / "scores")]) == 2
+    assert main(["evaluate", TINY_CONFIG, str(run / "scores")]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert "mpo-ray reweight" in line
 
@@ -306,13 +309,13 @@ def test_evaluate_output_refuses_a_file_it_did_not_write_and_a_directory(tmp_pat
     real = evaluate.score_generations
     monkeypatch.setattr(evaluate, "score_generations", lambda *a: scored.append(1) or real(*a))
     for target, match in ((weights, "exists and is not an evaluation mpo-ray wrote"), (tmp_path, "is a directory")):
-        assert main(["evaluate", TINY, ours, "--output", str(target)]) == 2
+        assert main(["evaluate", TINY_CONFIG, ours, "--output", str(target)]) == 2
         (line,) = capsys.readouterr().err.splitlines()
         assert match in line and str(target) in line
     assert not scored, "scoring started before the output was checked"
     assert weights.read_bytes() == sealed and not list(tmp_path.glob("_tmp-*"))
 
     results = tmp_path / "results.json"
-    assert main(["evaluate", TINY, ours, "--output", str(results)]) == 0
-    assert main(["evaluate", TINY, ours, "--output", str(results)]) == 0  # its own file: replaced
+    assert main(["evaluate", TINY_CONFIG, ours, "--output", str(results)]) == 0
+    assert main(["evaluate", TINY_CONFIG, ours, "--output", str(results)]) == 0  # its own file: replaced
     assert json.loads(results.read_text())["format"] == "mpo-ray/evaluation"

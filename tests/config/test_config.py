@@ -6,12 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from tiny import ROOT, TINY_CONFIG
 
 from mpo_ray.config import ConfigError, DecodingParams, PolicySpec, config_from_dict, load_config
 from mpo_ray.core.errors import UserError
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "workflows", "configs", "tiny.yaml")
 
 
 def base(**extra):
@@ -27,12 +25,12 @@ def base(**extra):
 
 
 def test_tiny_config_loads_and_resolves_paths():
-    c = load_config(TINY)
+    c = load_config(TINY_CONFIG)
     assert c.policy_names == ["concise", "detailed", "upbeat"]
     assert c.reweight.prompts == os.path.join(ROOT, "workflows", "data", "tiny_prompts.jsonl")
     assert os.path.isabs(c.reweight.output)
     assert c.reweight.sampling.samples_per_prompt == 4 and c.reweight.solver.tol == 1e-9
-    assert c.source == TINY
+    assert c.source == TINY_CONFIG
 
 
 def test_defaults_fill_in():
@@ -249,7 +247,7 @@ def test_overrides_are_validated_and_resolved_like_the_file(tmp_path, monkeypatc
 
 def test_with_overrides_takes_the_same_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    c = load_config(TINY)
+    c = load_config(TINY_CONFIG)
     d = c.with_overrides(
         {"reweight.output": "o", "reweight.prompts": "p.jsonl", "reweight.max_prompts": None, "beta": 0.5}
     )
@@ -260,7 +258,7 @@ def test_with_overrides_takes_the_same_path(tmp_path, monkeypatch):
         d.beta == 0.5
         and d.reweight.max_prompts is None
         and c.reweight.max_prompts == 32
-        and d.source == TINY
+        and d.source == TINY_CONFIG
         and c.beta == 0.1
     )
     assert c.with_overrides({}) == c  # resolving twice changes nothing
@@ -269,11 +267,11 @@ def test_with_overrides_takes_the_same_path(tmp_path, monkeypatch):
 
 
 def test_an_override_replaces_the_files_other_way_to_give_weights():
-    c = load_config(TINY, overrides={"generate.weights": [0.5, 0.3, 0.2]})
+    c = load_config(TINY_CONFIG, overrides={"generate.weights": [0.5, 0.3, 0.2]})
     assert c.generate.weights == [0.5, 0.3, 0.2] and c.generate.weights_uri is None
     assert c.with_overrides({"generate.weights_uri": "w.json"}).generate.weights is None
     with pytest.raises(ConfigError, match=r"`generate.weights` and `weights_uri`.*are both set"):
-        load_config(TINY, overrides={"generate.weights": [0.5, 0.3, 0.2], "generate.weights_uri": "w.json"})
+        load_config(TINY_CONFIG, overrides={"generate.weights": [0.5, 0.3, 0.2], "generate.weights_uri": "w.json"})
 
 
 def test_config_from_dict_does_not_mutate_its_input():
@@ -288,7 +286,7 @@ def test_overrides_without_base_dir_leave_paths_alone():
 
 
 def test_decoding_params_are_shared():
-    c = load_config(TINY)
+    c = load_config(TINY_CONFIG)
     assert c.generate.params() == {"max_new_tokens": 16, "temperature": 0.8, "top_k": None, "top_p": 0.95}
     assert c.reweight.sampling.params()["max_new_tokens"] == 12
     assert DecodingParams(temperature=0).temperature == 0.0  # greedy is fine for generation...
@@ -317,8 +315,9 @@ def test_policy_spec_is_a_plain_value():
 @pytest.mark.parametrize(
     "code",
     [
-        f"from mpo_ray.config import load_config; load_config({TINY!r})",
-        f"from mpo_ray import load_config, PolicySpec, solve_weights; load_config({TINY!r}); PolicySpec('a', 'b')",
+        f"from mpo_ray.config import load_config; load_config({TINY_CONFIG!r})",
+        "from mpo_ray import load_config, PolicySpec, solve_weights; "
+        f"load_config({TINY_CONFIG!r}); PolicySpec('a', 'b')",
     ],
 )
 def test_loading_a_config_imports_nothing_heavy(code):
