@@ -1,9 +1,12 @@
 """mpo-ray: Mixing Preference Optimization on Ray.
 
 The public API is small on purpose: load a config, solve for mixing weights
-from a table of log-ratios, load policies, score and decode their log-linear
-mixture. Names resolve lazily, so ``from mpo_ray import load_config,
-PolicySpec, solve_weights`` imports neither torch, Ray nor transformers.
+from a table of log-ratios, read a weights artifact, load policies, score and
+decode their log-linear mixture, evaluate generations. Everything else (the
+workflows behind the CLI, the demo's DPO loop, the benchmarks) is reached by
+its module path and may change. Names resolve lazily, so ``from mpo_ray import
+load_config, PolicySpec, solve_weights`` imports neither torch, Ray nor
+transformers.
 """
 
 from __future__ import annotations
@@ -28,8 +31,6 @@ _LAZY = {
     "MixedPolicy": "mpo_ray.models.decoding",
     "Generation": "mpo_ray.models.decoding",
     "evaluate_generations": "mpo_ray.workflows.evaluate",
-    "train_dpo": "mpo_ray.demo.dpo",
-    "DPOConfig": "mpo_ray.demo.dpo",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -326,6 +326,18 @@ def test_loading_a_config_imports_nothing_heavy(code):
     assert out.strip() == "[]"
 
 
+def test_the_public_api_is_what_all_names_and_each_name_resolves():
+    import mpo_ray
+
+    assert dir(mpo_ray) == sorted(mpo_ray.__all__)
+    assert {"solve_weights", "MixedPolicy", "PolicySpec", "load_policies", "load_config"} <= set(mpo_ray.__all__)
+    assert "train_dpo" not in mpo_ray.__all__  # the demo's DPO loop is reached by its module path
+    for name in mpo_ray.__all__:
+        assert getattr(mpo_ray, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'train_dpo'"):
+        mpo_ray.train_dpo  # noqa: B018
+
+
 def test_geometric_share_enters_the_score_fingerprint_only_with_the_geometric_proposal():
     """Other runs' stored batches keep their fingerprint (a new setting must not make every old batch stale)."""
     from mpo_ray.config import SamplingConfig
