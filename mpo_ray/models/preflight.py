@@ -17,7 +17,7 @@ import os
 from mpo_ray.config import Config, PolicySpec
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.table import MAX_NATS
-from mpo_ray.models.policies import Policy, load_weightless
+from mpo_ray.models.policies import Policy, check_same_vocabulary, load_weightless
 from mpo_ray.models.rewards import import_function, reward_values
 from mpo_ray.models.scoring import context_errors
 
@@ -54,18 +54,8 @@ def check_models(
     for i, r in reward_specs:
         if r.function:
             _probe_reward(config, i, r)
-    loaded: list[Policy] = []
-    for spec in specs:
-        policy = load_weightless(spec, config.source)
-        if loaded and _vocabulary(policy) != _vocabulary(loaded[0]):
-            first = loaded[0].spec
-            raise UserError(
-                f"{config.source}: policy {spec.name!r} ({spec.model}) does not share the vocabulary of the "
-                f"{'reference ' if reference else 'policy '}{first.name!r} ({first.model}); "
-                "all policies must be aligned "
-                "from one reference model (token-level mixing needs one tokenizer)."
-            )
-        loaded.append(policy)
+    loaded = [load_weightless(spec, config.source) for spec in specs]
+    check_same_vocabulary(loaded, config.source)
     return loaded
 
 
@@ -147,8 +137,3 @@ def check_prompt_lengths(
     for row, (pid, problem) in enumerate(zip(ids, context_errors(policies, prompts, max_new_tokens, "new tokens"))):
         if problem:
             raise UserError(f"prompt corpus {corpus!r}, row {row} (id {pid!r}): {problem}; or drop the row.")
-
-
-def _vocabulary(policy: Policy) -> tuple:
-    tok = policy.tokenizer
-    return tok.get_vocab(), sorted(map(str, tok.all_special_tokens))

@@ -93,6 +93,12 @@ def test_context_length_and_eos_come_from_the_model():
     assert p.eos_token_ids == {p.tokenizer.convert_tokens_to_ids("<|im_end|>")}
 
 
+def test_responses_encode_as_a_generation_holds_them():
+    [p] = tiny_family("seeds", 1)
+    [ids] = p.encode_responses(["Paris."])
+    assert ids[-1] == p.tokenizer.eos_token_id and p.tokenizer.decode(ids[:-1]) == "Paris."
+
+
 def test_same_tokenizer_same_hash_across_architectures():
     (llama,) = tiny_family("seeds", 1)
     (gpt2,) = tiny_family("seeds", 1, arch="gpt2")

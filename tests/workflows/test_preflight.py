@@ -353,7 +353,10 @@ def test_sweep_probes_its_reward_functions_before_ray(rewards_module, tmp_path):
             {"rewards": [{"name": "r", "function": "no_such_module:f"}]},
             r"reward function 'no_such_module:f' does not import",
         ),
-        ({"policies": [{"name": "a", "model": "tiny:other-vocab"}]}, r"does not share the vocabulary of the reference"),
+        (
+            {"policies": [{"name": "a", "model": "tiny:other-vocab"}]},
+            r"policies 'ref' and 'a' have different vocabularies \(vocabulary sizes 384 vs 320",
+        ),
     ],
 )
 def test_bad_input_fails_before_actors_and_writes_nothing(tmp_path, overrides, match):
