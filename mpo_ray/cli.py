@@ -23,13 +23,9 @@ VERBOSE_HELP = (
 )
 
 
-def _local(path: str | None) -> str | None:
-    """A path typed on the command line means the working directory's, not the config file's."""
-    return path if path is None or "://" in path else os.path.abspath(os.path.expanduser(path))
-
-
 def _config(args: argparse.Namespace, **overrides):
-    """The config file with the command's flags (those given) applied as overrides: one validation path for both."""
+    """The config file with the command's flags (those given) applied as overrides: one validation path for both.
+    Outputs resolve against the working directory there; a flag naming an input passes through `cwd_path` first."""
     from mpo_ray.config import load_config
 
     given = {key.replace("__", "."): value for key, value in overrides.items() if value is not None}
@@ -47,9 +43,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train_demo_policies(args: argparse.Namespace) -> int:
+    from mpo_ray.config.document import cwd_path
     from mpo_ray.demo.policies import ADAPTER_DIR, train_demo_policies  # light: torch loads once the output is checked
 
-    train_demo_policies(_local(args.output) or ADAPTER_DIR, only=args.only)  # refuses a foreign --output first
+    train_demo_policies(cwd_path(args.output) or ADAPTER_DIR, only=args.only)  # refuses a foreign --output first
     return 0
 
 
@@ -78,13 +75,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     config = _config(args)
+    from mpo_ray.config.document import cwd_path
     from mpo_ray.demo.plots import plot_front
     from mpo_ray.io.storage import join
     from mpo_ray.workflows.evaluate import format_evaluations
     from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
 
-    points = sweep_points(config, args.step, _local(args.weights))
-    output = _local(args.output) or default_output(config)
+    points = sweep_points(config, args.step, cwd_path(args.weights))
+    output = cwd_path(args.output) or default_output(config)
     soups = None
     if args.soup:  # the paper's weight-space baseline: the uniform soup, and one at MPO's λ when it is given
         k = len(config.policies)
@@ -104,7 +102,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_reweight(args: argparse.Namespace) -> int:
-    config = _config(args, reweight__output=_local(args.output))  # a bad config fails before torch or Ray load
+    config = _config(args, reweight__output=args.output)  # a bad config fails before torch or Ray load
     from mpo_ray.workflows.reweight import reweight
 
     reweight(config, progress=not args.quiet)
@@ -112,7 +110,7 @@ def _cmd_reweight(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    config = _config(args, generate__output=_local(args.output), generate__weights_uri=_local(args.weights))
+    config = _config(args, generate__output=args.output, generate__weights_uri=args.weights)
     from mpo_ray.workflows.generate import generate
 
     generate(config, progress=not args.quiet)
@@ -120,12 +118,14 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_nightly(args: argparse.Namespace) -> int:
+    from mpo_ray.config.document import cwd_path
+
     config = _config(
         args,
         nightly__night=args.night,
-        nightly__prompts=_local(args.prompts),
-        nightly__feedback=_local(args.feedback),
-        nightly__store=_local(args.store),
+        nightly__prompts=cwd_path(args.prompts),  # an input typed here is the working directory's, not the config's
+        nightly__feedback=cwd_path(args.feedback),
+        nightly__store=args.store,  # an output: the config resolves it against the working directory
     )
     from mpo_ray.io.store import StoreConflict
     from mpo_ray.workflows.nightly import EXIT_CONFLICT, run_night

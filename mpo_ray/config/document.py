@@ -234,8 +234,9 @@ def _explain(exc: ValidationError, overridden: list[str]) -> str:
     return f"`{path}` {text}" if path and kind != "extra_forbidden" else text
 
 
-def _local_output(p: str | None) -> str | None:
-    """Outputs are where you run the command: relative local paths resolve against the working directory."""
+def cwd_path(p: str | None) -> str | None:
+    """A path as meant where the command runs: a local path made absolute against the working directory (``~``
+    expanded); a URL, or None, as given. Outputs in a config, and every path typed on the command line, mean this."""
     return p if p is None or "://" in p else os.path.abspath(os.path.expanduser(p))
 
 
@@ -268,7 +269,7 @@ def _resolve_paths(c: Config, base_dir: str) -> Config:
             update[name] = section.model_copy(
                 update={
                     **{k: fix(getattr(section, k)) for k in _INPUTS[name]},
-                    **{k: _local_output(getattr(section, k)) for k in _OUTPUTS[name]},
+                    **{k: cwd_path(getattr(section, k)) for k in _OUTPUTS[name]},
                 }
             )
     return c.model_copy(update=update)

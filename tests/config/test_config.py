@@ -245,6 +245,15 @@ def test_overrides_are_validated_and_resolved_like_the_file(tmp_path, monkeypatc
         load_config(path, overrides={"reference.name.x": 1})
 
 
+def test_one_path_helper_resolves_what_is_typed_where_the_command_runs(tmp_path, monkeypatch):
+    from mpo_ray.config.document import cwd_path
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cwd_path("out") == str(tmp_path / "out") and cwd_path("~/x") == str(tmp_path / "home" / "x")
+    assert cwd_path("s3://bucket/out") == "s3://bucket/out" and cwd_path(None) is None
+
+
 def test_with_overrides_takes_the_same_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     c = load_config(TINY_CONFIG)
