@@ -11,6 +11,11 @@ The bound (issue 18): a decode step must read every distinct module's weights on
 a copy bandwidth measured here over the parameter bytes, in steps/s, × B mixed tokens a step) and
 multiply K×B rows by them (compute bound: a matmul peak measured here over 2 × params × K flops a mixed
 token). Each mixed figure is printed as a fraction of both. Figures, not asserts.
+
+``--refill S`` measures slot refill instead, on rows of mixed lengths (sampled, EOS allowed, one seed
+each): QUEUED_BATCHES × S rows decoded (a) in consecutive chunks of S, each all at once (a workflow's
+batches without refill), (b) through S slots, a finished row's slot taking the next row, and (c) all at
+once; it prints generated tokens/s and the ratios of (b) to (a) and (c). The rows are the same in all three.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import torch
 from mpo_ray.benchmarks import positive_int, positive_int_list
 from mpo_ray.config import PolicySpec
 from mpo_ray.models.decoding import MixedPolicy
+from mpo_ray.models.generator import QUEUED_BATCHES
 from mpo_ray.models.policies import load_policies, resolve_dtype, resolve_model
 from mpo_ray.models.scoring import pad_left
 from mpo_ray.testing import build_lora_adapter, build_tiny_family
@@ -212,6 +218,58 @@ def run(label, policies_for, ks, batches, args, hw):
     return rows
 
 
+def refill(label, policies_for, ks, args):
+    """Slot refill against fixed chunks and against all at once, on rows that end at their own EOS."""
+    slots, t = args.refill, args.max_new_tokens
+    n = slots * QUEUED_BATCHES
+    prompts, seeds = (PROMPTS * (n // len(PROMPTS) + 1))[:n], list(range(n))
+    print(f"\n{label}: slot refill, {n} sampled rows (EOS allowed), at most T={t} new tokens, median of {args.repeats}")
+    print(
+        f"{'family':8} {'K':>2} {'S':>4} {'mean len':>8} {'chunks tok/s':>12} {'refill tok/s':>12}"
+        f" {'at once tok/s':>13} {'refill/chunks':>13} {'(CPU)':>6} {'refill/at once':>14} {'(CPU)':>6}"
+    )
+    rows = []
+    for kind in args.families:
+        policies = policies_for(kind, max(ks))
+        for k in ks:
+            mixed = MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
+
+            def decode(at_most, lo=0, hi=n):
+                return mixed.generate(prompts[lo:hi], max_new_tokens=t, seed=seeds[lo:hi], slots=at_most)
+
+            chunks = [g for lo in range(0, n, slots) for g in decode(None, lo, lo + slots)]
+            refilled = decode(slots)
+            assert [g.token_ids for g in refilled] == [g.token_ids for g in chunks], "refill changed a row"
+            (t_chunks, c_chunks), (t_refill, c_refill), (t_once, c_once) = timed(
+                [lambda: [decode(None, lo, lo + slots) for lo in range(0, n, slots)], lambda: decode(slots), decode],
+                args.repeats,
+            )
+            tokens = sum(g.num_tokens for g in refilled)
+            row = dict(
+                label=label,
+                family=kind,
+                k=k,
+                slots=slots,
+                mean_tokens=tokens / n,
+                chunks_tok_s=tokens / t_chunks,
+                refill_tok_s=tokens / t_refill,
+                once_tok_s=tokens / t_once,
+                refill_over_chunks=t_chunks / t_refill,
+                refill_over_chunks_cpu=c_chunks / c_refill,
+                refill_over_once=t_once / t_refill,
+                refill_over_once_cpu=c_once / c_refill,
+            )
+            print(
+                f"{kind:8} {k:>2} {slots:>4} {row['mean_tokens']:8.1f} {row['chunks_tok_s']:12.1f}"
+                f" {row['refill_tok_s']:12.1f} {row['once_tok_s']:13.1f} {row['refill_over_chunks']:12.2f}×"
+                f" {row['refill_over_chunks_cpu']:5.2f}× {row['refill_over_once']:13.2f}×"
+                f" {row['refill_over_once_cpu']:5.2f}×",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[tuple]:
     p = argparse.ArgumentParser(prog="mpo-ray bench decode", description=__doc__.split("\n\n")[0])
     p.add_argument("--k", type=positive_int_list, default="1,2,3", help="policy counts to mix (default 1,2,3)")
@@ -235,6 +293,13 @@ def main(argv: list[str] | None = None) -> list[tuple]:
         action="store_true",
         help="mixed decode step through torch.compile (CUDA graphs on a GPU); the warm-up round compiles",
     )
+    p.add_argument(
+        "--refill",
+        type=positive_int,
+        default=None,
+        metavar="S",
+        help=f"measure slot refill with S slots on {QUEUED_BATCHES}×S sampled rows of mixed lengths instead",
+    )
     add_model_options(p)
     args = p.parse_args(argv)
     ks = args.k
@@ -250,7 +315,10 @@ def main(argv: list[str] | None = None) -> list[tuple]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mpo-bench-") as root:
         for label, policies_for in model_families(args, root):
-            rows += run(label, policies_for, ks, args.batch, args, hw)
+            if args.refill:
+                rows += refill(label, policies_for, ks, args)
+            else:
+                rows += run(label, policies_for, ks, args.batch, args, hw)
     return rows
 
 

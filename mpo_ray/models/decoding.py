@@ -118,10 +118,15 @@ class _Group:
         self.width = ids.shape[1]
         return self._forward(ids, pos)
 
-    @property
-    def can_refill(self) -> bool:
-        """Whether a finished row's slot can take a new prompt: a static cache, rows without per-row kwargs."""
-        return self.static and not self.kwargs
+    def refill_blocker(self) -> str | None:
+        """Why a finished row's slot cannot take a new prompt here (None: it can). Refill copies a prompt's keys
+        and values into a static cache, and needs rows without per-row forward kwargs (peft's adapter_names)."""
+        base = _base(self.model)
+        if not _static_shapes(base):
+            return f"{type(base).__name__} decodes with a growing KV cache"
+        if forward_setup(self.policies, 1)[1]:
+            return "its LoRA adapters are selected per row by peft"
+        return None
 
     def refill(self, slots: torch.Tensor, prompt_ids: list[list[list[int]]], rows: np.ndarray) -> torch.Tensor:
         """Put the prompts of `rows` into `slots` (of the R current rows): prefilled alone, their keys and
@@ -258,10 +263,14 @@ def _kv_cache(model, length: int):
     from transformers import DynamicCache, StaticCache
 
     base = _base(model)
-    if getattr(type(base), "_can_compile_fullgraph", False):
+    if _static_shapes(base):
         return StaticCache(config=base.config, max_cache_len=length), True
     _log_dynamic(type(base).__name__)
     return DynamicCache(config=base.config), False
+
+
+def _static_shapes(base) -> bool:
+    return bool(getattr(type(base), "_can_compile_fullgraph", False))
 
 
 def _one_token(model, ids, mask, pos, cache_kw, kv, kwargs):
@@ -283,6 +292,11 @@ def _compiled(model):
         mode = "reduce-overhead" if next(model.parameters()).device.type == "cuda" else None
         model.__dict__["_mpo_compiled"] = torch.compile(_one_token, mode=mode, dynamic=False)
     return model.__dict__["_mpo_compiled"]
+
+
+@cache
+def _log_chunks(why: str) -> None:
+    log.info("slot refill off: %s; rows decode in chunks of the slot count", why)
 
 
 @cache
@@ -478,17 +492,34 @@ class MixedPolicy:
             )
         return [out[i : i + num_candidates] for i in range(0, len(out), num_candidates)]
 
-    def _decode(self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos, slots=None):
-        """The token loop; returns tokens, lengths, stopped, (logprob, log z, log q), one column per row.
+    def _decode(
+        self, encoded, rows, max_new, temperature, top_k, top_p, uniforms, stop, ignore_eos, slots=None, first=0
+    ):
+        """The token loop; returns tokens, lengths, stopped, (logprob, log z, log q), one column per row
+        (``first``: the call's number of the first row, for messages).
 
         At most ``slots`` rows decode at once (all by default); with fewer, a finished row's slot takes the
-        next row (slot refill), so short answers do not leave the batch half empty. Everything per token
+        next row (slot refill), so short answers do not leave the batch half empty. Where a group cannot
+        refill (`_Group.refill_blocker`), the rows decode in consecutive chunks of ``slots`` instead, the
+        reason logged once: the same rows, as every row has its own stream. Everything per token
         stays on the device: the tokens, each row's per-token scores and which rows are done (a row's
         writes after it is done go to a scratch column n). Every SYNC_EVERY steps the host looks: it ends
         rows at stop strings (exactly at the token that completed one), refuses non-finite scores naming
         the prompt and the token, refills free slots, drops done rows from the caches once they are a
         quarter of them and nothing is left to refill, and stops when every row is done."""
         n, dev = len(rows), self.device
+        blocked = [why for g in self._groups() if (why := g.refill_blocker())] if (slots or n) < n else []
+        if blocked:
+            _log_chunks(blocked[0])
+            settings = (max_new, temperature, top_k, top_p)
+            parts = [
+                self._decode(
+                    encoded, rows[i : i + slots], *settings, uniforms[i : i + slots], stop, ignore_eos, None, i
+                )
+                for i in range(0, n, slots)
+            ]
+            tokens, length, stopped, scores = zip(*parts)
+            return torch.cat(tokens), torch.cat(length), torch.cat(stopped), torch.cat(scores, 1)
         pad = self.policies[0].pad_token_id
         tokens = torch.full((n + 1, max_new), pad, dtype=torch.long, device=dev)
         steps = torch.zeros((max_new, 3, n + 1), dtype=torch.float64, device=dev)
@@ -505,8 +536,6 @@ class MixedPolicy:
             refilling = nxt < n
             room = (max_new + SYNC_EVERY + max(width)) if refilling else 0  # what refill and rebasing need
             logits = [g.prefill(ids, rows[:nxt], max_new, stack, w, room) for g, ids, w in zip(groups, encoded, width)]
-            if nxt < n and not all(g.can_refill for g in groups):
-                raise ValueError("slots < rows needs a static KV cache and batched adapters; decode with slots=None")
             while True:
                 s = self._mix(groups, logits)
                 log_z = torch.logsumexp(s, dim=-1)
@@ -528,7 +557,7 @@ class MixedPolicy:
                     logits = [g.step(tok) for g in groups]
                     continue
                 reached = drawn[:n].cpu().numpy().copy()  # a copy: on the CPU .cpu() is the tensor itself
-                self._look(tokens, steps, length, stopped, rows, looked, reached, stop)
+                self._look(tokens, steps, length, stopped, rows, looked, reached, stop, first)
                 looked = reached
                 done = (stopped[:n] | (drawn[:n] >= max_new)).cpu()
                 if nxt == n and bool(done.all()):
@@ -554,7 +583,7 @@ class MixedPolicy:
         return tokens[:n].cpu(), length[:n].cpu(), stopped[:n].cpu(), steps[:, :, :n].sum(0).cpu()
 
     def _look(
-        self, tokens, steps, length, stopped, rows, looked: np.ndarray, reached: np.ndarray, stop: list[str]
+        self, tokens, steps, length, stopped, rows, looked: np.ndarray, reached: np.ndarray, stop: list[str], first: int
     ) -> None:
         """The host's look at each row's tokens [looked, reached): stop strings end rows, non-finite scores
         are refused."""
@@ -577,17 +606,19 @@ class MixedPolicy:
         bad = ~torch.isfinite(steps[:, :, :-1]).all(1)  # [token, row]
         if bool(bad.any()):
             t = int(bad.any(1).nonzero()[0, 0])
-            self._check_finite_rows(steps[t, :, :-1].cpu(), _SCORES, np.arange(len(rows)), rows, f"at new token {t}")
+            row_ids = first + np.arange(len(rows))
+            self._check_finite_rows(steps[t, :, :-1].cpu(), _SCORES, row_ids, rows, f"at new token {t}")
 
-    def _check_finite_rows(self, values: torch.Tensor, names, row_ids, prompt_of_row, where: str) -> None:
-        """values [len(names), R], one column per row: raise naming the first non-finite row's prompt."""
+    def _check_finite_rows(self, values: torch.Tensor, names, row_ids, prompt_ids, where: str) -> None:
+        """values [len(names), R], one column per row (row_ids[j] of the call, of prompt prompt_ids[j]): raise
+        naming the first non-finite row's prompt."""
         bad = (~torch.isfinite(values)).any(0).nonzero()
         if len(bad):
             j = int(bad[0, 0])
-            r = int(row_ids[j])
+            prompt, row = int(prompt_ids[j]), int(row_ids[j])
             got = ", ".join(f"{n} {float(v)}" for n, v in zip(names, values[:, j]))
             raise ValueError(
-                f"the mixture {self!r} gives prompt {int(prompt_of_row[r])} (row {r}) a non-finite score {where} "
+                f"the mixture {self!r} gives prompt {prompt} (row {row}) a non-finite score {where} "
                 f"({got}); refusing to return it. "
                 "Typical causes: a negative weight on a policy that gives some token log-prob -inf, a token "
                 "that a positively weighted policy forbids (log-prob -inf), or a model returning NaN logits."
@@ -616,7 +647,7 @@ class MixedPolicy:
             lp_sum = torch.where(valid, token_lp, 0.0).sum(-1).double().cpu()
             ln_sum = torch.where(valid, log_z, 0.0).sum(-1).double().cpu()
             self._check_finite_rows(
-                torch.stack([lp_sum, ln_sum]), _SCORES[:2], idx, np.arange(len(prompts)), "teacher-forcing its response"
+                torch.stack([lp_sum, ln_sum]), _SCORES[:2], idx, idx, "teacher-forcing its response"
             )
             logprob[idx], log_norm[idx] = lp_sum.numpy(), ln_sum.numpy()
         return logprob, log_norm

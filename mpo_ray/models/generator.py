@@ -6,6 +6,11 @@ never a failed batch: should the call still raise ValueError, the batch is
 redone row by row so a bad prompt costs its own row only. Per-row seeds make
 both paths give the same texts. `generate`'s Ray Data stage and `sweep`'s
 actor both wrap a `BatchGenerator`.
+
+With ``slots``, at most that many prompts (times their candidates) decode at
+once and a finished row's slot takes the next prompt of the batch (slot
+refill), so a batch of several decode batches' worth of prompts keeps the
+device busy until its last wave; the rows are the same whatever the slots.
 """
 
 from __future__ import annotations
@@ -14,6 +19,10 @@ import pyarrow as pa
 
 from mpo_ray.io.schemas import generation_table
 from mpo_ray.models.scoring import context_errors
+
+# Prompts per call in decode batches (slots) when slots refill: the queue that keeps every slot busy until the
+# call's last wave, whose tail is then a quarter of the call, not all of it.
+QUEUED_BATCHES = 4
 
 
 class BatchGenerator:
@@ -55,10 +64,12 @@ class BatchGenerator:
         errors: list[str | None] | None = None,
         *,
         score: tuple[str, ...] = (),
+        slots: int | None = None,
     ) -> pa.Table:
         """One generation row per prompt (GENERATION_SCHEMA); ``errors`` marks rows already known to be bad.
         ``score`` names loaded models whose log π(y|x) of each response is added (``logp_<name>`` columns):
-        with ``sample_logprob`` they measure MPO's own objective (`core.yardstick`)."""
+        with ``sample_logprob`` they measure MPO's own objective (`core.yardstick`). ``slots``: prompts
+        decoding at once (None: all of them)."""
         unknown = sorted(set(score) - {p.name for p in self.policies})
         if unknown:  # before any decoding, not after it
             raise ValueError(f"cannot score with {unknown}: this generator holds {[p.name for p in self.policies]}")
@@ -71,8 +82,14 @@ class BatchGenerator:
         ok = [i for i in ok if errors[i] is None]
         gens = {}
         if ok:
+            at_once = slots * params.get("num_candidates", 1) if slots else None  # candidates decode as rows
             try:
-                gens = dict(zip(ok, mixed.generate([prompts[i] for i in ok], seed=[seeds[i] for i in ok], **params)))
+                gens = dict(
+                    zip(
+                        ok,
+                        mixed.generate([prompts[i] for i in ok], seed=[seeds[i] for i in ok], slots=at_once, **params),
+                    )
+                )
             except ValueError:
                 for i in ok:
                     try:
@@ -110,11 +127,20 @@ class BatchGenerator:
 
 
 class GenerationWorker:
-    """A Ray Data stage (a callable class, one per replica): fixed weights, batches in, rows out."""
+    """A Ray Data stage (a callable class, one per replica): fixed weights, batches in, rows out; ``slots``
+    prompts of a batch decode at once (None: the whole batch)."""
 
-    def __init__(self, specs: list, weights: list[float], params: dict, weights_version: str, threads: int):
+    def __init__(
+        self,
+        specs: list,
+        weights: list[float],
+        params: dict,
+        weights_version: str,
+        threads: int,
+        slots: int | None = None,
+    ):
         self.generator = BatchGenerator(specs, threads)
-        self.weights, self.params, self.version = weights, params, weights_version
+        self.weights, self.params, self.version, self.slots = weights, params, weights_version, slots
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return self.generator.rows(
@@ -125,4 +151,5 @@ class GenerationWorker:
             self.params,
             self.version,
             batch["error"].to_pylist(),
+            slots=self.slots,
         )

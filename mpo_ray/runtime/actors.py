@@ -312,18 +312,24 @@ class GeneratorActor:
         self.generator = BatchGenerator(specs, threads)
 
     def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int, score: tuple = ()):
+        """``batch_size`` prompts decode at once; each call holds QUEUED_BATCHES times as many, refilling the
+        slots of finished rows (`BatchGenerator.rows`)."""
+        from mpo_ray.models.generator import QUEUED_BATCHES
+
+        call = batch_size * QUEUED_BATCHES
         return pa.concat_tables(
             [
                 self.generator.rows(
-                    ids[i : i + batch_size],
-                    prompts[i : i + batch_size],
-                    seeds[i : i + batch_size],
+                    ids[i : i + call],
+                    prompts[i : i + call],
+                    seeds[i : i + call],
                     weights,
                     params,
                     label,
                     score=score,
+                    slots=batch_size,
                 )
-                for i in range(0, len(ids), batch_size)
+                for i in range(0, len(ids), call)
             ]
         )
 

@@ -241,3 +241,19 @@ def test_refill_keeps_room_for_the_rows_refilled_last():
     one_slot = mixed.generate(prompts, max_new_tokens=20, seed=seeds, ignore_eos=True, slots=1)
     assert [g.token_ids for g in one_slot] == [g.token_ids for g in at_once]
     np.testing.assert_allclose([g.logprob for g in one_slot], [g.logprob for g in at_once], atol=1e-4)
+
+
+def test_slots_without_refill_decode_in_chunks_of_the_same_rows(monkeypatch, caplog):
+    """A model with a growing KV cache cannot take a prompt into a finished row's slot: its rows decode in
+    consecutive chunks of `slots` instead (the reason logged), and are the rows of the all-at-once decode."""
+    monkeypatch.setattr(decoding, "_static_shapes", lambda base: False)
+    decoding._log_chunks.cache_clear()  # logged once per reason and process
+    mixed = MixedPolicy(tiny_family("lora", 2, eos_boost=1.5), [0.5, 0.5])
+    prompts, seeds = PROMPTS * 2, list(range(8))
+    at_once = mixed.generate(prompts, max_new_tokens=20, seed=seeds, stop=["ab"])
+    with caplog.at_level(logging.INFO, logger=decoding.__name__):
+        chunked = mixed.generate(prompts, max_new_tokens=20, seed=seeds, stop=["ab"], slots=3)
+    assert "slot refill off: LlamaForCausalLM decodes with a growing KV cache" in caplog.text
+    assert [g.token_ids for g in chunked] == [g.token_ids for g in at_once]
+    assert [g.finish_reason for g in chunked] == [g.finish_reason for g in at_once]
+    np.testing.assert_allclose([g.logprob for g in chunked], [g.logprob for g in at_once], atol=1e-4)
