@@ -31,19 +31,20 @@ still recognises the figure it left).
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 
 from mpo_ray.config import Config, PolicySpec
 from mpo_ray.core.errors import UserError
+from mpo_ray.core.grid import simplex_grid, step_divisions
 from mpo_ray.core.seeds import derive_seed
 from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
@@ -64,48 +65,58 @@ SUMMARY_FORMAT = "mpo-ray/sweep"
 PARTS_KEY = b"mpo_ray.sweep_point"  # the fingerprint's parts (JSON): a rerun says which one changed
 
 
-def simplex_grid(k: int, step: float) -> np.ndarray:
-    """Every weight vector on the K-simplex whose entries are multiples of `step` (1/step an integer)."""
-    if k not in (2, 3):
-        raise UserError(f"a sweep draws a front for K = 2 or 3 policies; this config has K = {k}")
-    n = round(1 / step) if step > 0 else 0
-    if n < 1 or abs(n * step - 1) > 1e-9:
-        raise UserError(f"sweep step must be 1/n for a positive integer n (0.5, 0.25, 0.2, ...), got {step!r}")
-    points = [c for c in itertools.product(range(n + 1), repeat=k) if sum(c) == n]
-    return np.array(sorted(points, reverse=True), dtype=np.float64) / n
+@dataclass(frozen=True)
+class Soup:
+    """A sweep point: the Rewarded Soup of the config's LoRA adapters at λ (their parameters averaged,
+    `soup_specs`), made under the sweep's soups/ and served alone."""
+
+    weights: Sequence[float]
+
+
+# A sweep point: None is π_ref alone; weights are the log-linear mixture of the K policies at that λ; a `Soup` is made
+# and served alone; a PolicySpec (say, a soup made elsewhere) is served alone as it is.
+Point = Sequence[float] | Soup | PolicySpec | None
 
 
 def point_label(weights) -> str:
     return "w=" + ",".join(f"{w:.3g}" for w in weights)
 
 
+def grid_points(k: int, step: float | None, named: dict[str, list[float]] | None = None) -> dict[str, list[float]]:
+    """Fixed weight vectors by label: the ``named`` ones first, then the simplex grid at ``step`` (`core.grid`; None:
+    no grid) where no earlier vector holds the same weights, labelled by `point_label`, then the uniform mix unless
+    one is there. Labels use only the characters a sweep keeps in file names: each point's file is
+    `<label>.parquet`."""
+    points = dict(named or {})
+    if step is not None:
+        if k not in (2, 3):
+            raise UserError(f"a sweep draws a front for K = 2 or 3 policies; this config has K = {k}")
+        for w in simplex_grid(k, step_divisions(step)):
+            if not any(np.allclose(w, v) for v in points.values()):
+                points[point_label(w)] = w.tolist()
+    if not any(np.allclose(v, 1 / k) for v in points.values()):
+        points["uniform"] = [1 / k] * k
+    return points
+
+
 def run_sweep(
     config: Config,
     *,
     output: str,
-    points: dict[str, list[float] | None],
+    points: dict[str, Point],
     max_prompts: int | None = None,
-    extra: dict[str, PolicySpec] | None = None,
-    soups: dict[str, list[float]] | None = None,
     progress: bool = True,
     figure: Callable[[str, dict], None] | None = None,
 ) -> dict:
-    """Generate the `generate` corpus once per labelled weight vector (None = π_ref alone), and once per ``extra``
-    policy on its own, and per ``soups`` label a Rewarded Soup of the policies at that λ (`soup_specs`,
-    under `output`/soups/); evaluate every set against the reference with the config's rewards;
-    write `output`/<label>.parquet and sweep.json, and with ``figure(uri, summary)`` (`demo.plots.plot_front`)
-    front.png. A point whose file holds rows of the same fingerprint is reused, any other generated again."""
-    from tqdm.auto import tqdm
-
+    """Generate the `generate` corpus once per labelled `Point` (π_ref is always one) and evaluate every set
+    against π_ref with the config's rewards; write `output`/<label>.parquet and sweep.json, and with
+    ``figure(uri, summary)`` (`demo.plots.plot_front`) front.png. A point whose file holds rows of the same
+    fingerprint is reused, any other generated again."""
     g = config.section("generate")
     if not points:
         raise UserError("run_sweep: no weight vectors to sweep")
-    k = len(config.policies)
-    for label, w in points.items():
-        if w is not None and (len(w) != k or not np.all(np.isfinite(w)) or np.any(np.asarray(w) < 0) or not np.any(w)):
-            raise UserError(
-                f"sweep point {label!r} has weights {w}; it needs {k} finite non-negative numbers, not all zero"
-            )
+    points = {REFERENCE: None, **{label: p for label, p in points.items() if label != REFERENCE}}
+    check_points(points, len(config.policies))
     objectives = objectives_from_config(config)
     ids, prompts = read_prompts(g.prompts, prompt_column=g.prompt_column, id_column=g.id_column, limit=max_prompts)
     check_prompt_lengths(
@@ -113,30 +124,107 @@ def run_sweep(
     )  # before Ray, as every workflow
     check_ours(output, "sweep", subdirs=("soups",))
     storage.check_writable(output)
-    points = {REFERENCE: None, **{label: w for label, w in points.items() if label != REFERENCE}}
-    extra = dict(extra or {})
-    files = point_files(output, [*points, *extra, *(soups or {})])  # refused here, before anything is written
+    files = point_files(output, list(points))  # refused here, before anything is written
     figure_digests = check_fixed_files(output)
-    seeds = [derive_seed(g.seed, pid) for pid in ids]
+    mark_ours(output, "sweep")  # before its first file: the soups are made inside it
+    specs, vectors = served_models(config, output, points)
     params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.candidates}
-    if soups:  # written inside the sweep's own directory, so it is marked first
-        mark_ours(output, "sweep")
-        extra.update(soup_specs(config, storage.join(output, "soups"), soups))
-    specs = [config.reference, *config.policies, *extra.values()]  # one generator: a shared base loads once
-    vectors = {
-        label: [1.0] + [0.0] * (k + len(extra)) if w is None else [0.0] + [float(x) for x in w] + [0.0] * len(extra)
-        for label, w in points.items()
-    }
-    vectors.update({label: [0.0] * (1 + k + i) + [1.0] + [0.0] * (len(extra) - i - 1) for i, label in enumerate(extra)})
-    parts = point_fingerprints(specs, k, vectors, ids, prompts, {**params, "seed": g.seed})
+    parts = point_fingerprints(specs, len(config.policies), vectors, ids, prompts, {**params, "seed": g.seed})
     candidates = {label: point_candidates(vectors[label], params) for label in vectors}
-    todo = stale_points(files, parts)
 
     t0 = time.perf_counter()
-    tables = {}
-    mark_ours(output, "sweep")
+    tables = _generate_points(
+        config,
+        specs,
+        vectors,
+        params={label: {**params, "num_candidates": n} for label, n in candidates.items()},
+        corpus=(ids, prompts, [derive_seed(g.seed, pid) for pid in ids]),
+        files=files,
+        parts=parts,
+        progress=progress,
+    )
+    results = []
+    for label, vector in vectors.items():
+        r = evaluate_generations(
+            tables[label],
+            objectives,
+            reference=tables[REFERENCE],
+            name=label,
+            models=(config.reference.name, config.policy_names),
+            seed=g.seed,
+        )
+        p = points[label]
+        r["weights"] = list(map(float, p)) if _is_mixture(p) else None
+        r["fingerprint"] = digest(parts[label])
+        r["serving"] = serving(candidates[label], one_model=sum(1 for w in vector if w != 0) == 1)
+        results.append(r)
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "policies": config.policy_names,
+        "prompts": len(ids),
+        "generation": params,
+        "serving": serving(g.candidates),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "points": results,
+    }
+    write_outputs(output, summary, figure, figure_digests)
+    return summary
+
+
+def _is_mixture(point: Point) -> bool:
+    return point is not None and not isinstance(point, (Soup, PolicySpec))
+
+
+def check_points(points: dict[str, Point], k: int) -> None:
+    """UserError naming the point whose λ (a mixture's or a soup's) is not K finite non-negative numbers, not all 0."""
+    for label, p in points.items():
+        w = p.weights if isinstance(p, Soup) else (p if _is_mixture(p) else None)
+        if w is not None and (len(w) != k or not np.all(np.isfinite(w)) or np.any(np.asarray(w) < 0) or not np.any(w)):
+            raise UserError(
+                f"sweep point {label!r} has weights {list(w)}; it needs {k} finite non-negative numbers, not all zero"
+            )
+
+
+def served_models(config: Config, output: str, points: dict[str, Point]) -> tuple[list[PolicySpec], dict]:
+    """(specs, label → vector): the models one generator hosts, [π_ref, π_1..π_K, then each model a point serves
+    alone], and each point's weights over them. The `Soup` points' soups are made (or reused) here, under
+    `output`/soups/."""
+    soups = {label: p.weights for label, p in points.items() if isinstance(p, Soup)}
+    soups = soup_specs(config, storage.join(output, "soups"), soups) if soups else {}
+    alone = {label: soups.get(label, p) for label, p in points.items() if isinstance(p, (Soup, PolicySpec))}
+    specs = [config.reference, *config.policies, *alone.values()]  # one generator: a shared base loads once
+    k = len(config.policies)
+    slots = {label: 1 + k + i for i, label in enumerate(alone)}
+    vectors = {}
+    for label, p in points.items():
+        v = np.zeros(len(specs))
+        if _is_mixture(p):
+            v[1 : 1 + k] = p
+        else:
+            v[slots.get(label, 0)] = 1.0  # π_ref, or the model served alone
+        vectors[label] = v.tolist()
+    return specs, vectors
+
+
+def _generate_points(
+    config: Config,
+    specs: list[PolicySpec],
+    vectors: dict[str, list[float]],
+    *,
+    params: dict[str, dict],
+    corpus: tuple[list[str], list[str], list[int]],
+    files: dict[str, str],
+    parts: dict[str, dict[str, str]],
+    progress: bool,
+) -> dict[str, pa.Table]:
+    """label → its rows: read back from its file where `stale_points` finds the same fingerprint and the rows
+    verify, else generated from ``corpus`` (ids, prompts, seeds) with the point's decoding ``params``, by one worker
+    hosting ``specs`` (started at the first point generated), and written with their fingerprint."""
+    from tqdm.auto import tqdm
+
+    g, (ids, texts, seeds), todo = config.section("generate"), corpus, stale_points(files, parts)
+    tables, worker = {}, None
     with ray_session(log_to_driver=False):
-        worker = None
         try:
             for label, weights in tqdm(vectors.items(), desc="sweep", unit="point", disable=not progress):
                 uri = files[label]
@@ -153,9 +241,9 @@ def run_sweep(
                     label,
                     weights,
                     ids,
-                    prompts,
+                    texts,
                     seeds,
-                    {**params, "num_candidates": candidates[label]},
+                    params[label],
                     g.batch_size,
                     score=(config.reference.name, *config.policy_names),
                 )
@@ -163,32 +251,7 @@ def run_sweep(
         finally:
             if worker is not None:
                 worker.kill()
-    results = []
-    for label in vectors:
-        r = evaluate_generations(
-            tables[label],
-            objectives,
-            reference=tables[REFERENCE],
-            name=label,
-            models=(config.reference.name, config.policy_names),
-            seed=g.seed,
-        )
-        w = points.get(label)
-        r["weights"] = None if w is None else list(map(float, w))
-        r["fingerprint"] = digest(parts[label])
-        r["serving"] = serving(candidates[label], one_model=sum(1 for w in vectors[label] if w != 0) == 1)
-        results.append(r)
-    summary = {
-        "format": SUMMARY_FORMAT,
-        "policies": config.policy_names,
-        "prompts": len(ids),
-        "generation": params,
-        "serving": serving(g.candidates),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "points": results,
-    }
-    write_outputs(output, summary, figure, figure_digests)
-    return summary
+    return tables
 
 
 def _slug(label: str) -> str:
@@ -350,12 +413,9 @@ def write_outputs(output: str, summary: dict, figure: Callable[[str, dict], None
 
 
 def sweep_points(config: Config, step: float, weights_uri: str | None = None) -> dict[str, list[float]]:
-    """The simplex grid and the uniform mix, plus the MPO point from a weights artifact (a file, run directory or
-    store) when one is given: with the grid's vertices, every baseline of the paper but the soups (`soup_specs`)."""
-    k = len(config.policies)
-    points = {point_label(w): w.tolist() for w in simplex_grid(k, step)}
-    if not any(np.allclose(w, 1 / k) for w in points.values()):
-        points["uniform"] = [1 / k] * k
+    """The simplex grid and the uniform mix (`grid_points`), plus the MPO point from a weights artifact (a file, run
+    directory or store) when one is given: with the grid's vertices, every baseline of the paper but the soups."""
+    points = grid_points(len(config.policies), step)
     if weights_uri:
         points["MPO"] = WeightsArtifact.read(weights_uri).weights_for(config.policy_names, config.source)
     return points

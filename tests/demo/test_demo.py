@@ -100,6 +100,19 @@ def test_a_directory_holding_only_a_file_named_demo_json_is_not_taken_for_a_demo
     assert (out / "sub" / "data.csv").read_text() == "1,2" and (out / "demo.json").exists()
 
 
+def test_the_demo_sweeps_each_policy_the_uniform_mix_its_grid_and_mpo():
+    from mpo_ray.demo.run import SIZES, sweep_points
+
+    names, mpo = list(OBJECTIVES), [0.2, 0.3, 0.5]
+    assert sweep_points(names, SIZES["quick"], mpo) == {
+        **{n: [float(n == m) for m in names] for n in names},
+        "uniform": [1 / 3] * 3,
+        "MPO": mpo,
+    }
+    grid = list(sweep_points(names, SIZES["default"], None))  # the vertices and the centre keep their names
+    assert grid == [*names, "uniform", "w=0.5,0.5,0", "w=0.5,0,0.5", "w=0,0.5,0.5", "MPO"]
+
+
 @pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "mpo-demo"

@@ -208,24 +208,24 @@ def _scores(ids, shift):
 
 
 def test_solver_paths_reads_only_score_files_reweight_wrote(tmp_path):
-    from mpo_ray.demo.run import _solver_paths
+    from mpo_ray.demo.findings import solver_paths
 
     scores, config = tmp_path / "reweight" / "scores", SimpleNamespace(policy_names=POLICIES)
     _ours(scores / "part-00000-0123456789ab.parquet", _scores(["a", "b", "c"], 0.0))
-    alone = _solver_paths(config, str(tmp_path))[0].weights
+    alone = solver_paths(config, str(tmp_path))[0].weights
     _theirs(scores / "mine.parquet", _scores(["d", "e", "f", "g"], -30.0))  # would pull λ towards `concise`
     (scores / "part-00001-copy.parquet").write_bytes((scores / "part-00000-0123456789ab.parquet").read_bytes())
-    np.testing.assert_allclose(_solver_paths(config, str(tmp_path))[0].weights, alone)
+    np.testing.assert_allclose(solver_paths(config, str(tmp_path))[0].weights, alone)
 
 
 def test_generate_agreement_reads_only_generates_files(tmp_path):
-    from mpo_ray.demo.run import _generate_agreement
+    from mpo_ray.demo.findings import generate_agreement
 
     table = pa.table({"prompt_id": ["a", "b"], "response": ["yes", "no"]})
     _ours(tmp_path / "generations" / "sweep" / "MPO.parquet", table)
     _ours(tmp_path / "generations" / "mpo" / "part.parquet", table)
     _theirs(tmp_path / "generations" / "mpo" / "zz-mine.parquet", pa.table({"prompt_id": ["a"], "response": ["mine"]}))
-    assert _generate_agreement(str(tmp_path)) == 1.0
+    assert generate_agreement(str(tmp_path)) == 1.0
 
 
 # --- 2. train-demo-policies --output DIR ---------------------------------------------------------------------

@@ -7,13 +7,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny import TINY_CONFIG
 
+from mpo_ray.core.grid import simplex_grid
 from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, wilson, win_rates
 from mpo_ray.demo.objectives import brevity, detail
 from mpo_ray.io import storage
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, read_generations
-from mpo_ray.workflows.sweep import point_label, simplex_grid
+from mpo_ray.workflows.sweep import grid_points, point_label
 
 OBJECTIVES = {"concise": brevity, "detailed": detail}
 
@@ -81,16 +83,27 @@ def test_reading_generations(tmp_path):
         evaluate_generations(gen_table(["a", "b"]), {"bad": lambda p, r: [1.0]})
 
 
-def test_simplex_grid():
-    g = simplex_grid(3, 0.5)
-    assert g.shape == (6, 3) and np.allclose(g.sum(1), 1)
-    assert {tuple(r) for r in g} == {(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5)}
-    assert simplex_grid(3, 0.25).shape == (15, 3) and simplex_grid(2, 0.1).shape == (11, 2)
+def test_grid_points_label_the_simplex_grid_and_add_the_uniform_mix_once():
+    g = grid_points(3, 0.5)
+    assert list(g) == ["w=1,0,0", "w=0.5,0.5,0", "w=0.5,0,0.5", "w=0,1,0", "w=0,0.5,0.5", "w=0,0,1", "uniform"]
+    assert {tuple(w) for w in g.values()} == {
+        (1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0), (0.5, 0, 0.5), (0, 0.5, 0.5), (1 / 3, 1 / 3, 1 / 3)
+    }  # fmt: skip
+    assert len(grid_points(3, 0.25)) == 15 + 1 and len(grid_points(2, 0.1)) == 11  # 0.1: the centre is on the grid
+    assert "uniform" not in grid_points(3, 1 / 3) and "w=0.333,0.333,0.333" in grid_points(3, 1 / 3)
     assert point_label([0.5, 0.25, 0.25]) == "w=0.5,0.25,0.25"
+    # named vectors come first and the grid leaves out their weights (the demo names the vertices and the centre)
+    named = {"a": [1.0, 0.0, 0.0], "uniform": [1 / 3] * 3}
+    assert list(grid_points(3, 0.5, named=named)) == [
+        "a",
+        "uniform",
+        *[x for x in g if x not in ("w=1,0,0", "uniform")],
+    ]
+    assert grid_points(3, None, named=named) == named and grid_points(4, None) == {"uniform": [0.25] * 4}
     with pytest.raises(ValueError, match="K = 2 or 3"):
-        simplex_grid(4, 0.5)
+        grid_points(4, 0.5)
     with pytest.raises(ValueError, match="1/n"):
-        simplex_grid(3, 0.3)
+        grid_points(3, 0.3)
 
 
 def _point(name, weights, rates):
@@ -109,7 +122,7 @@ def test_plots_are_written_as_png(tmp_path, k):
     names = ["concise", "detailed", "upbeat"][:k]
     points = [
         _point(f"w{i}", w.tolist(), list(np.linspace(0.2, 0.8, k) + 0.05 * i)[:k])
-        for i, w in enumerate(simplex_grid(k, 0.5))
+        for i, w in enumerate(simplex_grid(k, 2))
     ]
     points.append(_point("MPO", [1 / k] * k, [0.5] * k))
     plot_front(str(tmp_path / "front.png"), {"policies": names, "points": points})
@@ -125,9 +138,7 @@ def test_plots_are_written_as_png(tmp_path, k):
 def test_evaluate_command(tmp_path, capsys):
     from mpo_ray.cli import main
 
-    tiny = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml"
-    )
+    tiny = TINY_CONFIG
     storage.write_parquet(str(tmp_path / "ours.parquet"), gen_table(["a b c!", "great fun"]))
     storage.write_parquet(str(tmp_path / "ref.parquet"), gen_table(["a", "b"]))
     argv = [
@@ -162,9 +173,7 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     from mpo_ray.models.policies import load_policies
     from mpo_ray.runtime.session import ray_session
 
-    tiny = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml"
-    )
+    tiny = TINY_CONFIG
     store = WeightsStore(str(tmp_path / "store"))  # the MPO point comes from a nightly store's `latest`
     store.write_version(
         "n1",
@@ -228,9 +237,7 @@ def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
     from mpo_ray.io.store import WeightsStore
     from mpo_ray.workflows.sweep import sweep_points
 
-    tiny = os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "configs", "tiny.yaml"
-    )
+    tiny = TINY_CONFIG
     config = load_config(tiny)
     store = WeightsStore(str(tmp_path / "store"))
     store.write_version(

@@ -148,6 +148,46 @@ def test_sweep_point_fingerprint_names_each_part_that_produced_the_rows(tmp_path
     assert with_soup["soup"]["weights"] != with_soup["b"]["weights"]
 
 
+def test_sweep_points_are_mixtures_soups_and_models_served_alone(tmp_path, monkeypatch):
+    """A point is π_ref (always there), a mixture of the K policies, a `Soup` made under soups/, or a PolicySpec
+    served as it is; each model served alone takes a slot after the K policies, and the directory is marked once."""
+    hosted, marks = [], []
+
+    class Worker(FakeWorker):
+        def generate(self, label, weights, *args, **kw):
+            hosted.append((label, weights))
+            return super().generate(label, weights, *args, **kw)
+
+    monkeypatch.setattr(sweep, "ray_session", lambda **kw: contextlib.nullcontext())
+    monkeypatch.setattr(
+        sweep, "start_generator", lambda config, specs: hosted.append([s.name for s in specs]) or Worker([])
+    )
+    monkeypatch.setattr(sweep, "mark_ours", lambda *a, **kw: marks.append(a) or mark_ours(*a, **kw))
+    config, out = load_config(TINY_CONFIG), tmp_path / "sweep"
+    alone = config.policies[1].model_copy(update={"name": "alone"})
+    points = {"a": [0.5, 0.5, 0.0], "soup": sweep.Soup([0.5, 0.25, 0.25]), "alone": alone}
+    summary = sweep.run_sweep(config, output=str(out), points=points, max_prompts=2, progress=False)
+
+    policies = [p.name for p in config.policies]
+    assert hosted[0] == [config.reference.name, *policies, "soup", "alone"]
+    assert dict(hosted[1:]) == {
+        "reference": [1.0, 0, 0, 0, 0, 0],
+        "a": [0, 0.5, 0.5, 0, 0, 0],
+        "soup": [0, 0, 0, 0, 1.0, 0],
+        "alone": [0, 0, 0, 0, 0, 1.0],
+    }
+    assert [(p["name"], p["weights"]) for p in summary["points"]] == [
+        ("reference", None),
+        ("a", [0.5, 0.5, 0.0]),
+        ("soup", None),
+        ("alone", None),
+    ]
+    assert json.loads((out / "soups" / "soup" / "soup.json").read_text())["weights"] == [0.5, 0.25, 0.25]
+    assert marks == [(str(out), "sweep")]
+    with pytest.raises(UserError, match=r"sweep point 'soup' has weights \[1, -1, 0\]; it needs 3 finite"):
+        sweep.run_sweep(config, output=str(out), points={"soup": sweep.Soup([1, -1, 0])}, progress=False)
+
+
 def test_sweep_refuses_a_users_file_at_a_points_name(tmp_path, fake_ray):
     out = tmp_path / "sweep"
     _sweep(out, fake_ray)
