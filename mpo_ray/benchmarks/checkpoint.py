@@ -150,27 +150,31 @@ def pipeline(
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(_RAY_DATA_LOG_LEVEL)
+
+    def rows(done: frozenset = frozenset()):  # the corpus, less the ids in ``done``, prepared for the generator
+        return data.map_rows(
+            data.read_corpus(corpus, "parquet", "prompt"), prepare, batch_size=batch, fn_kwargs={"done": done}
+        )
+
+    def write(todo, staging: str) -> None:  # the stand-in generator's rows, as Parquet files under ``staging``
+        data.generate_parquet(
+            todo,
+            FakeGenerator,
+            {"sleep_s": sleep_s},
+            plan,
+            batch_size=batch,
+            rows_per_file=rows_per_file,
+            staging=staging,
+        )
+
     t0 = time.perf_counter()
     if mode == "staging":  # generate.generate's driver flow, minus models, manifest and summary
         done = written_ids(out)
         try:
             promote(out, done)
-            todo = data.map_rows(
-                data.read_corpus(corpus, "parquet", "prompt"),
-                prepare,
-                batch_size=batch,
-                fn_kwargs={"done": frozenset(done)},
-            )
+            todo = rows(frozenset(done))
             if todo.count():
-                data.generate_parquet(
-                    todo,
-                    FakeGenerator,
-                    {"sleep_s": sleep_s},
-                    plan,
-                    batch_size=batch,
-                    rows_per_file=rows_per_file,
-                    staging=os.path.join(out, META_DIR, "staging", uuid.uuid4().hex[:8]),
-                )
+                write(todo, os.path.join(out, META_DIR, "staging", uuid.uuid4().hex[:8]))
         finally:
             promote(out, done)
     else:
@@ -184,21 +188,7 @@ def pipeline(
             else None
         )
         try:
-            todo = data.map_rows(
-                data.read_corpus(corpus, "parquet", "prompt"),
-                prepare,
-                batch_size=batch,
-                fn_kwargs={"done": frozenset()},
-            )
-            data.generate_parquet(
-                todo,
-                FakeGenerator,
-                {"sleep_s": sleep_s},
-                plan,
-                batch_size=batch,
-                rows_per_file=rows_per_file,
-                staging=out,
-            )
+            write(rows(), out)
         finally:
             ctx.checkpoint_config = None
     return {"seconds": time.perf_counter() - t0}

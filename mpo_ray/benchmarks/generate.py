@@ -37,14 +37,7 @@ def in_process_loop(config, ids: list[str], prompts: list[str]) -> dict:
     t0 = time.perf_counter()
     mixed = MixedPolicy(load_policies(config.policies), resolve_weights(config)[0])
     load_s = time.perf_counter() - t0
-    params = dict(
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_k=g.top_k,
-        top_p=g.top_p,
-        stop=g.stop,
-        num_candidates=g.candidates,
-    )
+    params = {**g.params(), "stop": g.stop, "num_candidates": g.candidates}
     tokens, t0 = 0, time.perf_counter()
     for start in range(0, len(prompts), g.batch_size):
         batch = slice(start, start + g.batch_size)
