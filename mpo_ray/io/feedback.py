@@ -1,6 +1,6 @@
 """Preference feedback: pairs labelled by each user group, and how often a policy agrees with them.
 
-A feedback file (JSONL, Parquet or CSV on any fsspec URL) has one row per pair:
+A feedback file (JSONL, Parquet or CSV on any fsspec URL, read by `io.tables`) has one row per pair:
 ``prompt, chosen, rejected, group``, where ``group`` names the objective (a
 policy name) whose users gave the label. Agreement needs no generation: a
 policy's implicit reward of a response is its log-ratio ``ℓ_k = log π_k −
@@ -12,15 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from mpo_ray.core.errors import UserError
-from mpo_ray.io import storage
-from mpo_ray.io.corpus import decode_text, json_columns, json_row, jsonl_rows, loads, read_csv_text
+from mpo_ray.io.tables import Columns, read_columns, table_format
 
 COLUMNS = ("prompt", "chosen", "rejected", "group")
 
@@ -49,51 +44,28 @@ class Feedback:
         return hashlib.sha256(rows.encode()).hexdigest()[:16]
 
 
-def _read_columns(uri: str) -> dict[str, list]:
-    """Column name → values. Text files follow the corpus reader's policy (`io.corpus`): a leading BOM is
-    stripped, CSV cells are text as written (a response ``42`` is a response), a JSON row naming a key twice is
-    refused; JSON values stay as parsed, so a row that is not text is named by `read_feedback`."""
-    label = f"feedback {uri!r}"
-    fs, path = storage.filesystem(uri)
-    if not fs.exists(path):
-        raise UserError(
-            f"feedback {uri!r} does not exist; check the path (and `{{night}}` in it), or drop `nightly.feedback`."
-        )
-    hint = f"with keys {list(COLUMNS)}"
-    try:
-        with fs.open(path, "rb") as f:
-            raw = f.read()
-        if path.endswith((".parquet", ".pq")):
-            return pq.read_table(io.BytesIO(raw)).to_pydict()
-        if path.endswith(".csv"):
-            text = decode_text(raw, label)
-            return read_csv_text(text, label).to_pydict() if text.strip() else {}
-        if path.endswith((".jsonl", ".json")):
-            text = decode_text(raw, label)
-            if not text.lstrip().startswith("["):
-                return json_columns(jsonl_rows(text, label, hint))
-            return json_columns(
-                [json_row(r, label, f"row {i}", hint) for i, r in enumerate(loads(text))]
-            )  # a JSON array
-    except (pa.ArrowException, json.JSONDecodeError, OSError) as exc:
-        raise UserError(f"feedback {uri!r} could not be read: {exc}") from None
-    raise UserError(f"feedback {uri!r}: unknown file type; use .jsonl, .parquet or .csv.")
+def _read_columns(uri: str) -> Columns:
+    """The file's columns, read by `io.tables` (the corpus reader's text policy); JSON values stay as parsed, so
+    a row that is not text is named by `read_feedback`."""
+    what = "feedback"
+    fmt = table_format(uri, what, "check the path (and `{night}` in it), or drop `nightly.feedback`")
+    return read_columns(uri, fmt, what, f"with keys {list(COLUMNS)}")
 
 
 def read_feedback(uri: str, objectives: list[str]) -> Feedback:
     """Read and validate preference pairs; ValueError naming the file, the row and the fix."""
     columns = _read_columns(uri)
-    if not any(columns.values()):
+    if not columns.num_rows:
         raise UserError(
             f"feedback {uri!r} is empty; it needs rows with columns {list(COLUMNS)} "
             "(or leave `nightly.feedback` unset to run without it)."
         )
-    missing = [c for c in COLUMNS if c not in columns]
+    missing = [c for c in COLUMNS if c not in columns.names]
     if missing:
         raise UserError(
-            f"feedback {uri!r} lacks column(s) {missing}; it has {list(columns)}. Each row needs {list(COLUMNS)}."
+            f"feedback {uri!r} lacks column(s) {missing}; it has {columns.names}. Each row needs {list(COLUMNS)}."
         )
-    cols = {c: columns[c] for c in COLUMNS}
+    cols = {c: columns.values(c) for c in COLUMNS}
     for c in COLUMNS:
         bad = [i for i, v in enumerate(cols[c]) if not isinstance(v, str) or not v.strip()]
         if bad:

@@ -36,6 +36,15 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def arrow_path(uri: str):
+    """(path, pyarrow filesystem or None for a local path) for readers and writers that take Arrow's filesystems
+    (Ray Data's), from any fsspec URL."""
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, path = filesystem(uri)
+    return (path, None) if isinstance(fs, LocalFileSystem) else (path, PyFileSystem(FSSpecHandler(fs)))
+
+
 def join(uri: str, *parts: str) -> str:
     return "/".join([uri.rstrip("/"), *(p.strip("/") for p in parts)])
 
@@ -171,13 +180,16 @@ def list_files(uri: str, suffix: str = ".parquet") -> list[str]:
     return sorted(names)
 
 
-def read_parquet(uri: str, *, verify: bool = False, same_name: bool = True) -> pa.Table:
-    """A Parquet file; with ``verify``, CorruptFile unless it reads back exactly as `write_parquet` wrote it,
-    under the name it was written with (``same_name=False``: a renamed copy's values are still verified)."""
+def read_parquet(
+    uri: str, *, columns: list[str] | None = None, verify: bool = False, same_name: bool = True
+) -> pa.Table:
+    """A Parquet file (only ``columns``, when given); with ``verify``, CorruptFile unless it reads back exactly as
+    `write_parquet` wrote it, under the name it was written with (``same_name=False``: a renamed copy's values are
+    still verified). Verifying reads every column: the digest covers them all."""
     fs, path = filesystem(uri)
     if not verify:
         with fs.open(path, "rb") as f:
-            return pq.read_table(f)
+            return pq.read_table(f, columns=columns)
     try:
         with fs.open(path, "rb") as f:
             table = pq.read_table(f)
@@ -196,7 +208,7 @@ def read_parquet(uri: str, *, verify: bool = False, same_name: bool = True) -> p
         raise CorruptFile(
             f"{uri} is a copy of {name.decode('utf-8', 'replace')!r}, not the file written under this name."
         )
-    return table
+    return table if columns is None else table.select(columns)
 
 
 def basename(uri: str) -> str:
@@ -213,9 +225,10 @@ def parquet_metadata(uri: str) -> dict[bytes, bytes] | None:
         return None
 
 
-def read_parquet_files(uris: list[str]) -> pa.Table:
-    """Several Parquet files as one table (schemas unified: a column missing from one file is null there)."""
-    return pa.concat_tables([read_parquet(u) for u in uris], promote_options="default")
+def read_parquet_files(uris: list[str], *, columns: list[str] | None = None) -> pa.Table:
+    """Several Parquet files (at least one) as one table (schemas unified: a column missing from one file is null
+    there)."""
+    return pa.concat_tables([read_parquet(u, columns=columns) for u in uris], promote_options="default")
 
 
 def check_writable(uri: str) -> None:

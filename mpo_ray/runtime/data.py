@@ -14,19 +14,12 @@ import pyarrow as pa
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
+from mpo_ray.io.corpus import HINT, WHAT
 from mpo_ray.io.schemas import GENERATION_SCHEMA
+from mpo_ray.io.tables import csv_header, csv_text_options, decode_text, json_columns, json_rows, load_dataset
 
 if TYPE_CHECKING:  # resources imports ray, which this module loads only when it runs
     from mpo_ray.runtime.resources import Placement
-
-
-def arrow_path(uri: str):
-    """(path, pyarrow filesystem or None) for Ray Data, from any fsspec URL."""
-    from fsspec.implementations.local import LocalFileSystem
-    from pyarrow.fs import FSSpecHandler, PyFileSystem
-
-    fs, path = storage.filesystem(uri)
-    return (path, None) if isinstance(fs, LocalFileSystem) else (path, PyFileSystem(FSSpecHandler(fs)))
 
 
 def configure(progress: bool) -> None:
@@ -53,43 +46,36 @@ def configure(progress: bool) -> None:
 
 
 def read_corpus(uri: str, fmt: str, prompt_column: str):
-    """The corpus as a Ray Dataset; UserError when it does not parse, is empty or lacks the prompt column.
+    """The corpus as a Ray Dataset, read as format ``fmt`` (`io.corpus.corpus_format`'s answer: the one suffix
+    dispatch); UserError when it does not parse, is empty or lacks the prompt column.
 
-    Rows reach the row stage holding the values `io.corpus` reads on the driver (where `check_unique_ids` has
-    already checked them), so ids and texts match on both sides: CSV cells as the strings written, JSON lines
-    parsed by `io.corpus` itself, a leading byte-order mark stripped, other columns as Arrow's Python values."""
+    Rows reach the row stage holding the values `io.tables` reads on the driver (where `check_unique_ids` has
+    already checked them), so ids and texts match on both sides: CSV cells as the strings written, JSON rows
+    parsed by `io.tables` itself, a leading byte-order mark stripped, other columns as Arrow's Python values."""
     import ray
     import ray.data
 
+    path, fs = storage.arrow_path(uri)
     try:
         if fmt == "datasets":
-            import datasets
-
-            ds = datasets.load_from_disk(uri)
-            ds = ray.data.from_huggingface(ds[next(iter(ds))] if isinstance(ds, datasets.DatasetDict) else ds)
+            ds = ray.data.from_huggingface(load_dataset(uri))
         elif fmt == "parquet":
-            path, fs = arrow_path(uri)
             ds = ray.data.read_parquet(path, filesystem=fs)
         elif fmt == "csv":
-            path, fs = arrow_path(uri)
             ds = ray.data.read_csv(path, filesystem=fs, convert_options=_csv_as_text(uri))
         else:
-            path, fs = arrow_path(uri)
             ds = ray.data.read_binary_files(path, filesystem=fs).map_batches(
-                _parse_json_lines,
-                batch_format="pyarrow",
-                batch_size=None,
-                fn_kwargs={"label": f"prompt corpus {uri!r}"},
+                _parse_json, batch_format="pyarrow", batch_size=None, fn_kwargs={"label": f"{WHAT} {uri!r}"}
             )
         schema = ds.schema()  # one small read for text formats, the footer for Parquet
     except (ray.exceptions.RayError, pa.ArrowException, OSError) as exc:
         cause = str(getattr(exc, "cause", exc)).strip().splitlines()[-1][:300]
-        raise UserError(f"prompt corpus {uri!r} could not be read: {cause}") from None
+        raise UserError(f"{WHAT} {uri!r} could not be read: {cause}") from None
     if schema is None or not schema.names:
-        raise UserError(f"prompt corpus {uri!r} is empty; it needs rows with a `{prompt_column}` column.")
+        raise UserError(f"{WHAT} {uri!r} is empty; it needs rows with a `{prompt_column}` column.")
     if prompt_column not in schema.names:
         raise UserError(
-            f"prompt corpus {uri!r} has no column {prompt_column!r}; its columns are {schema.names}. "
+            f"{WHAT} {uri!r} has no column {prompt_column!r}; its columns are {schema.names}. "
             "Set `generate.prompt_column` in the config."
         )
     if fmt in ("parquet", "datasets") and not all(_plain(t) for t in schema.types):
@@ -133,23 +119,20 @@ def _as_python_values(batch: pa.Table) -> pa.Table:
 def _csv_as_text(uri: str):
     """Arrow's convert options reading every column of the CSV as the text written (Arrow would infer ``007`` as
     7.0 and a prompt ``42`` as a number); Arrow itself skips a leading byte-order mark."""
-    from mpo_ray.io.corpus import csv_header, csv_text_options
 
     fs, path = storage.filesystem(uri)
     with fs.open(path, "rb") as f:
         return csv_text_options(csv_header(f))
 
 
-def _parse_json_lines(batch: pa.Table, label: str) -> pa.Table:
-    """Whole JSONL files (one per row of ``bytes``) → their rows, parsed by `io.corpus` as on the driver: a BOM
+def _parse_json(batch: pa.Table, label: str) -> pa.Table:
+    """Whole JSON files (one per row of ``bytes``) → their rows, parsed by `io.tables` as on the driver: a BOM
     stripped, lines split as there, values as parsed (1 stays 1, "007" stays "007", a missing key is None).
 
     Not `ray.data.read_json`: its pandas reader turns the string ``"007"`` into 7 and fails on a BOM; Arrow's
     refuses a column that mixes types (ids 1 and "1", a prompt that is not text, which must become an error
     row). Not `read_text` either: it splits lines at U+2028, which JSON allows inside a string."""
-    from mpo_ray.io.corpus import decode_text, json_columns, jsonl_rows
-
-    rows = [row for raw in batch.column("bytes").to_pylist() for row in jsonl_rows(decode_text(raw, label), label)]
+    rows = [row for raw in batch.column("bytes").to_pylist() for row in json_rows(decode_text(raw, label), label, HINT)]
     return pa.table({name: _python_column(values) for name, values in json_columns(rows).items()})
 
 
@@ -168,10 +151,8 @@ def generate_parquet(
     import ray.data
 
     from mpo_ray.runtime.actors import user_errors
-    from mpo_ray.runtime.resources import Placement
     from mpo_ray.runtime.session import spend_restart_notice
 
-    plan = Placement.of(plan)
     rows = ds.map_batches(
         worker_cls,
         batch_format="pyarrow",
@@ -181,7 +162,7 @@ def generate_parquet(
         num_cpus=plan.num_cpus,
         fn_constructor_kwargs=worker_kwargs,
     )
-    path, fs = arrow_path(staging)
+    path, fs = storage.arrow_path(staging)
     spend_restart_notice()  # the actor pool below would print a C++ notice on the terminal
     with user_errors():  # a worker's UserError (its constructor's or a batch's) as one line, not Ray Data's wrapping
         rows.write_parquet(

@@ -28,13 +28,9 @@ class Placement:
     threads: int
 
     @classmethod
-    def of(cls, plan) -> Placement:
-        """``plan`` as a Placement. Transitional: the dict plans of callers not yet moved (workflows/generate.py,
-        whose "concurrency" is ``replicas``) are read too."""
-        if isinstance(plan, cls):
-            return plan
-        replicas = plan["replicas"] if "replicas" in plan else plan["concurrency"]
-        return cls(replicas, plan["num_gpus"], plan["num_cpus"], plan.get("threads", _threads(plan["num_cpus"])))
+    def of(cls, plan: Placement) -> Placement:
+        """Transitional, for runtime/actors.py until it drops the call: ``plan`` itself (dict plans are gone)."""
+        return plan
 
 
 def _threads(num_cpus: float) -> int:
@@ -72,12 +68,6 @@ def _cpu_share(node_cpus: list[float], actors: int) -> float:
         if share > 0 and sum(int(c / share + 1e-9) for c in node_cpus) >= actors:
             return share
     return 0.01
-
-
-def plan_replicas(g) -> dict:
-    """Transitional: :func:`replica_placement` as the dict workflows/generate.py reads and records in its summary."""
-    plan = replica_placement(g)
-    return {"concurrency": plan.replicas, "num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus, "threads": plan.threads}
 
 
 def replica_placement(g) -> Placement:

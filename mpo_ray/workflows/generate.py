@@ -7,25 +7,16 @@
 
 <output>/*.parquet holds one row per prompt (GENERATION_SCHEMA); <output>/__mpo_ray__/ holds
 owner.json (this output is generate's), manifest.json (the settings and their fingerprint: models by
-content, λ, decoding), summary.json and staging/.
-pyarrow, pandas and `datasets` all skip a directory named `__…` (`datasets` does not skip a
-single leading `_`).
+content, λ, decoding), summary.json (with the replicas' `Placement`) and staging/.
 
-Why staging: Ray Data writes files in place, so a reader or a resumed run could meet a
-half-written one. A Parquet file whose footer reads is complete: staged files are promoted
-(rewritten atomically with a digest of their values) once they read; truncated ones are
-deleted. A rerun promotes what a stopped run left, reads the ids already written (a file
-that no longer matches its digest is removed and its prompts generated again; a row whose
-prompt text changed since is dropped from its file and generated again) and generates only
-the rest; promotion drops ids already present, so retried work never yields a second row.
-Only files this output's runs wrote (their footer names the file and the settings'
-fingerprint) are counted, rewritten or removed; anything else there is left alone. Seeds derive from (seed,
-prompt id) and a MixedPolicy row depends on its own seed only, so the output does not
+Staging, promotion and resume (which files count, which are rewritten or removed) are `io.staging`'s. Seeds
+derive from (seed, prompt id) and a MixedPolicy row depends on its own seed only, so the output does not
 depend on how the corpus is split into blocks, batches or replicas.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import math
@@ -33,8 +24,6 @@ import time
 import uuid
 
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mpo_ray import __version__
 from mpo_ray.config import Config
@@ -44,13 +33,14 @@ from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsArtifact
 from mpo_ray.io.corpus import check_unique_ids, corpus_format
-from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours, owns_file, remove_ours
+from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours
 from mpo_ray.io.provenance import digest
-from mpo_ray.io.schemas import GENERATION_SCHEMA, with_generation_columns
+from mpo_ray.io.staging import drop_stale, file_stats, promote, staging_dir, written_rows
+from mpo_ray.io.staging import write_rows as _write_rows  # noqa: F401  transitional: benchmarks/checkpoint.py
 from mpo_ray.models.generator import GenerationWorker
 from mpo_ray.models.preflight import check_models
 from mpo_ray.runtime import data
-from mpo_ray.runtime.resources import plan_replicas
+from mpo_ray.runtime.resources import replica_placement
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.pipeline import model_identities
 
@@ -82,24 +72,6 @@ def resolve_weights(config: Config) -> tuple[list[float], str]:
             f"{config.source}: `generate.weights` must be finite, non-negative and not all zero, got {weights}."
         )
     return weights, f"explicit:{digest(dict(zip(names, weights)), 8)}"
-
-
-def check_corpus_location(uri: str) -> str:
-    """The corpus format; UserError when the URL cannot be reached or the file is empty."""
-    try:
-        fmt = corpus_format(uri)
-        fs, path = storage.filesystem(uri)
-        empty = fmt != "datasets" and not fs.isdir(path) and fs.size(path) == 0
-    except UserError:
-        raise
-    except Exception as exc:  # credentials, network, permissions
-        raise UserError(
-            f"prompt corpus {uri!r} cannot be reached ({type(exc).__name__}: {str(exc)[:200]}); "
-            "check the URL and credentials."
-        ) from None
-    if empty:
-        raise UserError(f"prompt corpus {uri!r} is an empty file; it needs rows with a prompt column.")
-    return fmt
 
 
 def check_output(config: Config, weights: list[float], version: str) -> tuple[str, dict]:
@@ -155,116 +127,6 @@ def prepare_rows(batch: dict, *, prompt_column: str, id_column: str, seed: int, 
     return pa.table(out, schema=_PREPARED)
 
 
-# --- Files: what is written, promotion ---------------------------------------
-
-
-def _read(uris: list[str], columns: list[str]) -> pa.Table:
-    def one(uri):
-        fs, path = storage.filesystem(uri)
-        with fs.open(path, "rb") as f:
-            return pq.read_table(f, columns=columns, schema=GENERATION_SCHEMA)
-
-    return pa.concat_tables([one(u) for u in uris]) if uris else GENERATION_SCHEMA.empty_table().select(columns)
-
-
-def written_rows(output: str, fingerprint: str) -> dict[str, tuple[str, str]]:
-    """prompt id → (prompt text, file) for the rows the output holds in files this output's runs wrote.
-
-    A file of ours that no longer matches its digest is removed (its prompts are generated again); any other
-    file (a user's, a copy, another output's) is left alone, named, and not counted."""
-    rows: dict[str, tuple[str, str]] = {}
-    for uri in storage.list_files(output):
-        meta = storage.parquet_metadata(uri) or {}
-        if not owns_file(uri) or meta.get(storage.FINGERPRINT_KEY, b"").decode() != fingerprint:
-            log.warning(
-                "left alone: %s (not written by this output's runs); its rows are not counted as generated.", uri
-            )
-            continue
-        try:
-            table = storage.read_parquet(uri, verify=True).select(["prompt_id", "prompt"])
-        except storage.CorruptFile as exc:
-            log.warning("%s Its prompts are generated again.", exc)
-            remove_ours(uri, output, why="changed on disk since it was written")
-            continue
-        for pid, text in zip(table.column("prompt_id").to_pylist(), table.column("prompt").to_pylist()):
-            rows.setdefault(pid, (text, uri))
-    return rows
-
-
-def drop_stale(output: str, rows: dict[str, tuple[str, str]], corpus: dict[str, str], fingerprint: str) -> set[str]:
-    """Rewrite (atomically, they are ours) the files holding rows whose prompt text the corpus has since changed,
-    without those rows; returns the ids kept, so the changed prompts are generated again, never served stale."""
-    stale = {pid for pid, (text, _) in rows.items() if pid in corpus and corpus[pid] != text}
-    for uri in sorted({rows[pid][1] for pid in stale}):
-        table = storage.read_parquet(uri, verify=True)
-        keep = pc.invert(pc.is_in(table.column("prompt_id"), pa.array(sorted(stale), pa.string())))
-        _write_rows(uri, table.filter(keep), fingerprint)
-    if stale:
-        log.info(
-            "generate: %d prompt(s) changed their text since they were generated (first: %r); generating them again",
-            len(stale),
-            sorted(stale)[0],
-        )
-    return set(rows) - stale
-
-
-def _write_rows(uri: str, table: pa.Table, fingerprint: str) -> None:
-    """Generation rows with this output's fingerprint: a file of another output is not taken for this one's."""
-    storage.write_parquet(uri, with_generation_columns(table).cast(GENERATION_SCHEMA), fingerprint=fingerprint)
-
-
-def promote(output: str, done: set[str], fingerprint: str = "") -> list[str]:
-    """Promote complete staged files into ``output`` (without ids in ``done``, which grows; with a content digest
-    and this output's ``fingerprint``, written atomically); delete the rest. Returns the promoted files' URLs.
-
-    Staging is inside `META_DIR`, which only mpo-ray writes (never through a link: `check_ours`); a name that a
-    file mpo-ray did not write already takes in ``output`` is never replaced: the promoted file gets another."""
-    fs, root = storage.filesystem(storage.join(output, META_DIR, "staging"))
-    if not fs.exists(root):
-        return []
-    promoted = []
-    for attempt in sorted(fs.ls(root, detail=False)):
-        for path in sorted(fs.find(attempt)):
-            name = path.rsplit("/", 1)[-1]
-            if not name.endswith(".parquet"):  # not Ray Data's: left alone (and the directory with it)
-                continue
-            try:
-                with fs.open(path, "rb") as f:
-                    table = pq.read_table(f)
-            except (pa.ArrowException, OSError):  # no footer: the writer was stopped mid-file
-                fs.rm(path)
-                continue
-            keep = []
-            for i in table.column("prompt_id").to_pylist():  # ids not written yet, first occurrence only
-                keep.append(i not in done)
-                done.add(i)
-            if any(keep):  # without duplicates, with its content digest, atomically in place
-                target = storage.join(output, name)
-                while storage.exists(target) and not owns_file(target):
-                    target = storage.join(output, f"{name.removesuffix('.parquet')}-{uuid.uuid4().hex[:8]}.parquet")
-                _write_rows(target, table.filter(pa.array(keep)), fingerprint)
-                promoted.append(target)
-            fs.rm(path)
-        _remove_empty_dir(fs, attempt)
-    _remove_empty_dir(fs, root)
-    return promoted
-
-
-def _remove_empty_dir(fs, path: str) -> None:
-    """Directories go only once empty: whatever else is in them stays."""
-    try:
-        if not fs.ls(path, detail=False):
-            fs.rmdir(path)
-    except OSError:
-        pass
-
-
-def _file_stats(uris: list[str]) -> dict:
-    t = _read(uris, ["num_tokens", "error"])
-    tokens = int(pc.sum(t.column("num_tokens")).as_py() or 0)
-    return {"rows": t.num_rows, "errors": t.num_rows - t.column("error").null_count, "generated_tokens": tokens}
-
-
 # --- The workflow --------------------------------------------------------------
 
 
@@ -280,7 +142,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
         raise UserError(f"{config.source}: no output location; set `generate.output` or pass --output.")
     t_start = time.perf_counter()
     lam, version = resolve_weights(config)
-    fmt = check_corpus_location(g.prompts)
+    fmt = corpus_format(g.prompts)
     corpus = check_unique_ids(g.prompts, g.prompt_column, g.id_column)
     check_models(config, [p for p, w in zip(config.policies, lam) if w != 0], reference=False, rewards=False)
     fingerprint, settings = check_output(config, lam, version)
@@ -329,7 +191,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
             )
             if pending:
                 t0 = time.perf_counter()
-                plan = plan_replicas(g)
+                plan = replica_placement(g)
                 params = {**g.params(), "stop": list(g.stop), "num_candidates": g.candidates}
                 data.generate_parquet(
                     todo,
@@ -339,18 +201,18 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                         "weights": lam,
                         "params": params,
                         "weights_version": version,
-                        "threads": plan["threads"],
+                        "threads": plan.threads,
                     },
                     plan,
                     batch_size=g.batch_size,
                     rows_per_file=g.rows_per_file,
-                    staging=storage.join(output, META_DIR, "staging", attempt),
+                    staging=staging_dir(output, attempt),
                 )
                 gen_s = time.perf_counter() - t0
     finally:  # even after a failure: keep every complete file (`done` grows with what is promoted)
         promoted = promote(output, done, fingerprint)
 
-    stats = _file_stats(promoted)
+    stats = file_stats(promoted)
     summary = {
         **stats,
         "skipped": skipped,
@@ -362,7 +224,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
         "tokens_per_s": round(stats["generated_tokens"] / gen_s, 2) if gen_s else 0.0,
         "rows_per_s": round(stats["rows"] / gen_s, 2) if gen_s else 0.0,
         "wall_s": round(time.perf_counter() - t_start, 3),
-        "replicas": plan,
+        "placement": dataclasses.asdict(plan) if plan else None,  # replicas, GPUs, CPUs and threads each
         "attempt": attempt,
         "library_version": __version__,
     }

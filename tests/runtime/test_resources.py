@@ -1,5 +1,7 @@
 """Placement arithmetic for the model actors (no cluster needed)."""
 
+import dataclasses
+
 import pytest
 
 from mpo_ray.core.estimator import log_mixture, split_counts
@@ -38,6 +40,6 @@ def test_both_placement_plans_are_one_type(monkeypatch):
     replicas = resources.replica_placement(GenerateConfig(prompts="p"))
     assert models == resources.Placement(replicas=1, num_gpus=0.0, num_cpus=0.5, threads=1)
     assert replicas == resources.Placement(replicas=1, num_gpus=0.0, num_cpus=1.0, threads=1)
-    legacy = resources.plan_replicas(GenerateConfig(prompts="p"))  # generate.py's dict, as its summary records it
-    assert legacy == {"concurrency": 1, "num_gpus": 0.0, "num_cpus": 1.0, "threads": 1}
-    assert resources.Placement.of(legacy) == replicas and resources.Placement.of(replicas) is replicas
+    recorded = dataclasses.asdict(replicas)  # what generate's summary.json records: the type's own fields
+    assert recorded == {"replicas": 1, "num_gpus": 0.0, "num_cpus": 1.0, "threads": 1}
+    assert resources.Placement(**recorded) == replicas

@@ -20,8 +20,10 @@ from tiny import TINY_CONFIG
 from mpo_ray.cli import main
 from mpo_ray.config import load_config
 from mpo_ray.core.seeds import derive_seed, prompt_id
+from mpo_ray.io.ownership import META_DIR
 from mpo_ray.io.schemas import GENERATION_SCHEMA
-from mpo_ray.workflows.generate import META_DIR, generate, promote
+from mpo_ray.runtime.resources import Placement
+from mpo_ray.workflows.generate import generate
 
 WEIGHTS = [0.5, 0.3, 0.2]
 TOPICS = ["mountains", "rivers", "a city", "birds", "bread", "the sea", "music", "winter"]
@@ -126,6 +128,7 @@ def test_fifty_prompts_once_each_and_same_texts_as_direct_decoding(local_ray, tm
     assert on_disk["rows"] == summary["rows"] == 50 and summary["errors"] == 0
     assert summary["generated_tokens"] == sum(table.column("num_tokens").to_pylist()) > 0
     assert summary["tokens_per_s"] > 0 and summary["wall_s"] > 0
+    assert Placement(**on_disk["placement"]).replicas >= 1  # the replicas' plan, recorded as the type's own fields
     assert not (out / META_DIR / "staging").exists()
 
     # Rerun after losing a file: only its prompts are generated again, with the same texts.
@@ -288,47 +291,6 @@ def test_cli_reports_input_errors_in_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["generate", str(path), "--weights", str(tmp_path / "w.json"), "--quiet"]) == 2
     assert "run `mpo-ray reweight` (or `mpo-ray nightly`) first" in capsys.readouterr().err
-
-
-# --------------------------------------------------------------------------- #
-# Promotion of staged files (no Ray): complete files in, truncated out, no duplicates
-# --------------------------------------------------------------------------- #
-
-
-def _rows(ids) -> pa.Table:
-    return pa.table(
-        {
-            "prompt_id": ids,
-            "prompt": ids,
-            "response": ids,
-            "finish_reason": ["stop"] * len(ids),
-            "num_tokens": [1] * len(ids),
-            "log_normalizer": [0.0] * len(ids),
-            "sample_logprob": [None] * len(ids),
-            "log_partition": [None] * len(ids),
-            "target_logprob": [None] * len(ids),
-            "weights_version": ["v"] * len(ids),
-            "seed": [1] * len(ids),
-            "error": [None] * len(ids),
-        },
-        schema=GENERATION_SCHEMA,
-    )
-
-
-def test_promote_keeps_complete_files_drops_truncated_and_duplicates(tmp_path):
-    out = tmp_path / "out"
-    staging = out / META_DIR / "staging" / "a1"
-    staging.mkdir(parents=True)
-    pq.write_table(_rows(["a", "b"]), out / "done.parquet")
-    pq.write_table(_rows(["c", "d"]), staging / "new.parquet")
-    pq.write_table(_rows(["b", "e", "e"]), staging / "overlap.parquet")
-    pq.write_table(_rows(["a"]), staging / "dup.parquet")
-    full = (staging / "new.parquet").read_bytes()
-    (staging / "cut.parquet").write_bytes(full[: len(full) // 2])  # a writer stopped mid-file
-    promoted = promote(str(out), {"a", "b"})
-    assert sorted(os.path.basename(p) for p in promoted) == ["new.parquet", "overlap.parquet"]
-    assert sorted(pq.read_table(out).column("prompt_id").to_pylist()) == ["a", "b", "c", "d", "e"]
-    assert not (out / META_DIR / "staging").exists()
 
 
 # --------------------------------------------------------------------------- #

@@ -20,7 +20,7 @@ from mpo_ray.io import storage
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours, owns_file, remove_ours
 from mpo_ray.io.provenance import tree_digest
 from mpo_ray.io.schemas import GENERATION_SCHEMA
-from mpo_ray.workflows.generate import _write_rows, drop_stale, promote, written_rows
+from mpo_ray.io.staging import drop_stale, promote, write_rows, written_rows
 from mpo_ray.workflows.pipeline import Batch, _batch_rows
 
 FP = "fingerprint-of-this-output"
@@ -58,7 +58,7 @@ def users_parquet(path, ids=("u1",)):
 def test_a_users_parquet_in_a_generate_output_is_left_alone_and_not_counted(tmp_path):
     out = tmp_path / "gen"
     mark_ours(str(out), "generate")
-    _write_rows(str(out / "part-1.parquet"), rows(["a", "b"]), FP)
+    write_rows(str(out / "part-1.parquet"), rows(["a", "b"]), FP)
     before = users_parquet(out / "my-analysis.parquet", ids=("a", "z"))
     held = written_rows(str(out), FP)
     assert sorted(held) == ["a", "b"]  # the user's rows are not taken for generated ones
@@ -67,7 +67,7 @@ def test_a_users_parquet_in_a_generate_output_is_left_alone_and_not_counted(tmp_
 
 def test_a_copy_of_our_file_under_another_name_is_not_ours(tmp_path):
     out = tmp_path / "gen"
-    _write_rows(str(out / "part-1.parquet"), rows(["a"]), FP)
+    write_rows(str(out / "part-1.parquet"), rows(["a"]), FP)
     shutil.copy(out / "part-1.parquet", out / "part-1 (copy).parquet")
     assert owns_file(str(out / "part-1.parquet")) and not owns_file(str(out / "part-1 (copy).parquet"))
     with pytest.raises(storage.CorruptFile, match="is a copy of 'part-1.parquet'"):
@@ -78,7 +78,7 @@ def test_a_copy_of_our_file_under_another_name_is_not_ours(tmp_path):
 
 def test_a_file_of_another_output_copied_in_under_its_own_name_is_not_counted(tmp_path):
     other, out = tmp_path / "other", tmp_path / "gen"
-    _write_rows(str(other / "part-9.parquet"), rows(["x"]), "another-fingerprint")
+    write_rows(str(other / "part-9.parquet"), rows(["x"]), "another-fingerprint")
     out.mkdir()
     shutil.copy(other / "part-9.parquet", out / "part-9.parquet")
     assert written_rows(str(out), FP) == {} and (out / "part-9.parquet").exists()
@@ -86,7 +86,7 @@ def test_a_file_of_another_output_copied_in_under_its_own_name_is_not_counted(tm
 
 def test_our_file_changed_on_disk_is_removed_and_regenerated_but_a_users_never(tmp_path):
     out = tmp_path / "gen"
-    _write_rows(str(out / "part-1.parquet"), rows(["a"]), FP)
+    write_rows(str(out / "part-1.parquet"), rows(["a"]), FP)
     table = pq.read_table(out / "part-1.parquet")  # an edit that keeps our footer: values change, digest does not
     edited = table.set_column(2, "response", pa.array(["edited"]))
     pq.write_table(edited.replace_schema_metadata(table.schema.metadata), out / "part-1.parquet")
@@ -97,14 +97,14 @@ def test_our_file_changed_on_disk_is_removed_and_regenerated_but_a_users_never(t
 
 def test_remove_ours_never_deletes_a_users_file_or_through_a_link(tmp_path):
     out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
-    _write_rows(str(elsewhere / "part-1.parquet"), rows(["a"]), FP)  # ours, but outside the output
+    write_rows(str(elsewhere / "part-1.parquet"), rows(["a"]), FP)  # ours, but outside the output
     out.mkdir()
     (out / "scores").symlink_to(elsewhere, target_is_directory=True)
     assert not remove_ours(str(out / "scores" / "part-1.parquet"), str(out), why="test")
     assert (elsewhere / "part-1.parquet").exists()
     users_parquet(out / "notes.parquet")
     assert not remove_ours(str(out / "notes.parquet"), str(out), why="test") and (out / "notes.parquet").exists()
-    _write_rows(str(out / "ours.parquet"), rows(["b"]), FP)
+    write_rows(str(out / "ours.parquet"), rows(["b"]), FP)
     assert remove_ours(str(out / "ours.parquet"), str(out), why="test") and not (out / "ours.parquet").exists()
 
 
@@ -128,7 +128,7 @@ def test_reweight_leaves_a_users_file_in_scores_alone(tmp_path):
     out = tmp_path / "rw"
     scores = out / "scores"
     mark_ours(str(out), "reweight")
-    _write_rows(str(scores / "part-00000-old.parquet"), rows(["a"]), FP)  # an earlier run's batch
+    write_rows(str(scores / "part-00000-old.parquet"), rows(["a"]), FP)  # an earlier run's batch
     users_parquet(scores / "mine.parquet")
     fp = score_fingerprint(config, config.reweight.sampling, config.reweight.seed)
     batches = plan_batches(str(scores), ["p"], ["text"], 4, fp, stored=set(storage.list_files(str(scores))))
@@ -163,7 +163,7 @@ def test_promotion_leaves_a_file_it_did_not_stage(tmp_path):
 
 def test_a_prompt_edited_since_generation_is_generated_again_not_served_stale(tmp_path):
     out = tmp_path / "gen"
-    _write_rows(str(out / "part-1.parquet"), rows(["a", "b"], ["old a", "old b"]), FP)
+    write_rows(str(out / "part-1.parquet"), rows(["a", "b"], ["old a", "old b"]), FP)
     held = written_rows(str(out), FP)
     done = drop_stale(str(out), held, {"a": "old a", "b": "new b"}, FP)
     assert done == {"a"}
