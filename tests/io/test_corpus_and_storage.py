@@ -24,9 +24,15 @@ def test_formats_give_the_same_prompts(tmp_path):
     import datasets
 
     datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
-    results = [
-        read_prompts(u) for u in [jsonl, str(tmp_path / "p.parquet"), str(tmp_path / "p.csv"), str(tmp_path / "ds")]
+    (tmp_path / "array.json").write_text(json.dumps(rows))  # one JSON array of objects, as feedback allows too
+    uris = [
+        jsonl,
+        str(tmp_path / "p.parquet"),
+        str(tmp_path / "p.csv"),
+        str(tmp_path / "ds"),
+        str(tmp_path / "array.json"),
     ]
+    results = [read_prompts(u) for u in uris]
     assert all(r == results[0] for r in results)
     ids, prompts = results[0]
     assert prompts == [r["prompt"] for r in rows] and ids == [prompt_id(p) for p in prompts]
