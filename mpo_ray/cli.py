@@ -280,9 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=BENCHMARKS)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
-    for (
-        command
-    ) in sub.choices.values():  # global, and also accepted after the command (SUPPRESS: not given keeps False)
+    # --verbose is global, and also accepted after the command (SUPPRESS: not given there keeps the global's False)
+    for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
