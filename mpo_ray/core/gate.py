@@ -7,7 +7,31 @@ the mixture's implicit reward prefers ``chosen`` when it is positive.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedbackEvaluation:
+    """How often each λ ranks tonight's pairs as labelled, per group (and ``"min"``): the pairs per group, the new
+    λ (``mixed``), the previous λ (None on the first night) and each single policy."""
+
+    pairs: dict[str, int]
+    mixed: dict[str, float]
+    previous: dict[str, float] | None
+    single: dict[str, dict[str, float]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One promotion check: its name, verdict, the value measured (None when not measured) and the limit."""
+
+    check: str
+    passed: bool
+    value: float | None
+    limit: str
+    detail: str
 
 
 def agreement(margins: np.ndarray, groups: list[str], weights) -> dict[str, float]:
@@ -23,12 +47,16 @@ def agreement(margins: np.ndarray, groups: list[str], weights) -> dict[str, floa
     return out
 
 
-def evaluate_feedback(margins: np.ndarray, groups: list[str], names: list[str], weights, previous=None) -> dict:
+def evaluate_feedback(
+    margins: np.ndarray, groups: list[str], names: list[str], weights, previous=None
+) -> FeedbackEvaluation:
     """Agreement per group (and the minimum) of the new λ, the previous λ and each single policy."""
-    out = {"pairs": {g: groups.count(g) for g in dict.fromkeys(groups)}, "mixed": agreement(margins, groups, weights)}
-    out["previous"] = agreement(margins, groups, previous) if previous is not None else None
-    out["single"] = {name: agreement(margins, groups, np.eye(len(names))[k]) for k, name in enumerate(names)}
-    return out
+    return FeedbackEvaluation(
+        pairs={g: groups.count(g) for g in dict.fromkeys(groups)},
+        mixed=agreement(margins, groups, weights),
+        previous=agreement(margins, groups, previous) if previous is not None else None,
+        single={name: agreement(margins, groups, np.eye(len(names))[k]) for k, name in enumerate(names)},
+    )
 
 
 def gate_checks(
@@ -37,9 +65,9 @@ def gate_checks(
     gap: float,
     median_ess: float,
     previous=None,
-    evaluation: dict | None = None,
+    evaluation: FeedbackEvaluation | None = None,
     ci_width: float | None = None,
-) -> list[dict]:
+) -> list[Check]:
     """Every promotion check with its value, limit and verdict; the first night (no previous λ) skips the comparisons.
 
     ``gate`` has ``max_gap``, ``min_median_ess``, ``max_agreement_drop``, ``max_drift`` and ``max_ci_width``
@@ -47,7 +75,7 @@ def gate_checks(
     """
 
     def check(name, passed, value, limit, detail):
-        return {"check": name, "passed": bool(passed), "value": value, "limit": limit, "detail": detail}
+        return Check(name, bool(passed), value, limit, detail)
 
     checks = [
         check("gap", gap <= gate.max_gap, gap, f"<= {gate.max_gap:g}", "certificate gap of the new λ (nats)"),
@@ -68,13 +96,13 @@ def gate_checks(
             check(
                 "agreement",
                 True,
-                evaluation["mixed"]["min"],
+                evaluation.mixed["min"],
                 f"drop <= {gate.max_agreement_drop:g}",
                 "min-group agreement; no previous weights to compare with",
             )
         )
     else:
-        new, old = evaluation["mixed"]["min"], evaluation["previous"]["min"]
+        new, old = evaluation.mixed["min"], evaluation.previous["min"]
         checks.append(
             check(
                 "agreement",

@@ -1,13 +1,25 @@
-"""Explicit pyarrow schemas of every table, and the weights artifact's shape.
+"""Explicit pyarrow schemas of every table, and how a JSON document becomes a typed record and back.
 
 Tables are written with these schemas rather than inferred ones: inference
 differs per batch (an all-null column, an empty list) and breaks later writes
 and reads. Column names are the data contracts of docs/design.md §4.
+
+JSON documents (the weights artifact, `io/artifact.py`) are frozen dataclasses
+whose fields are the document's keys: :func:`decode` checks a document against
+the type (one-line errors naming the file and the key) and :func:`encode` writes
+it back, so a document has exactly one shape in code.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import types
+import typing
+
 import pyarrow as pa
+
+from mpo_ray.core.errors import UserError
 
 
 def score_table_schema(policy_names: list[str], reward_names: list[str] = ()) -> pa.Schema:
@@ -110,3 +122,111 @@ def with_generation_columns(table: pa.Table) -> pa.Table:
         if f.name not in present:
             table = table.add_column(min(i, table.num_columns), f, pa.nulls(table.num_rows, f.type))
     return table
+
+
+# --------------------------------------------------------------------------- #
+# JSON documents as frozen dataclasses
+# --------------------------------------------------------------------------- #
+
+_OPTIONAL, _KEY = "optional", "key"
+
+
+def optional():
+    """A field that documents written before it existed (or minimal ones) lack: absent reads as None, and None is
+    not written. A plain ``= None`` field is always written, as null when None."""
+    return dataclasses.field(default=None, metadata={_OPTIONAL: True})
+
+
+def keyed(key: str | None, **field):
+    """A field stored under another key (``from`` is no Python name), or under none (``key=None``: not part of
+    the document, e.g. where a record was read from)."""
+    return dataclasses.field(**field, metadata={_KEY: key})
+
+
+def document_fields(cls) -> list[tuple[str, dataclasses.Field, object]]:
+    """(key, field, type) of each field of record type ``cls`` that the document holds, in order."""
+    hints = _hints(cls)
+    return [
+        (f.metadata.get(_KEY, f.name), f, hints[f.name])
+        for f in dataclasses.fields(cls)
+        if f.metadata.get(_KEY, f.name)
+    ]
+
+
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def decode(tp, value, source: str, key: str = ""):
+    """``value`` (parsed JSON) as type ``tp``: dataclasses from objects (keys the type does not know are ignored:
+    a newer writer's additions), lists, ``dict[str, X]``, ``tuple[X, Y]``, ``X | None``, str, int, float, bool;
+    a bare ``dict`` or ``object`` is taken as it is. UserError naming ``source`` and ``key`` when it does not fit."""
+
+    def wrong(what: str):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        return UserError(f"{source}: `{key}` must be {what}, got {shown}; restore the file or write it again.")
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return decode(inner, value, source, key)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        fields = {}
+        for name, f, ftp in document_fields(tp):
+            where = f"{key}.{name}" if key else name
+            if name in value:
+                fields[f.name] = decode(ftp, value[name], source, where)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise UserError(f"{source} lacks `{where}`; restore the file or write it again.")
+        return tp(**fields)
+    if tp is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise wrong("an object")
+        if not args:
+            return value
+        return {k: decode(args[1], v, source, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise wrong("a list")
+        return [decode(args[0], v, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, list) or len(value) != len(args):
+            raise wrong(f"a list of {len(args)}")
+        return tuple(decode(a, v, source, f"{key}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if tp in (int, float):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or (tp is int and isinstance(value, float)):
+            raise wrong("an integer" if tp is int else "a number")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    raise TypeError(f"decode: no rule for {tp!r} (at `{key}`)")
+
+
+def encode(value):
+    """A record (or anything inside one) as JSON types: dataclass fields in order, optional fields left out when
+    None."""
+    if dataclasses.is_dataclass(value):
+        return {
+            name: encode(getattr(value, f.name))
+            for name, f, _ in document_fields(type(value))
+            if not (f.metadata.get(_OPTIONAL) and getattr(value, f.name) is None)
+        }
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    return value

@@ -38,7 +38,7 @@ from mpo_ray.core.errors import UserError
 from mpo_ray.core.names import VERSION_NAME
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import LATEST_FILE as LATEST
-from mpo_ray.io.artifact import LATEST_FORMAT, VERSIONS_DIR, WeightsArtifact, read_latest
+from mpo_ray.io.artifact import LATEST_FORMAT, VERSIONS_DIR, WeightsRecord, read_latest
 from mpo_ray.io.artifact import WEIGHTS_FILE as WEIGHTS
 from mpo_ray.io.ownership import OWNER_FILE, check_ours, mark_ours, remove_ours
 
@@ -89,10 +89,10 @@ class WeightsStore:
         pointer = self.latest()
         return pointer["version"] if pointer else None
 
-    def read_version(self, version: str) -> WeightsArtifact | None:
+    def read_version(self, version: str) -> WeightsRecord | None:
         """A committed version's weights artifact, or None (absent, or a crash left it half-written)."""
         uri = self.version_uri(version)
-        return WeightsArtifact.read(uri) if storage.exists(uri) else None
+        return WeightsRecord.read(uri) if storage.exists(uri) else None
 
     def versions(self) -> list[str]:
         """Committed versions, sorted by name (night ids sort by date)."""
@@ -105,7 +105,7 @@ class WeightsStore:
     # --- writing -------------------------------------------------------------
 
     def write_version(
-        self, version: str, artifact: WeightsArtifact, files: dict[str, str | pa.Table] | None = None
+        self, version: str, artifact: WeightsRecord, files: dict[str, str | pa.Table] | None = None
     ) -> None:
         """Write a version once: the side files (text or tables) first, weights.json last (the commit marker)."""
         if not VERSION_NAME.match(version):
@@ -157,7 +157,7 @@ class WeightsStore:
                     break
                 continue
             artifact = self.read_version(candidate)
-            night = artifact.night if artifact is not None else None
+            night = artifact.nightly if artifact is not None else None
             if night is not None and night.passed and night.previous == now:
                 return candidate
         return None

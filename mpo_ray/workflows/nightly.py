@@ -29,14 +29,14 @@ from mpo_ray.config import NIGHT_ID, Config
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.gate import evaluate_feedback, gate_checks
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import Gate, NightRecord, ScoreTable, WarmStart, WeightsRecord
 from mpo_ray.io.feedback import Feedback, read_feedback
 from mpo_ray.io.provenance import digest
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
 from mpo_ray.runtime.groups import ModelGroups
 from mpo_ray.workflows.pipeline import Batch, ScoringInputs, plan_batches, prepare_scoring, run_pipeline
 from mpo_ray.workflows.reports import night_report
-from mpo_ray.workflows.solve import build_artifact, ci_width, solve, solve_scores
+from mpo_ray.workflows.solve import build_artifact, solve, solve_scores
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class NightResult:
     passed: bool
     rerun: bool  # the night was already in the store: nothing was computed or written
     latest: str | None  # `latest` after this run
-    artifact: WeightsArtifact
+    artifact: WeightsRecord
     recovered: bool = False  # this run moved `latest` to a version an interrupted run had committed
 
     @property
@@ -68,7 +68,7 @@ class NightResult:
         return EXIT_PROMOTED if self.passed else EXIT_KEPT
 
     def summary(self) -> str:
-        night = self.artifact.night
+        night = self.artifact.nightly
         what = "promoted" if self.passed else f"kept {night.previous} (failed: {', '.join(night.failed)})"
         again = (
             " (already done: finished its interrupted promotion)"
@@ -162,7 +162,7 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
         float(np.median(chosen.ess)),
         old,
         evaluation,
-        ci_width=ci_width(solution.spread),
+        ci_width=solution.spread.ci_width,
     )
     fb = plan.feedback
     artifact = build_artifact(
@@ -171,34 +171,29 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
         solution,
         run,
         version=plan.night,
-        score_table={
-            **cached,
-            "rows": run.table.num_rows,
-            "prompts": len(plan.scoring.ids),
-            "fingerprint": plan.scoring.fingerprint,
-        },
-        nightly={
-            "night": plan.night,
-            "store": st.uri,
-            "previous": base,
-            "previous_weights": None if old is None else old.tolist(),
-            "prompts_uri": plan.scoring.prompts_uri,
-            "feedback_uri": fb.uri if fb else None,
-            "inputs": plan.inputs,
-            "warm_start": {
-                "from": base,
-                "iterations": chosen.iterations,
-                "cold_iterations": cold.iterations,
-                "initial_gap": float(chosen.history.gap[0]),
-                "cold_initial_gap": float(cold.history.gap[0]),
-            },
-            "feedback": evaluation,
-            "gate": {
-                "passed": all(c["passed"] for c in checks),
-                "failed": [c["check"] for c in checks if not c["passed"]],
-                "checks": checks,
-            },
-        },
+        score_table=ScoreTable(
+            **cached, rows=run.table.num_rows, prompts=len(plan.scoring.ids), fingerprint=plan.scoring.fingerprint
+        ),
+        nightly=NightRecord(
+            night=plan.night,
+            store=st.uri,
+            previous=base,
+            previous_weights=None if old is None else old.tolist(),
+            prompts_uri=plan.scoring.prompts_uri,
+            feedback_uri=fb.uri if fb else None,
+            inputs=plan.inputs,
+            warm_start=WarmStart(
+                start=base,
+                iterations=chosen.iterations,
+                cold_iterations=cold.iterations,
+                initial_gap=float(chosen.history.gap[0]),
+                cold_initial_gap=float(cold.history.gap[0]),
+            ),
+            feedback=evaluation,
+            gate=Gate(
+                passed=all(c.passed for c in checks), failed=[c.check for c in checks if not c.passed], checks=checks
+            ),
+        ),
     )
     files = {"report.md": night_report(artifact)}
     if plan.feedback:
@@ -206,10 +201,10 @@ def run_night(config: Config, *, progress: bool = True) -> NightResult:
     return _commit(plan, artifact, files, base)
 
 
-def _commit(plan: NightPlan, artifact: WeightsArtifact, files: dict, base: str | None) -> NightResult:
+def _commit(plan: NightPlan, artifact: WeightsRecord, files: dict, base: str | None) -> NightResult:
     """Under the store lock: write the version, and move `latest` only if the gate passed and `latest` is still
     ``base``; a concurrent run of this night that committed first wins (its outcome is replayed outside the lock)."""
-    st, passed = plan.store, artifact.night.passed
+    st, passed = plan.store, artifact.nightly.passed
     with st.lock(owner=f"nightly {plan.night}", timeout_s=plan.config.nightly.lock_timeout_s):
         done = st.read_version(plan.night)
         if done is None:
@@ -226,10 +221,10 @@ def _commit(plan: NightPlan, artifact: WeightsArtifact, files: dict, base: str |
     return NightResult(plan.night, passed, False, st.latest_version(), artifact)
 
 
-def _replay(plan: NightPlan, artifact: WeightsArtifact) -> NightResult:
+def _replay(plan: NightPlan, artifact: WeightsRecord) -> NightResult:
     """A night already committed: the same inputs report its outcome (finishing its promotion if a crash
     cut it); others are refused."""
-    recorded = artifact.night.inputs if artifact.night else {}
+    recorded = artifact.nightly.inputs if artifact.nightly else {}
     changed = sorted(k for k, v in plan.inputs.items() if recorded.get(k) != v)
     if changed:
         raise UserError(
@@ -242,7 +237,7 @@ def _replay(plan: NightPlan, artifact: WeightsArtifact) -> NightResult:
     )
     return NightResult(
         plan.night,
-        bool(artifact.night and artifact.night.passed),
+        bool(artifact.nightly and artifact.nightly.passed),
         True,
         plan.store.latest_version(),
         artifact,

@@ -3,7 +3,7 @@
     check everything (config, prompts, models, output) before any actor starts
     run the score pipeline over the prompts' batches (files already in scores/ are reused: a resume)
     full-batch solve over the whole table, beside the streaming BSMD average
-    write weights.json (a WeightsArtifact) and report.md
+    write weights.json (a WeightsRecord) and report.md
 
 Seeds derive from (run seed, prompt id, sample index), never from order, so a
 rerun that resumes from a half-written table gives the same weights.
@@ -22,7 +22,7 @@ from mpo_ray.core.errors import UserError
 from mpo_ray.core.solver import evaluate_weights
 from mpo_ray.core.streaming import StreamingBSMD
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import ScoreTable, StreamingBsmd, WeightsRecord
 from mpo_ray.io.ownership import check_ours, mark_ours, remove_ours
 from mpo_ray.io.provenance import digest
 from mpo_ray.runtime.groups import ModelGroups
@@ -33,7 +33,7 @@ from mpo_ray.workflows.solve import build_artifact, solve
 log = logging.getLogger(__name__)
 
 
-def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
+def reweight(config: Config, *, progress: bool = True) -> WeightsRecord:
     """Run the reweighting workflow into ``reweight.output``; returns the weights artifact (also written there)."""
     rw = config.section("reweight")
     output = rw.output
@@ -70,12 +70,11 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
         )
 
     with run.timings.stage("solver"):
-        solution = solve(config, run.table, rw)
-        extra = {}
+        solution, streamed = solve(config, run.table, rw), None
         if stream is not None:
             a = solution.arrays
-            streamed = evaluate_weights(a.log_ratios, stream.average, mask=a.mask, log_importance=a.log_importance)
-            extra["streaming_bsmd"] = {"weights": streamed.weights.tolist(), "gap": streamed.gap}
+            result = evaluate_weights(a.log_ratios, stream.average, mask=a.mask, log_importance=a.log_importance)
+            streamed = StreamingBsmd(weights=result.weights.tolist(), gap=result.gap)
     created, chosen = datetime.datetime.now(datetime.timezone.utc), solution.chosen
     artifact = build_artifact(
         config,
@@ -84,13 +83,10 @@ def reweight(config: Config, *, progress: bool = True) -> WeightsArtifact:
         run,
         created=created,
         version=f"{created:%Y%m%dT%H%M%SZ}-{digest([inputs.fingerprint, chosen.weights.tolist()], 8)}",
-        score_table={
-            "uri": scores_dir,
-            "rows": run.table.num_rows,
-            "prompts": len(inputs.ids),
-            "fingerprint": inputs.fingerprint,
-        },
-        **extra,
+        score_table=ScoreTable(
+            uri=scores_dir, rows=run.table.num_rows, prompts=len(inputs.ids), fingerprint=inputs.fingerprint
+        ),
+        streaming_bsmd=streamed,
     )
     with run.timings.stage("io"):
         artifact.write(storage.join(output, "weights.json"))

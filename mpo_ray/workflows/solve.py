@@ -1,6 +1,6 @@
 """From a score table to a weights artifact: the configured solve, and the record that makes λ trustworthy.
 
-`reweight` and `nightly` share it, so both write the same artifact (docs/design.md §4):
+`reweight` and `nightly` share it, so both write the same record (io/artifact.py, docs/design.md §4):
 λ, its certificate, the effective sample size, both estimates, the models it was
 computed from, and how long each stage took.
 """
@@ -19,8 +19,35 @@ from mpo_ray.config.schema import DEFAULT_CANDIDATES
 from mpo_ray.core.estimator import ScoreArrays, bootstrap_weights, estimate_tables, score_arrays, solve_table
 from mpo_ray.core.serving import serving
 from mpo_ray.core.solver import WeightsResult, evaluate_weights
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import (
+    Certificate,
+    Ess,
+    IntervalMethod,
+    ModelIdentity,
+    Models,
+    NightRecord,
+    ScoreTable,
+    Serving,
+    SolverRecord,
+    StreamingBsmd,
+    WeightsRecord,
+)
 from mpo_ray.workflows.pipeline import ScoreRun, model_identities, reward_columns_by_objective
+
+
+@dataclasses.dataclass(frozen=True)
+class Spread:
+    """How far to trust λ̂ (:func:`uncertainty`): the median ESS at uniform λ, and λ's bootstrap intervals (None
+    without resamples)."""
+
+    ess_median_at_uniform: float
+    weights_ci: dict[str, tuple[float, float]] | None = None
+    weights_ci_method: IntervalMethod | None = None
+
+    @property
+    def ci_width(self) -> float | None:
+        """The widest λ_k interval (None without intervals)."""
+        return max(hi - lo for lo, hi in self.weights_ci.values()) if self.weights_ci else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +57,7 @@ class Solution:
     arrays: ScoreArrays
     estimates: dict[str, WeightsResult]
     estimate: str
-    spread: dict  # :func:`uncertainty`'s
+    spread: Spread
 
     @property
     def chosen(self) -> WeightsResult:
@@ -63,7 +90,7 @@ def solve(config: Config, table: pa.Table, section: ScoringSection, *, init=None
     return Solution(arrays, estimates, section.estimate, spread)
 
 
-def uncertainty(config: Config, arrays: ScoreArrays, estimate: str, *, resamples: int, seed: int) -> dict:
+def uncertainty(config: Config, arrays: ScoreArrays, estimate: str, *, resamples: int, seed: int) -> Spread:
     """How far to trust λ̂: its 90% bootstrap interval over prompts, and the median ESS at uniform λ.
 
     The ESS at λ̂ alone can be fooled: it looks healthy exactly when λ̂ drifted to where the samples
@@ -72,25 +99,16 @@ def uncertainty(config: Config, arrays: ScoreArrays, estimate: str, *, resamples
     L, mask, log_imp = estimate_tables(arrays, config.beta)[estimate], arrays.mask, arrays.log_importance
     k = L.shape[2]
     at_uniform = evaluate_weights(L, np.full(k, 1.0 / k), mask=mask, log_importance=log_imp).ess
-    out = {"ess_median_at_uniform": float(np.median(at_uniform))}
-    if resamples:
-        boot = bootstrap_weights(L, mask, log_imp, resamples=resamples, seed=seed)
-        out["weights_ci"] = {
-            n: [float(lo), float(hi)] for n, lo, hi in zip(config.policy_names, boot["lower"], boot["upper"])
-        }
-        out["weights_ci_method"] = {
-            "level": boot["level"],
-            "resamples": resamples,
-            "unit": "prompt",
-            "std": dict(zip(config.policy_names, boot["std"].tolist())),
-        }
-    return out
-
-
-def ci_width(spread) -> float | None:
-    """The widest λ_k interval of an :func:`uncertainty` result or an artifact (None without intervals)."""
-    ci = spread.get("weights_ci")
-    return max(hi - lo for lo, hi in ci.values()) if ci else None
+    if not resamples:
+        return Spread(float(np.median(at_uniform)))
+    boot, names = bootstrap_weights(L, mask, log_imp, resamples=resamples, seed=seed), config.policy_names
+    return Spread(
+        float(np.median(at_uniform)),
+        {n: (float(lo), float(hi)) for n, lo, hi in zip(names, boot["lower"], boot["upper"])},
+        IntervalMethod(
+            level=float(boot["level"]), resamples=resamples, unit="prompt", std=dict(zip(names, boot["std"].tolist()))
+        ),
+    )
 
 
 def build_artifact(
@@ -100,52 +118,53 @@ def build_artifact(
     run: ScoreRun,
     *,
     version: str,
-    score_table: dict,
+    score_table: ScoreTable,
     created: datetime.datetime | None = None,
-    **extra,
-) -> WeightsArtifact:
-    """The weights artifact of the section's chosen solve, made at ``created`` (default: now); ``extra`` keys
-    (e.g. ``streaming_bsmd``, ``nightly``) go last."""
+    streaming_bsmd: StreamingBsmd | None = None,
+    nightly: NightRecord | None = None,
+) -> WeightsRecord:
+    """The weights record of the section's chosen solve, made at ``created`` (default: now)."""
     chosen, spread, sampling = solution.chosen, solution.spread, section.sampling
     names, ess, identities = config.policy_names, chosen.ess, model_identities(config)
-    worst_ess = min(float(np.median(ess)), spread["ess_median_at_uniform"])
-    interval = {k: spread[k] for k in ("weights_ci", "weights_ci_method") if k in spread}
-    return WeightsArtifact.build(
+    worst_ess = min(float(np.median(ess)), spread.ess_median_at_uniform)
+    return WeightsRecord(
         version=version,
         policies=names,
         weights=chosen.weights.tolist(),
         beta=config.beta,
         estimate=solution.estimate,
-        solver={**section.solver.model_dump(), "iterations": chosen.iterations, "converged": chosen.converged},
-        certificate={"gap_nats": chosen.gap, "gap_reward_units": chosen.gap * config.beta},
+        solver=SolverRecord(**section.solver.model_dump(), iterations=chosen.iterations, converged=chosen.converged),
+        certificate=Certificate(gap_nats=chosen.gap, gap_reward_units=chosen.gap * config.beta),
         values=dict(zip(names, chosen.values.tolist())),
         dual=chosen.dual,
         maxmin_value=chosen.maxmin_value,
         free_riders=[names[k] for k in chosen.free_riders],
-        **interval,
-        ess={
-            "min": float(ess.min()),
-            "median": float(np.median(ess)),
-            "mean": float(ess.mean()),
-            "median_at_uniform": spread["ess_median_at_uniform"],
-            "samples_per_prompt": sampling.samples_per_prompt,
-            "low": bool(worst_ess < section.ess_floor),
-        },
+        weights_ci=spread.weights_ci,
+        weights_ci_method=spread.weights_ci_method,
+        ess=Ess(
+            min=float(ess.min()),
+            median=float(np.median(ess)),
+            mean=float(ess.mean()),
+            median_at_uniform=spread.ess_median_at_uniform,
+            samples_per_prompt=sampling.samples_per_prompt,
+            low=bool(worst_ess < section.ess_floor),
+        ),
         estimates={name: r.to_dict() for name, r in solution.estimates.items()},
         score_table=score_table,
         sampling=sampling.model_dump(),
-        models={"reference": identities[0], "policies": identities[1:]},
+        models=Models(reference=ModelIdentity(**identities[0]), policies=[ModelIdentity(**i) for i in identities[1:]]),
         rewards=[r.model_dump() for r in config.rewards],
         timings_s=run.timings.as_dict(),
         placement=run.placement,
         created_at=(created or datetime.datetime.now(datetime.timezone.utc)).isoformat(),
         library_version=__version__,
         seed=section.seed,
-        serving={
+        serving=Serving(
             **serving(DEFAULT_CANDIDATES),
-            "note": "λ is solved for the sequence-level π_λ; generate serves it by "
-            f"resampling among generate.num_candidates (default {DEFAULT_CANDIDATES} when sampling) token-level "
-            "candidates, nearer π_λ as n grows (mpo-ray bench serving measures the gap)",
-        },
-        **extra,
+            note="λ is solved for the sequence-level π_λ; generate serves it by resampling among "
+            f"generate.num_candidates (default {DEFAULT_CANDIDATES} when sampling) token-level candidates, nearer π_λ "
+            "as n grows (mpo-ray bench serving measures the gap)",
+        ),
+        streaming_bsmd=streaming_bsmd,
+        nightly=nightly,
     )

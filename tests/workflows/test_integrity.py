@@ -11,7 +11,7 @@ import ray
 from tiny import TINY_CONFIG
 
 from mpo_ray.config import load_config
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.io.ownership import mark_ours
 from mpo_ray.io.store import WeightsStore
 
@@ -83,10 +83,10 @@ def test_nightly_refuses_a_store_location_it_did_not_make(tmp_path):
 
 def test_a_store_pointer_cannot_lead_outside_the_store(tmp_path):
     store = WeightsStore(str(tmp_path / "store"))
-    store.write_version("n1", WeightsArtifact.build(version="n1", policies=["a"], weights=[1.0], beta=0.1))
+    store.write_version("n1", WeightsRecord.build(version="n1", policies=["a"], weights=[1.0], beta=0.1))
     store.promote("n1", expected=None)
     outside = tmp_path / "x"
-    WeightsArtifact.build(version="evil", policies=["a"], weights=[1.0], beta=0.1).write(str(outside / "weights.json"))
+    WeightsRecord.build(version="evil", policies=["a"], weights=[1.0], beta=0.1).write(str(outside / "weights.json"))
     import json
 
     from mpo_ray.io import storage
@@ -95,7 +95,7 @@ def test_a_store_pointer_cannot_lead_outside_the_store(tmp_path):
     forged = {**json.loads(pointer.read_text()), "weights": "../x/weights.json"}
     pointer.write_text(json.dumps(storage.sealed(forged)))  # a well-formed, sealed pointer that leads outside
     with pytest.raises(ValueError, match="refusing to follow it"):
-        WeightsArtifact.read(store.uri)
+        WeightsRecord.read(store.uri)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_weights_artifact_format_versions(tmp_path, version, match):
         '"objective": "maxmin", "policies": ["a"], "weights": [1.0]}'
     )
     with pytest.raises(ValueError, match=match):
-        WeightsArtifact.read(str(path))
+        WeightsRecord.read(str(path))
 
 
 def test_a_prompt_too_long_for_the_context_is_named_by_its_row_before_ray_starts(tmp_path):
@@ -319,7 +319,7 @@ def _flips(path, count, seed):
 
 def test_a_weights_artifact_that_changed_on_disk_is_refused_never_misread(tmp_path):
     """Every one-bit flip of weights.json is refused, or reads back the very same artifact (never other weights)."""
-    art = WeightsArtifact.build(
+    art = WeightsRecord.build(
         version="v1",
         policies=["concise", "detailed", "upbeat"],
         weights=[0.25, 0.5, 0.25],
@@ -332,7 +332,7 @@ def test_a_weights_artifact_that_changed_on_disk_is_refused_never_misread(tmp_pa
     for bit, data in _flips(path, 400, seed=1):
         path.write_bytes(data)
         try:
-            back = WeightsArtifact.read(str(path))
+            back = WeightsRecord.read(str(path))
         except ValueError:
             refused += 1
             continue
@@ -345,13 +345,13 @@ def test_a_weights_artifact_that_changed_on_disk_is_refused_never_misread(tmp_pa
 def test_a_latest_pointer_that_changed_on_disk_is_refused_never_followed_elsewhere(tmp_path):
     store = WeightsStore(str(tmp_path / "store"))
     for night, w in (("2025-06-01", [1.0, 0.0]), ("2025-06-00", [0.0, 1.0])):  # names one bit apart
-        store.write_version(night, WeightsArtifact.build(version=night, policies=["a", "b"], weights=w, beta=0.1))
+        store.write_version(night, WeightsRecord.build(version=night, policies=["a", "b"], weights=w, beta=0.1))
     store.promote("2025-06-01", expected=None)
     path = tmp_path / "store" / "latest.json"
     for bit, data in _flips(path, 300, seed=2):
         path.write_bytes(data)
         try:
-            served = WeightsArtifact.read(store.uri)
+            served = WeightsRecord.read(store.uri)
         except ValueError:
             continue
         assert served.version == "2025-06-01", f"bit {bit} made `latest` serve {served.version}"

@@ -10,6 +10,7 @@ version and moving `latest`, and reruns.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,9 +24,9 @@ from tiny import ROOT, TINY_CONFIG
 
 from mpo_ray.cli import main
 from mpo_ray.config import ConfigError, GateConfig, config_from_dict, load_config
-from mpo_ray.core.gate import agreement
+from mpo_ray.core.gate import FeedbackEvaluation, agreement
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import WeightsArtifact, resolve
+from mpo_ray.io.artifact import WeightsRecord, resolve
 from mpo_ray.io.feedback import read_feedback
 from mpo_ray.io.store import ScoreCache, StoreConflict, WeightsStore
 from mpo_ray.workflows.nightly import evaluate_feedback, gate_checks, plan_night, run_night
@@ -49,7 +50,7 @@ def store_uri(request, tmp_path):
 
 def artifact(version, weights, *, passed=True, previous=None, inputs=None):
     """A minimal weights artifact as a night writes it."""
-    return WeightsArtifact.build(
+    return WeightsRecord.build(
         version=version,
         policies=NAMES,
         weights=weights,
@@ -69,10 +70,11 @@ def artifact(version, weights, *, passed=True, previous=None, inputs=None):
 
 
 def test_the_nightly_record_is_a_typed_view_over_the_json_keys(tmp_path):
-    """`artifact.night` reads the keys a night writes; a reweight artifact has none, a partial record never passed."""
+    """`artifact.nightly` reads the keys a night writes; a reweight artifact has none, a partial record never
+    passed."""
     kept = artifact("2025-06-02", [0.5, 0.3, 0.2], passed=False, previous="2025-06-01", inputs={"prompts": "d"})
     kept.write(str(tmp_path / "w.json"))
-    night = WeightsArtifact.read(str(tmp_path / "w.json")).night
+    night = WeightsRecord.read(str(tmp_path / "w.json")).nightly
     assert (night.night, night.previous, night.passed, night.failed, night.inputs) == (
         "2025-06-02",
         "2025-06-01",
@@ -81,10 +83,10 @@ def test_the_nightly_record_is_a_typed_view_over_the_json_keys(tmp_path):
         {"prompts": "d"},
     )
     assert kept["nightly"]["gate"]["passed"] is False  # the JSON keys stay as they were
-    assert WeightsArtifact.build(version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1).night is None
-    assert not WeightsArtifact.build(
+    assert WeightsRecord.build(version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1).nightly is None
+    assert not WeightsRecord.build(
         version="v", policies=NAMES, weights=[0.5, 0.3, 0.2], beta=0.1, nightly={"night": "v"}
-    ).night.passed
+    ).nightly.passed
 
 
 def test_versions_are_written_once_and_latest_moves_by_compare_and_swap(store_uri):
@@ -100,7 +102,7 @@ def test_versions_are_written_once_and_latest_moves_by_compare_and_swap(store_ur
     pointer = st.promote("2025-06-02", expected="2025-06-01")
     assert pointer["previous"] == "2025-06-01" and pointer["history"] == ["2025-06-01", "2025-06-02"]
     assert st.versions() == ["2025-06-01", "2025-06-02"]
-    assert st.read_version("2025-06-01")["weights"] == [0.5, 0.3, 0.2]  # history intact
+    assert st.read_version("2025-06-01").weights == [0.5, 0.3, 0.2]  # history intact
     assert storage.read_text(st.version_uri("2025-06-01", "report.md")) == "# one\n"
     fs, path = storage.filesystem(store_uri)
     assert not [p for p in fs.find(path) if "_tmp-" in p]
@@ -286,23 +288,25 @@ def test_agreement_counts_pairs_ranked_as_labelled():
     assert agreement(margins, groups, [1.0, 0.0]) == {"a": 1.0, "b": 0.25, "min": 0.25}  # a tie counts half
     assert agreement(margins, groups, [0.5, 0.5]) == {"a": 0.5, "b": 0.5, "min": 0.5}
     ev = evaluate_feedback(margins, groups, ["x", "y"], [0.5, 0.5], previous=[1.0, 0.0])
-    assert ev["pairs"] == {"a": 2, "b": 2} and ev["previous"]["min"] == 0.25 and ev["single"]["y"]["a"] == 0.0
+    assert ev.pairs == {"a": 2, "b": 2} and ev.previous["min"] == 0.25 and ev.single["y"]["a"] == 0.0
 
 
 def test_gate_says_which_check_failed():
     gate = GateConfig(max_gap=1e-6, min_median_ess=2.0, max_agreement_drop=0.05, max_drift=0.2)
-    ev = {"mixed": {"min": 0.6}, "previous": {"min": 0.7}}
+    ev = FeedbackEvaluation(pairs={}, mixed={"min": 0.6}, previous={"min": 0.7}, single={})
     first = gate_checks(gate, [0.5, 0.5], 1e-9, 3.0, None, None)  # the first night: nothing to compare with
-    assert all(c["passed"] for c in first) and "first night" in first[-1]["detail"]
-    failed = {c["check"]: c for c in gate_checks(gate, [0.9, 0.1], 1e-3, 1.5, [0.5, 0.5], ev) if not c["passed"]}
+    assert all(c.passed for c in first) and "first night" in first[-1].detail
+    failed = {c.check: c for c in gate_checks(gate, [0.9, 0.1], 1e-3, 1.5, [0.5, 0.5], ev) if not c.passed}
     assert sorted(failed) == ["agreement", "drift", "ess", "gap"]
-    assert failed["drift"]["value"] == pytest.approx(0.4) and "new λ 0.6, latest λ 0.7" in failed["agreement"]["detail"]
-    ok = gate_checks(gate, [0.55, 0.45], 1e-9, 3.0, [0.5, 0.5], {"mixed": {"min": 0.66}, "previous": {"min": 0.7}})
-    assert all(c["passed"] for c in ok)
+    assert failed["drift"].value == pytest.approx(0.4) and "new λ 0.6, latest λ 0.7" in failed["agreement"].detail
+    ok = gate_checks(
+        gate, [0.55, 0.45], 1e-9, 3.0, [0.5, 0.5], dataclasses.replace(ev, mixed={"min": 0.66}, previous={"min": 0.7})
+    )
+    assert all(c.passed for c in ok)
     wide = GateConfig(max_ci_width=0.3)
-    checks = {c["check"]: c for c in gate_checks(wide, [0.5, 0.5], 1e-9, 3.0, None, None, ci_width=0.42)}
-    assert not checks["ci_width"]["passed"] and checks["ci_width"]["value"] == 0.42
-    assert gate_checks(wide, [0.5, 0.5], 1e-9, 3.0, None, None, ci_width=0.2)[-1]["passed"]
+    checks = {c.check: c for c in gate_checks(wide, [0.5, 0.5], 1e-9, 3.0, None, None, ci_width=0.42)}
+    assert not checks["ci_width"].passed and checks["ci_width"].value == 0.42
+    assert gate_checks(wide, [0.5, 0.5], 1e-9, 3.0, None, None, ci_width=0.2)[-1].passed
 
 
 # --------------------------------------------------------------------------- #
@@ -358,7 +362,7 @@ def test_other_bad_inputs_are_user_errors(tmp_path, capsys):
     assert main(["nightly", TINY_CONFIG, "--night", "bad/night", "--store", store]) == 2
     assert "`nightly.night` is 'bad/night'" in capsys.readouterr().err
     st = WeightsStore(store)  # a store of another mixture
-    st.write_version("x", WeightsArtifact.build(version="x", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1))
+    st.write_version("x", WeightsRecord.build(version="x", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1))
     st.promote("x", expected=None)
     assert main(["nightly", TINY_CONFIG, "--night", NIGHTS[0], "--store", store]) == 2
     assert "a new mixture needs a new `nightly.store`" in capsys.readouterr().err
@@ -442,7 +446,7 @@ def test_a_night_whose_latest_moves_meanwhile_writes_nothing_and_exits_4(tmp_pat
     assert st.versions() == ["2025-05-31"] and st.latest_version() == "2025-05-31"
     stub_scoring(monkeypatch)  # the retry gates against the new `latest`
     assert main(["nightly", TINY_CONFIG, "--night", NIGHTS[0], "--store", store, "--quiet"]) in (0, 3)
-    assert st.read_version(NIGHTS[0])["nightly"]["previous"] == "2025-05-31"
+    assert st.read_version(NIGHTS[0]).nightly.previous == "2025-05-31"
 
 
 def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
@@ -459,9 +463,7 @@ def test_two_runs_of_one_night_commit_once(tmp_path, monkeypatch):
         load_config(TINY_CONFIG).with_overrides({"nightly.night": NIGHTS[0], "nightly.store": store}), progress=False
     )
     committed = st.read_version(NIGHTS[0])
-    assert (
-        result.rerun and result.recovered and result.artifact == committed and committed["weights"] == [0.5, 0.3, 0.2]
-    )
+    assert result.rerun and result.recovered and result.artifact == committed and committed.weights == [0.5, 0.3, 0.2]
     assert st.versions() == [NIGHTS[0]] and st.latest()["history"] == [NIGHTS[0]]
 
 
@@ -544,41 +546,39 @@ def test_versions_accumulate_and_latest_moves_only_on_passing_nights(three_night
     assert log[n1] | {"seconds": 0} == {"code": 0, "seconds": 0, "latest": n1, "versions": [n1]}
     assert log[n2]["code"] == 3 and log[n2]["latest"] == n1 and log[n2]["versions"] == [n1, n2]  # the spike: kept
     a2 = st.read_version(n2)
-    assert a2["nightly"]["gate"]["failed"] == ["drift"] and a2["nightly"]["previous"] == n1
+    assert a2.nightly.gate.failed == ["drift"] and a2.nightly.previous == n1
     report = storage.read_text(st.version_uri(n2, "report.md"))
     assert "**not promoted**: `latest` stays 2025-06-01 (failed: drift)" in report and "| drift | **NO** |" in report
     assert log[n3]["code"] == 0 and log[n3]["latest"] == n3 and st.versions() == NIGHTS
     assert st.latest()["history"] == [n1, n3]
     for n in NIGHTS:  # every version is a complete weights artifact with its report and the feedback it was judged on
         a = st.read_version(n)
-        assert a["version"] == n and a["policies"] == NAMES and abs(sum(a["weights"]) - 1) < 1e-9
-        assert a["certificate"]["gap_nats"] <= 1e-9 and storage.exists(st.version_uri(n, "feedback.parquet"))
-        ev = a["nightly"]["feedback"]
-        assert ev["pairs"] == {"concise": 10, "detailed": 10, "upbeat": 10} and set(ev["single"]) == set(NAMES)
-        assert ev["mixed"]["min"] == min(ev["mixed"][g] for g in ev["pairs"])
+        assert a.version == n and a.policies == NAMES and abs(sum(a.weights) - 1) < 1e-9
+        assert a.certificate.gap_nats <= 1e-9 and storage.exists(st.version_uri(n, "feedback.parquet"))
+        ev = a.nightly.feedback
+        assert ev.pairs == {"concise": 10, "detailed": 10, "upbeat": 10} and set(ev.single) == set(NAMES)
+        assert ev.mixed["min"] == min(ev.mixed[g] for g in ev.pairs)
 
 
 @pytest.mark.slow
 def test_warm_starts_take_fewer_solver_iterations_than_cold_starts(three_nights):
     st, _ = three_nights
-    rows = {n: st.read_version(n)["nightly"] for n in NIGHTS}
+    rows = {n: st.read_version(n).nightly for n in NIGHTS}
     print("\nnight       warm from   iterations warm/cold   initial gap warm/cold   drift")
     for n, r in rows.items():
-        w = r["warm_start"]
-        drift = next(c["value"] for c in r["gate"]["checks"] if c["check"] == "drift")
+        w = r.warm_start
+        drift = next(c.value for c in r.gate.checks if c.check == "drift")
         print(
-            f"{n}  {str(w['from']):10s}  {w['iterations']:>4d} / {w['cold_iterations']:<4d}          "
-            f"{w['initial_gap']:.3g} / {w['cold_initial_gap']:.3g}        {drift if drift is None else round(drift, 3)}"
+            f"{n}  {str(w.start):10s}  {w.iterations:>4d} / {w.cold_iterations:<4d}          "
+            f"{w.initial_gap:.3g} / {w.cold_initial_gap:.3g}        {drift if drift is None else round(drift, 3)}"
         )
-    assert rows[NIGHTS[0]]["warm_start"]["from"] is None
-    assert (
-        rows[NIGHTS[1]]["warm_start"]["from"] == rows[NIGHTS[2]]["warm_start"]["from"] == NIGHTS[0]
-    )  # not the kept night
+    assert rows[NIGHTS[0]].warm_start.start is None
+    assert rows[NIGHTS[1]].warm_start.start == rows[NIGHTS[2]].warm_start.start == NIGHTS[0]  # not the kept night
     for n in NIGHTS[1:]:
-        w = rows[n]["warm_start"]
-        assert w["initial_gap"] < w["cold_initial_gap"] and w["iterations"] <= w["cold_iterations"]
-    w3 = rows[NIGHTS[2]]["warm_start"]  # an ordinary night after an ordinary night: the optimum barely moved
-    assert w3["iterations"] < w3["cold_iterations"]
+        w = rows[n].warm_start
+        assert w.initial_gap < w.cold_initial_gap and w.iterations <= w.cold_iterations
+    w3 = rows[NIGHTS[2]].warm_start  # an ordinary night after an ordinary night: the optimum barely moved
+    assert w3.iterations < w3.cold_iterations
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from tiny import tiny_config
 from mpo_ray import solve_weights
 from mpo_ray.core.estimator import score_arrays
 from mpo_ray.io import storage
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.workflows.reweight import reweight
 
 SMALL = {"reweight.max_prompts": 12, "reweight.batch_prompts": 4}
@@ -41,9 +42,10 @@ def test_reweight_end_to_end_matches_solver_on_its_table(first_run):
     )
     arrays = score_arrays(table, config.policy_names)
     expected = solve_weights(arrays.log_ratios, mask=arrays.mask, log_importance=arrays.log_importance)
-    np.testing.assert_allclose(artifact["weights"], expected.weights, atol=1e-9)
+    np.testing.assert_allclose(artifact.weights, expected.weights, atol=1e-9)
     on_disk = json.loads(open(os.path.join(out, "weights.json")).read())
-    assert on_disk["weights"] == artifact["weights"] and on_disk["policies"] == config.policy_names
+    assert on_disk["weights"] == artifact.weights and on_disk["policies"] == config.policy_names
+    assert WeightsRecord.read(out) == artifact and on_disk == storage.sealed(artifact.to_json())  # one shape
     assert (
         on_disk["serving"]["mode"] == "resampled" and on_disk["serving"]["num_candidates"] == 4
     )  # generate's default (issue 19)
@@ -67,7 +69,7 @@ def test_rerun_resumes_and_gives_the_same_weights(first_run, tmp_path):
     files = storage.list_files(os.path.join(out, "scores"))
     os.remove(files[1])  # a run that died after three of four batches
     second = reweight(config.with_overrides({"reweight.output": out}), progress=False)
-    assert second["weights"] == pytest.approx(first["weights"], abs=1e-12)
+    assert second.weights == pytest.approx(first.weights, abs=1e-12)
     table = read_table(out)
     keys = list(zip(table.column("prompt_id").to_pylist(), table.column("sample_idx").to_pylist()))
     assert len(keys) == len(set(keys)) == 12 * config.reweight.sampling.samples_per_prompt
@@ -84,7 +86,7 @@ def test_mixture_proposal_and_reward_estimate(local_ray, tmp_path):
     artifact = reweight(config.with_overrides({"reweight.output": str(tmp_path / "mix")}), progress=False)
     table = read_table(str(tmp_path / "mix"))
     assert sorted(set(table.column("sampler").to_pylist())) == ["concise", "detailed", "ref", "upbeat"]
-    assert artifact["estimate"] == "rewards"
-    assert artifact["weights"] == pytest.approx(artifact["estimates"]["rewards"]["weights"])
+    assert artifact.estimate == "rewards"
+    assert artifact.weights == pytest.approx(artifact.estimates["rewards"]["weights"])
     logq = table.column("logp_proposal").to_numpy()
     assert np.all(np.isfinite(logq))
