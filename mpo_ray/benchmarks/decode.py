@@ -31,7 +31,6 @@ import torch
 from mpo_ray.benchmarks import positive_int, positive_int_list
 from mpo_ray.config import PolicySpec
 from mpo_ray.models.decoding import MixedPolicy
-from mpo_ray.models.generator import QUEUED_BATCHES
 from mpo_ray.models.policies import load_policies, resolve_dtype, resolve_model
 from mpo_ray.models.scoring import pad_left
 from mpo_ray.testing import build_lora_adapter, build_tiny_family
@@ -220,6 +219,8 @@ def run(label, policies_for, ks, batches, args, hw):
 
 def refill(label, policies_for, ks, args):
     """Slot refill against fixed chunks and against all at once, on rows that end at their own EOS."""
+    from mpo_ray.models.generator import QUEUED_BATCHES  # here: the generator needs pyarrow, a GPU check may not
+
     slots, t = args.refill, args.max_new_tokens
     n = slots * QUEUED_BATCHES
     prompts, seeds = (PROMPTS * (n // len(PROMPTS) + 1))[:n], list(range(n))
@@ -234,17 +235,28 @@ def refill(label, policies_for, ks, args):
         for k in ks:
             mixed = MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
 
-            def decode(at_most, lo=0, hi=n):
-                return mixed.generate(prompts[lo:hi], max_new_tokens=t, seed=seeds[lo:hi], slots=at_most)
+            out = {}
 
-            chunks = [g for lo in range(0, n, slots) for g in decode(None, lo, lo + slots)]
-            refilled = decode(slots)
-            assert [g.token_ids for g in refilled] == [g.token_ids for g in chunks], "refill changed a row"
+            def decode(how, at_most, size):
+                out[how] = [
+                    g
+                    for lo in range(0, n, size)
+                    for g in mixed.generate(
+                        prompts[lo : lo + size], max_new_tokens=t, seed=seeds[lo : lo + size], slots=at_most
+                    )
+                ]
+
             (t_chunks, c_chunks), (t_refill, c_refill), (t_once, c_once) = timed(
-                [lambda: [decode(None, lo, lo + slots) for lo in range(0, n, slots)], lambda: decode(slots), decode],
+                [
+                    lambda: decode("chunks", None, slots),
+                    lambda: decode("refill", slots, n),
+                    lambda: decode("once", None, n),
+                ],
                 args.repeats,
             )
-            tokens = sum(g.num_tokens for g in refilled)
+            ids = {how: [g.token_ids for g in gens] for how, gens in out.items()}
+            assert ids["chunks"] == ids["refill"] == ids["once"], "the rows depend on how they were batched"
+            tokens = sum(g.num_tokens for g in out["refill"])
             row = dict(
                 label=label,
                 family=kind,
@@ -298,7 +310,7 @@ def main(argv: list[str] | None = None) -> list[tuple]:
         type=positive_int,
         default=None,
         metavar="S",
-        help=f"measure slot refill with S slots on {QUEUED_BATCHES}×S sampled rows of mixed lengths instead",
+        help="measure slot refill with S slots on QUEUED_BATCHES (4) × S sampled rows of mixed lengths instead",
     )
     add_model_options(p)
     args = p.parse_args(argv)
