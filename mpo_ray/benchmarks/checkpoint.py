@@ -4,11 +4,11 @@ Issue 21. One synthetic corpus (string ids), one cheap deterministic stand-in fo
 GenerationWorker (each row derives from (seed, prompt id) alone; it sleeps a little per
 batch so a kill lands mid-run), the pipeline `generate` builds (`data.read_corpus` →
 `data.map_rows(prepare)` → `data.generate_parquet`: an ActorPoolStrategy map_batches then
-write_parquet, with the replica plan `plan_replicas` makes on 2 CPUs), run three ways:
+write_parquet, with the replica plan `replica_placement` makes on 2 CPUs), run three ways:
 
     plain       written straight into the output, nothing to resume with (the timing baseline)
     checkpoint  the same, with DataContext.checkpoint_config = CheckpointConfig(id_column="prompt_id", ...)
-    staging     today's protocol: generate's own written_rows / promote around a write into staging
+    staging     today's protocol: generate's own written_rows / promote (`io.staging`) around a write into staging
 
 Cases: an uninterrupted run (twice, modes interleaved); a rerun over a complete output; one
 output file deleted, then rerun; one output file's values changed (its footer kept), then
@@ -47,6 +47,7 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mpo_ray.io import staging
 from mpo_ray.io.ownership import META_DIR
 
 SEED = 7
@@ -113,16 +114,12 @@ FINGERPRINT = "bench-checkpoint"  # the settings' fingerprint generate would sta
 
 def written_ids(out: str) -> set[str]:
     """Ids in the output's files that read back exactly as written (generate's `written_rows`)."""
-    from mpo_ray.workflows.generate import written_rows
-
-    return set(written_rows(out, FINGERPRINT))
+    return set(staging.written_rows(out, FINGERPRINT))
 
 
 def promote(out: str, done: set[str]) -> int:
     """generate's `promote`: staged files whose footer reads → the output, less ids in ``done``, sealed."""
-    from mpo_ray.workflows.generate import promote as promote_staged
-
-    return len(promote_staged(out, done, FINGERPRINT))
+    return len(staging.promote(out, done, FINGERPRINT))
 
 
 _RAY_DATA_LOG_LEVEL = logging.ERROR  # a child logs warnings too (to its own log file)
@@ -140,13 +137,14 @@ def pipeline(
     replica_cpus: float = 1.0,
 ) -> dict:
     """One run of the pipeline into ``out`` (Ray already initialised); the driver's wall seconds.
-    ``replica_cpus`` 1.0 is what plan_replicas gives the one replica on a 2-CPU cluster."""
+    ``replica_cpus`` 1.0 is what replica_placement gives the one replica on a 2-CPU cluster."""
     import ray.data
     from ray.data.checkpoint import CheckpointConfig
 
     from mpo_ray.runtime import data
+    from mpo_ray.runtime.resources import Placement
 
-    plan = {"concurrency": 1, "num_gpus": 0.0, "num_cpus": replica_cpus, "threads": 1}
+    plan = Placement(replicas=1, num_gpus=0.0, num_cpus=replica_cpus, threads=1)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(_RAY_DATA_LOG_LEVEL)
@@ -156,7 +154,7 @@ def pipeline(
             data.read_corpus(corpus, "parquet", "prompt"), prepare, batch_size=batch, fn_kwargs={"done": done}
         )
 
-    def write(todo, staging: str) -> None:  # the stand-in generator's rows, as Parquet files under ``staging``
+    def write(todo, into: str) -> None:  # the stand-in generator's rows, as Parquet files under ``into``
         data.generate_parquet(
             todo,
             FakeGenerator,
@@ -164,7 +162,7 @@ def pipeline(
             plan,
             batch_size=batch,
             rows_per_file=rows_per_file,
-            staging=staging,
+            staging=into,
         )
 
     t0 = time.perf_counter()
@@ -494,8 +492,6 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
     from ray.data.checkpoint import CheckpointConfig
     from ray.data.checkpoint.checkpoint_writer import CheckpointWriter
 
-    from mpo_ray.workflows.generate import _write_rows
-
     d = os.path.join(root, "per-file")
     os.makedirs(os.path.join(d, "staged"))
     ids = [f"p{i:06d}" for i in range(rows_per_file)]
@@ -510,7 +506,7 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
         t1 = time.perf_counter()
         writer.commit_checkpoint(writer.write_pending_checkpoint(table.column("prompt_id"), f"f{i:06d}"))
         t2 = time.perf_counter()
-        _write_rows(os.path.join(d, f"f{i:06d}.parquet"), pq.read_table(staged), FINGERPRINT)
+        staging.write_rows(os.path.join(d, f"f{i:06d}.parquet"), pq.read_table(staged), FINGERPRINT)
         os.remove(staged)
         t3 = time.perf_counter()
         for k, dt in zip(times, (t1 - t0, t2 - t1, t3 - t2)):
