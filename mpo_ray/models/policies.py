@@ -213,7 +213,7 @@ def check_same_vocabulary(policies: list[Policy], source: str | None = None) -> 
     roles (a base model's ``<|endoftext|>`` beside an instruct model's ``<|im_end|>``) would each score the
     other's end of response as an ordinary token, and the mixture would stop on a token one policy never ends
     with; so roles are compared too, not only the map."""
-    first = policies[0]
+    first = policies[0] if policies else None
     for other in policies[1:]:
         if other.vocabulary_hash == first.vocabulary_hash:
             continue
