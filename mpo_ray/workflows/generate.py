@@ -1,6 +1,6 @@
 """Bulk generation: a prompt corpus → Ray Data → the mixed policy → Parquet (docs/design.md §3).
 
-    read the corpus (Parquet / JSONL / CSV / a saved `datasets` dir; any fsspec URL)
+    read the corpus (`io.tables`: Parquet / JSONL / JSON array / CSV / a saved `datasets` dir; any fsspec URL)
     → give each row an id and a seed derived from it; drop the ids the output already holds (with the same text)
     → map_batches through GenerationWorker replicas (all K policies inside one actor)
     → write_parquet into <output>/__mpo_ray__/staging/<attempt>/ → promote complete files into <output>/
