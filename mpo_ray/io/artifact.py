@@ -240,6 +240,9 @@ class WeightsRecord(Mapping):
     def __post_init__(self):
         _check(self.policies, self.weights, self.beta, self.source or f"weights {self.version}")
 
+    def __repr__(self) -> str:
+        return f"WeightsRecord({self.version!r}, {dict(zip(self.policies, self.weights))})"
+
     def weights_for(self, names: list[str], where: str = "the config") -> list[float]:
         """λ in the order of ``names`` (matched by name); UserError when the artifact is for other policies."""
         if sorted(self.policies) != sorted(names):
