@@ -236,7 +236,7 @@ def _generate_points(
                         log.warning("%s Generating that point again.", exc)
                 else:
                     log.info("sweep: generating point %r (%s)", label, todo[label])
-                worker = worker or start_generator(config, specs)  # models: [π_ref, π_1..π_K, extras...]
+                worker = worker or start_generator(config, specs)  # [π_ref, π_1..π_K, models served alone]
                 tables[label] = worker.generate(
                     label,
                     weights,
