@@ -79,20 +79,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from mpo_ray.demo.plots import plot_front
     from mpo_ray.io.storage import join
     from mpo_ray.workflows.evaluate import format_evaluations
-    from mpo_ray.workflows.sweep import default_output, run_sweep, sweep_points
+    from mpo_ray.workflows.sweep import Soup, default_output, run_sweep, sweep_points
 
     points = sweep_points(config, args.step, cwd_path(args.weights))
     output = cwd_path(args.output) or default_output(config)
-    soups = None
     if args.soup:  # the paper's weight-space baseline: the uniform soup, and one at MPO's λ when it is given
         k = len(config.policies)
-        soups = {"soup": [1 / k] * k, **({"soup_mpo": points["MPO"]} if "MPO" in points else {})}
+        points |= {"soup": Soup([1 / k] * k), **({"soup_mpo": Soup(points["MPO"])} if "MPO" in points else {})}
     summary = run_sweep(
         config,
         output=output,
         points=points,
         max_prompts=args.max_prompts,
-        soups=soups,
         progress=not args.quiet,
         figure=plot_front,
     )  # front.png: written only over the sweep's own
