@@ -31,7 +31,7 @@ from mpo_ray.core.errors import UserError
 from mpo_ray.core.seeds import derive_seed, row_id
 from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.io.corpus import check_unique_ids, corpus_format
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours
 from mpo_ray.io.provenance import digest
@@ -59,7 +59,7 @@ def resolve_weights(config: Config) -> tuple[list[float], str]:
     version) or the config's explicit `generate.weights`."""
     g, names = config.section("generate"), config.policy_names
     if g.weights_uri is not None:
-        artifact = WeightsArtifact.read(g.weights_uri)
+        artifact = WeightsRecord.read(g.weights_uri)
         return artifact.weights_for(names, config.source), artifact.version
     if g.weights is None:
         raise UserError(
