@@ -25,7 +25,7 @@ _LAZY = {
     "evaluate_weights": "mpo_ray.core.solver",
     "normalize_rewards": "mpo_ray.core.solver",
     "WeightsResult": "mpo_ray.core.solver",
-    "WeightsArtifact": "mpo_ray.io.artifact",
+    "WeightsRecord": "mpo_ray.io.artifact",
     "load_policies": "mpo_ray.models.policies",
     "score_sequences": "mpo_ray.models.scoring",
     "MixedPolicy": "mpo_ray.models.decoding",

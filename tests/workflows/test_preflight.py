@@ -17,7 +17,7 @@ from tiny import tiny_config
 from mpo_ray.config import ConfigError, config_from_dict
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.models.preflight import check_models
 from mpo_ray.models.rewards import RewardSource
 from mpo_ray.workflows.reweight import reweight
@@ -252,9 +252,9 @@ def test_generate_weights_beyond_the_decoders_limit_are_refused():
             config_from_dict(base(generate={"prompts": "p.jsonl", "weights": weights}), source="c.yaml")
         one_line(e)
     config_from_dict(base(generate={"prompts": "p.jsonl", "weights": [1e4, 0.0]}))
-    w = WeightsArtifact.build(version="v", policies=["a", "b"], weights=[1.0, 0.0], beta=0.1).to_dict()
+    w = WeightsRecord.build(version="v", policies=["a", "b"], weights=[1.0, 0.0], beta=0.1).to_json()
     with pytest.raises(UserError, match=r"beyond the decoder's \|λ\| <= 10000"):
-        WeightsArtifact({**w, "weights": [2e4, 1.0]}, source="w.json")
+        WeightsRecord.from_json({**w, "weights": [2e4, 1.0]}, "w.json")
 
 
 # --- 8. unreachable and deeply nested weights ---------------------------------------------------------------------
@@ -273,10 +273,10 @@ def test_unreachable_or_deeply_nested_weights_are_refused_in_one_line(tmp_path):
     }
     for uri, match in cases.items():
         with pytest.raises(UserError, match=match) as e:
-            WeightsArtifact.read(uri)
+            WeightsRecord.read(uri)
         one_line(e)
     with pytest.raises(UserError, match=r"cannot open 's3://no-such-bucket/w\.json'|weights artifact 's3://"):
-        WeightsArtifact.read("s3://no-such-bucket/w.json")
+        WeightsRecord.read("s3://no-such-bucket/w.json")
     # generate reads its weights before Ray starts
     from mpo_ray.workflows.generate import resolve_weights
 
@@ -290,10 +290,10 @@ def test_unreachable_or_deeply_nested_weights_are_refused_in_one_line(tmp_path):
 
 def test_weights_json_with_a_byte_order_mark_is_read(tmp_path, caplog):
     path = tmp_path / "weights.json"
-    WeightsArtifact.build(version="v1", policies=["a", "b"], weights=[0.25, 0.75], beta=0.1).write(str(path))
+    WeightsRecord.build(version="v1", policies=["a", "b"], weights=[0.25, 0.75], beta=0.1).write(str(path))
     path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as Windows Notepad saves it
     with caplog.at_level(logging.WARNING, logger="mpo_ray"):
-        assert WeightsArtifact.read(str(path)).weights == [0.25, 0.75]
+        assert WeightsRecord.read(str(path)).weights == [0.25, 0.75]
     assert not caplog.records  # still sealed: the seal covers the values, not the bytes
 
 
@@ -302,18 +302,18 @@ def test_weights_json_with_a_byte_order_mark_is_read(tmp_path, caplog):
 
 def test_unsealed_weights_are_accepted_with_a_one_line_warning(tmp_path, caplog):
     path = tmp_path / "weights.json"
-    WeightsArtifact.build(version="v1", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1).write(str(path))
+    WeightsRecord.build(version="v1", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1).write(str(path))
     doc = json.loads(path.read_text())
     assert doc.pop(storage.SEAL)
     path.write_text(json.dumps(doc))
     with caplog.at_level(logging.WARNING, logger="mpo_ray"):
-        assert WeightsArtifact.read(str(path)).weights == [0.5, 0.5]
+        assert WeightsRecord.read(str(path)).weights == [0.5, 0.5]
     [record] = caplog.records
     assert record.levelno == logging.WARNING and "\n" not in record.getMessage()
     assert record.getMessage().startswith(f"{path} has no `sha256` seal, so its integrity cannot be checked")
     path.write_text(json.dumps(storage.sealed(doc) | {"weights": [0.4, 0.6]}))  # a sealed file that changed: refused
     with pytest.raises(UserError, match="does not match the digest"):
-        WeightsArtifact.read(str(path))
+        WeightsRecord.read(str(path))
 
 
 def test_sweep_probes_its_reward_functions_before_ray(rewards_module, tmp_path):
