@@ -32,7 +32,6 @@ import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.names import VERSION_NAME
@@ -276,10 +275,8 @@ class ScoreCache:
         found: dict[str, list[str]] = {}  # file → the ids taken from it
         taken: set[str] = set()
         for uri in storage.list_files(self.uri):
-            fs, path = storage.filesystem(uri)
             try:
-                with fs.open(path, "rb") as f:
-                    keys = pq.read_table(f, columns=["prompt_id", "prompt"])  # a small read: two columns
+                keys = storage.read_parquet(uri, columns=["prompt_id", "prompt"])  # a small read: two columns
             except (pa.ArrowException, OSError) as exc:  # truncated or damaged: never trusted; deleted only if ours
                 log.warning("%s cannot be read (%s); its prompts are scored again.", uri, exc)
                 remove_ours(uri, self.store.uri, why="unreadable")

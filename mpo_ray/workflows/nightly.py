@@ -274,16 +274,10 @@ def _batches(plan: NightPlan) -> tuple[list[Batch], dict, float]:
 def _score_feedback(models: ModelGroups, fb: Feedback) -> np.ndarray:
     """``margins[n, k] = ℓ_k(x, chosen) − ℓ_k(x, rejected)``: responses tokenized by the (shared) reference
     tokenizer, EOS-terminated."""
-    from transformers import AutoTokenizer
-
-    from mpo_ray.models.policies import resolve_model
+    from mpo_ray.models.policies import load_weightless
 
     config, ref = models.config, models.config.reference
-    tok = AutoTokenizer.from_pretrained(
-        resolve_model(ref.model), revision=ref.revision, trust_remote_code=ref.trust_remote_code
-    )
-    eos = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    token_ids = [ids + eos for ids in tok(fb.chosen + fb.rejected, add_special_tokens=False)["input_ids"]]
+    token_ids = load_weightless(ref, config.source).encode_responses(fb.chosen + fb.rejected)
     logp = models.log_probs(fb.prompts * 2, token_ids)
     ell = np.stack([logp[p] - logp[ref.name] for p in config.policy_names], axis=1)
     return ell[: len(fb)] - ell[len(fb) :]
