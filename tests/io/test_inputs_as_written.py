@@ -109,23 +109,21 @@ def test_ray_data_reader_gives_the_rows_the_driver_checked(tmp_path, local_ray):
     pq.write_table(
         pa.table({"id": pa.array([1, None, 3], pa.int64()), "prompt": ["a", "b", "c"]}), tmp_path / "ints.parquet"
     )  # a null makes Arrow → numpy turn the ids into floats (1 → "1.0")
-    corpora = {
-        "csv": BOM + "id,prompt\n007,a\n7,42\n1.10,NA\n,no id\n",
-        "json": BOM
-        + jsonl(
-            [
-                {"id": "007", "prompt": "a"},
-                {"id": 7, "prompt": "b"},
-                {"prompt": 42},
-                {"id": None, "prompt": "c\u2028d"},
-                {"id": 2.5, "prompt": "e"},
-            ]
-        ),
-    }
-    uris = {fmt: write(tmp_path / f"c.{'jsonl' if fmt == 'json' else fmt}", text) for fmt, text in corpora.items()}
-    uris["parquet"] = str(tmp_path / "ints.parquet")
+    json_rows = [
+        {"id": "007", "prompt": "a"},
+        {"id": 7, "prompt": "b"},
+        {"prompt": 42},
+        {"id": None, "prompt": "c\u2028d"},
+        {"id": 2.5, "prompt": "e"},
+    ]
+    uris = [
+        ("csv", write(tmp_path / "c.csv", BOM + "id,prompt\n007,a\n7,42\n1.10,NA\n,no id\n")),
+        ("json", write(tmp_path / "c.jsonl", BOM + jsonl(json_rows))),
+        ("json", write(tmp_path / "array.json", BOM + json.dumps(json_rows))),  # one JSON array: the same rows
+        ("parquet", str(tmp_path / "ints.parquet")),
+    ]
     data.configure(progress=False)
-    for fmt, uri in uris.items():
+    for fmt, uri in uris:
         driver = check_unique_ids(uri, "prompt", "id")
         ds = data.read_corpus(uri, fmt, "prompt")
         rows = data.map_rows(
