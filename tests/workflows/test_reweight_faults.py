@@ -51,14 +51,14 @@ def test_multinode_actors_spread_and_match_single_node(tmp_path):
             )
     finally:
         cluster.shutdown()
-    nodes = {a["node_id"] for replicas in multi["placement"].values() for a in replicas}
-    assert len(nodes) >= 2, multi["placement"]
+    nodes = {a["node_id"] for replicas in multi.placement.values() for a in replicas}
+    assert len(nodes) >= 2, multi.placement
 
     with ray_session(address="local", num_cpus=2, log_to_driver=False):
         single = reweight(
             tiny_config(**OVERRIDES).with_overrides({"reweight.output": str(tmp_path / "single")}), progress=False
         )
-    np.testing.assert_allclose(multi["weights"], single["weights"], atol=1e-6)
+    np.testing.assert_allclose(multi.weights, single.weights, atol=1e-6)
     assert sorted(keys(str(tmp_path / "multi"))) == sorted(keys(str(tmp_path / "single")))
 
 
@@ -93,7 +93,7 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         thread.join()
         assert killed, "the policy actor was not found to kill"
         assert killed[0][1], "the kill landed after the last batch: it tested nothing"
-        np.testing.assert_allclose(result["weights"], reference["weights"], atol=1e-6)
+        np.testing.assert_allclose(result.weights, reference.weights, atol=1e-6)
         assert sorted(keys(out)) == sorted(keys(str(tmp_path / "clean")))
 
         # 2. kill the driver (SIGKILL) after its first batch, then rerun the same command.
@@ -118,5 +118,5 @@ def test_killing_a_policy_actor_and_the_driver(tmp_path):
         subprocess.run(cmd, env=env, check=True, timeout=600)
         resumed = storage.read_json(os.path.join(out, "weights.json"))
         # other batch boundaries pad differently: equal up to float noise in the scores
-        np.testing.assert_allclose(resumed["weights"], reference["weights"], atol=1e-4)
+        np.testing.assert_allclose(resumed["weights"], reference.weights, atol=1e-4)
         assert sorted(keys(out)) == sorted(keys(str(tmp_path / "clean")))
