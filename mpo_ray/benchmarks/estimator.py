@@ -48,7 +48,8 @@ import numpy as np
 from mpo_ray.benchmarks import non_negative_int, positive_int
 from mpo_ray.core.estimator import proposal_counts, split_counts
 from mpo_ray.core.solver import WeightsResult, evaluate_weights, solve_weights
-from mpo_ray.testing.enumerable import EnumerableWorld, logsumexp, make_world, sample_sequences, scale_for_kl
+from mpo_ray.testing.enumerable import EnumerableWorld, make_world, sample_sequences, scale_for_kl
+from mpo_ray.testing.resampling import logsumexp
 
 PROPOSALS = ("reference", "mixture", "adaptive", "geometric", "geometric-batches", "adaptive-ess")
 

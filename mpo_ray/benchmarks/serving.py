@@ -32,13 +32,8 @@ import numpy as np
 from mpo_ray.benchmarks import non_negative_int, positive_int
 from mpo_ray.benchmarks.estimator import CASES, draw_table
 from mpo_ray.core.solver import solve_weights
-from mpo_ray.testing.enumerable import (
-    EnumerableWorld,
-    equalised_token_weights,
-    make_world,
-    scale_for_kl,
-    tuned_token_weights,
-)
+from mpo_ray.testing.enumerable import EnumerableWorld, make_world, scale_for_kl
+from mpo_ray.testing.token_weights import equalised_token_weights, tuned_token_weights
 
 WORLDS = {"easy": ("easy", 3), "hard": ("hard", 3), "easy-5": ("easy", 5), "hard-5": ("hard", 5)}
 # Issue 19's targets for the default serving mode: within 0.05 nats of F(λ*) in the enumerable world, within 0.1

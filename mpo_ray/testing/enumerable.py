@@ -24,11 +24,11 @@ What this gives the estimator study (docs/design.md §1):
   and ``log_importance = log π_ref(y)``: the solver's self-normalised base
   weights are then exactly π_ref(y), so its F̂ *is* F;
 * what a server actually serves (issue 19), exactly: the token-level mixture,
-  resampling one of n token-level candidates ∝ π_λ/q (``resampling_logp``, the
-  decoder's ``num_candidates``), a token-by-token sampler that couples sets
+  resampling one of n token-level candidates ∝ π_λ/q (``testing/resampling.py``,
+  the decoder's ``num_candidates``), a token-by-token sampler that couples sets
   through shared uniforms as the demo's shared seeds do, the exact MaxMin
   objective J of any table (``objective``), and the λ best for a one-candidate
-  server (``tuned_token_weights``, ``equalised_token_weights``).
+  server (``testing/token_weights.py``).
 """
 
 from __future__ import annotations
@@ -40,29 +40,11 @@ from functools import cached_property
 import numpy as np
 
 from mpo_ray.core.solver import WeightsResult, solve_weights
+from mpo_ray.testing.resampling import log_mean_weight, logsumexp, resampling_logp
 
-__all__ = [
-    "EnumerableWorld",
-    "make_world",
-    "scale_for_kl",
-    "sample_sequences",
-    "logsumexp",
-    "resampling_logp",
-    "log_mean_weight",
-    "simplex_grid",
-    "tuned_token_weights",
-    "equalised_token_weights",
-]
+__all__ = ["EOS", "EnumerableWorld", "make_world", "scale_for_kl", "sample_sequences"]
 
 EOS = 0
-
-
-def logsumexp(a: np.ndarray, axis: int = -1) -> np.ndarray:
-    """log Σ exp(a) along ``axis`` (−inf entries allowed, all −inf gives −inf)."""
-    top = np.max(a, axis=axis, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(divide="ignore"):
-        return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(a - top), axis=axis))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -417,165 +399,3 @@ def scale_for_kl(target_kl: float, *, low: float = 0.01, high: float = 50.0, ite
         mid = 0.5 * (low + high)
         low, high = (mid, high) if mean_kl(mid) < target_kl else (low, mid)
     return 0.5 * (low + high)
-
-
-def resampling_logp(log_target, log_proposal, n, *, step: float = 0.3, tol: float = 1e-15):
-    """Exact log-probs of sampling-importance-resampling: n i.i.d. draws from q, one kept with probability ∝ w.
-
-    This is ``num_candidates = n`` in ``models/decoding.py``: candidates drawn independently (duplicates
-    count separately), one picked by inverse CDF on softmax(log w) with w = π_λ/q up to a constant. With
-    w normalised so that E_q w = 1 and S_{n−1} the sum of n − 1 i.i.d. weights,
-
-        P_n(y) = n q(y) w(y) E[1 / (w(y) + S_{n−1})],   1/a = ∫_0^∞ e^{−ta} dt,
-        E[1 / (w + S_{n−1})] = ∫_0^∞ e^{−tw} φ(t)^{n−1} dt,  φ(t) = E_q e^{−tW} = Σ_y q(y) e^{−t w(y)},
-
-    a one-dimensional integral per response instead of a sum over S^{n−1} tuples. With t = e^u the
-    integrand is analytic and bounded in the strip |Im u| < π/2 and decays double-exponentially, so the
-    trapezoid rule of step ``step`` is accurate to about exp(−π²/step) (1e−14 at 0.3) on a per-prompt
-    range that cuts each tail below ``tol`` relative to the integral. P_1 = q and P_n → π_λ as n → ∞.
-
-    ``log_target``, ``log_proposal``: (N, S) log-probs (normalisation irrelevant), the target's support inside the
-    proposal's. ``n``: an int (returns (N, S)) or a sequence of ints (returns (len(n), N, S)).
-    """
-    log_q, ns, log_w = _weights(log_target, log_proposal, n)
-    w = np.exp(log_w)
-    support = np.isfinite(log_q) & (w > 0)
-    w_max = np.where(support, w, 0.0).max(axis=1)
-    w_min = np.where(support, w, np.inf).min(axis=1)
-    n_max = float(ns.max())
-    lo = np.log(tol / (w_max + n_max))  # ∫_{−∞}^{lo} ≤ e^lo, and the integral is ≥ 1/(w + n − 1)
-    hi = np.log((np.log(1.0 / tol) + np.log1p(n_max / w_min)) / w_min)  # e^{−e^hi·w} tail below tol
-    nodes = int(np.ceil((hi - lo).max() / step)) + 1
-    q = np.exp(log_q)
-    acc = np.zeros((ns.size, *w.shape))
-    chunk = max(1, int(2e6 // max(1, w.size)))
-    for start in range(0, nodes, chunk):
-        t = np.exp(lo[:, None] + step * np.arange(start, min(nodes, start + chunk))[None, :])  # (N, M) nodes
-        decay = np.exp(-t[:, None, :] * w[:, :, None])  # (N, S, M): e^{−t w(y)}
-        phi = np.einsum("is,ism->im", q, decay)  # φ(t); all terms positive, so plain sums lose nothing
-        decay *= t[:, None, :]  # dt = t du
-        powers = phi[:, :, None] ** (ns - 1)[None, None, :]  # (N, M, len(ns))
-        acc += np.moveaxis(np.matmul(decay, powers), -1, 0)  # Σ over nodes, every n in one batched product
-    with np.errstate(divide="ignore"):
-        out = np.log(ns.astype(np.float64))[:, None, None] + log_q + log_w + np.log(acc) + np.log(step)
-    out = np.where(support[None], out, -np.inf)
-    return out[0] if np.ndim(n) == 0 else out
-
-
-def _weights(log_target, log_proposal, n):
-    """(log q normalised, the n's as an int array, log w = log π/q scaled so E_q w = 1): where both
-    transforms start."""
-    log_target = np.asarray(log_target, dtype=np.float64)
-    log_q = np.asarray(log_proposal, dtype=np.float64)
-    log_q = log_q - logsumexp(log_q)[:, None]
-    ns = np.atleast_1d(np.asarray(n, dtype=np.int64))
-    if ns.ndim != 1 or ns.size == 0 or (ns < 1).any():
-        raise ValueError(f"n must be a positive int or a sequence of them, got {n!r}")
-    with np.errstate(invalid="ignore"):
-        log_w = np.where(np.isfinite(log_q), log_target - log_q, -np.inf)
-    return log_q, ns, log_w - logsumexp(log_q + log_w)[:, None]
-
-
-def log_mean_weight(log_target, log_proposal, n, *, step: float = 0.3, tol: float = 1e-15):
-    """(N,) exact E[log W̄] with W̄ the mean of n i.i.d. importance weights w = π/q under q, normalised so E_q w = 1:
-    how far E[log Ẑ] falls below log Z when Ẑ is the mean weight of n candidates (≤ 0 by Jensen, → 0 as n → ∞).
-
-    Frullani, log a = ∫_0^∞ (e^{−t} − e^{−ta}) dt / t, gives E[log Σ_j w_j] = ∫_0^∞ (e^{−t} − φ(t)^n) dt / t with
-    φ(t) = Σ_y q(y) e^{−t w(y)}, the same transform as :func:`resampling_logp`; with t = e^u, the trapezoid rule.
-    ``n`` an int gives (N,); a sequence of ints gives (len(n), N).
-    """
-    log_q, ns, log_w = _weights(log_target, log_proposal, n)
-    w = np.exp(log_w)
-    q = np.exp(log_q)
-    w_min = np.where(np.isfinite(log_q) & (w > 0), w, np.inf).min(axis=1)
-    lo = np.log(tol / ns.max())  # below: integrand ≈ (n − 1) t
-    hi = np.log((np.log(1.0 / tol) + 1.0) / np.minimum(w_min, 1.0))  # above: e^{−t} and φ(t)^n ≤ e^{−n t w_min} gone
-    nodes = int(np.ceil((hi.max() - lo) / step)) + 1
-    acc = np.zeros((ns.size, w.shape[0]))
-    chunk = max(1, int(2e6 // max(1, w.size)))
-    for start in range(0, nodes, chunk):
-        t = np.exp(lo + step * np.arange(start, min(nodes, start + chunk)))  # (M,)
-        phi = np.einsum("is,ism->im", q, np.exp(-t[None, None, :] * w[:, :, None]))  # (N, M)
-        acc += (np.exp(-t)[None, None, :] - phi[None] ** ns[:, None, None]).sum(axis=-1)
-    out = acc * step - np.log(ns.astype(np.float64))[:, None]
-    return out[0] if np.ndim(n) == 0 else out
-
-
-def simplex_grid(num: int, resolution: int) -> np.ndarray:
-    """(G, num) every point of the simplex with coordinates in multiples of 1/resolution."""
-    points = [c for c in itertools.product(range(resolution + 1), repeat=num - 1) if sum(c) <= resolution]
-    return np.array([(*c, resolution - sum(c)) for c in points], dtype=np.float64) / resolution
-
-
-def tuned_token_weights(
-    world: EnumerableWorld, *, resolution: int = 10, tol: float = 1e-4, starts=()
-) -> tuple[np.ndarray, float]:
-    """(λ, J): the λ whose *token-level* mixture has the largest exact J found, and that J.
-
-    The token-level mixture at λ* is not π_λ*, so the best weights for a one-candidate server differ from λ*.
-    J of the token-level mixture is a minimum (not smooth) and not known to be concave in λ, so: the best of a
-    simplex grid, λ*, the equalising λ (:func:`equalised_token_weights`) and ``starts``, then a pattern search
-    (fixed tangent directions, step halved when none improves) down to ``tol``. A search, not a certificate:
-    the J returned is a lower bound on the best token-level J, and never below the token-level J at λ*.
-    """
-    K = world.num_policies
-
-    def j(lam):
-        return world.objective(world.geometric_token_logp(lam))
-
-    points = [
-        *simplex_grid(K, resolution),
-        world.exact.weights,
-        equalised_token_weights(world),
-        *(np.asarray(s, dtype=np.float64) for s in starts),
-    ]
-    values = [j(lam) for lam in points]
-    lam, best = points[int(np.argmax(values))], float(max(values))
-    pairs = [np.eye(K)[a] - np.eye(K)[b] for a in range(K) for b in range(K) if a != b]
-    extra = np.random.default_rng(0).standard_normal((4 * K, K))
-    extra -= extra.mean(axis=1, keepdims=True)
-    dirs = [d / np.linalg.norm(d) for d in (*pairs, *extra)]
-    delta = 1.0 / resolution
-    while delta > tol:
-        cands = [np.clip(lam + delta * d, 0.0, None) for d in dirs]
-        cands = [c / c.sum() for c in cands]
-        vals = [j(c) for c in cands]
-        k = int(np.argmax(vals))
-        if vals[k] > best + 1e-12:
-            lam, best = cands[k], float(vals[k])
-        else:
-            delta /= 2
-    return lam, best
-
-
-def equalised_token_weights(world: EnumerableWorld, *, steps: int = 300, tol: float = 1e-6) -> np.ndarray:
-    """λ at which the token-level mixture serves every weighted objective equally (the limit of sampled rounds).
-
-    The rounds of issue 19 sample the token-level mixture at λ̂, measure the served E[ℓ_k] and move weight to the
-    worst-served objective; with infinitely many samples per round that is exponentiated-gradient on the served
-    values, λ ← λ ⊙ exp(−η (v(λ) − λ·v)), whose rest point has v_k = min v wherever λ_k > 0. η grows
-    by half after a step that shrinks the spread of v over the support and halves after one that does not. This
-    equalises the served values; it need not maximise J of the token-level mixture, whose KL also moves with λ
-    (compare :func:`tuned_token_weights`).
-    """
-    K = world.num_policies
-    lam = np.full(K, 1.0 / K)
-
-    def spread(lam, v):
-        on = lam > 1e-6
-        return float(v[on].max() - v.min())
-
-    v = world.served_values(world.geometric_token_logp(lam))
-    eta = 1.0 / max(float(v.max() - v.min()), 1e-12)
-    for _ in range(steps):
-        s = spread(lam, v)
-        if s < tol:
-            break
-        new = lam * np.exp(-eta * (v - lam @ v))
-        new /= new.sum()
-        v_new = world.served_values(world.geometric_token_logp(new))
-        if spread(new, v_new) < s:
-            lam, v, eta = new, v_new, eta * 1.5
-        else:
-            eta /= 2
-    return lam

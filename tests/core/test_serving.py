@@ -10,13 +10,9 @@ import itertools
 import numpy as np
 import pytest
 
-from mpo_ray.testing.enumerable import (
-    equalised_token_weights,
-    make_world,
-    resampling_logp,
-    simplex_grid,
-    tuned_token_weights,
-)
+from mpo_ray.testing.enumerable import make_world
+from mpo_ray.testing.resampling import resampling_logp
+from mpo_ray.testing.token_weights import equalised_token_weights, tuned_token_weights
 
 LAM = np.array([0.2, 0.3, 0.5])
 
@@ -106,12 +102,6 @@ def test_tuned_token_weights_beat_the_token_level_mixture_at_lambda_star(world):
     v = world.served_values(world.geometric_token_logp(eq))
     assert np.ptp(v[eq > 1e-6]) < 1e-5 and v[eq > 1e-6].max() <= v.min() + 1e-5
     assert j >= world.objective(world.geometric_token_logp(eq)) - 1e-12
-
-
-def test_simplex_grid_covers_the_simplex():
-    g = simplex_grid(3, 4)
-    assert g.shape == (15, 3) and np.allclose(g.sum(axis=1), 1.0) and (g >= 0).all()
-    assert len({tuple(r) for r in g}) == 15
 
 
 def test_token_sampler_and_resampling_sampler_draw_the_exact_distributions(tiny):

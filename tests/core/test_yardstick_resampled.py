@@ -15,7 +15,8 @@ import pytest
 from mpo_ray.benchmarks.serving import serving_world
 from mpo_ray.core.yardstick import implicit_objective, served_logprob
 from mpo_ray.io.schemas import GENERATION_SCHEMA, with_generation_columns
-from mpo_ray.testing.enumerable import log_mean_weight, logsumexp, make_world, sample_sequences
+from mpo_ray.testing.enumerable import make_world, sample_sequences
+from mpo_ray.testing.resampling import log_mean_weight, logsumexp
 
 # Measured (`mpo-ray bench serving`, 2,000 prompts, at λ*): E[Ĵ] − J(p_n) at n = 4 is −0.0007 nats in the easy world
 # (KL 1 nat) and −0.015 in the hard one (4 nats); this test's 400-prompt hard world gives about −0.016.
