@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from mpo_ray.io import storage
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.io.ownership import owns_file
 
 # Pre-registered (issue 19): the primary comparisons, stated before any number is seen; every other comparison (the
@@ -169,7 +170,7 @@ def headlines(points: list[dict], seed: int) -> dict:
     return out
 
 
-def calibration(artifact, mpo: dict) -> dict:
+def calibration(artifact: WeightsRecord, mpo: dict) -> dict:
     """Does λ̂ balance the objectives on MPO's own samples? At the MaxMin optimum every objective with
     λ_k > 0 has the same value E[ℓ_k]; the solver says so of its estimate. ``measured`` is each E[ℓ_k]
     on fresh samples of the served mixture (resampled among CANDIDATES), with 95% intervals; ``gap`` is best − worst
@@ -178,7 +179,7 @@ def calibration(artifact, mpo: dict) -> dict:
     from mpo_ray.core.stats import paired_bootstrap
 
     measured, names = mpo["implicit"]["values"], list(mpo["implicit"]["values"])
-    served = [n for n, w in zip(artifact["policies"], artifact["weights"]) if w > 0]
+    served = [n for n, w in zip(artifact.policies, artifact.weights) if w > 0]
     worst = min(served, key=lambda n: measured[n]["mean"])
     best = max(served, key=lambda n: measured[n]["mean"])
     ell = np.asarray(mpo["implicit"]["per_prompt"]["ell"])
@@ -186,7 +187,7 @@ def calibration(artifact, mpo: dict) -> dict:
         lambda a, b: float(a.mean() - b.mean()), ell[:, names.index(best)], ell[:, names.index(worst)]
     )
     return {
-        "predicted": artifact["values"],
+        "predicted": artifact.values,
         "measured": measured,
         "worst": worst,
         "best": best,

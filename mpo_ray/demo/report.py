@@ -13,9 +13,10 @@ import os
 
 from mpo_ray.demo.findings import YARDSTICKS
 from mpo_ray.io import storage
+from mpo_ray.io.artifact import WeightsRecord
 
 
-def demo_report(config, artifact: dict, shown: list[dict], summary: dict, examples: list[dict] = ()) -> str:
+def demo_report(config, artifact: WeightsRecord, shown: list[dict], summary: dict, examples: list[dict] = ()) -> str:
     """report.md: what ran, λ and its certificate, the objectives per policy, examples, plots, times."""
     names, candidates = config.policy_names, summary["generation"]["num_candidates"]
     lines = [
@@ -87,15 +88,14 @@ def _setup(names: list[str], summary: dict, candidates: int) -> list[str]:
     ]
 
 
-def _weights(names: list[str], artifact: dict) -> list[str]:
+def _weights(names: list[str], artifact: WeightsRecord) -> list[str]:
     """λ with its certificate gap, ESS and free riders, and its intervals where reweight bootstrapped them."""
-    intervals = []
-    if "weights_ci" in artifact:
-        ci = artifact["weights_ci"]
+    intervals, ci = [], artifact.weights_ci
+    if ci:
         intervals = [
             "90% intervals (bootstrap over prompts): "
             + ", ".join(f"{n} [{ci[n][0]:.2f}, {ci[n][1]:.2f}]" for n in names)
-            + f"; median ESS at uniform λ {artifact['ess']['median_at_uniform']:.2f}.",
+            + f"; median ESS at uniform λ {artifact.ess.median_at_uniform:.2f}.",
             "",
         ]
     return [
@@ -103,9 +103,9 @@ def _weights(names: list[str], artifact: dict) -> list[str]:
         "",
         "| " + " | ".join(names) + " | certificate gap (nats) | median ESS | free riders |",
         "|" + "---|" * (len(names) + 3),
-        "| " + " | ".join(f"{w:.3f}" for w in artifact["weights"]) + f" | {artifact['certificate']['gap_nats']:.1e} | "
-        f"{artifact['ess']['median']:.2f} / {artifact['ess']['samples_per_prompt']} | "
-        f"{', '.join(artifact['free_riders']) or 'none'} |",
+        "| " + " | ".join(f"{w:.3f}" for w in artifact.weights) + f" | {artifact.certificate.gap_nats:.1e} | "
+        f"{artifact.ess.median:.2f} / {artifact.ess.samples_per_prompt} | "
+        f"{', '.join(artifact.free_riders) or 'none'} |",
         "",
         *intervals,
         "The gap certifies the solve (0 at the optimum). ESS is how many of each prompt's samples carry the "

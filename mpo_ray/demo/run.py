@@ -237,12 +237,12 @@ def run_demo(
     summary = {
         "size": asdict(size),
         "generation": GENERATION,
-        "weights": dict(zip(config.policy_names, artifact["weights"])),
-        "artifact_version": artifact["version"],
-        "certificate_gap": artifact["certificate"]["gap_nats"],
-        "median_ess": artifact["ess"]["median"],
-        "median_ess_at_uniform": artifact["ess"].get("median_at_uniform"),
-        "weights_ci": artifact.get("weights_ci"),
+        "weights": dict(zip(config.policy_names, artifact.weights)),
+        "artifact_version": artifact.version,
+        "certificate_gap": artifact.certificate.gap_nats,
+        "median_ess": artifact.ess.median,
+        "median_ess_at_uniform": artifact.ess.median_at_uniform,
+        "weights_ci": artifact.weights_ci,
         "min_win_rate": {r["name"]: r["min_win_rate"] for r in shown},
         "comparison": [comparison_entry(r, config.policy_names, soup_weights=[1 / k] * k) for r in points],
         "serving": {"mixtures": serving(CANDIDATES), "single models": serving(1, one_model=True)},
@@ -332,7 +332,7 @@ def _workflows(out: str, config, size: DemoSize, soup, steps: _Steps, progress: 
         + (" and a weight grid" if size.sweep_step else "")
         + "; score every response with every model",
     )
-    points = {**sweep_points(config.policy_names, size, list(artifact["weights"])), "soup": soup}
+    points = {**sweep_points(config.policy_names, size, list(artifact.weights)), "soup": soup}
     sweep = run_sweep(config, output=os.path.join(out, "generations", "sweep"), points=points, progress=progress)
     return artifact, sweep
 

@@ -18,7 +18,6 @@ import functools
 import json
 import logging
 import math
-from collections.abc import Mapping
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.core.gate import Check, FeedbackEvaluation
@@ -196,14 +195,10 @@ class NightRecord:
 
 
 @record
-class WeightsRecord(Mapping):
+class WeightsRecord:
     """A validated weights artifact. Only the header is required; everything `reweight` and `nightly` write is
     optional, so minimal (hand-made) and older artifacts load. Build it whole, or with :meth:`build`; write it with
-    :meth:`write`, read it with :meth:`read`.
-
-    It is also a read-only mapping over its JSON document (``record["weights"]``): transitional, for the readers
-    not yet moved to attributes (demo/run.py).
-    """
+    :meth:`write`, read it with :meth:`read`."""
 
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -321,35 +316,6 @@ class WeightsRecord(Mapping):
                 storage.SEAL,
             )
         return artifact
-
-    # --- Mapping over the JSON document (transitional) -----------------------------
-
-    @functools.cached_property
-    def _document(self) -> dict:
-        return self.to_json()
-
-    def __getitem__(self, key):
-        return self._document[key]
-
-    def __iter__(self):
-        return iter(self._document)
-
-    def __len__(self) -> int:
-        return len(self._document)
-
-    def to_dict(self) -> dict:
-        return self.to_json()
-
-
-class WeightsArtifact:
-    """The former name of :class:`WeightsRecord`, kept for the readers not yet moved: ``WeightsArtifact(doc,
-    source)`` is :meth:`WeightsRecord.from_json`; ``build`` and ``read`` are the record's."""
-
-    def __new__(cls, data: dict, source: str = "<weights>") -> WeightsRecord:
-        return WeightsRecord.from_json(data, source)
-
-    build = WeightsRecord.build
-    read = WeightsRecord.read
 
 
 def _check(names: list[str], weights: list[float], beta: float, source: str) -> None:

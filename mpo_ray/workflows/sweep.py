@@ -48,7 +48,7 @@ from mpo_ray.core.grid import simplex_grid, step_divisions
 from mpo_ray.core.seeds import derive_seed
 from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.io.corpus import read_prompts
 from mpo_ray.io.ownership import check_ours, mark_ours, owns_file
 from mpo_ray.io.provenance import digest, model_identity, tree_digest
@@ -417,7 +417,7 @@ def sweep_points(config: Config, step: float, weights_uri: str | None = None) ->
     directory or store) when one is given: with the grid's vertices, every baseline of the paper but the soups."""
     points = grid_points(len(config.policies), step)
     if weights_uri:
-        points["MPO"] = WeightsArtifact.read(weights_uri).weights_for(config.policy_names, config.source)
+        points["MPO"] = WeightsRecord.read(weights_uri).weights_for(config.policy_names, config.source)
     return points
 
 

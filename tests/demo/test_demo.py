@@ -10,7 +10,7 @@ import pytest
 from mpo_ray.cli import main
 from mpo_ray.demo.policies import ADAPTER_DIR, OBJECTIVES, adapter_paths, demo_prompts
 from mpo_ray.demo.run import CANDIDATES
-from mpo_ray.io.artifact import WeightsArtifact
+from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.io.schemas import GENERATION_SCHEMA
 
 
@@ -150,8 +150,8 @@ def test_quick_demo_end_to_end(tmp_path):
     cal = summary["calibration"]  # λ̂'s predicted E[ℓ_k] against MPO's own samples
     assert set(cal["measured"]) == set(OBJECTIVES) and cal["apart"] == (cal["gap_ci95"][0] > 0) and cal["gap"] >= 0
 
-    artifact = WeightsArtifact.read(str(out / "reweight"))
-    assert artifact["policies"] == list(OBJECTIVES) and abs(sum(artifact["weights"]) - 1) < 1e-9
+    artifact = WeightsRecord.read(str(out / "reweight"))
+    assert artifact.policies == list(OBJECTIVES) and abs(sum(artifact.weights) - 1) < 1e-9
     scores = pq.read_table(out / "reweight" / "scores")
     assert {f"logp_{p}" for p in OBJECTIVES} <= set(scores.column_names)
     assert scores.num_rows == summary["size"]["reweight_prompts"] * summary["size"]["samples_per_prompt"]

@@ -17,7 +17,7 @@ from tiny import ROOT
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
-from mpo_ray.io.artifact import REQUIRED_KEYS, WeightsArtifact, WeightsRecord
+from mpo_ray.io.artifact import REQUIRED_KEYS, WeightsRecord
 from mpo_ray.io.schemas import document_fields
 
 DATA = Path(__file__).parent / "data"
@@ -49,13 +49,12 @@ def test_every_block_reads_as_attributes():
     assert old.serving is None and old.solver.converged and "geometric_share" not in old.sampling
 
 
-def test_the_mapping_view_is_the_json_document():
-    """Readers not yet moved to attributes index the record as they indexed the JSON (demo/run.py)."""
+def test_from_json_reads_a_parsed_document_and_to_json_gives_it_back():
     doc = json.loads((DATA / "weights-nightly.json").read_text())
-    record = WeightsArtifact(doc, source="weights-nightly.json")  # the former name reads through the record
-    assert dict(record) == record.to_json() == {k: v for k, v in doc.items() if k != storage.SEAL}
-    assert record["nightly"]["gate"]["passed"] is False and record.get("streaming_bsmd") is None
-    assert "weights_ci" in record and record.to_dict() == record.to_json()
+    record = WeightsRecord.from_json(doc, "weights-nightly.json")
+    assert record.to_json() == {k: v for k, v in doc.items() if k != storage.SEAL}
+    assert record.nightly.gate.passed is False and record.streaming_bsmd is None
+    assert record.weights_ci is not None and record.source == "weights-nightly.json"
 
 
 @pytest.mark.parametrize(
@@ -85,7 +84,7 @@ def test_a_malformed_key_is_named_in_one_line(tmp_path, change, message):
 
 def test_minimal_artifacts_load_and_keys_a_newer_writer_adds_are_ignored(tmp_path):
     record = WeightsRecord.build(version="v", policies=["a", "b"], weights=[1, 0], beta=0.1, future={"x": 1})
-    assert record.weights == [1.0, 0.0] and record.certificate is None and "future" not in record
+    assert record.weights == [1.0, 0.0] and record.certificate is None and not hasattr(record, "future")
     header = ["mpo-ray/weights", 1, "v", ["a", "b"], [1.0, 0.0], 0.1, "maxmin"]
     assert record.to_json() == dict(zip(REQUIRED_KEYS, header))  # nothing written that was not given
     with pytest.raises(UserError, match=r"weights v: `weights` must be finite, non-negative and not all zero"):

@@ -166,7 +166,7 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     from mpo_ray.cli import main
     from mpo_ray.config import load_config
     from mpo_ray.core.seeds import derive_seed
-    from mpo_ray.io.artifact import WeightsArtifact
+    from mpo_ray.io.artifact import WeightsRecord
     from mpo_ray.io.corpus import read_prompts
     from mpo_ray.io.store import WeightsStore
     from mpo_ray.models.decoding import MixedPolicy
@@ -177,7 +177,7 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     store = WeightsStore(str(tmp_path / "store"))  # the MPO point comes from a nightly store's `latest`
     store.write_version(
         "n1",
-        WeightsArtifact.build(
+        WeightsRecord.build(
             version="n1", policies=["upbeat", "concise", "detailed"], weights=[0.2, 0.5, 0.3], beta=0.1
         ),
     )
@@ -233,7 +233,7 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
 
 def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
     from mpo_ray.config import load_config
-    from mpo_ray.io.artifact import WeightsArtifact
+    from mpo_ray.io.artifact import WeightsRecord
     from mpo_ray.io.store import WeightsStore
     from mpo_ray.workflows.sweep import sweep_points
 
@@ -242,7 +242,7 @@ def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
     store = WeightsStore(str(tmp_path / "store"))
     store.write_version(
         "n1",
-        WeightsArtifact.build(
+        WeightsRecord.build(
             version="n1", policies=["detailed", "upbeat", "concise"], weights=[0.1, 0.3, 0.6], beta=0.1
         ),
     )
@@ -251,7 +251,7 @@ def test_sweep_points_take_the_mpo_weights_from_a_store_or_a_file(tmp_path):
     store.promote("n1", expected=None)
     assert sweep_points(config, 0.5, store.uri)["MPO"] == [0.6, 0.1, 0.3]
     assert sweep_points(config, 0.5, store.version_uri("n1"))["MPO"] == [0.6, 0.1, 0.3]
-    WeightsArtifact.build(version="v", policies=["a", "b"], weights=[1, 0], beta=0.1).write(str(tmp_path / "w.json"))
+    WeightsRecord.build(version="v", policies=["a", "b"], weights=[1, 0], beta=0.1).write(str(tmp_path / "w.json"))
     with pytest.raises(ValueError, match=r"is for policies \['a', 'b'\]"):
         sweep_points(config, 0.5, str(tmp_path / "w.json"))
 

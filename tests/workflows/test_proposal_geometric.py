@@ -66,8 +66,8 @@ def test_later_batches_draw_from_the_mixture_at_the_lambda_of_the_batches_before
         samplers = table.column("sampler").to_pylist()
         assert samplers == expected_samplers * 2, (b, samplers)  # two prompts, samples in sampler order
         before.append(table)
-    assert artifact["sampling"]["proposal"] == "geometric"
-    assert artifact["certificate"]["gap_nats"] <= 1e-9
+    assert artifact.sampling["proposal"] == "geometric"
+    assert artifact.certificate.gap_nats <= 1e-9
 
 
 def _concat(tables):
@@ -112,7 +112,7 @@ def test_resumed_run_draws_at_the_same_lambda(run, tmp_path):
     os.remove(files[1])  # batch 1 lost: batches 2 and 3 were drawn at λs that depend on it
     os.remove(files[3])
     second = reweight(geometric_config(resumed_out), progress=False)
-    assert second["weights"] == pytest.approx(first["weights"], rel=0, abs=1e-12)
+    assert second.weights == pytest.approx(first.weights, rel=0, abs=1e-12)
     for a, b in zip(batch_files(out), batch_files(resumed_out)):
         ta, tb = pq.read_table(a), pq.read_table(b)
         assert (

@@ -337,13 +337,13 @@ def test_evaluate_refuses_a_reweight_scores_directory_and_a_whole_sweep(tmp_path
 
 def test_evaluate_output_refuses_a_file_it_did_not_write_and_a_directory(tmp_path, capsys, monkeypatch):
     from mpo_ray.cli import main
-    from mpo_ray.io.artifact import WeightsArtifact
+    from mpo_ray.io.artifact import WeightsRecord
     from mpo_ray.workflows import evaluate
 
     ours = str(tmp_path / "ours.parquet")
     storage.write_parquet(ours, gen_table(["p0", "p1"]))
     weights = tmp_path / "weights.json"
-    WeightsArtifact.build(version="v", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1).write(str(weights))
+    WeightsRecord.build(version="v", policies=["a", "b"], weights=[0.5, 0.5], beta=0.1).write(str(weights))
     sealed = weights.read_bytes()
     scored = []
     real = evaluate.score_generations
