@@ -24,6 +24,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -234,7 +235,6 @@ def refill(label, policies_for, ks, args):
         policies = policies_for(kind, max(ks))
         for k in ks:
             mixed = MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
-
             out = {}
 
             def decode(how, at_most, size):
@@ -246,38 +246,22 @@ def refill(label, policies_for, ks, args):
                     )
                 ]
 
-            (t_chunks, c_chunks), (t_refill, c_refill), (t_once, c_once) = timed(
-                [
-                    lambda: decode("chunks", None, slots),
-                    lambda: decode("refill", slots, n),
-                    lambda: decode("once", None, n),
-                ],
-                args.repeats,
-            )
+            ways = {"chunks": (None, slots), "refill": (slots, n), "once": (None, n)}  # (slots, rows a call)
+            times = dict(zip(ways, timed([partial(decode, how, *ways[how]) for how in ways], args.repeats)))
             ids = {how: [g.token_ids for g in gens] for how, gens in out.items()}
             assert ids["chunks"] == ids["refill"] == ids["once"], "the rows depend on how they were batched"
             tokens = sum(g.num_tokens for g in out["refill"])
-            row = dict(
-                label=label,
-                family=kind,
-                k=k,
-                slots=slots,
-                mean_tokens=tokens / n,
-                chunks_tok_s=tokens / t_chunks,
-                refill_tok_s=tokens / t_refill,
-                once_tok_s=tokens / t_once,
-                refill_over_chunks=t_chunks / t_refill,
-                refill_over_chunks_cpu=c_chunks / c_refill,
-                refill_over_once=t_once / t_refill,
-                refill_over_once_cpu=c_once / c_refill,
-            )
-            print(
-                f"{kind:8} {k:>2} {slots:>4} {row['mean_tokens']:8.1f} {row['chunks_tok_s']:12.1f}"
-                f" {row['refill_tok_s']:12.1f} {row['once_tok_s']:13.1f} {row['refill_over_chunks']:12.2f}×"
-                f" {row['refill_over_chunks_cpu']:5.2f}× {row['refill_over_once']:13.2f}×"
-                f" {row['refill_over_once_cpu']:5.2f}×",
-                flush=True,
-            )
+            row = dict(label=label, family=kind, k=k, slots=slots, mean_tokens=tokens / n)
+            row.update({f"{how}_tok_s": tokens / wall for how, (wall, _) in times.items()})
+            for how in ("chunks", "once"):  # > 1: refill is faster
+                row[f"refill_over_{how}"] = times[how][0] / times["refill"][0]
+                row[f"refill_over_{how}_cpu"] = times[how][1] / times["refill"][1]
+            figures = [f"{row[f'{how}_tok_s']:{w}.1f}" for how, w in zip(ways, (12, 12, 13))]
+            figures += [
+                f"{row[f'refill_over_{how}']:{w}.2f}× {row[f'refill_over_{how}_cpu']:5.2f}×"
+                for how, w in (("chunks", 12), ("once", 13))
+            ]
+            print(f"{kind:8} {k:>2} {slots:>4} {row['mean_tokens']:8.1f} " + " ".join(figures), flush=True)
             rows.append(row)
     return rows
 

@@ -170,6 +170,18 @@ def test_bench_decode_prints_ratios_and_fractions_of_the_bound(capsys):
     assert "copy bandwidth" in out and "% bw bound" in out
 
 
+def test_bench_decode_refill_compares_chunks_refill_and_all_at_once(capsys):
+    """--refill S: 4·S sampled rows decoded three ways (the bench itself checks they give the same rows)."""
+    from mpo_ray.benchmarks import decode as bench
+
+    argv = "--refill 2 --k 2 --families lora --max-new-tokens 6 --repeats 1 --hidden-size 32".split()
+    [row] = bench.main(argv)
+    assert row["slots"] == 2 and 0 < row["mean_tokens"] <= 6
+    for key in ("chunks_tok_s", "refill_tok_s", "once_tok_s", "refill_over_chunks", "refill_over_once_cpu"):
+        assert np.isfinite(row[key]) and row[key] > 0, (key, row)
+    assert "refill/chunks" in capsys.readouterr().out
+
+
 @pytest.mark.slow  # torch.compile of a tiny model: ~30 s on two CPU cores
 def test_the_compiled_step_decodes_what_the_eager_step_does(caplog):
     """compile=True gives the same rows as eager decoding (after compaction too: a second shape), and logs
