@@ -9,33 +9,16 @@ every point is also measured on MPO's own objective (`core.yardstick`). With `ge
 every mixture point resamples among n candidates; a point one model serves untempered draws one, the same
 distribution at 1/n of the cost (`point_candidates`); sweep.json records each point's serving mode.
 
-Resuming. A point's file carries, in its Parquet footer, the fingerprint of what
-produced its rows (`point_fingerprints`): its weights, the models it mixes and
-the models that score it (by content: a model or adapter retrained in place is a
-new one; a soup by the adapters and λ it averages), the prompt ids and texts, and
-the decoding settings with the seed. A rerun reuses a point's file only when that
-fingerprint is unchanged and the file reads back as written; otherwise it
-generates the point again, logging which part changed, so sweep.json never states
-settings its rows were not made with. The batch size is not part of it: a row
-depends on its own seed only.
-
-Whose files. The directory is the sweep's own (`check_ours`). Only files mpo-ray's
-sweep wrote under that very name are replaced (`owns_file`); any other file at a
-point's name (a user's, a copy, a link) is refused before work starts. sweep.json
-and front.png are fixed names in that directory and are replaced only when they
-are the sweep's: sweep.json by its ``format`` key, front.png by a digest that
-sweep.json records before the figure is written (so a run stopped in between
-still recognises the figure it left).
+Resuming and whose files: `sweep_files` (a point's rows are reused only when made the way this run would
+make them; only files the sweep wrote are replaced).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -50,19 +33,26 @@ from mpo_ray.core.serving import serving
 from mpo_ray.io import storage
 from mpo_ray.io.artifact import WeightsRecord
 from mpo_ray.io.corpus import read_prompts
-from mpo_ray.io.ownership import check_ours, mark_ours, owns_file
-from mpo_ray.io.provenance import digest, model_identity, tree_digest
+from mpo_ray.io.ownership import check_ours, mark_ours
+from mpo_ray.io.provenance import digest, tree_digest
 from mpo_ray.models.preflight import check_models, check_prompt_lengths
 from mpo_ray.runtime.actors import start_generator
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.evaluate import evaluate_generations, objectives_from_config
+from mpo_ray.workflows.sweep_files import (
+    SUMMARY_FORMAT,
+    check_fixed_files,
+    point_files,
+    point_fingerprints,
+    slug,
+    stale_points,
+    write_outputs,
+    write_point,
+)
 
 log = logging.getLogger(__name__)
 
 REFERENCE = "reference"
-SUMMARY_FILE, FIGURE_FILE = "sweep.json", "front.png"
-SUMMARY_FORMAT = "mpo-ray/sweep"
-PARTS_KEY = b"mpo_ray.sweep_point"  # the fingerprint's parts (JSON): a rerun says which one changed
 
 
 @dataclass(frozen=True)
@@ -129,15 +119,17 @@ def run_sweep(
     mark_ours(output, "sweep")  # before its first file: the soups are made inside it
     specs, vectors = served_models(config, output, points)
     params = {**g.params(), "stop": list(g.stop) or None, "num_candidates": g.candidates}
-    parts = point_fingerprints(specs, len(config.policies), vectors, ids, prompts, {**params, "seed": g.seed})
     candidates = {label: point_candidates(vectors[label], params) for label in vectors}
+    decoding = {label: {**params, "num_candidates": n} for label, n in candidates.items()}
+    seeded = {label: {**d, "seed": g.seed} for label, d in decoding.items()}
+    parts = point_fingerprints(specs, len(config.policies), vectors, ids, prompts, seeded)
 
     t0 = time.perf_counter()
     tables = _generate_points(
         config,
         specs,
         vectors,
-        params={label: {**params, "num_candidates": n} for label, n in candidates.items()},
+        params=decoding,
         corpus=(ids, prompts, [derive_seed(g.seed, pid) for pid in ids]),
         files=files,
         parts=parts,
@@ -206,6 +198,19 @@ def served_models(config: Config, output: str, points: dict[str, Point]) -> tupl
     return specs, vectors
 
 
+def point_candidates(vector, decoding: dict) -> int:
+    """Candidates a point decodes per response: the configured ``num_candidates`` for a mixture of two or more models;
+    1 for a point one model serves (π_ref, a single policy, a soup) when decoding is untempered and untruncated, since
+    its candidates' importance weights π/q are then all equal and keeping one of n i.i.d. draws is the same
+    distribution as drawing one, at 1/n of the cost. Tempered or truncated, resampling moves even one model back
+    towards its untempered self, so the configured number stays."""
+    n = int(decoding.get("num_candidates", 1))
+    untempered = (
+        decoding.get("temperature", 1.0) == 1.0 and not decoding.get("top_k") and decoding.get("top_p") in (None, 1.0)
+    )
+    return 1 if untempered and sum(1 for w in vector if w != 0) == 1 else n
+
+
 def _generate_points(
     config: Config,
     specs: list[PolicySpec],
@@ -254,164 +259,6 @@ def _generate_points(
     return tables
 
 
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_.=," else "_" for c in label)
-
-
-# --- Resuming: which points' files hold rows made the way this run would make them ---------------------
-
-
-def point_files(output: str, labels: list[str]) -> dict[str, str]:
-    """label → its file; UserError when two labels share a file name, or a file at a point's name is not one
-    mpo-ray's sweep wrote under that name (a user's file is never replaced: move it, or choose another output)."""
-    files, by_name = {}, {}
-    for label in labels:
-        name = f"{_slug(label)}.parquet"
-        if by_name.setdefault(name, label) != label:
-            raise UserError(
-                f"sweep points {by_name[name]!r} and {label!r} would both be written to {name}; rename one."
-            )
-        files[label] = uri = storage.join(output, name)
-        if storage.is_link(uri) or (storage.exists(uri) and not owns_file(uri)):
-            raise UserError(
-                f"sweep output {output!r}: {name} is not a file mpo-ray's sweep wrote under that name (point "
-                f"{label!r} would replace it); move it out of the directory, or choose another --output."
-            )
-    return files
-
-
-def point_fingerprints(
-    specs: list[PolicySpec], k: int, vectors: dict[str, list[float]], ids: list[str], prompts: list[str], decoding: dict
-) -> dict[str, dict[str, str]]:
-    """label → the digests of what its rows depend on: ``weights`` (the models it mixes, by name, and their λ),
-    ``models`` (those models by content and settings), ``scorers`` (π_ref and the K policies, whose log-probs
-    every point's file carries), ``prompts`` (ids and texts) and ``decoding`` (sampling settings, num_candidates,
-    seed). ``specs`` are [π_ref, π_1..π_K, extras...], the order of every vector."""
-    from mpo_ray.models.policies import local_files
-
-    described = [{**s.model_dump(), "content": model_identity(s, local_files)["content"]} for s in specs]
-    common = {"scorers": digest(described[: 1 + k]), "prompts": digest([list(ids), list(prompts)])}
-    out = {}
-    for label, vector in vectors.items():
-        used = [(i, float(w)) for i, w in enumerate(vector) if w != 0]  # zeros: an added soup changes no other point
-        own = (
-            {**decoding, "num_candidates": point_candidates(vector, decoding)}
-            if "num_candidates" in decoding
-            else decoding
-        )
-        out[label] = {
-            "weights": digest([(specs[i].name, w) for i, w in used]),
-            "models": digest([described[i] for i, _ in used]),
-            **common,
-            "decoding": digest(own),
-        }
-    return out
-
-
-def point_candidates(vector, decoding: dict) -> int:
-    """Candidates a point decodes per response: the configured ``num_candidates`` for a mixture of two or more models;
-    1 for a point one model serves (π_ref, a single policy, a soup) when decoding is untempered and untruncated, since
-    its candidates' importance weights π/q are then all equal and keeping one of n i.i.d. draws is the same
-    distribution as drawing one, at 1/n of the cost. Tempered or truncated, resampling moves even one model back
-    towards its untempered self, so the configured number stays."""
-    n = int(decoding.get("num_candidates", 1))
-    untempered = (
-        decoding.get("temperature", 1.0) == 1.0 and not decoding.get("top_k") and decoding.get("top_p") in (None, 1.0)
-    )
-    return 1 if untempered and sum(1 for w in vector if w != 0) == 1 else n
-
-
-def stale_points(files: dict[str, str], parts: dict[str, dict[str, str]]) -> dict[str, str | None]:
-    """label → why its point must be generated, or None when its file holds rows of the same fingerprint
-    (read from the footer only; the rows are verified when read)."""
-    out = {}
-    for label, p in parts.items():
-        uri = files[label]
-        if not storage.exists(uri):
-            out[label] = "not generated yet"
-            continue
-        meta = storage.parquet_metadata(uri) or {}
-        if meta.get(storage.FINGERPRINT_KEY, b"").decode("utf-8", "replace") == digest(p):
-            out[label] = None
-            continue
-        try:
-            before = json.loads(meta[PARTS_KEY])
-            changed = sorted(key for key in p if before.get(key) != p[key]) or ["fingerprint"]
-            out[label] = f"{storage.basename(uri)} was made with other {', '.join(changed)}"
-        except (KeyError, ValueError, AttributeError):
-            out[label] = f"{storage.basename(uri)} carries no sweep fingerprint (an older mpo-ray wrote it)"
-    return out
-
-
-def write_point(uri: str, table: pa.Table, parts: dict[str, str]) -> None:
-    """A point's rows, atomically, with their fingerprint (and its parts) in the footer."""
-    meta = {**(table.schema.metadata or {}), PARTS_KEY: json.dumps(parts).encode()}
-    storage.write_parquet(uri, table.replace_schema_metadata(meta), fingerprint=digest(parts))
-
-
-# --- sweep.json and front.png: fixed names, replaced only when the sweep wrote them --------------------
-
-
-def _sha256(uri: str) -> str:
-    fs, path = storage.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def check_fixed_files(output: str) -> list[str]:
-    """The digest of the front.png there now (empty when there is none); UserError, before any work, when
-    sweep.json or front.png is there and is not the sweep's. sweep.json is ours when it carries our ``format``
-    (or, written before it did, the summary's own keys); front.png when sweep.json records its digest (a sweep
-    of an older mpo-ray recorded none: any PNG beside its sweep.json is taken as its figure)."""
-    summary_uri, figure_uri = storage.join(output, SUMMARY_FILE), storage.join(output, FIGURE_FILE)
-    how = "move it out of the directory, or choose another --output."
-    previous = None
-    if storage.is_link(summary_uri) or storage.exists(summary_uri):
-        try:
-            previous = None if storage.is_link(summary_uri) else storage.read_json(summary_uri)
-        except (OSError, ValueError):
-            pass
-        legacy = (
-            isinstance(previous, dict)
-            and "format" not in previous
-            and {"policies", "points", "generation"} <= set(previous)
-        )
-        if not (isinstance(previous, dict) and (previous.get("format") == SUMMARY_FORMAT or legacy)):
-            raise UserError(
-                f"sweep output {output!r}: {SUMMARY_FILE} there is not a summary mpo-ray's sweep wrote; {how}"
-            )
-    if not (storage.is_link(figure_uri) or storage.exists(figure_uri)):
-        return []
-    if not storage.is_link(figure_uri) and previous is not None:
-        current = _sha256(figure_uri)
-        recorded = previous.get("figure_sha256")
-        if current in (recorded or []) or (recorded is None and "format" not in previous and _is_png(figure_uri)):
-            return [current]
-    raise UserError(f"sweep output {output!r}: {FIGURE_FILE} there is not a figure mpo-ray's sweep drew; {how}")
-
-
-def _is_png(uri: str) -> bool:
-    fs, path = storage.filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return f.read(8) == b"\x89PNG\r\n\x1a\n"
-
-
-def write_outputs(output: str, summary: dict, figure: Callable[[str, dict], None] | None, previous: list[str]) -> None:
-    """sweep.json, then front.png. sweep.json records the new figure's digest, and the one there now, before the
-    figure is replaced: a run stopped in between leaves a figure the next run still knows as its own."""
-    data = None
-    if figure is not None:  # drawn in memory first: its digest goes into sweep.json before it is written
-        scratch = f"memory://mpo-ray-sweep-{uuid.uuid4().hex}/{FIGURE_FILE}"
-        figure(scratch, summary)
-        fs, path = storage.filesystem(scratch)
-        data = fs.cat_file(path)
-        fs.rm(path.rsplit("/", 1)[0], recursive=True)
-    digests = list(dict.fromkeys(previous + ([hashlib.sha256(data).hexdigest()] if data is not None else [])))
-    storage.write_json(storage.join(output, SUMMARY_FILE), {**summary, "figure_sha256": digests})
-    if data is not None:
-        storage.write_bytes(storage.join(output, FIGURE_FILE), data)
-
-
 def sweep_points(config: Config, step: float, weights_uri: str | None = None) -> dict[str, list[float]]:
     """The simplex grid and the uniform mix (`grid_points`), plus the MPO point from a weights artifact (a file, run
     directory or store) when one is given: with the grid's vertices, every baseline of the paper but the soups."""
@@ -448,7 +295,7 @@ def soup_specs(config: Config, directory: str, weights: dict[str, list[float]]) 
     contents = [tree_digest(a) for a in adapters]
     out = {}
     for label, w in weights.items():
-        path = os.path.join(directory, _slug(label))
+        path = os.path.join(directory, slug(label))
         wanted = {"adapters": adapters, "weights": list(w), "contents": contents}
         if os.path.lexists(path):
             _check_soup(path, wanted)

@@ -22,7 +22,7 @@ from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
 from mpo_ray.io.ownership import mark_ours
 from mpo_ray.io.schemas import GENERATION_SCHEMA
-from mpo_ray.workflows import sweep
+from mpo_ray.workflows import sweep, sweep_files
 from mpo_ray.workflows.evaluate import read_generations
 
 POINTS = {"a": [1.0, 0.0, 0.0], "b": [0.0, 0.5, 0.5]}
@@ -126,22 +126,24 @@ def test_sweep_point_fingerprint_names_each_part_that_produced_the_rows(tmp_path
     shutil.copytree(resolve_model("tiny:lora-1"), adapter)
     specs = [config.reference, config.policies[0].model_copy(update={"adapter": str(adapter)}), *config.policies[1:]]
     vectors = {"a": [0.0, 1.0, 0.0, 0.0], "b": [0.0, 0.0, 0.5, 0.5]}
-    ids, prompts, decoding = ["p0", "p1"], ["x", "y"], {"temperature": 1.0, "seed": 0, "num_candidates": 1}
-    before = sweep.point_fingerprints(specs, 3, vectors, ids, prompts, decoding)
+    ids, prompts = ["p0", "p1"], ["x", "y"]
+    decoding = dict.fromkeys(["a", "b", "soup"], {"temperature": 1.0, "seed": 0, "num_candidates": 1})
+    before = sweep_files.point_fingerprints(specs, 3, vectors, ids, prompts, decoding)
 
     weights = adapter / "adapter_model.safetensors"
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1  # retrained in place: same size
     weights.write_bytes(bytes(data))
-    after = sweep.point_fingerprints(specs, 3, vectors, ids, prompts, decoding)
+    after = sweep_files.point_fingerprints(specs, 3, vectors, ids, prompts, decoding)
     assert {k for k in before["a"] if before["a"][k] != after["a"][k]} == {"models", "scorers"}
     assert {k for k in before["b"] if before["b"][k] != after["b"][k]} == {"scorers"}  # scored by the retrained one
     assert (
-        sweep.point_fingerprints(specs, 3, vectors, ids, ["x", "y!"], decoding)["b"]["prompts"] != after["b"]["prompts"]
+        sweep_files.point_fingerprints(specs, 3, vectors, ids, ["x", "y!"], decoding)["b"]["prompts"]
+        != after["b"]["prompts"]
     )
 
     soup = PolicySpec(name="soup", model=config.reference.model, adapter=str(adapter))
-    with_soup = sweep.point_fingerprints(
+    with_soup = sweep_files.point_fingerprints(
         [*specs, soup], 3, {"b": vectors["b"] + [0.0], "soup": [0.0] * 4 + [1.0]}, ids, prompts, decoding
     )
     assert with_soup["b"] == after["b"]
