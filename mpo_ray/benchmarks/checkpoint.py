@@ -38,9 +38,11 @@ import logging
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -265,8 +267,6 @@ class _Watch:
     """How long a killed session's surviving workers live on (polled in a thread while the rerun runs)."""
 
     def __init__(self, session: str):
-        import threading
-
         self.session, self.t0 = session, time.perf_counter()
         self.survivors, self.lived_s = len(_workers_of(session)), 0.0
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -300,14 +300,17 @@ def _child(spec: str) -> None:
                 flush=True,
             )
 
-    import threading
-
     threading.Thread(target=resources, daemon=True).start()
     try:
         print("START", flush=True)
         print("RESULT " + json.dumps(pipeline(s.pop("mode"), s.pop("corpus"), s.pop("out"), **s)), flush=True)
     finally:
         ray.shutdown()
+
+
+def _output_files(out: str) -> list[str]:
+    """The *.parquet files directly in ``out``, sorted: the output as a reader takes it."""
+    return sorted(glob.glob(os.path.join(out, "*.parquet")))
 
 
 def _committed(out: str) -> set[str]:
@@ -321,39 +324,25 @@ def _committed(out: str) -> set[str]:
 
 def run_child(
     mode: str,
-    corpus: str,
+    spec: dict,
     out: str,
-    args,
     temp_root: str,
     *,
     after_files: int | None = None,
     kill: str = "all",
     timeout: float,
-    replica_cpus: float,
     stall: float | None = None,
 ) -> dict:
-    """The pipeline in a child process with its own Ray cluster, killed once ``after_files`` Parquet files exist
-    under ``out`` (staging included) or after ``timeout`` seconds. ``kill``: "all" SIGKILLs every process of the
-    session at once (a lost machine); "driver" SIGKILLs the driver alone (its raylet and GCS follow it, Ray's
-    fate sharing; workers outlive it a moment) and returns at once, with a `_Watch` on the survivors.
-    With ``stall``, it counts as stalled (and every process is SIGKILLed) once Ray is up and no new file has
-    appeared for ``stall`` seconds. Meanwhile it reads ``out`` as a reader would: files seen before they were
-    complete or (checkpoint) committed."""
+    """One `pipeline` run into ``out`` (``spec``: its corpus and settings) in a child process with its own Ray
+    cluster, killed once ``after_files`` Parquet files exist under ``out`` (staging included) or after ``timeout``
+    seconds. ``kill``: "all" SIGKILLs every process of the session at once (a lost machine); "driver" SIGKILLs the
+    driver alone (its raylet and GCS follow it, Ray's fate sharing; workers outlive it a moment) and returns at once,
+    with a `_Watch` on the survivors. With ``stall``, it counts as stalled (and every process is SIGKILLed) once Ray
+    is up and no new file has appeared for ``stall`` seconds. Meanwhile a `_Reader` reads ``out``."""
     temp_dir = tempfile.mkdtemp(prefix="k", dir=temp_root)
-    spec = {
-        "mode": mode,
-        "corpus": corpus,
-        "out": out,
-        "keep_checkpoint": True,
-        "batch": args.batch_size,
-        "rows_per_file": args.rows_per_file,
-        "sleep_s": args.sleep,
-        "replica_cpus": replica_cpus,
-        "temp_dir": temp_dir,
-    }
+    spec = {"mode": mode, "out": out, **spec, "temp_dir": temp_dir}
     log_path = os.path.join(temp_root, f"child-{os.path.basename(out)}-{os.path.basename(temp_dir)}.log")
-    t0 = time.perf_counter()
-    seen_partial, seen_uncommitted, ok = set(), set(), set()
+    t0, reader, status = time.perf_counter(), _Reader(out, mode), "timed out"
     with open(log_path, "w") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "mpo_ray.benchmarks.checkpoint", "--child", json.dumps(spec)],
@@ -362,47 +351,10 @@ def run_child(
             start_new_session=True,
             env={**os.environ, MARKER: temp_dir},
         )
-        seen, status, started, last = 0, "timed out", None, 0
         try:
-            while True:
-                now = len(glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True))
-                if now != seen or started is None:
-                    seen, last = now, time.perf_counter()
-                    if started is None and stall is not None:
-                        with open(log_path) as f:
-                            started = time.perf_counter() if "START" in f.read() else None
-                if after_files is not None and seen >= after_files:
-                    status = "killed"
-                    break
-                if started is not None and time.perf_counter() - max(started, last) > stall:
-                    status = f"stalled (no new file for {stall:.0f}s)"
-                    break
-                if child.poll() is not None:
-                    status = "finished" if child.returncode == 0 else f"failed rc={child.returncode}"
-                    break
-                if time.perf_counter() - t0 > timeout:
-                    break
-                committed = _committed(out) if mode == "checkpoint" else set()
-                for f in set(glob.glob(os.path.join(out, "*.parquet"))) - ok:  # the reader's view
-                    try:
-                        pq.read_metadata(f)
-                    except (pa.ArrowException, OSError):
-                        seen_partial.add(f)
-                        continue
-                    if mode == "checkpoint" and os.path.basename(f).rsplit("-", 1)[0] not in committed:
-                        seen_uncommitted.add(f)
-                        continue
-                    ok.add(f)
-                time.sleep(0.02)
+            status, seen = _wait(child, log_path, reader, after_files=after_files, deadline=t0 + timeout, stall=stall)
         finally:
-            if child.poll() is None:
-                if kill == "driver" and status == "killed":
-                    os.kill(child.pid, signal.SIGKILL)
-                elif kill == "group" and status == "killed":
-                    os.killpg(child.pid, signal.SIGKILL)
-                else:
-                    _kill(_pids_of(temp_dir))
-            child.wait()
+            _stop(child, kill if status == "killed" else "all", temp_dir)
     elapsed = time.perf_counter() - t0
     watch = _Watch(temp_dir) if kill in ("driver", "group") and status == "killed" else None
     if watch is None:
@@ -410,25 +362,90 @@ def run_child(
     with open(log_path) as f:
         lines = f.read().splitlines()
     result = next((json.loads(x[7:]) for x in lines if x.startswith("RESULT ")), {})
-    files = sorted(glob.glob(os.path.join(out, "*.parquet")))
-    uncommitted = [
-        f for f in files if mode == "checkpoint" and os.path.basename(f).rsplit("-", 1)[0] not in _committed(out)
-    ]
+    files = _output_files(out)
+    committed = _committed(out)
+    uncommitted = [f for f in files if os.path.basename(f).rsplit("-", 1)[0] not in committed]
     return {
         "status": status,
         "at_files": seen,
         "elapsed": elapsed,
         "seconds": result.get("seconds"),
         "files": files,
-        "uncommitted": len(uncommitted),
-        "seen_partial": len(seen_partial),
-        "seen_uncommitted": len(seen_uncommitted),
+        "uncommitted": len(uncommitted) if mode == "checkpoint" else 0,
+        "seen_partial": len(reader.partial),
+        "seen_uncommitted": len(reader.uncommitted),
         "watch": watch,
         "log_tail": lines[-3:],
         "free_cpus": next(
             (json.loads(x[10:]).get("CPU", 0.0) for x in reversed(lines) if x.startswith("RESOURCES ")), None
         ),
     }
+
+
+class _Reader:
+    """A reader of the output while a child writes it: the files it met before they were complete (no readable
+    footer) or, under a checkpoint, before Ray Data committed them (a reader cannot tell those from finished ones)."""
+
+    def __init__(self, out: str, mode: str):
+        self.out, self.checkpointed = out, mode == "checkpoint"
+        self.partial, self.uncommitted, self.ok = set(), set(), set()
+
+    def look(self) -> None:
+        committed = _committed(self.out) if self.checkpointed else set()
+        for f in set(_output_files(self.out)) - self.ok:
+            try:
+                pq.read_metadata(f)
+            except (pa.ArrowException, OSError):
+                self.partial.add(f)
+                continue
+            if self.checkpointed and os.path.basename(f).rsplit("-", 1)[0] not in committed:
+                self.uncommitted.add(f)
+                continue
+            self.ok.add(f)
+
+
+def _wait(
+    child: subprocess.Popen,
+    log_path: str,
+    reader: _Reader,
+    *,
+    after_files: int | None,
+    deadline: float,
+    stall: float | None,
+) -> tuple[str, int]:
+    """(status, Parquet files under the output) once ``after_files`` exist ("killed": the caller kills), the child
+    stalls or exits, or at ``deadline``; the reader looks every 20 ms meanwhile. A stall counts from Ray being up
+    (the child prints START), so a slow cluster start is not taken for a hung resume."""
+    out, seen, started, last = reader.out, 0, None, 0
+    while True:
+        now = len(glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True))
+        if now != seen or started is None:
+            seen, last = now, time.perf_counter()
+            if started is None and stall is not None:
+                with open(log_path) as f:
+                    started = time.perf_counter() if "START" in f.read() else None
+        if after_files is not None and seen >= after_files:
+            return "killed", seen
+        if started is not None and time.perf_counter() - max(started, last) > stall:
+            return f"stalled (no new file for {stall:.0f}s)", seen
+        if child.poll() is not None:
+            return ("finished" if child.returncode == 0 else f"failed rc={child.returncode}"), seen
+        if time.perf_counter() > deadline:
+            return "timed out", seen
+        reader.look()
+        time.sleep(0.02)
+
+
+def _stop(child: subprocess.Popen, kill: str, temp_dir: str) -> None:
+    """SIGKILL the child's driver alone ("driver"), its process group ("group") or its whole session ("all")."""
+    if child.poll() is None:
+        if kill == "driver":
+            os.kill(child.pid, signal.SIGKILL)
+        elif kill == "group":
+            os.killpg(child.pid, signal.SIGKILL)
+        else:
+            _kill(_pids_of(temp_dir))
+    child.wait()
 
 
 # --- Reading and checking an output ------------------------------------------------------------
@@ -439,7 +456,7 @@ def read_output(out: str) -> tuple[pa.Table, list[str]]:
     from mpo_ray.io.schemas import GENERATION_SCHEMA
 
     tables, bad = [], []
-    for f in sorted(glob.glob(os.path.join(out, "*.parquet"))):
+    for f in _output_files(out):
         try:
             tables.append(pq.read_table(f).replace_schema_metadata(None).cast(GENERATION_SCHEMA))
         except (pa.ArrowException, OSError):
@@ -461,7 +478,7 @@ def check(out: str, reference: dict) -> dict:
         got.setdefault(r["prompt_id"], values)
     res = {
         "rows": len(rows),
-        "files": len(glob.glob(os.path.join(out, "*.parquet"))),
+        "files": len(_output_files(out)),
         "unreadable": len(bad),
         "dup": len(ids) - len(got),
         "missing": len(reference.keys() - got.keys()),
@@ -474,7 +491,7 @@ def check(out: str, reference: dict) -> dict:
 
 def tamper(out: str) -> str:
     """Change one value of the first output file, keeping its footer metadata (digest included)."""
-    f = sorted(glob.glob(os.path.join(out, "*.parquet")))[0]
+    f = _output_files(out)[0]
     t = pq.read_table(f)
     resp = t.column("response").to_pylist()
     resp[0] = "tampered " + resp[0]
@@ -487,8 +504,6 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
     """Milliseconds per output file, apart from Ray and its scheduling noise: writing the data file itself; what
     CheckpointConfig adds to each write task (Ray's own CheckpointWriter: the pending id file, then its rename);
     what staging adds (promote: read the staged file back, digest its values, rewrite it sealed and atomically)."""
-    import statistics
-
     from ray.data.checkpoint import CheckpointConfig
     from ray.data.checkpoint.checkpoint_writer import CheckpointWriter
 
@@ -518,7 +533,7 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
 # --- The benchmark ----------------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mpo_ray.benchmarks.checkpoint", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2000, help="corpus size")
     p.add_argument("--batch-size", type=int, default=50)
@@ -552,216 +567,261 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--child-timeout", type=float, default=120.0)
     p.add_argument("--keep", action="store_true", help="keep the scratch directory (its path is printed)")
     p.add_argument("--child", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.child:
+    return p
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Every case, then the table, the guarantees each mode held and the timings; the per-case results."""
+    args = _parser().parse_args(argv)
+    if args.child:  # run_child's own process: one pipeline on a Ray cluster of its own
         _child(args.child)
         return []
+    bench = _Bench(args)
+    bench.run()
+    bench.summary()
+    return bench.results
 
-    import ray
 
-    t_start = time.perf_counter()
-    root = tempfile.mkdtemp(prefix="mpo-bench-ckpt-")
-    temp_root = tempfile.mkdtemp(prefix="ckb", dir="/tmp")  # short: Ray's socket paths live under it
-    modes = [m for m in args.modes.split(",") if m]
-    kills = [(int(k.split(":")[0]), (k.split(":") + ["all"])[1]) for k in args.kills.split(",") if k]
-    corpus, warm = os.path.join(root, "corpus.parquet"), os.path.join(root, "warm.parquet")
-    write_corpus(corpus, args.rows)
-    write_corpus(warm, 2 * args.batch_size)
-    print(
-        f"{args.rows} rows, batch {args.batch_size}, {args.rows_per_file} rows/file "
-        f"(~{-(-args.rows // args.rows_per_file)} files), {args.sleep}s/batch; 2 CPUs; load average "
-        f"{os.getloadavg()[0]:.1f}; scratch {root}",
-        flush=True,
-    )
-    results, timings = [], {m: [] for m in ["plain", *modes]}
-    ref: dict = {}
+class _Bench:
+    """One benchmark run's shared state: the arguments, the scratch directories, the corpus, the reference rows (the
+    first plain run's, id → values) every output is checked against, each case's result and the timed runs' seconds.
+    The phases run in order on one Ray session here; a kill run adds a cluster of its own per child."""
 
-    def run(mode, out, **kw):
-        """The pipeline here; a resumed checkpointed run gets --resume-replica-cpus (its filter actor needs a CPU)."""
-        cpus = args.resume_replica_cpus if mode == "checkpoint" and _committed(out) else 1.0
-        return pipeline(
-            mode,
-            corpus,
-            out,
-            batch=args.batch_size,
-            rows_per_file=args.rows_per_file,
-            sleep_s=args.sleep,
-            replica_cpus=cpus,
-            **kw,
-        )["seconds"]
+    def __init__(self, args: argparse.Namespace):
+        self.args, self.t_start = args, time.perf_counter()
+        self.root = tempfile.mkdtemp(prefix="mpo-bench-ckpt-")
+        self.temp_root = tempfile.mkdtemp(prefix="ckb", dir="/tmp")  # short: Ray's socket paths live under it
+        self.modes = [m for m in args.modes.split(",") if m]
+        self.kills = [(int(k.split(":")[0]), (k.split(":") + ["all"])[1]) for k in args.kills.split(",") if k]
+        self.corpus = os.path.join(self.root, "corpus.parquet")
+        self.files = -(-args.rows // args.rows_per_file)  # output files of a complete run
+        self.sizes = {"batch": args.batch_size, "rows_per_file": args.rows_per_file, "sleep_s": args.sleep}
+        self.results: list[dict] = []
+        self.timings: dict[str, list[float]] = {m: [] for m in ["plain", *self.modes]}
+        self.ref: dict = {}
 
-    def record(mode, case, out, seconds, note="", **extra):
-        r = {"mode": mode, "case": case, "seconds": seconds, "note": note, **extra, **check(out, ref)}
-        results.append(r)
+    def run(self) -> None:
+        """Every case, in order; Ray shut down and the scratch removed (unless --keep) even when one fails."""
+        import ray
+
+        a, warm = self.args, os.path.join(self.root, "warm.parquet")
+        write_corpus(self.corpus, a.rows)
+        write_corpus(warm, 2 * a.batch_size)
+        print(
+            f"{a.rows} rows, batch {a.batch_size}, {a.rows_per_file} rows/file (~{self.files} files), "
+            f"{a.sleep}s/batch; 2 CPUs; load average {os.getloadavg()[0]:.1f}; scratch {self.root}",
+            flush=True,
+        )
+        self.per_file = per_file_ms(self.root, self.files, a.rows_per_file)
+        main_temp = tempfile.mkdtemp(prefix="m", dir=self.temp_root)
+        os.environ[MARKER] = main_temp  # this session's workers inherit it: `_reap` finds them at the end
+        _ray_init(main_temp)
+        try:
+            # Workers started and imports done before anything is timed.
+            pipeline("plain", warm, os.path.join(self.root, "warm"), **self.sizes)
+            self.uninterrupted()
+            for mode in self.modes:
+                self.reruns(mode)
+            for mode in self.modes:
+                for j, (n, who) in enumerate(self.kills):
+                    self.kill_and_rerun(mode, n, who, probe=j == 0)
+        finally:
+            ray.shutdown()
+            _reap(main_temp, wait_s=10)
+            shutil.rmtree(self.temp_root, ignore_errors=True)
+            if not a.keep:
+                shutil.rmtree(self.root, ignore_errors=True)
+
+    def pipeline(self, mode: str, out: str, **kw) -> float:
+        """The pipeline here, its seconds; a resumed checkpointed run gets --resume-replica-cpus (its filter actor
+        needs a CPU)."""
+        cpus = self.args.resume_replica_cpus if mode == "checkpoint" and _committed(out) else 1.0
+        return pipeline(mode, self.corpus, out, replica_cpus=cpus, **self.sizes, **kw)["seconds"]
+
+    def child(self, mode: str, out: str, **kw) -> dict:
+        """`run_child` on this run's corpus and settings, the replica on 1 of the child cluster's 2 CPUs."""
+        spec = {"corpus": self.corpus, "keep_checkpoint": True, **self.sizes, "replica_cpus": 1.0}
+        return run_child(mode, spec, out, self.temp_root, timeout=self.args.child_timeout, **kw)
+
+    def record(self, mode: str, case: str, out: str, seconds: float, note: str = "", **extra) -> None:
+        """``out`` checked against the reference: kept for the summary and printed at once (a long run shows life)."""
+        r = {"mode": mode, "case": case, "seconds": seconds, "note": note, **extra, **check(out, self.ref)}
+        self.results.append(r)
         print(
             f"  {mode:10} {case:34} {seconds:6.2f}s identical={r['identical']} dup={r['dup']} "
             f"missing={r['missing']} differ={r['differ']}  {note}",
             flush=True,
         )
-        return r
 
-    per_file = per_file_ms(root, -(-args.rows // args.rows_per_file), args.rows_per_file)
-    main_temp = tempfile.mkdtemp(prefix="m", dir=temp_root)
-    os.environ[MARKER] = main_temp  # this session's workers inherit it: `_reap` finds them at the end
-    _ray_init(main_temp)
-    try:
-        pipeline(
-            "plain",
-            warm,
-            os.path.join(root, "warm"),
-            batch=args.batch_size,
-            rows_per_file=args.rows_per_file,
-            sleep_s=args.sleep,
-        )  # workers started and imports done before anything is timed
-        # Uninterrupted runs, modes interleaved (the load drifts); the first plain run is the reference.
-        for rep in range(args.repeats):
-            for mode in ["plain", *modes]:
-                out = os.path.join(root, f"{mode}-full{rep}")
-                s = run(mode, out, keep_checkpoint=rep == 0)
-                timings[mode].append(s)
-                if not ref:
+    def uninterrupted(self) -> None:
+        """Each mode ``--repeats`` times, modes interleaved (the load drifts); the first plain run is the reference.
+        The first checkpointed run keeps its checkpoint, so that the reruns have one to resume from."""
+        for rep in range(self.args.repeats):
+            for mode in ["plain", *self.modes]:
+                out = os.path.join(self.root, f"{mode}-full{rep}")
+                s = self.pipeline(mode, out, keep_checkpoint=rep == 0)
+                self.timings[mode].append(s)
+                if not self.ref:
                     table, _ = read_output(out)
-                    ref.update({r["prompt_id"]: tuple(r.values()) for r in table.to_pylist()})
-                    print(f"  reference: {len(ref)} distinct ids of {table.num_rows} rows from {out}", flush=True)
-                note = (
-                    ""
-                    if mode != "checkpoint"
-                    else (
-                        "delete_checkpoint_on_success=False"
-                        if rep == 0
-                        else "delete_checkpoint_on_success=True (default)"
-                    )
-                )
-                record(mode, f"uninterrupted #{rep + 1}", out, s, note, kind="run")
-
-        for mode in modes:
-            # A rerun over a complete output (for checkpoint: both delete_checkpoint_on_success settings).
-            out = os.path.join(root, f"{mode}-full0")
-            s = run(mode, out)
-            record(mode, "no-op rerun", out, s, "its checkpoint kept" if mode == "checkpoint" else "", kind="noop")
-            if mode == "checkpoint" and args.repeats > 1:
-                out1 = os.path.join(root, f"{mode}-full1")
-                s = run(mode, out1, keep_checkpoint=False)
-                record(
-                    mode,
-                    "no-op rerun, default config",
-                    out1,
-                    s,
-                    "the checkpoint was deleted when run #2 succeeded",
-                    kind="noop-default",
-                )
-            # A lost file; a changed one: each on its own copy of the complete output (and of its checkpoint).
-            for case in ("lost", "changed"):
-                copy = os.path.join(root, f"{mode}-{case}")
-                shutil.copytree(out, copy)
-                if os.path.isdir(out + "-" + CKPT_DIR):
-                    shutil.copytree(out + "-" + CKPT_DIR, copy + "-" + CKPT_DIR)
-                files = sorted(glob.glob(os.path.join(copy, "*.parquet")))
-                if case == "lost":
-                    victim = files[len(files) // 2]
-                    what = f"deleted …{os.path.basename(victim)[-18:]} ({pq.read_metadata(victim).num_rows} rows)"
-                    os.remove(victim)
-                else:
-                    what = f"changed one value in …{tamper(copy)[-18:]}, its footer kept"
-                s = run(mode, copy)
-                record(mode, f"{case} file, rerun", copy, s, what, kind=case)
-
-        for mode in modes:
-            for j, (n, who) in enumerate(kills):
-                out = os.path.join(root, f"{mode}-kill{n}-{who}")
-                k = run_child(
-                    mode,
-                    corpus,
-                    out,
-                    args,
-                    temp_root,
-                    after_files=n,
-                    kill=who,
-                    timeout=args.child_timeout,
-                    replica_cpus=1.0,
-                )
-                note = (
-                    f"{dict(all='every process', group='the driver process group').get(who, 'the driver')} "
-                    f"SIGKILLed at {k['at_files']} files "
-                    f"({k['elapsed']:.0f}s)"
-                    if k["status"] == "killed"
-                    else f"child {k['status']} before {n} files"
-                )
-                note += (
-                    f"; a reader then saw {len(k['files'])} files"
-                    + (f" ({k['uncommitted']} not committed)" if mode == "checkpoint" else "")
-                    + f"; while it ran, {k['seen_partial']} incomplete"
-                    + (f" and {k['seen_uncommitted']} uncommitted" if mode == "checkpoint" else "")
-                )
-                files_before = set(glob.glob(os.path.join(out, "*.parquet")))
-                old_runs = {os.path.basename(f).rsplit("_", 1)[0] for f in files_before}  # <dataset>_<write uuid>
-                survivors = ""
-                if mode == "checkpoint" and j == 0 and args.probe_stall > 0 and _committed(out):
-                    # The same resume as generate would plan it: the replica holds 1 of the 2 CPUs.
-                    if k["watch"]:
-                        w, k["watch"] = k["watch"].join(), None
-                        survivors = f"; {w.survivors} of its processes outlived the kill by {w.lived_s:.1f}s"
-                    probe = run_child(
-                        mode,
-                        corpus,
-                        out,
-                        args,
-                        temp_root,
-                        timeout=args.child_timeout,
-                        replica_cpus=1.0,
-                        stall=args.probe_stall,
-                    )
-                    hung = probe["status"] != "finished"
-                    what = (
-                        f"finished, pipeline {probe['seconds']:.2f}s"
-                        if not hung
-                        else f"{probe['status']} after {probe['elapsed']:.0f}s in all, "
-                        f"{len(probe['files']) - len(files_before)} new files; every process SIGKILLed"
-                        + (
-                            f"; CPUs free in its cluster at the end: {probe['free_cpus']:g} of 2 (replica 1, "
-                            "CheckpointFilter actor 1; read and write tasks need 1 each)"
-                            if probe["free_cpus"] is not None
-                            else ""
-                        )
-                    )
-                    record(
-                        mode,
-                        f"kill at {n}: resume, replica 1 of 2 CPU",
-                        out,
-                        probe["seconds"] or float("nan"),
-                        f"{note}; resumed in a child with generate's replica plan: {what}",
-                        kind="probe",
-                        hung=hung,
-                    )
-                    note, files_before = "then resumed here", set(glob.glob(os.path.join(out, "*.parquet")))
-                s = run(mode, out)  # at once: an automatic retry would not wait for the old workers
-                if k["watch"]:
-                    w = k["watch"].join()
-                    survivors = f"; {w.survivors} of its processes outlived the kill by {w.lived_s:.1f}s"
+                    self.ref.update({r["prompt_id"]: tuple(r.values()) for r in table.to_pylist()})
+                    print(f"  reference: {len(self.ref)} distinct ids of {table.num_rows} rows from {out}", flush=True)
+                note = ""
                 if mode == "checkpoint":
-                    late = [
-                        f
-                        for f in set(glob.glob(os.path.join(out, "*.parquet"))) - files_before
-                        if os.path.basename(f).rsplit("_", 1)[0] in old_runs
-                    ]
-                    survivors += f"; {len(late)} file(s) of the killed run appeared after the kill"
-                gone = len(files_before - set(glob.glob(os.path.join(out, "*.parquet"))))
-                record(
-                    mode,
-                    f"SIGKILL {who} at {n} files, rerun",
-                    out,
-                    s,
-                    f"{note}; the rerun deleted {gone} of them{survivors}",
-                    kind="kill",
-                    unsafe_view=k["seen_partial"] + k["seen_uncommitted"] + k["uncommitted"],
-                )
-    finally:
-        ray.shutdown()
-        _reap(main_temp, wait_s=10)
-        shutil.rmtree(temp_root, ignore_errors=True)
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+                    note = f"delete_checkpoint_on_success={'False' if rep == 0 else 'True (default)'}"
+                self.record(mode, f"uninterrupted #{rep + 1}", out, s, note, kind="run")
 
+    def reruns(self, mode: str) -> None:
+        """Reruns over a complete output (for checkpoint: both delete_checkpoint_on_success settings), then over a
+        lost file and over a changed one, each on its own copy of the complete output (and of its checkpoint): a
+        resume must make the output whole and true again, whatever its own records say."""
+        out = os.path.join(self.root, f"{mode}-full0")
+        s = self.pipeline(mode, out)
+        self.record(mode, "no-op rerun", out, s, "its checkpoint kept" if mode == "checkpoint" else "", kind="noop")
+        if mode == "checkpoint" and self.args.repeats > 1:
+            out1 = os.path.join(self.root, f"{mode}-full1")
+            s = self.pipeline(mode, out1, keep_checkpoint=False)
+            note = "the checkpoint was deleted when run #2 succeeded"
+            self.record(mode, "no-op rerun, default config", out1, s, note, kind="noop-default")
+        for case in ("lost", "changed"):
+            copy = os.path.join(self.root, f"{mode}-{case}")
+            what = _damaged_copy(out, copy, case)
+            s = self.pipeline(mode, copy)
+            self.record(mode, f"{case} file, rerun", copy, s, what, kind=case)
+
+    def kill_and_rerun(self, mode: str, n: int, who: str, *, probe: bool) -> None:
+        """The pipeline in a child SIGKILLed once ``n`` files exist, then rerun here at once (an automatic retry would
+        not wait for the old workers): what the rerun left, what it deleted, which files of the killed run appeared
+        late. With ``probe``, a checkpointed kill is first resumed in a child with generate's replica plan."""
+        out = os.path.join(self.root, f"{mode}-kill{n}-{who}")
+        k = self.child(mode, out, after_files=n, kill=who)
+        note, watch, survivors = _kill_note(mode, n, who, k), k["watch"], ""
+        files_before = set(_output_files(out))
+        old_runs = {os.path.basename(f).rsplit("_", 1)[0] for f in files_before}  # <dataset>_<write uuid>
+        if probe and mode == "checkpoint" and self.args.probe_stall > 0 and _committed(out):
+            survivors, watch = _outlived(watch), None  # the survivors gone before the probe's cluster starts
+            self.resume_as_generate(out, n, note, len(files_before))
+            note, files_before = "then resumed here", set(_output_files(out))
+        s = self.pipeline(mode, out)
+        survivors += _outlived(watch)
+        if mode == "checkpoint":
+            late = [
+                f for f in set(_output_files(out)) - files_before if os.path.basename(f).rsplit("_", 1)[0] in old_runs
+            ]
+            survivors += f"; {len(late)} file(s) of the killed run appeared after the kill"
+        gone = len(files_before - set(_output_files(out)))
+        self.record(
+            mode,
+            f"SIGKILL {who} at {n} files, rerun",
+            out,
+            s,
+            f"{note}; the rerun deleted {gone} of them{survivors}",
+            kind="kill",
+            unsafe_view=k["seen_partial"] + k["seen_uncommitted"] + k["uncommitted"],
+        )
+
+    def resume_as_generate(self, out: str, n: int, note: str, files_before: int) -> None:
+        """The killed checkpointed run resumed as generate would plan it (the replica holds 1 of the 2 CPUs) in a
+        child, declared hung once no file appears for --probe-stall seconds: its CheckpointFilter actor takes the
+        CPU the read and write tasks need."""
+        p = self.child("checkpoint", out, stall=self.args.probe_stall)
+        hung = p["status"] != "finished"
+        if not hung:
+            what = f"finished, pipeline {p['seconds']:.2f}s"
+        else:
+            what = (
+                f"{p['status']} after {p['elapsed']:.0f}s in all, {len(p['files']) - files_before} new files; "
+                "every process SIGKILLed"
+            )
+            if p["free_cpus"] is not None:
+                what += (
+                    f"; CPUs free in its cluster at the end: {p['free_cpus']:g} of 2 (replica 1, "
+                    "CheckpointFilter actor 1; read and write tasks need 1 each)"
+                )
+        self.record(
+            "checkpoint",
+            f"kill at {n}: resume, replica 1 of 2 CPU",
+            out,
+            p["seconds"] or float("nan"),
+            f"{note}; resumed in a child with generate's replica plan: {what}",
+            kind="probe",
+            hung=hung,
+        )
+
+    def summary(self) -> None:
+        """The results table, each mode's guarantees, then the figures: timings, per-file costs, no-op reruns."""
+        _print_table(self.results)
+        _print_guarantees(self.results, self.modes)
+        best, mid = min(self.timings["plain"]), statistics.median(self.timings["plain"])
+        print(
+            "\nuninterrupted run, driver wall seconds with Ray up (each repeat -> best, x plain's best; median, "
+            "x plain's median):"
+        )
+        for m, ts in self.timings.items():
+            print(
+                f"  {m:10} {' '.join(f'{x:6.2f}' for x in ts)} -> {min(ts):6.2f}s {min(ts) / best:.2f}x; "
+                f"{statistics.median(ts):6.2f}s {statistics.median(ts) / mid:.2f}x"
+            )
+        ms = self.per_file
+        print(
+            f"per output file, apart from Ray (median of {self.files}): writing it {ms['data file']:.2f} ms; "
+            f"CheckpointConfig adds {ms['checkpoint']:.2f} ms (pending id file + rename); staging adds "
+            f"{ms['staging']:.2f} ms (read back, digest, sealed rewrite)"
+        )
+        for r in self.results:
+            if r["kind"] in ("noop", "noop-default"):
+                print(
+                    f"no-op rerun over a complete output, {r['mode']}"
+                    f"{' (default config)' if r['kind'] != 'noop' else ''}: "
+                    f"{r['seconds']:.2f}s, {r['dup']} duplicate ids after it"
+                )
+        print("\nnotes:")
+        for r in self.results:
+            if r["note"]:
+                print(f"  {r['mode']} / {r['case']}: {r['note']}")
+        print(f"\nload average after: {os.getloadavg()[0]:.1f}; total {time.perf_counter() - self.t_start:.0f}s")
+
+
+def _damaged_copy(out: str, copy: str, case: str) -> str:
+    """A copy of the complete ``out`` (and of its checkpoint) with one file deleted ("lost") or one value changed,
+    its footer kept ("changed"); what was done, for the notes."""
+    shutil.copytree(out, copy)
+    if os.path.isdir(out + "-" + CKPT_DIR):
+        shutil.copytree(out + "-" + CKPT_DIR, copy + "-" + CKPT_DIR)
+    if case == "changed":
+        return f"changed one value in …{tamper(copy)[-18:]}, its footer kept"
+    files = _output_files(copy)
+    victim = files[len(files) // 2]
+    what = f"deleted …{os.path.basename(victim)[-18:]} ({pq.read_metadata(victim).num_rows} rows)"
+    os.remove(victim)
+    return what
+
+
+def _kill_note(mode: str, n: int, who: str, k: dict) -> str:
+    """What was killed and when, and what a reader saw of the output then and while the child ran."""
+    if k["status"] == "killed":
+        whom = {"all": "every process", "group": "the driver process group"}.get(who, "the driver")
+        note = f"{whom} SIGKILLed at {k['at_files']} files ({k['elapsed']:.0f}s)"
+    else:
+        note = f"child {k['status']} before {n} files"
+    ckpt = mode == "checkpoint"
+    return (
+        note
+        + f"; a reader then saw {len(k['files'])} files"
+        + (f" ({k['uncommitted']} not committed)" if ckpt else "")
+        + f"; while it ran, {k['seen_partial']} incomplete"
+        + (f" and {k['seen_uncommitted']} uncommitted" if ckpt else "")
+    )
+
+
+def _outlived(watch: _Watch | None) -> str:
+    """How many of a killed session's processes outlived the kill, and by how long (after they are all gone)."""
+    if watch is None:
+        return ""
+    w = watch.join()
+    return f"; {w.survivors} of its processes outlived the kill by {w.lived_s:.1f}s"
+
+
+def _print_table(results: list[dict]) -> None:
     print(
         f"\n{'mode':10} {'case':36} {'identical':>9} {'dup':>4} {'miss':>4} {'extra':>5} {'diff':>4} {'files':>5} "
         f"{'seconds':>7}"
@@ -771,77 +831,32 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{r['mode']:10} {r['case']:36} {str(r['identical']):>9} {r['dup']:4d} {r['missing']:4d} {r['extra']:5d} "
             f"{r['differ']:4d} {r['files']:5d} {r['seconds']:7.2f}"
         )
+
+
+GUARANTEES = (  # (what a resume must keep, the cases that test it, how a case breaks it)
+    ("byte-identical rows after SIGKILL + rerun: ", lambda r: r["kind"] == "kill", lambda r: not r["identical"]),
+    ("lost file regenerated identically:         ", lambda r: r["kind"] == "lost", lambda r: not r["identical"]),
+    ("changed file caught (content digest):      ", lambda r: r["kind"] == "changed", lambda r: not r["identical"]),
+    ("no duplicate ids:                          ", lambda r: r["kind"] != "probe", lambda r: r["dup"] > 0),
+    ("output only ever complete, committed files: ", lambda r: r["kind"] == "kill", lambda r: r["unsafe_view"] > 0),
+    (
+        "resumes on generate's replica plan:        ",  # staging: every rerun here uses it
+        lambda r: r["kind"] == "probe" or (r["mode"] != "checkpoint" and r["kind"] == "kill"),
+        lambda r: r.get("hung", False),
+    ),
+)
+
+
+def _print_guarantees(results: list[dict], modes: list[str]) -> None:
+    """Per mode, each guarantee held, BROKEN (naming the cases that broke it) or not run."""
     print("\nguarantees (held / broken, with the cases that broke them):")
     for mode in modes:
-        rs = [r for r in results if r["mode"] == mode]
-
-        def verdict(sel, bad):
-            broken = [r["case"] for r in rs if sel(r) and bad(r)]
-            return (
-                "not run"
-                if not any(sel(r) for r in rs)
-                else "held"
-                if not broken
-                else "BROKEN (" + "; ".join(broken) + ")"
-            )
-
         print(f"  {mode}:")
-        print(
-            "    byte-identical rows after SIGKILL + rerun: "
-            + verdict(lambda r: r["kind"] == "kill", lambda r: not r["identical"])
-        )
-        print(
-            "    lost file regenerated identically:         "
-            + verdict(lambda r: r["kind"] == "lost", lambda r: not r["identical"])
-        )
-        print(
-            "    changed file caught (content digest):      "
-            + verdict(lambda r: r["kind"] == "changed", lambda r: not r["identical"])
-        )
-        print(
-            "    no duplicate ids:                          "
-            + verdict(lambda r: r["kind"] != "probe", lambda r: r["dup"] > 0)
-        )
-        print(
-            "    output only ever complete, committed files: "
-            + verdict(lambda r: r["kind"] == "kill", lambda r: r["unsafe_view"] > 0)
-        )
-        print(
-            "    resumes on generate's replica plan:        "
-            + verdict(  # staging: every rerun here uses it
-                lambda r: r["kind"] == "probe" or (r["mode"] != "checkpoint" and r["kind"] == "kill"),
-                lambda r: r.get("hung", False),
-            )
-        )
-    import statistics
-
-    best, mid = min(timings["plain"]), statistics.median(timings["plain"])
-    print(
-        "\nuninterrupted run, driver wall seconds with Ray up (each repeat -> best, x plain's best; median, "
-        "x plain's median):"
-    )
-    for m, ts in timings.items():
-        print(
-            f"  {m:10} {' '.join(f'{x:6.2f}' for x in ts)} -> {min(ts):6.2f}s {min(ts) / best:.2f}x; "
-            f"{statistics.median(ts):6.2f}s {statistics.median(ts) / mid:.2f}x"
-        )
-    print(
-        f"per output file, apart from Ray (median of {-(-args.rows // args.rows_per_file)}): writing it "
-        f"{per_file['data file']:.2f} ms; CheckpointConfig adds {per_file['checkpoint']:.2f} ms (pending id file + "
-        f"rename); staging adds {per_file['staging']:.2f} ms (read back, digest, sealed rewrite)"
-    )
-    for r in results:
-        if r["kind"] in ("noop", "noop-default"):
-            print(
-                f"no-op rerun over a complete output, {r['mode']}{' (default config)' if r['kind'] != 'noop' else ''}: "
-                f"{r['seconds']:.2f}s, {r['dup']} duplicate ids after it"
-            )
-    print("\nnotes:")
-    for r in results:
-        if r["note"]:
-            print(f"  {r['mode']} / {r['case']}: {r['note']}")
-    print(f"\nload average after: {os.getloadavg()[0]:.1f}; total {time.perf_counter() - t_start:.0f}s")
-    return results
+        rs = [r for r in results if r["mode"] == mode]
+        for label, tests, breaks in GUARANTEES:
+            broken = [r["case"] for r in rs if tests(r) and breaks(r)]
+            verdict = "BROKEN (" + "; ".join(broken) + ")" if broken else "held"
+            print(f"    {label}{verdict if any(tests(r) for r in rs) else 'not run'}")
 
 
 if __name__ == "__main__":
