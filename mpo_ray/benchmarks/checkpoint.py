@@ -19,7 +19,8 @@ The first checkpointed kill is also resumed as generate would plan it (the repli
 the 2 CPUs), in a child, declared hung when no file appears for --probe-stall seconds; the
 other resumed checkpointed runs give the replica 0 CPUs (--resume-replica-cpus), since the
 CheckpointFilter actor that a resume adds takes a CPU of its own. While a child runs, its
-output is read every 20 ms as a reader would (incomplete files, uncommitted ones).
+output is read every 20 ms as a reader would (incomplete files, uncommitted ones);
+`checkpoint_kills` runs, kills and reaps the children.
 
 Every output is read as a reader would (the *.parquet files directly in it) and compared with
 the first plain run, keyed by id: duplicate, missing, extra and differing ids. Timings are
@@ -31,16 +32,12 @@ file. Figures, not asserts. Run: `.venv/bin/python -m mpo_ray.benchmarks.checkpo
 from __future__ import annotations
 
 import argparse
-import glob
 import hashlib
 import json
 import logging
 import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,11 +46,20 @@ import uuid
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mpo_ray.benchmarks.checkpoint_kills import (
+    MARKER,
+    Watch,
+    checkpoint_dir,
+    committed,
+    output_files,
+    ray_init,
+    reap,
+    run_child,
+)
 from mpo_ray.io import staging
 from mpo_ray.io.ownership import META_DIR
 
 SEED = 7
-CKPT_DIR = "ckpt"  # the checkpoint directory, a sibling of the output (never inside it)
 
 
 class FakeGenerator:
@@ -181,7 +187,7 @@ def pipeline(
         ctx.checkpoint_config = (
             CheckpointConfig(
                 id_column="prompt_id",
-                checkpoint_path=out + "-" + CKPT_DIR,
+                checkpoint_path=checkpoint_dir(out),
                 delete_checkpoint_on_success=not keep_checkpoint,
             )
             if mode == "checkpoint"
@@ -194,103 +200,16 @@ def pipeline(
     return {"seconds": time.perf_counter() - t0}
 
 
-# --- Ray sessions: one in this process, one per killed child; nothing left behind ---------------
-
-
-MARKER = "MPO_BENCH_CKPT_SESSION"  # in the environment of a session's driver, hence of its raylet and every worker
-
-
-def _ray_init(temp_dir: str) -> None:
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=2,
-        include_dashboard=False,
-        configure_logging=False,
-        log_to_driver=False,
-        object_store_memory=200 * 2**20,
-        _temp_dir=temp_dir,
-    )
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
-
-
-def _pids_of(session: str) -> list[int]:
-    """Processes whose environment carries ``MARKER=session``: the session's driver, Ray services and workers
-    (workers retitle themselves `ray::…` and sit in process groups of their own, so neither the command line
-    nor the driver's process group finds them)."""
-    needle, pids = f"{MARKER}={session}\0".encode(), []
-    for d in glob.glob("/proc/[0-9]*"):
-        try:
-            with open(f"{d}/environ", "rb") as f:
-                if needle in f.read():
-                    pids.append(int(d[6:]))
-        except OSError:
-            pass
-    return [p for p in pids if p != os.getpid()]
-
-
-def _kill(pids: list[int]) -> None:
-    for p in pids:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _reap(session: str, wait_s: float = 10.0) -> int:
-    """Wait for the session's processes to exit; SIGKILL (by pid) those still there after ``wait_s``."""
-    deadline, killed = time.monotonic() + wait_s, 0
-    while pids := _pids_of(session):
-        if time.monotonic() > deadline:
-            _kill(pids)
-            killed += len(pids)
-            deadline = time.monotonic() + wait_s
-        time.sleep(0.1)
-    return killed
-
-
-def _workers_of(session: str) -> list[int]:
-    """The session's processes less its node agents (DashboardAgent, RuntimeEnvAgent: they write no data)."""
-    pids = []
-    for p in _pids_of(session):
-        try:
-            with open(f"/proc/{p}/cmdline", "rb") as f:
-                if b"Agent" not in f.read().split(b"\0")[0]:
-                    pids.append(p)
-        except OSError:
-            pass
-    return pids
-
-
-class _Watch:
-    """How long a killed session's surviving workers live on (polled in a thread while the rerun runs)."""
-
-    def __init__(self, session: str):
-        self.session, self.t0 = session, time.perf_counter()
-        self.survivors, self.lived_s = len(_workers_of(session)), 0.0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self):
-        while _workers_of(self.session) and time.perf_counter() - self.t0 < 30:
-            time.sleep(0.05)
-        self.lived_s = time.perf_counter() - self.t0
-
-    def join(self) -> _Watch:
-        self.thread.join()
-        _reap(self.session, wait_s=3)  # the agents, if they stayed
-        return self
-
-
 def _child(spec: str) -> None:
+    """`run_child`'s child: the pipeline on a Ray session of its own under the spec's temp_dir. It prints START once
+    Ray is up (a stall counts from there), the free CPUs every 2 s (what a stalled run waits for) and its RESULT."""
     global _RAY_DATA_LOG_LEVEL
     s = json.loads(spec)
     import ray
 
     _RAY_DATA_LOG_LEVEL = logging.WARNING
 
-    _ray_init(s.pop("temp_dir"))
+    ray_init(s.pop("temp_dir"))
 
     def resources():  # what a stalled run is waiting for
         while True:
@@ -308,146 +227,6 @@ def _child(spec: str) -> None:
         ray.shutdown()
 
 
-def _output_files(out: str) -> list[str]:
-    """The *.parquet files directly in ``out``, sorted: the output as a reader takes it."""
-    return sorted(glob.glob(os.path.join(out, "*.parquet")))
-
-
-def _committed(out: str) -> set[str]:
-    """Base names (no extension) of the committed checkpoint files of ``out``'s checkpoint, if any."""
-    return {
-        os.path.basename(f)[: -len(".parquet")]
-        for f in glob.glob(os.path.join(out + "-" + CKPT_DIR, "*.parquet"))
-        if not f.endswith(".pending.parquet")
-    }
-
-
-def run_child(
-    mode: str,
-    spec: dict,
-    out: str,
-    temp_root: str,
-    *,
-    after_files: int | None = None,
-    kill: str = "all",
-    timeout: float,
-    stall: float | None = None,
-) -> dict:
-    """One `pipeline` run into ``out`` (``spec``: its corpus and settings) in a child process with its own Ray
-    cluster, killed once ``after_files`` Parquet files exist under ``out`` (staging included) or after ``timeout``
-    seconds. ``kill``: "all" SIGKILLs every process of the session at once (a lost machine); "driver" SIGKILLs the
-    driver alone (its raylet and GCS follow it, Ray's fate sharing; workers outlive it a moment) and returns at once,
-    with a `_Watch` on the survivors. With ``stall``, it counts as stalled (and every process is SIGKILLed) once Ray
-    is up and no new file has appeared for ``stall`` seconds. Meanwhile a `_Reader` reads ``out``."""
-    temp_dir = tempfile.mkdtemp(prefix="k", dir=temp_root)
-    spec = {"mode": mode, "out": out, **spec, "temp_dir": temp_dir}
-    log_path = os.path.join(temp_root, f"child-{os.path.basename(out)}-{os.path.basename(temp_dir)}.log")
-    t0, reader, status = time.perf_counter(), _Reader(out, mode), "timed out"
-    with open(log_path, "w") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "mpo_ray.benchmarks.checkpoint", "--child", json.dumps(spec)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, MARKER: temp_dir},
-        )
-        try:
-            status, seen = _wait(child, log_path, reader, after_files=after_files, deadline=t0 + timeout, stall=stall)
-        finally:
-            _stop(child, kill if status == "killed" else "all", temp_dir)
-    elapsed = time.perf_counter() - t0
-    watch = _Watch(temp_dir) if kill in ("driver", "group") and status == "killed" else None
-    if watch is None:
-        _reap(temp_dir, wait_s=3)
-    with open(log_path) as f:
-        lines = f.read().splitlines()
-    result = next((json.loads(x[7:]) for x in lines if x.startswith("RESULT ")), {})
-    files = _output_files(out)
-    committed = _committed(out)
-    uncommitted = [f for f in files if os.path.basename(f).rsplit("-", 1)[0] not in committed]
-    return {
-        "status": status,
-        "at_files": seen,
-        "elapsed": elapsed,
-        "seconds": result.get("seconds"),
-        "files": files,
-        "uncommitted": len(uncommitted) if mode == "checkpoint" else 0,
-        "seen_partial": len(reader.partial),
-        "seen_uncommitted": len(reader.uncommitted),
-        "watch": watch,
-        "log_tail": lines[-3:],
-        "free_cpus": next(
-            (json.loads(x[10:]).get("CPU", 0.0) for x in reversed(lines) if x.startswith("RESOURCES ")), None
-        ),
-    }
-
-
-class _Reader:
-    """A reader of the output while a child writes it: the files it met before they were complete (no readable
-    footer) or, under a checkpoint, before Ray Data committed them (a reader cannot tell those from finished ones)."""
-
-    def __init__(self, out: str, mode: str):
-        self.out, self.checkpointed = out, mode == "checkpoint"
-        self.partial, self.uncommitted, self.ok = set(), set(), set()
-
-    def look(self) -> None:
-        committed = _committed(self.out) if self.checkpointed else set()
-        for f in set(_output_files(self.out)) - self.ok:
-            try:
-                pq.read_metadata(f)
-            except (pa.ArrowException, OSError):
-                self.partial.add(f)
-                continue
-            if self.checkpointed and os.path.basename(f).rsplit("-", 1)[0] not in committed:
-                self.uncommitted.add(f)
-                continue
-            self.ok.add(f)
-
-
-def _wait(
-    child: subprocess.Popen,
-    log_path: str,
-    reader: _Reader,
-    *,
-    after_files: int | None,
-    deadline: float,
-    stall: float | None,
-) -> tuple[str, int]:
-    """(status, Parquet files under the output) once ``after_files`` exist ("killed": the caller kills), the child
-    stalls or exits, or at ``deadline``; the reader looks every 20 ms meanwhile. A stall counts from Ray being up
-    (the child prints START), so a slow cluster start is not taken for a hung resume."""
-    out, seen, started, last = reader.out, 0, None, 0
-    while True:
-        now = len(glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True))
-        if now != seen or started is None:
-            seen, last = now, time.perf_counter()
-            if started is None and stall is not None:
-                with open(log_path) as f:
-                    started = time.perf_counter() if "START" in f.read() else None
-        if after_files is not None and seen >= after_files:
-            return "killed", seen
-        if started is not None and time.perf_counter() - max(started, last) > stall:
-            return f"stalled (no new file for {stall:.0f}s)", seen
-        if child.poll() is not None:
-            return ("finished" if child.returncode == 0 else f"failed rc={child.returncode}"), seen
-        if time.perf_counter() > deadline:
-            return "timed out", seen
-        reader.look()
-        time.sleep(0.02)
-
-
-def _stop(child: subprocess.Popen, kill: str, temp_dir: str) -> None:
-    """SIGKILL the child's driver alone ("driver"), its process group ("group") or its whole session ("all")."""
-    if child.poll() is None:
-        if kill == "driver":
-            os.kill(child.pid, signal.SIGKILL)
-        elif kill == "group":
-            os.killpg(child.pid, signal.SIGKILL)
-        else:
-            _kill(_pids_of(temp_dir))
-    child.wait()
-
-
 # --- Reading and checking an output ------------------------------------------------------------
 
 
@@ -456,7 +235,7 @@ def read_output(out: str) -> tuple[pa.Table, list[str]]:
     from mpo_ray.io.schemas import GENERATION_SCHEMA
 
     tables, bad = [], []
-    for f in _output_files(out):
+    for f in output_files(out):
         try:
             tables.append(pq.read_table(f).replace_schema_metadata(None).cast(GENERATION_SCHEMA))
         except (pa.ArrowException, OSError):
@@ -478,7 +257,7 @@ def check(out: str, reference: dict) -> dict:
         got.setdefault(r["prompt_id"], values)
     res = {
         "rows": len(rows),
-        "files": len(_output_files(out)),
+        "files": len(output_files(out)),
         "unreadable": len(bad),
         "dup": len(ids) - len(got),
         "missing": len(reference.keys() - got.keys()),
@@ -491,7 +270,7 @@ def check(out: str, reference: dict) -> dict:
 
 def tamper(out: str) -> str:
     """Change one value of the first output file, keeping its footer metadata (digest included)."""
-    f = _output_files(out)[0]
+    f = output_files(out)[0]
     t = pq.read_table(f)
     resp = t.column("response").to_pylist()
     resp[0] = "tampered " + resp[0]
@@ -534,6 +313,7 @@ def per_file_ms(root: str, files: int, rows_per_file: int) -> dict:
 
 
 def _parser() -> argparse.ArgumentParser:
+    """The benchmark's flags; ``--child`` (hidden) is how `run_child` starts one pipeline in a child process."""
     p = argparse.ArgumentParser(prog="python -m mpo_ray.benchmarks.checkpoint", description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=2000, help="corpus size")
     p.add_argument("--batch-size", type=int, default=50)
@@ -599,6 +379,7 @@ class _Bench:
         self.results: list[dict] = []
         self.timings: dict[str, list[float]] = {m: [] for m in ["plain", *self.modes]}
         self.ref: dict = {}
+        self.per_file: dict[str, float] = {}  # milliseconds per output file, apart from Ray
 
     def run(self) -> None:
         """Every case, in order; Ray shut down and the scratch removed (unless --keep) even when one fails."""
@@ -614,8 +395,8 @@ class _Bench:
         )
         self.per_file = per_file_ms(self.root, self.files, a.rows_per_file)
         main_temp = tempfile.mkdtemp(prefix="m", dir=self.temp_root)
-        os.environ[MARKER] = main_temp  # this session's workers inherit it: `_reap` finds them at the end
-        _ray_init(main_temp)
+        os.environ[MARKER] = main_temp  # this session's workers inherit it: `reap` finds them at the end
+        ray_init(main_temp)
         try:
             # Workers started and imports done before anything is timed.
             pipeline("plain", warm, os.path.join(self.root, "warm"), **self.sizes)
@@ -627,7 +408,7 @@ class _Bench:
                     self.kill_and_rerun(mode, n, who, probe=j == 0)
         finally:
             ray.shutdown()
-            _reap(main_temp, wait_s=10)
+            reap(main_temp, wait_s=10)
             shutil.rmtree(self.temp_root, ignore_errors=True)
             if not a.keep:
                 shutil.rmtree(self.root, ignore_errors=True)
@@ -635,7 +416,7 @@ class _Bench:
     def pipeline(self, mode: str, out: str, **kw) -> float:
         """The pipeline here, its seconds; a resumed checkpointed run gets --resume-replica-cpus (its filter actor
         needs a CPU)."""
-        cpus = self.args.resume_replica_cpus if mode == "checkpoint" and _committed(out) else 1.0
+        cpus = self.args.resume_replica_cpus if mode == "checkpoint" and committed(out) else 1.0
         return pipeline(mode, self.corpus, out, replica_cpus=cpus, **self.sizes, **kw)["seconds"]
 
     def child(self, mode: str, out: str, **kw) -> dict:
@@ -695,20 +476,18 @@ class _Bench:
         out = os.path.join(self.root, f"{mode}-kill{n}-{who}")
         k = self.child(mode, out, after_files=n, kill=who)
         note, watch, survivors = _kill_note(mode, n, who, k), k["watch"], ""
-        files_before = set(_output_files(out))
-        old_runs = {os.path.basename(f).rsplit("_", 1)[0] for f in files_before}  # <dataset>_<write uuid>
-        if probe and mode == "checkpoint" and self.args.probe_stall > 0 and _committed(out):
+        files_before = set(output_files(out))
+        old_writes = {_write_of(f) for f in files_before}
+        if probe and mode == "checkpoint" and self.args.probe_stall > 0 and committed(out):
             survivors, watch = _outlived(watch), None  # the survivors gone before the probe's cluster starts
             self.resume_as_generate(out, n, note, len(files_before))
-            note, files_before = "then resumed here", set(_output_files(out))
+            note, files_before = "then resumed here", set(output_files(out))
         s = self.pipeline(mode, out)
         survivors += _outlived(watch)
         if mode == "checkpoint":
-            late = [
-                f for f in set(_output_files(out)) - files_before if os.path.basename(f).rsplit("_", 1)[0] in old_runs
-            ]
+            late = [f for f in set(output_files(out)) - files_before if _write_of(f) in old_writes]
             survivors += f"; {len(late)} file(s) of the killed run appeared after the kill"
-        gone = len(files_before - set(_output_files(out)))
+        gone = len(files_before - set(output_files(out)))
         self.record(
             mode,
             f"SIGKILL {who} at {n} files, rerun",
@@ -785,15 +564,20 @@ def _damaged_copy(out: str, copy: str, case: str) -> str:
     """A copy of the complete ``out`` (and of its checkpoint) with one file deleted ("lost") or one value changed,
     its footer kept ("changed"); what was done, for the notes."""
     shutil.copytree(out, copy)
-    if os.path.isdir(out + "-" + CKPT_DIR):
-        shutil.copytree(out + "-" + CKPT_DIR, copy + "-" + CKPT_DIR)
+    if os.path.isdir(checkpoint_dir(out)):
+        shutil.copytree(checkpoint_dir(out), checkpoint_dir(copy))
     if case == "changed":
         return f"changed one value in …{tamper(copy)[-18:]}, its footer kept"
-    files = _output_files(copy)
+    files = output_files(copy)
     victim = files[len(files) // 2]
     what = f"deleted …{os.path.basename(victim)[-18:]} ({pq.read_metadata(victim).num_rows} rows)"
     os.remove(victim)
     return what
+
+
+def _write_of(path: str) -> str:
+    """The write a Ray Data output file came from: its name is <dataset>_<write uuid>_<block>."""
+    return os.path.basename(path).rsplit("_", 1)[0]
 
 
 def _kill_note(mode: str, n: int, who: str, k: dict) -> str:
@@ -813,7 +597,7 @@ def _kill_note(mode: str, n: int, who: str, k: dict) -> str:
     )
 
 
-def _outlived(watch: _Watch | None) -> str:
+def _outlived(watch: Watch | None) -> str:
     """How many of a killed session's processes outlived the kill, and by how long (after they are all gone)."""
     if watch is None:
         return ""
