@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 )
                 rows.append(
                     {
-                        "mode": f"Ray Data, {n} replica(s) x {full['replicas']['threads']} thr",
+                        "mode": f"Ray Data, {n} replica(s) x {full['placement']['threads']} thr",
                         "rows/s": full["rows_per_s"],
                         "tok/s": full["tokens_per_s"],
                         "steady tok/s": steady,

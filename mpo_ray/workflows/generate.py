@@ -36,7 +36,6 @@ from mpo_ray.io.corpus import check_unique_ids, corpus_format
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours
 from mpo_ray.io.provenance import digest
 from mpo_ray.io.staging import drop_stale, file_stats, promote, staging_dir, written_rows
-from mpo_ray.io.staging import write_rows as _write_rows  # noqa: F401  transitional: benchmarks/checkpoint.py
 from mpo_ray.models.generator import GenerationWorker
 from mpo_ray.models.preflight import check_models
 from mpo_ray.runtime import data
