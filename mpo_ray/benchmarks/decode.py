@@ -167,55 +167,63 @@ def random_llama_1b(path: Path, tokenizer_from: str) -> Path:
 
 
 def run(label, policies_for, ks, batches, args, hw):
-    print(f"\n{label}: T={args.max_new_tokens} new tokens, median of {args.repeats}")
-    print(
-        f"{'family':8} {'K':>2} {'B':>4} {'mixed tok/s':>11} {'one gen tok/s':>13} {'t_mix/t_one':>11} {'(CPU)':>6}"
-        f" {'t_mix/t_K_sep':>13} {'(CPU)':>6} {'% bw bound':>10} {'% compute':>9}"
+    heading(
+        f"{label}: T={args.max_new_tokens} new tokens, median of {args.repeats}",
+        [("B", 4), ("mixed tok/s", 11), ("one gen tok/s", 13), ("t_mix/t_one", 11), ("(CPU)", 6)]
+        + [("t_mix/t_K_sep", 13), ("(CPU)", 6), ("% bw bound", 10), ("% compute", 9)],
     )
     rows = []
+    for kind, k, policies, mixed in mixtures(policies_for, ks, args):
+        read, params = model_cost(policies)
+        for b in batches:
+            prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
+            (t_mix, c_mix), (t_sep, c_sep), (t_one, c_one) = timed(
+                [
+                    lambda: mixed.generate(prompts, max_new_tokens=args.max_new_tokens, temperature=0, ignore_eos=True),
+                    lambda: separate_generate(policies, prompts, args.max_new_tokens),
+                    lambda: separate_generate(policies[:1], prompts, args.max_new_tokens),
+                ],
+                args.repeats,
+            )
+            tokens = b * args.max_new_tokens
+            bw_bound = hw["bandwidth"] / read * b  # mixed tok/s if a step cost only reading the weights
+            compute_bound = hw["flops"] / (2 * params * k)
+            row = dict(
+                label=label,
+                family=kind,
+                k=k,
+                batch=b,
+                mixed_tok_s=tokens / t_mix,
+                one_tok_s=tokens / t_one,
+                mix_over_one=t_mix / t_one,
+                mix_over_one_cpu=c_mix / c_one,
+                mix_over_sep=t_mix / t_sep,
+                mix_over_sep_cpu=c_mix / c_sep,
+                bandwidth_fraction=tokens / t_mix / bw_bound,
+                compute_fraction=tokens / t_mix / compute_bound,
+            )
+            print(
+                f"{kind:8} {k:>2} {b:>4} {row['mixed_tok_s']:11.1f} {row['one_tok_s']:13.1f}"
+                f" {row['mix_over_one']:10.2f}× {row['mix_over_one_cpu']:5.2f}× {row['mix_over_sep']:12.2f}×"
+                f" {row['mix_over_sep_cpu']:5.2f}× {100 * row['bandwidth_fraction']:9.1f}%"
+                f" {100 * row['compute_fraction']:8.1f}%",
+                flush=True,
+            )
+            rows.append(row)
+    return rows
+
+
+def heading(title: str, columns: list[tuple[str, int]]) -> None:
+    """A table's title and column names: "family" and "K", then each (name, width) of ``columns``, right-aligned."""
+    print(f"\n{title}\n{'family':8} {'K':>2} " + " ".join(f"{name:>{width}}" for name, width in columns))
+
+
+def mixtures(policies_for, ks, args):
+    """(family, K, its K policies, their uniform MixedPolicy) for every family and K of the options."""
     for kind in args.families:
         policies = policies_for(kind, max(ks))
         for k in ks:
-            read, params = model_cost(policies[:k])
-            mixed = MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
-            for b in batches:
-                prompts = (PROMPTS * (b // len(PROMPTS) + 1))[:b]
-                (t_mix, c_mix), (t_sep, c_sep), (t_one, c_one) = timed(
-                    [
-                        lambda: mixed.generate(
-                            prompts, max_new_tokens=args.max_new_tokens, temperature=0, ignore_eos=True
-                        ),
-                        lambda: separate_generate(policies[:k], prompts, args.max_new_tokens),
-                        lambda: separate_generate(policies[:1], prompts, args.max_new_tokens),
-                    ],
-                    args.repeats,
-                )
-                tokens = b * args.max_new_tokens
-                bw_bound = hw["bandwidth"] / read * b  # mixed tok/s if a step cost only reading the weights
-                compute_bound = hw["flops"] / (2 * params * k)
-                row = dict(
-                    label=label,
-                    family=kind,
-                    k=k,
-                    batch=b,
-                    mixed_tok_s=tokens / t_mix,
-                    one_tok_s=tokens / t_one,
-                    mix_over_one=t_mix / t_one,
-                    mix_over_one_cpu=c_mix / c_one,
-                    mix_over_sep=t_mix / t_sep,
-                    mix_over_sep_cpu=c_mix / c_sep,
-                    bandwidth_fraction=tokens / t_mix / bw_bound,
-                    compute_fraction=tokens / t_mix / compute_bound,
-                )
-                print(
-                    f"{kind:8} {k:>2} {b:>4} {row['mixed_tok_s']:11.1f} {row['one_tok_s']:13.1f}"
-                    f" {row['mix_over_one']:10.2f}× {row['mix_over_one_cpu']:5.2f}× {row['mix_over_sep']:12.2f}×"
-                    f" {row['mix_over_sep_cpu']:5.2f}× {100 * row['bandwidth_fraction']:9.1f}%"
-                    f" {100 * row['compute_fraction']:8.1f}%",
-                    flush=True,
-                )
-                rows.append(row)
-    return rows
+            yield kind, k, policies[:k], MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
 
 
 def refill(label, policies_for, ks, args):
@@ -225,44 +233,41 @@ def refill(label, policies_for, ks, args):
     slots, t = args.refill, args.max_new_tokens
     n = slots * QUEUED_BATCHES
     prompts, seeds = (PROMPTS * (n // len(PROMPTS) + 1))[:n], list(range(n))
-    print(f"\n{label}: slot refill, {n} sampled rows (EOS allowed), at most T={t} new tokens, median of {args.repeats}")
-    print(
-        f"{'family':8} {'K':>2} {'S':>4} {'mean len':>8} {'chunks tok/s':>12} {'refill tok/s':>12}"
-        f" {'at once tok/s':>13} {'refill/chunks':>13} {'(CPU)':>6} {'refill/at once':>14} {'(CPU)':>6}"
+    heading(
+        f"{label}: slot refill, {n} sampled rows (EOS allowed), at most T={t} new tokens, median of {args.repeats}",
+        [("S", 4), ("mean len", 8), ("chunks tok/s", 12), ("refill tok/s", 12), ("at once tok/s", 13)]
+        + [("refill/chunks", 13), ("(CPU)", 6), ("refill/at once", 14), ("(CPU)", 6)],
     )
     rows = []
-    for kind in args.families:
-        policies = policies_for(kind, max(ks))
-        for k in ks:
-            mixed = MixedPolicy(policies[:k], [1.0 / k] * k, compile=args.compile)
-            out = {}
+    for kind, k, _, mixed in mixtures(policies_for, ks, args):
+        out = {}
 
-            def decode(how, at_most, size):
-                out[how] = [
-                    g
-                    for lo in range(0, n, size)
-                    for g in mixed.generate(
-                        prompts[lo : lo + size], max_new_tokens=t, seed=seeds[lo : lo + size], slots=at_most
-                    )
-                ]
-
-            ways = {"chunks": (None, slots), "refill": (slots, n), "once": (None, n)}  # (slots, rows a call)
-            times = dict(zip(ways, timed([partial(decode, how, *ways[how]) for how in ways], args.repeats)))
-            ids = {how: [g.token_ids for g in gens] for how, gens in out.items()}
-            assert ids["chunks"] == ids["refill"] == ids["once"], "the rows depend on how they were batched"
-            tokens = sum(g.num_tokens for g in out["refill"])
-            row = dict(label=label, family=kind, k=k, slots=slots, mean_tokens=tokens / n)
-            row.update({f"{how}_tok_s": tokens / wall for how, (wall, _) in times.items()})
-            for how in ("chunks", "once"):  # > 1: refill is faster
-                row[f"refill_over_{how}"] = times[how][0] / times["refill"][0]
-                row[f"refill_over_{how}_cpu"] = times[how][1] / times["refill"][1]
-            figures = [f"{row[f'{how}_tok_s']:{w}.1f}" for how, w in zip(ways, (12, 12, 13))]
-            figures += [
-                f"{row[f'refill_over_{how}']:{w}.2f}× {row[f'refill_over_{how}_cpu']:5.2f}×"
-                for how, w in (("chunks", 12), ("once", 13))
+        def decode(how, at_most, size):
+            out[how] = [
+                g
+                for lo in range(0, n, size)
+                for g in mixed.generate(
+                    prompts[lo : lo + size], max_new_tokens=t, seed=seeds[lo : lo + size], slots=at_most
+                )
             ]
-            print(f"{kind:8} {k:>2} {slots:>4} {row['mean_tokens']:8.1f} " + " ".join(figures), flush=True)
-            rows.append(row)
+
+        ways = {"chunks": (None, slots), "refill": (slots, n), "once": (None, n)}  # (slots, rows a call)
+        times = dict(zip(ways, timed([partial(decode, how, *ways[how]) for how in ways], args.repeats)))
+        ids = {how: [g.token_ids for g in gens] for how, gens in out.items()}
+        assert ids["chunks"] == ids["refill"] == ids["once"], "the rows depend on how they were batched"
+        tokens = sum(g.num_tokens for g in out["refill"])
+        row = dict(label=label, family=kind, k=k, slots=slots, mean_tokens=tokens / n)
+        row.update({f"{how}_tok_s": tokens / wall for how, (wall, _) in times.items()})
+        for how in ("chunks", "once"):  # > 1: refill is faster
+            row[f"refill_over_{how}"] = times[how][0] / times["refill"][0]
+            row[f"refill_over_{how}_cpu"] = times[how][1] / times["refill"][1]
+        figures = [f"{row[f'{how}_tok_s']:{w}.1f}" for how, w in zip(ways, (12, 12, 13))]
+        figures += [
+            f"{row[f'refill_over_{how}']:{w}.2f}× {row[f'refill_over_{how}_cpu']:5.2f}×"
+            for how, w in (("chunks", 12), ("once", 13))
+        ]
+        print(f"{kind:8} {k:>2} {slots:>4} {row['mean_tokens']:8.1f} " + " ".join(figures), flush=True)
+        rows.append(row)
     return rows
 
 
