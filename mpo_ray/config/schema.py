@@ -234,7 +234,7 @@ class GenerateConfig(DecodingParams):
     # (equal only as n → ∞). Default: 4 when sampling (`mpo-ray bench serving`: 0.026 nats short of F(λ*) in its
     # hard world vs 0.115 with one; about 2× the CPU of one candidate, 4× the decoded tokens), 1 when greedy.
     num_candidates: int | None = Field(None, ge=1)  # unset: `candidates` resolves it
-    batch_size: int = Field(16, ge=1)  # prompts per MixedPolicy.generate call
+    batch_size: int = Field(16, ge=1)  # prompts decoding at once per replica (with GPUs: refilled slots)
     concurrency: int | None = Field(None, ge=1)  # replicas; default: one per GPU group, else 1
     gpus_per_replica: float | None = Field(None, ge=0)
     cpus_per_replica: float | None = Field(

@@ -25,6 +25,14 @@ from mpo_ray.models.scoring import context_errors
 QUEUED_BATCHES = 4
 
 
+def refill_plan(batch_size: int, on_accelerator: bool) -> tuple[int, int | None]:
+    """(prompts per call, slots): refill on an accelerator, where a finished row's slot should take the next
+    prompt; fixed batches on a CPU, where a decode step costs about as much for 4 rows as for 16 and refill
+    measured 0.92–0.96× of fixed chunks (`bench decode --refill`, docs/design.md §5). Rows are the same either
+    way."""
+    return (batch_size * QUEUED_BATCHES, batch_size) if on_accelerator else (batch_size, None)
+
+
 class BatchGenerator:
     """Loaded policies (a shared base once, adapters side by side), generating under any weights over them."""
 
@@ -43,6 +51,7 @@ class BatchGenerator:
                 for s in specs
             ]
         self.policies = load_policies(specs)
+        self.on_accelerator = self.policies[0].device.type != "cpu"
         self._mixed = {}
 
     def mixture(self, weights: list[float]):

@@ -312,11 +312,11 @@ class GeneratorActor:
         self.generator = BatchGenerator(specs, threads)
 
     def generate(self, label: str, weights, ids, prompts, seeds, params: dict, batch_size: int, score: tuple = ()):
-        """``batch_size`` prompts decode at once; each call holds QUEUED_BATCHES times as many, refilling the
-        slots of finished rows (`BatchGenerator.rows`)."""
-        from mpo_ray.models.generator import QUEUED_BATCHES
+        """``batch_size`` prompts decode at once; on an accelerator each call holds several times as many,
+        refilling the slots of finished rows (`models.generator.refill_plan`)."""
+        from mpo_ray.models.generator import refill_plan
 
-        call = batch_size * QUEUED_BATCHES
+        call, slots = refill_plan(batch_size, self.generator.on_accelerator)
         return pa.concat_tables(
             [
                 self.generator.rows(
@@ -327,7 +327,7 @@ class GeneratorActor:
                     params,
                     label,
                     score=score,
-                    slots=batch_size,
+                    slots=slots,
                 )
                 for i in range(0, len(ids), call)
             ]

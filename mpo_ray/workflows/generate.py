@@ -36,7 +36,7 @@ from mpo_ray.io.corpus import check_unique_ids, corpus_format
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours
 from mpo_ray.io.provenance import digest
 from mpo_ray.io.staging import drop_stale, file_stats, promote, staging_dir, written_rows
-from mpo_ray.models.generator import GenerationWorker
+from mpo_ray.models.generator import GenerationWorker, refill_plan
 from mpo_ray.models.preflight import check_models
 from mpo_ray.runtime import data
 from mpo_ray.runtime.resources import replica_placement
@@ -192,6 +192,7 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                 t0 = time.perf_counter()
                 plan = replica_placement(g)
                 params = {**g.params(), "stop": list(g.stop), "num_candidates": g.candidates}
+                batch_size, slots = refill_plan(g.batch_size, on_accelerator=plan.num_gpus > 0)
                 data.generate_parquet(
                     todo,
                     GenerationWorker,
@@ -201,9 +202,10 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                         "params": params,
                         "weights_version": version,
                         "threads": plan.threads,
+                        "slots": slots,
                     },
                     plan,
-                    batch_size=g.batch_size,
+                    batch_size=batch_size,
                     rows_per_file=g.rows_per_file,
                     staging=staging_dir(output, attempt),
                 )

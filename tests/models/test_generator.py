@@ -39,3 +39,10 @@ def test_rows_are_the_same_whatever_the_slots(generator, candidates):
                 at_once[column].to_numpy(zero_copy_only=False).astype(float),
                 atol=1e-4,
             )
+
+
+def test_slots_refill_on_an_accelerator_and_batches_stay_fixed_on_a_cpu():
+    from mpo_ray.models.generator import QUEUED_BATCHES, refill_plan
+
+    assert refill_plan(16, on_accelerator=True) == (16 * QUEUED_BATCHES, 16)
+    assert refill_plan(16, on_accelerator=False) == (16, None)

@@ -1,4 +1,5 @@
-"""The generator actor behind `sweep`: its calls queue several decode batches and refill their slots."""
+"""The generator actor behind `sweep`: fixed decode batches on a CPU, refilled slots on an accelerator (the same
+rows either way)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from mpo_ray.runtime.actors import GeneratorActor
 
 @pytest.mark.slow  # a local Ray cluster
 def test_the_sweep_generator_gives_the_rows_of_one_all_at_once_call(local_ray, tmp_path):
-    """batch_size 2: calls of QUEUED_BATCHES × 2 prompts decode through 2 slots; the rows (EOS, a stop string,
-    an over-long prompt's error) are those of one call decoding every prompt at once."""
+    """batch_size 2 (on an accelerator, calls of QUEUED_BATCHES × 2 prompts through 2 slots): the rows (EOS, a stop
+    string, an over-long prompt's error) are those of one call decoding every prompt at once."""
     from mpo_ray.testing import build_tiny_family
 
     specs = build_tiny_family(tmp_path / "lora", 2, kind="lora", eos_boost=1.5, dtype=EXACT_DTYPE)
