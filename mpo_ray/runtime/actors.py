@@ -152,7 +152,7 @@ class ModelGroup:
     """The replicas of one model; rows of a call are split evenly over them."""
 
     def __init__(self, name: str, actor_cls, payload, plan: Placement, resources: ResourcesConfig, run_id: str = ""):
-        self.name, plan = name, Placement.of(plan)
+        self.name = name
         self.options = {"num_gpus": plan.num_gpus, "num_cpus": plan.num_cpus}
         self.actors = [
             actor_cls.options(

@@ -27,11 +27,6 @@ class Placement:
     num_cpus: float
     threads: int
 
-    @classmethod
-    def of(cls, plan: Placement) -> Placement:
-        """Transitional, for runtime/actors.py until it drops the call: ``plan`` itself (dict plans are gone)."""
-        return plan
-
 
 def _threads(num_cpus: float) -> int:
     """Torch threads = CPUs reserved: more oversubscribe the cores."""
