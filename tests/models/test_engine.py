@@ -12,7 +12,7 @@ import torch
 from tiny import EXACT_DTYPE, PROMPTS, reference_mixture, tiny_family
 
 from mpo_ray import MixedPolicy, PolicySpec, load_policies
-from mpo_ray.models import decoding
+from mpo_ray.models import decoding, kv_group
 from mpo_ray.models.lora import batched_lora
 from mpo_ray.models.scoring import response_logprobs
 
@@ -81,7 +81,7 @@ def test_static_and_growing_caches_decode_the_same(kind, monkeypatch):
     static = mixed.generate(PROMPTS * 2, max_new_tokens=20, seed=5)
     model_class = type(policies[0].model.get_base_model() if kind == "lora" else policies[0].model)
     monkeypatch.setattr(model_class, "_can_compile_fullgraph", False)
-    assert not decoding._kv_cache(policies[0].model, 8)[1]
+    assert not kv_group._kv_cache(policies[0].model, 8)[1]
     growing = mixed.generate(PROMPTS * 2, max_new_tokens=20, seed=5)
     assert [g.token_ids for g in static] == [g.token_ids for g in growing]
     np.testing.assert_allclose([g.logprob for g in static], [g.logprob for g in growing], atol=1e-4)
@@ -94,9 +94,9 @@ def test_long_decodes_compact_finished_rows_and_stay_exact(monkeypatch):
     weights = [0.5, 0.5]
     mixed = MixedPolicy(policies, weights)
     looks, keeps = [], []
-    look, keep = MixedPolicy._look, decoding._Group.keep
+    look, keep = MixedPolicy._look, kv_group.KVGroup.keep
     monkeypatch.setattr(MixedPolicy, "_look", lambda self, *a: (looks.append(int(a[6].max())), look(self, *a))[1])
-    monkeypatch.setattr(decoding._Group, "keep", lambda self, index: (keeps.append(len(index)), keep(self, index))[1])
+    monkeypatch.setattr(kv_group.KVGroup, "keep", lambda self, index: (keeps.append(len(index)), keep(self, index))[1])
     prompts, seeds = PROMPTS * 4, list(range(16))
     gens = mixed.generate(prompts, max_new_tokens=48, seed=seeds)
     lengths = sorted(g.num_tokens for g in gens)
@@ -188,7 +188,7 @@ def test_the_compiled_step_decodes_what_the_eager_step_does(caplog):
     each shape's compile time."""
     policies = tiny_family("lora", 2, eos_boost=1.5)
     eager = MixedPolicy(policies, [0.4, 0.6]).generate(PROMPTS * 2, max_new_tokens=20, seed=list(range(8)))
-    with caplog.at_level(logging.INFO, logger="mpo_ray.models.decoding"):
+    with caplog.at_level(logging.INFO, logger=kv_group.__name__):
         compiled = MixedPolicy(policies, [0.4, 0.6], compile=True).generate(
             PROMPTS * 2, max_new_tokens=20, seed=list(range(8))
         )
@@ -217,9 +217,9 @@ def test_slot_refill_decodes_every_row_as_all_at_once(slots, monkeypatch):
     mixed = MixedPolicy(policies, weights)
     prompts, seeds = PROMPTS * 3, list(range(12))
     rebased = []
-    rebase = decoding._Group.rebase
+    rebase = kv_group.KVGroup.rebase
     monkeypatch.setattr(
-        decoding._Group,
+        kv_group.KVGroup,
         "rebase",
         lambda self, needed: (
             rebased.append(self.write_position() + needed > self.mask.shape[1]),
@@ -258,7 +258,7 @@ def test_refill_keeps_room_for_the_rows_refilled_last():
 def test_slots_without_refill_decode_in_chunks_of_the_same_rows(monkeypatch, caplog):
     """A model with a growing KV cache cannot take a prompt into a finished row's slot: its rows decode in
     consecutive chunks of `slots` instead (the reason logged), and are the rows of the all-at-once decode."""
-    monkeypatch.setattr(decoding, "_static_shapes", lambda base: False)
+    monkeypatch.setattr(kv_group, "_static_shapes", lambda base: False)
     decoding._log_chunks.cache_clear()  # logged once per reason and process
     mixed = MixedPolicy(tiny_family("lora", 2, eos_boost=1.5), [0.5, 0.5])
     prompts, seeds = PROMPTS * 2, list(range(8))
