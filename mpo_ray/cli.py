@@ -156,15 +156,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="mpo-ray",
-        description="Mixing Preference Optimization on Ray: mix single-objective policies into one MaxMin policy.",
-    )
-    parser.add_argument("--version", action="version", version=f"mpo-ray {__version__}")
-    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_demo(sub) -> None:
     demo = sub.add_parser("demo", help="MPO end to end on SmolLM2 with three DPO-trained LoRA policies (local Ray)")
     demo.add_argument("--output", default=None, help="directory for the demo's artifacts (default: ./mpo-demo)")
     demo.add_argument("--quick", action="store_true", help="fewer prompts and tokens: a smoke test in a few minutes")
@@ -186,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=_cmd_demo)
 
+
+def _add_train_demo_policies(sub) -> None:
     train = sub.add_parser(
         "train-demo-policies", help="rebuild the demo's LoRA adapters with DPO (seeded, ~30 min on 2 CPU cores)"
     )
@@ -203,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_cmd_train_demo_policies)
 
+
+def _add_evaluate(sub) -> None:
     ev = sub.add_parser("evaluate", help="score generation Parquet with the config's reward functions/models")
     ev.add_argument("config", help="YAML config whose `rewards:` define the objectives")
     ev.add_argument("generations", nargs="+", help="generation outputs (Parquet file or directory) to evaluate")
@@ -212,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", default=None, help="write the results as JSON to this URI")
     ev.set_defaults(func=_cmd_evaluate)
 
+
+def _add_sweep(sub) -> None:
     sw = sub.add_parser(
         "sweep", help="generate and evaluate over a grid of fixed weights (K = 2 or 3): the trade-off front"
     )
@@ -235,12 +233,16 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.set_defaults(func=_cmd_sweep)
 
+
+def _add_reweight(sub) -> None:
     rw = sub.add_parser("reweight", help="sample, score and solve for the mixing weights λ")
     rw.add_argument("config", help="YAML config with a `reweight:` section (see workflows/configs/)")
     rw.add_argument("--output", default=None, help="output URI (local dir or fsspec URL); overrides reweight.output")
     rw.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     rw.set_defaults(func=_cmd_reweight)
 
+
+def _add_generate(sub) -> None:
     gen = sub.add_parser(
         "generate", help="generate one response per corpus prompt through the mixed policy, to Parquet"
     )
@@ -255,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     gen.set_defaults(func=_cmd_generate)
 
+
+def _add_nightly(sub) -> None:
     night = sub.add_parser(
         "nightly",
         help="reweight tonight's prompts warm-started from `latest`; promote the new weights if they pass the gate",
@@ -274,10 +278,33 @@ def build_parser() -> argparse.ArgumentParser:
     night.add_argument("--quiet", action="store_true", help="no progress bar or log lines (the outcome line stays)")
     night.set_defaults(func=_cmd_nightly)
 
+
+def _add_bench(sub) -> None:
     bench = sub.add_parser("bench", help="benchmarks that print figures and ratios")
     bench.add_argument("what", choices=BENCHMARKS)
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (see --help after it)")
     bench.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mpo-ray",
+        description="Mixing Preference Optimization on Ray: mix single-objective policies into one MaxMin policy.",
+    )
+    parser.add_argument("--version", action="version", version=f"mpo-ray {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_demo,
+        _add_train_demo_policies,
+        _add_evaluate,
+        _add_sweep,
+        _add_reweight,
+        _add_generate,
+        _add_nightly,
+        _add_bench,
+    ):
+        add(sub)
     # --verbose is global, and also accepted after the command (SUPPRESS: not given there keeps the global's False)
     for command in sub.choices.values():
         command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
