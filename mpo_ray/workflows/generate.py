@@ -39,7 +39,7 @@ from mpo_ray.io.staging import drop_stale, file_stats, promote, staging_dir, wri
 from mpo_ray.models.generator import GenerationWorker, refill_plan
 from mpo_ray.models.preflight import check_models
 from mpo_ray.runtime import data
-from mpo_ray.runtime.resources import replica_placement
+from mpo_ray.runtime.resources import Placement, replica_placement
 from mpo_ray.runtime.session import ray_session
 from mpo_ray.workflows.pipeline import model_identities
 
@@ -189,26 +189,8 @@ def generate(config: Config, *, progress: bool = True) -> dict:
                 pending,
             )
             if pending:
-                t0 = time.perf_counter()
-                plan = replica_placement(g)
-                params = {**g.params(), "stop": list(g.stop), "num_candidates": g.candidates}
-                batch_size, slots = refill_plan(g.batch_size, on_accelerator=plan.num_gpus > 0)
-                data.generate_parquet(
-                    todo,
-                    GenerationWorker,
-                    {
-                        "specs": list(config.policies),
-                        "weights": lam,
-                        "params": params,
-                        "weights_version": version,
-                        "threads": plan.threads,
-                        "slots": slots,
-                    },
-                    plan,
-                    batch_size=batch_size,
-                    rows_per_file=g.rows_per_file,
-                    staging=staging_dir(output, attempt),
-                )
+                t0, plan = time.perf_counter(), replica_placement(g)
+                _generate_rows(config, todo, lam, version, plan, staging_dir(output, attempt))
                 gen_s = time.perf_counter() - t0
     finally:  # even after a failure: keep every complete file (`done` grows with what is promoted)
         promoted = promote(output, done, fingerprint)
@@ -243,3 +225,21 @@ def generate(config: Config, *, progress: bool = True) -> dict:
         output,
     )
     return summary
+
+
+def _generate_rows(config: Config, todo, lam: list[float], version: str, plan: Placement, staging: str) -> None:
+    """The replicas: each hosts every policy and decodes its batches through the mixture into ``staging``."""
+    g = config.section("generate")
+    params = {**g.params(), "stop": list(g.stop), "num_candidates": g.candidates}
+    batch_size, slots = refill_plan(g.batch_size, on_accelerator=plan.num_gpus > 0)
+    worker = {
+        "specs": list(config.policies),
+        "weights": lam,
+        "params": params,
+        "weights_version": version,
+        "threads": plan.threads,
+        "slots": slots,
+    }
+    data.generate_parquet(
+        todo, GenerationWorker, worker, plan, batch_size=batch_size, rows_per_file=g.rows_per_file, staging=staging
+    )
