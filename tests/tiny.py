@@ -78,3 +78,29 @@ def reference_mixture(policies, weights, prompt: str, response: list[int]) -> tu
     log_z = torch.logsumexp(s, dim=-1)
     target = s.gather(-1, torch.tensor(response, device=s.device)[:, None]).squeeze(1)
     return float((target - log_z).sum()), float(log_z.sum())
+
+
+def generation_rows(ids, *, prompts=None, responses=None, errors=None, seeds=None):
+    """Generation rows as `generate` writes them (GENERATION_SCHEMA), for tests of what reads them: prompt "q",
+    response "a b", seeds 0..n-1 unless given."""
+    import pyarrow as pa
+
+    from mpo_ray.io.schemas import GENERATION_SCHEMA
+
+    n = len(ids)
+    none = [None] * n
+    columns = {
+        "prompt_id": list(ids),
+        "prompt": list(prompts or ["q"] * n),
+        "response": list(responses or ["a b"] * n),
+        "finish_reason": ["stop"] * n,
+        "num_tokens": [1] * n,
+        "log_normalizer": [0.0] * n,
+        "sample_logprob": none,
+        "log_partition": none,
+        "target_logprob": none,
+        "weights_version": ["v"] * n,
+        "seed": list(seeds or range(n)),
+        "error": list(errors or none),
+    }
+    return pa.table(columns, schema=GENERATION_SCHEMA)

@@ -7,13 +7,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny import TINY_CONFIG
+from tiny import TINY_CONFIG, generation_rows
 
 from mpo_ray.core.grid import simplex_grid
 from mpo_ray.core.stats import mean_ci, min_mean, paired_bootstrap, wilson, win_rates
 from mpo_ray.demo.objectives import brevity, detail
 from mpo_ray.io import storage
-from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows.evaluate import evaluate_generations, format_evaluations, read_generations
 from mpo_ray.workflows.sweep import grid_points, point_label
 
@@ -21,24 +20,7 @@ OBJECTIVES = {"concise": brevity, "detailed": detail}
 
 
 def gen_table(responses, ids=None, errors=None):
-    n = len(responses)
-    return pa.table(
-        {
-            "prompt_id": ids or [f"p{i}" for i in range(n)],
-            "prompt": ["q"] * n,
-            "response": responses,
-            "finish_reason": ["stop"] * n,
-            "num_tokens": [1] * n,
-            "log_normalizer": [0.0] * n,
-            "sample_logprob": [None] * n,
-            "log_partition": [None] * n,
-            "target_logprob": [None] * n,
-            "weights_version": ["v"] * n,
-            "seed": list(range(n)),
-            "error": errors or [None] * n,
-        },
-        schema=GENERATION_SCHEMA,
-    )
+    return generation_rows(ids or [f"p{i}" for i in range(len(responses))], responses=responses, errors=errors)
 
 
 def test_win_rates_and_intervals_are_exact():

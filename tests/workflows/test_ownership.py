@@ -13,13 +13,12 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny import TINY_CONFIG
+from tiny import TINY_CONFIG, generation_rows
 
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
 from mpo_ray.io.ownership import META_DIR, check_ours, mark_ours, owns_file, remove_ours
 from mpo_ray.io.provenance import tree_digest
-from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.io.staging import drop_stale, promote, write_rows, written_rows
 from mpo_ray.workflows.pipeline import Batch, _batch_rows
 
@@ -27,24 +26,7 @@ FP = "fingerprint-of-this-output"
 
 
 def rows(ids, texts=None) -> pa.Table:
-    n = len(ids)
-    return pa.table(
-        {
-            "prompt_id": ids,
-            "prompt": texts or ids,
-            "response": ids,
-            "finish_reason": ["stop"] * n,
-            "num_tokens": [1] * n,
-            "log_normalizer": [0.0] * n,
-            "sample_logprob": [None] * n,
-            "log_partition": [None] * n,
-            "target_logprob": [None] * n,
-            "weights_version": ["v"] * n,
-            "seed": [1] * n,
-            "error": [None] * n,
-        },
-        schema=GENERATION_SCHEMA,
-    )
+    return generation_rows(ids, prompts=texts or ids, responses=ids, seeds=[1] * len(ids))
 
 
 def users_parquet(path, ids=("u1",)):

@@ -15,13 +15,12 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from tiny import TINY_CONFIG
+from tiny import TINY_CONFIG, generation_rows
 
 from mpo_ray.config import load_config
 from mpo_ray.core.errors import UserError
 from mpo_ray.io import storage
 from mpo_ray.io.ownership import mark_ours
-from mpo_ray.io.schemas import GENERATION_SCHEMA
 from mpo_ray.workflows import sweep, sweep_files
 from mpo_ray.workflows.evaluate import read_generations
 
@@ -262,24 +261,7 @@ def test_a_soup_of_adapters_retrained_in_place_is_never_reused(tmp_path):
 
 
 def gen_table(ids, responses=None):
-    n = len(ids)
-    return pa.table(
-        {
-            "prompt_id": ids,
-            "prompt": ["q"] * n,
-            "response": responses or ["a b"] * n,
-            "finish_reason": ["stop"] * n,
-            "num_tokens": [1] * n,
-            "log_normalizer": [0.0] * n,
-            "sample_logprob": [None] * n,
-            "log_partition": [None] * n,
-            "target_logprob": [None] * n,
-            "weights_version": ["v"] * n,
-            "seed": list(range(n)),
-            "error": [None] * n,
-        },
-        schema=GENERATION_SCHEMA,
-    )
+    return generation_rows(ids, responses=responses)
 
 
 def test_evaluate_refuses_a_generation_file_changed_since_written(tmp_path):
