@@ -203,9 +203,7 @@ def test_sweep_command_on_tiny_models(tmp_path, capsys):
     gens = MixedPolicy(load_policies([config.policies[0]]), [1.0]).generate(
         prompts,
         seed=[derive_seed(g.seed, i) for i in ids],
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_p=g.top_p,
+        **g.params(),
         stop=g.stop,
     )
     vertex = pq.read_table(out / "w=1,0,0.parquet")

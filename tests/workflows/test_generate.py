@@ -71,10 +71,7 @@ def direct(config, ids, prompts) -> dict:
     gens = mixed_policy().generate(
         prompts,
         seed=[derive_seed(g.seed, i) for i in ids],
-        max_new_tokens=g.max_new_tokens,
-        temperature=g.temperature,
-        top_k=g.top_k,
-        top_p=g.top_p,
+        **g.params(),
         stop=g.stop,
         num_candidates=g.num_candidates,
     )
